@@ -1,0 +1,247 @@
+// digestctl: the command-line client of digestd's control socket.
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "client/control_client.h"
+#include "client/status_table.h"
+
+namespace {
+
+using nlohmann::json;
+
+constexpr int kExitError = 1;  // digestd answered with an error
+constexpr int kExitUsage = 2;
+constexpr int kExitUnreachable = 3;  // not running, or the socket is not accessible
+
+void Usage(FILE* out) {
+  std::fputs(
+      "usage: digestctl [--socket PATH] [--json] COMMAND [ARGS]\n"
+      "\n"
+      "commands:\n"
+      "  status                      queues, workers, jobs and latency (--json: raw)\n"
+      "  watch [--interval 1s]       status, refreshed until interrupted\n"
+      "  ping                        check that digestd answers\n"
+      "  submit KIND [--key K] [--group G] [--lane interactive|background]\n"
+      "              [--input JSON | --input-file FILE]\n"
+      "  submit --batch FILE         one job object per line (or a JSON array)\n"
+      "  result KEY [--wait 2s]      a job's state and result\n"
+      "  result --group G [--wait 2s]\n"
+      "  cancel KEY\n"
+      "  workers [--min N] [--max N] [--reserved N]\n"
+      "  reload                      re-read the config file (like SIGHUP)\n"
+      "  drain                       finish queued work and stop\n"
+      "\n"
+      "The socket is --socket, else $DIGESTD_SOCKET, else /run/digestd/control.sock.\n"
+      "Exit status: 0 ok, 1 digestd answered an error, 2 usage, 3 digestd unreachable.\n",
+      out);
+}
+
+// "2s", "500ms", "1m", "1.5s", or plain milliseconds.
+bool ParseDurationMs(const std::string& s, int64_t* out) {
+  char* end = nullptr;
+  double v = std::strtod(s.c_str(), &end);
+  if (end == s.c_str() || v < 0) return false;
+  std::string unit(end);
+  if (unit == "ms" || unit.empty()) {
+    *out = static_cast<int64_t>(v);
+  } else if (unit == "s") {
+    *out = static_cast<int64_t>(v * 1000);
+  } else if (unit == "m") {
+    *out = static_cast<int64_t>(v * 60000);
+  } else {
+    return false;
+  }
+  return true;
+}
+
+bool ReadFile(const std::string& path, std::string* out) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return false;
+  std::ostringstream buf;
+  buf << in.rdbuf();
+  *out = buf.str();
+  return true;
+}
+
+struct Args {
+  std::vector<std::string> items;
+  size_t pos = 0;
+  bool Has() const { return pos < items.size(); }
+  std::string Next() { return items[pos++]; }
+};
+
+int Fail(const char* fmt, const std::string& what, int code = kExitUsage) {
+  std::fprintf(stderr, "digestctl: ");
+  std::fprintf(stderr, fmt, what.c_str());
+  std::fprintf(stderr, "\n");
+  return code;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string socket_flag;
+  bool raw_json = false;
+  Args args;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    if (a == "--socket" && i + 1 < argc) {
+      socket_flag = argv[++i];
+    } else if (a.rfind("--socket=", 0) == 0) {
+      socket_flag = a.substr(9);
+    } else if (a == "--json") {
+      raw_json = true;
+    } else if (a == "--help" || a == "-h") {
+      Usage(stdout);
+      return 0;
+    } else {
+      args.items.push_back(a);
+    }
+  }
+  if (!args.Has()) {
+    Usage(stderr);
+    return kExitUsage;
+  }
+  std::string cmd = args.Next();
+  json req;
+  int64_t wait_ms = 0;
+  int64_t interval_ms = 1000;
+  if (cmd == "status" || cmd == "ping" || cmd == "reload" || cmd == "drain" || cmd == "watch") {
+    req = {{"op", cmd == "watch" ? "status" : cmd}};
+    while (args.Has()) {
+      std::string a = args.Next();
+      if (cmd == "watch" && a == "--interval" && args.Has()) {
+        if (!ParseDurationMs(args.Next(), &interval_ms) || interval_ms < 100) {
+          return Fail("--interval needs a duration of at least 100ms, such as 1s%s", "");
+        }
+      } else {
+        return Fail("unexpected argument '%s'", a);
+      }
+    }
+  } else if (cmd == "submit") {
+    req = {{"op", "submit"}};
+    std::string batch;
+    if (args.Has() && args.items[args.pos].rfind("--", 0) != 0) req["kind"] = args.Next();
+    while (args.Has()) {
+      std::string a = args.Next();
+      if (!args.Has()) return Fail("%s needs a value", a);
+      std::string v = args.Next();
+      if (a == "--key" || a == "--group" || a == "--lane") {
+        req[a.substr(2)] = v;
+      } else if (a == "--input" || a == "--input-file") {
+        std::string text = v;
+        if (a == "--input-file" && !ReadFile(v, &text)) return Fail("cannot read %s", v);
+        json input = json::parse(text, nullptr, false);
+        if (input.is_discarded()) return Fail("%s is not valid JSON", a);
+        req["input"] = std::move(input);
+      } else if (a == "--batch") {
+        if (!ReadFile(v, &batch)) return Fail("cannot read %s", v);
+      } else {
+        return Fail("unknown submit option '%s'", a);
+      }
+    }
+    if (!batch.empty()) {
+      json all = json::parse(batch, nullptr, false);
+      if (all.is_discarded()) {
+        all = json::array();
+        std::istringstream lines(batch);
+        std::string line;
+        while (std::getline(lines, line)) {
+          if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+          json one = json::parse(line, nullptr, false);
+          if (one.is_discarded()) return Fail("a line of the batch file is not JSON: %s", line);
+          all.push_back(std::move(one));
+        }
+      }
+      req = {{"op", "submit"}, {"jobs", all}};
+    } else if (!req.contains("kind")) {
+      return Fail("submit needs a KIND (such as noop) or --batch FILE%s", "");
+    }
+  } else if (cmd == "result") {
+    req = {{"op", "result"}};
+    while (args.Has()) {
+      std::string a = args.Next();
+      if (a == "--wait" && args.Has()) {
+        if (!ParseDurationMs(args.Next(), &wait_ms)) {
+          return Fail("--wait needs a duration such as 2s or 500ms%s", "");
+        }
+        req["wait_ms"] = wait_ms;
+      } else if (a == "--group" && args.Has()) {
+        req["group"] = args.Next();
+      } else if (a.rfind("--", 0) != 0 && !req.contains("key")) {
+        req["key"] = a;
+      } else {
+        return Fail("unexpected argument '%s'", a);
+      }
+    }
+  } else if (cmd == "cancel") {
+    if (!args.Has()) return Fail("cancel needs a KEY%s", "");
+    req = {{"op", "cancel"}, {"key", args.Next()}};
+  } else if (cmd == "workers") {
+    req = {{"op", "workers"}};
+    while (args.Has()) {
+      std::string a = args.Next();
+      if ((a == "--min" || a == "--max" || a == "--reserved") && args.Has()) {
+        std::string v = args.Next();
+        char* end = nullptr;
+        long n = std::strtol(v.c_str(), &end, 10);
+        if (*end != '\0') return Fail("%s needs a number", a);
+        req[a.substr(2)] = n;
+      } else {
+        return Fail("unexpected argument '%s'", a);
+      }
+    }
+  } else {
+    return Fail("unknown command '%s'; see digestctl --help", cmd);
+  }
+
+  std::string path = digestd::ResolveSocketPath(socket_flag);
+  digestd::ControlClient client;
+  if (digestd::Status st = client.Connect(path); !st.ok()) {
+    std::fprintf(stderr, "digestctl: %s\n", st.message().c_str());
+    return kExitUnreachable;
+  }
+  for (;;) {
+    auto answer = client.Call(req, static_cast<int>(wait_ms) + 10000);
+    if (!answer.ok()) {
+      std::fprintf(stderr, "digestctl: %s\n", answer.status().message().c_str());
+      return kExitUnreachable;
+    }
+    json& j = answer.value();
+    if (!j.value("ok", false)) {
+      if (raw_json) {
+        std::printf("%s\n", j.dump().c_str());
+      }
+      auto err = j.value("error", json::object());
+      std::fprintf(stderr, "digestctl: %s: %s\n", err.value("code", "error").c_str(),
+                   err.value("message", "").c_str());
+      return kExitError;
+    }
+    j.erase("ok");
+    if (raw_json) {
+      std::printf("%s\n", j.dump().c_str());
+    } else if (cmd == "status" || cmd == "watch") {
+      if (cmd == "watch") std::fputs("\033[H\033[2J", stdout);
+      std::fputs(digestd::FormatStatus(j).c_str(), stdout);
+    } else if (cmd == "result" && j.contains("parts")) {
+      std::printf("group %s: %s (%lld of %lld ready)\n", j.value("group", "").c_str(),
+                  j.value("status", "").c_str(), j.value("ready", 0LL), j.value("total", 0LL));
+      for (const auto& p : j["parts"]) std::fputs(digestd::FormatJob(p).c_str(), stdout);
+    } else if (cmd == "result") {
+      std::fputs(digestd::FormatJob(j).c_str(), stdout);
+    } else {
+      std::printf("%s\n", j.dump(2).c_str());
+    }
+    std::fflush(stdout);
+    if (cmd != "watch") return 0;
+    std::this_thread::sleep_for(std::chrono::milliseconds(interval_ms));
+  }
+}

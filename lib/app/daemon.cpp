@@ -1,0 +1,317 @@
+#include "app/daemon.h"
+
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <csignal>
+#include <cstdlib>
+
+#include "obs/log.h"
+
+namespace digestd {
+
+namespace {
+
+std::string HostName() {
+  char buf[256] = {0};
+  if (gethostname(buf, sizeof(buf) - 1) != 0 || buf[0] == '\0') return "digestd";
+  return buf;
+}
+
+// 1,000 clients at once need more than the usual 1,024 descriptors. Under
+// systemd's SystemCallFilter this may be refused; LimitNOFILE= covers it.
+void RaiseFileLimit() {
+  struct rlimit rl {};
+  if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0) {
+      LOG_DEBUG("could not raise the open-file limit; set LimitNOFILE= instead");
+    }
+  }
+}
+
+template <typename H>
+Status InitTimer(uv_loop_t* loop, UvHandle<H>& h, void* data) {
+  int rc = uv_timer_init(loop, h.get());
+  if (rc != 0) return Status::Internal(std::string("uv_timer_init: ") + uv_strerror(rc));
+  h.set_initialized();
+  h.get()->data = data;
+  return Status::Ok();
+}
+
+}  // namespace
+
+Daemon::Daemon(Config config, std::string config_path)
+    : config_(std::move(config)), config_path_(std::move(config_path)) {}
+
+Daemon::~Daemon() {
+  if (loop_ready_) Teardown();
+}
+
+int Daemon::Run() {
+  // The pool is sized once, before anything uses it: enough for every worker
+  // slot plus headroom so libuv's own file and DNS work never starves.
+  pool_size_ = config_.workers.max + kThreadPoolHeadroom;
+  setenv("UV_THREADPOOL_SIZE", std::to_string(pool_size_).c_str(), 1);
+  signal(SIGPIPE, SIG_IGN);
+  RaiseFileLimit();
+
+  Status st = Start();
+  if (!st.ok()) {
+    LOG_ERROR("cannot start: %s", st.message().c_str());
+    Teardown();
+    return 1;
+  }
+  uv_run(&loop_, UV_RUN_DEFAULT);
+  Teardown();
+  return exit_code_;
+}
+
+Status Daemon::Start() {
+  int rc = uv_loop_init(&loop_);
+  if (rc != 0) return Status::Internal(std::string("uv_loop_init: ") + uv_strerror(rc));
+  loop_ready_ = true;
+  started_at_ = uv_hrtime();
+  node_id_ = config_.daemon.node_id.empty() ? HostName() : config_.daemon.node_id;
+  if (auto level = ParseLogLevel(config_.log.level)) SetLogLevel(*level);
+
+  jobs_ = std::make_unique<JobTable>(static_cast<size_t>(config_.jobs.retain_finished));
+  WorkerLimits limits{config_.workers.min, config_.workers.max,
+                      config_.workers.interactive_reserved, config_.workers.max};
+  Dispatcher::Hooks hooks;
+  hooks.on_start = [this](const JobPtr& job) { jobs_->MarkRunning(job); };
+  hooks.on_finish = [this](const JobPtr& job, WorkOutcome outcome) {
+    OnJobFinished(job, std::move(outcome));
+  };
+  hooks.on_drained = [this] {
+    if (phase_ == Phase::kDraining) FinishShutdown();
+  };
+  dispatcher_ = std::make_unique<Dispatcher>(
+      &loop_, static_cast<size_t>(config_.queues.interactive),
+      static_cast<size_t>(config_.queues.background), limits, pool_size_,
+      JobKindRegistry::Global(), std::move(hooks));
+  dispatcher_->SetNoopMaxSleep(config_.jobs.noop_max_sleep_ms);
+
+  ControlServer::Options copts{static_cast<size_t>(config_.control.max_line_bytes),
+                               config_.control.max_clients, config_.control.idle_timeout_s};
+  control_ = std::make_unique<ControlServer>(
+      &loop_, copts, [this](Request req, const PeerCred& peer, ControlServer::Reply reply) {
+        Handle(std::move(req), peer, std::move(reply));
+      });
+  std::string why;
+  int fd = TakeActivatedSocket(&why);
+  if (!why.empty()) return Status::IoError(why);
+  Status st = fd >= 0 ? control_->ListenFd(fd)
+                      : control_->ListenPath(config_.control.socket, config_.control.mode);
+  if (!st.ok()) return st;
+
+  auto signal_init = [&](UvHandle<uv_signal_t>& h, int signum) -> Status {
+    int r = uv_signal_init(&loop_, h.get());
+    if (r != 0) return Status::Internal(std::string("uv_signal_init: ") + uv_strerror(r));
+    h.set_initialized();
+    h.get()->data = this;
+    r = uv_signal_start(
+        h.get(),
+        [](uv_signal_t* s, int signum) {
+          auto* self = static_cast<Daemon*>(s->data);
+          // Only move the daemon into a state here; the loop does the work.
+          if (signum == SIGHUP) {
+            nlohmann::json changes;
+            Status rs = self->Reload(&changes);
+            if (!rs.ok()) LOG_ERROR("reload failed, keeping the running config: %s",
+                                    rs.message().c_str());
+          } else {
+            self->BeginShutdown(signum == SIGTERM ? "SIGTERM" : "SIGINT");
+          }
+        },
+        signum);
+    if (r != 0) return Status::Internal(std::string("uv_signal_start: ") + uv_strerror(r));
+    return Status::Ok();
+  };
+  if (!(st = signal_init(sigterm_, SIGTERM)).ok()) return st;
+  if (!(st = signal_init(sigint_, SIGINT)).ok()) return st;
+  if (!(st = signal_init(sighup_, SIGHUP)).ok()) return st;
+
+  if (!(st = InitTimer(&loop_, status_timer_, this)).ok()) return st;
+  uv_timer_start(
+      status_timer_.get(),
+      [](uv_timer_t* t) {
+        auto* self = static_cast<Daemon*>(t->data);
+        self->notifier_->Status(self->StatusLine());
+      },
+      config_.daemon.status_interval_ms, config_.daemon.status_interval_ms);
+  uv_unref(status_timer_.base());
+  if (!(st = InitTimer(&loop_, grace_timer_, this)).ok()) return st;
+  if (!(st = InitTimer(&loop_, final_timer_, this)).ok()) return st;
+
+  notifier_ = std::make_unique<Notifier>(&loop_);
+  uint64_t wd = notifier_->StartWatchdog();
+  notifier_->Ready();
+  notifier_->Status(StatusLine());
+  LOG_NOTICE("digestd %s ready: node %s, socket %s%s, workers %d..%d (pool %d), watchdog %s",
+             DIGESTD_VERSION, node_id_.c_str(),
+             fd >= 0 ? "from systemd" : config_.control.socket.c_str(),
+             fd >= 0 ? "" : "", config_.workers.min, config_.workers.max, pool_size_,
+             wd ? (std::to_string(wd) + " ms").c_str() : "off");
+  return Status::Ok();
+}
+
+void Daemon::Teardown() {
+  if (!loop_ready_) return;
+  AnswerWaits();
+  if (control_) control_->CloseAll(/*graceful=*/false);
+  if (notifier_) notifier_->Close();
+  sigterm_.Close();
+  sigint_.Close();
+  sighup_.Close();
+  status_timer_.Close();
+  grace_timer_.Close();
+  final_timer_.Close();
+  if (dispatcher_ && dispatcher_->in_flight() > 0) {
+    dispatcher_->CancelInFlight();
+  }
+  // Let close callbacks and any returning work run.
+  while (uv_run(&loop_, UV_RUN_DEFAULT) != 0) {
+  }
+  control_.reset();
+  dispatcher_.reset();
+  int rc = uv_loop_close(&loop_);
+  if (rc != 0) {
+    LOG_ERROR("the loop still had open handles at exit (%s)", uv_strerror(rc));
+    uv_walk(
+        &loop_,
+        [](uv_handle_t* h, void*) { LOG_ERROR("open handle: %s", uv_handle_type_name(h->type)); },
+        nullptr);
+    if (exit_code_ == 0) exit_code_ = 1;
+  }
+  loop_ready_ = false;
+}
+
+void Daemon::OnJobFinished(const JobPtr& job, WorkOutcome outcome) {
+  if (job->state == JobState::kQueued) {
+    // Never started: a failed uv_queue_work.
+    jobs_->MarkFinished(job, std::move(outcome));
+    return;
+  }
+  if (outcome.kind == WorkOutcome::Kind::kFailed) {
+    LOG_WARN("job %s (%s) failed: %s", job->key.c_str(), job->kind.c_str(),
+             outcome.error.c_str());
+  }
+  jobs_->MarkFinished(job, std::move(outcome));
+}
+
+Status Daemon::Reload(nlohmann::json* changes) {
+  notifier_->Reloading();
+  ++reloads_;
+  Config fresh;
+  if (!config_path_.empty()) {
+    auto loaded = LoadConfigFile(config_path_);
+    if (!loaded.ok()) {
+      notifier_->Ready();
+      return loaded.status();
+    }
+    fresh = std::move(loaded).value();
+  }
+  if (fresh.workers.max > pool_size_) {
+    notifier_->Ready();
+    return Status::InvalidConfig(
+        config_path_ + ": [workers] max = " + std::to_string(fresh.workers.max) +
+        " is above the thread pool size " + std::to_string(pool_size_) +
+        " fixed at start; restart digestd to raise it");
+  }
+  auto applied = DiffConfig(config_, fresh, true);
+  auto ignored = DiffConfig(config_, fresh, false);
+  config_ = MergeReloadable(config_, fresh);
+  ApplyRuntimeConfig();
+  for (const auto& line : applied) LOG_NOTICE("reload: %s", line.c_str());
+  for (const auto& line : ignored) {
+    LOG_WARN("reload: %s needs a restart; keeping the running value", line.c_str());
+  }
+  if (applied.empty()) LOG_NOTICE("reload: nothing changed");
+  if (changes != nullptr) {
+    (*changes)["changed"] = applied;
+    (*changes)["needs_restart"] = ignored;
+  }
+  notifier_->Ready();
+  return Status::Ok();
+}
+
+void Daemon::ApplyRuntimeConfig() {
+  if (auto level = ParseLogLevel(config_.log.level)) SetLogLevel(*level);
+  Status st = dispatcher_->SetLimits(config_.workers.min, config_.workers.max,
+                                     config_.workers.interactive_reserved);
+  if (!st.ok()) LOG_ERROR("reload: %s", st.message().c_str());
+  dispatcher_->SetNoopMaxSleep(config_.jobs.noop_max_sleep_ms);
+  jobs_->SetRetention(static_cast<size_t>(config_.jobs.retain_finished));
+  control_->SetOptions({static_cast<size_t>(config_.control.max_line_bytes),
+                        config_.control.max_clients, config_.control.idle_timeout_s});
+  uv_timer_set_repeat(status_timer_.get(), config_.daemon.status_interval_ms);
+}
+
+void Daemon::BeginShutdown(const char* why) {
+  if (phase_ != Phase::kRunning) {
+    ForceShutdown(why);
+    return;
+  }
+  phase_ = Phase::kDraining;
+  notifier_->Stopping();
+  LOG_NOTICE("%s: draining; %zu interactive and %zu background jobs queued, %d running; "
+             "grace %d s",
+             why, dispatcher_->depth(Lane::kInteractive), dispatcher_->depth(Lane::kBackground),
+             dispatcher_->in_flight(), config_.daemon.shutdown_grace_s);
+  notifier_->Status("draining: " + StatusLine());
+  uv_timer_start(
+      grace_timer_.get(),
+      [](uv_timer_t* t) {
+        static_cast<Daemon*>(t->data)->ForceShutdown("shutdown_grace_s passed");
+      },
+      static_cast<uint64_t>(config_.daemon.shutdown_grace_s) * 1000, 0);
+  dispatcher_->PutPills();  // may finish the shutdown at once when idle
+}
+
+void Daemon::ForceShutdown(const char* why) {
+  if (phase_ == Phase::kStopping) return;
+  phase_ = Phase::kDraining;
+  auto queued = dispatcher_->TakeQueued();
+  for (const auto& job : queued) {
+    if (job->state == JobState::kQueued) {
+      jobs_->MarkCancelled(job, "not run: digestd shut down before its turn");
+    }
+  }
+  jobs_->NoteReleased(queued.size());
+  LOG_WARN("%s: stopping now; %d running jobs aborted, %zu queued jobs released", why,
+           dispatcher_->in_flight(), queued.size());
+  dispatcher_->CancelInFlight();
+  if (dispatcher_->Drained()) FinishShutdown();  // else on_drained finishes it
+}
+
+void Daemon::FinishShutdown() {
+  if (phase_ == Phase::kStopping) return;
+  phase_ = Phase::kStopping;
+  grace_timer_.Close();
+  const auto& c = jobs_->counters();
+  LOG_NOTICE("shutdown complete: %llu done, %llu failed, %llu cancelled",
+             static_cast<unsigned long long>(c.done), static_cast<unsigned long long>(c.failed),
+             static_cast<unsigned long long>(c.cancelled));
+  notifier_->Status("stopped");
+  AnswerWaits();
+  // Answers already queued still go out; nothing new is read. A client that
+  // does not read them is cut off after a short while.
+  control_->CloseAll(/*graceful=*/true);
+  uv_timer_start(
+      final_timer_.get(),
+      [](uv_timer_t* t) {
+        auto* self = static_cast<Daemon*>(t->data);
+        self->control_->CloseAll(/*graceful=*/false);
+        self->final_timer_.Close();
+      },
+      2000, 0);
+  uv_unref(final_timer_.base());
+  sigterm_.Close();
+  sigint_.Close();
+  sighup_.Close();
+  status_timer_.Close();
+  notifier_->Close();
+}
+
+}  // namespace digestd

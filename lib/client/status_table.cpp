@@ -1,0 +1,106 @@
+#include "client/status_table.h"
+
+#include <cstdio>
+
+namespace digestd {
+
+namespace {
+
+template <typename T>
+T Get(const nlohmann::json& j, const char* a, const char* b, T fallback) {
+  auto x = j.find(a);
+  if (x == j.end() || !x->is_object()) return fallback;
+  auto y = x->find(b);
+  if (y == x->end()) return fallback;
+  try {
+    return y->get<T>();
+  } catch (const nlohmann::json::exception&) {
+    return fallback;
+  }
+}
+
+std::string Ms(double ms) {
+  char buf[32];
+  if (ms >= 1000) {
+    std::snprintf(buf, sizeof buf, "%.2f s", ms / 1000);
+  } else {
+    std::snprintf(buf, sizeof buf, "%.1f ms", ms);
+  }
+  return buf;
+}
+
+}  // namespace
+
+std::string FormatDuration(double s) {
+  char buf[32];
+  if (s < 60) {
+    std::snprintf(buf, sizeof buf, "%.1fs", s);
+  } else if (s < 3600) {
+    std::snprintf(buf, sizeof buf, "%dm%02ds", static_cast<int>(s) / 60, static_cast<int>(s) % 60);
+  } else {
+    std::snprintf(buf, sizeof buf, "%dh%02dm", static_cast<int>(s) / 3600,
+                  static_cast<int>(s) % 3600 / 60);
+  }
+  return buf;
+}
+
+std::string FormatStatus(const nlohmann::json& s) {
+  std::string out;
+  char line[512];
+  std::snprintf(line, sizeof line, "digestd %s  pid %lld  node %s  up %s  %s\n",
+                s.value("version", "?").c_str(), static_cast<long long>(s.value("pid", 0)),
+                s.value("node_id", "?").c_str(), FormatDuration(s.value("uptime_s", 0.0)).c_str(),
+                s.value("state", "?").c_str());
+  out += line;
+  std::snprintf(line, sizeof line,
+                "workers      busy %d/%d   min %d  max %d  reserved %d (interactive)\n",
+                Get(s, "workers", "busy", 0), Get(s, "workers", "limit", 0),
+                Get(s, "workers", "min", 0), Get(s, "workers", "max", 0),
+                Get(s, "workers", "reserved", 0));
+  out += line;
+  out += "queue        depth / capacity   running\n";
+  for (const char* lane : {"interactive", "background"}) {
+    auto q = s.value("queues", nlohmann::json::object()).value(lane, nlohmann::json::object());
+    std::snprintf(line, sizeof line, "  %-11s %6lld / %-8lld   %lld\n", lane,
+                  q.value("depth", 0LL), q.value("capacity", 0LL), q.value("running", 0LL));
+    out += line;
+  }
+  std::snprintf(line, sizeof line,
+                "jobs         submitted %llu  running %llu  done %llu  failed %llu  cancelled "
+                "%llu\n",
+                Get(s, "jobs", "submitted", 0ULL), Get(s, "jobs", "running", 0ULL),
+                Get(s, "jobs", "done", 0ULL), Get(s, "jobs", "failed", 0ULL),
+                Get(s, "jobs", "cancelled", 0ULL));
+  out += line;
+  auto count = Get(s, "latency", "count", 0ULL);
+  if (count == 0) {
+    out += "latency      (no finished jobs yet)\n";
+  } else {
+    std::snprintf(line, sizeof line, "latency      p50 %s  p95 %s  p99 %s  (last %llu jobs)\n",
+                  Ms(Get(s, "latency", "p50_ms", 0.0)).c_str(),
+                  Ms(Get(s, "latency", "p95_ms", 0.0)).c_str(),
+                  Ms(Get(s, "latency", "p99_ms", 0.0)).c_str(), count);
+    out += line;
+  }
+  std::snprintf(line, sizeof line, "clients      %llu connected, %llu requests served\n",
+                Get(s, "control", "clients", 0ULL), Get(s, "control", "requests", 0ULL));
+  out += line;
+  return out;
+}
+
+std::string FormatJob(const nlohmann::json& j) {
+  std::string out;
+  char line[512];
+  std::snprintf(line, sizeof line, "%s  %s  %s  lane %s  attempts %d  queued %s", 
+                j.value("key", "?").c_str(), j.value("kind", "?").c_str(),
+                j.value("status", "?").c_str(), j.value("lane", "?").c_str(),
+                j.value("attempts", 0), Ms(j.value("queued_ms", 0.0)).c_str());
+  out += line;
+  if (j.contains("run_ms")) out += "  ran " + Ms(j.value("run_ms", 0.0));
+  out += "\n";
+  if (j.contains("result")) out += "result: " + j["result"].dump(2) + "\n";
+  if (j.contains("error")) out += "error: " + j.value("error", "") + "\n";
+  return out;
+}
+
+}  // namespace digestd

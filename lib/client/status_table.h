@@ -1,0 +1,17 @@
+// Human-readable renderings of control answers for digestctl. Pure
+// functions over the JSON the daemon sends; any thread.
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <string>
+
+namespace digestd {
+
+// `status` as a compact table a person reads at a glance.
+std::string FormatStatus(const nlohmann::json& status);
+// One job from `result`: its state, timings, and result or error.
+std::string FormatJob(const nlohmann::json& job);
+// "1h02m", "3m05s", "12.4s".
+std::string FormatDuration(double seconds);
+
+}  // namespace digestd

@@ -1,0 +1,357 @@
+#include "config/config.h"
+
+#include <fstream>
+#include <functional>
+#include <sstream>
+#include <toml++/toml.h>
+
+#include "obs/log.h"
+
+namespace digestd {
+
+namespace {
+
+enum class Kind { kInt, kString, kMode, kIdList };
+
+struct KeyDef {
+  ConfigKeySpec spec;
+  Kind kind;
+  int64_t min = 0;
+  int64_t max = 0;
+  // kInt
+  std::function<void(Config&, int64_t)> set_int;
+  std::function<int64_t(const Config&)> get_int;
+  // kString / kMode; `check` returns an empty string when `value` is allowed,
+  // else what is allowed.
+  std::function<void(Config&, std::string)> set_str;
+  std::function<std::string(const Config&)> get_str;
+  std::function<std::string(const std::string&)> check;
+  // kIdList
+  std::vector<int64_t> Config::Control::*ids = nullptr;
+};
+
+#define INT_KEY(sec, key, field, lo, hi, reload)                                          \
+  KeyDef {                                                                                \
+    {sec, #key, reload}, Kind::kInt, lo, hi,                                              \
+        [](Config& c, int64_t v) { c.field = static_cast<decltype(c.field)>(v); },        \
+        [](const Config& c) { return static_cast<int64_t>(c.field); }, nullptr, nullptr, \
+        nullptr, nullptr                                                                  \
+  }
+
+#define STR_KEY(sec, key, field, reload, checker)                                   \
+  KeyDef {                                                                          \
+    {sec, #key, reload}, Kind::kString, 0, 0, nullptr, nullptr,                     \
+        [](Config& c, std::string v) { c.field = std::move(v); },                   \
+        [](const Config& c) { return c.field; }, checker, nullptr                   \
+  }
+
+std::string CheckLevel(const std::string& v) {
+  return ParseLogLevel(v) ? "" : "one of \"debug\", \"info\", \"notice\", \"warning\", \"error\"";
+}
+
+std::string CheckSocketPath(const std::string& v) {
+  if (v.empty()) return "a non-empty path";
+  if (v.size() >= 108) return "a path shorter than 108 bytes (the Unix socket limit)";
+  if (v[0] != '/') return "an absolute path";
+  return "";
+}
+
+std::string CheckNodeId(const std::string& v) {
+  if (v.size() > 64) return "at most 64 characters, or \"\" for the host name";
+  for (char ch : v) {
+    if (!(isalnum(static_cast<unsigned char>(ch)) || ch == '-' || ch == '_' || ch == '.'))
+      return "letters, digits, '-', '_' and '.' only, or \"\" for the host name";
+  }
+  return "";
+}
+
+const std::vector<KeyDef>& Defs() {
+  static const std::vector<KeyDef> defs = {
+      INT_KEY("workers", min, workers.min, 1, 1024, true),
+      INT_KEY("workers", max, workers.max, 1, 1024, true),
+      INT_KEY("workers", interactive_reserved, workers.interactive_reserved, 0, 1023, true),
+      INT_KEY("queues", interactive, queues.interactive, 1, 1000000, false),
+      INT_KEY("queues", background, queues.background, 1, 1000000, false),
+      STR_KEY("control", socket, control.socket, false, CheckSocketPath),
+      KeyDef{{"control", "mode", false}, Kind::kMode, 0, 0777, nullptr, nullptr,
+             [](Config& c, std::string v) {
+               c.control.mode = static_cast<unsigned>(std::stoul(v, nullptr, 8));
+             },
+             [](const Config& c) {
+               char buf[8];
+               std::snprintf(buf, sizeof buf, "%04o", c.control.mode);
+               return std::string(buf);
+             },
+             [](const std::string& v) -> std::string {
+               if (v.empty() || v.size() > 4 || v.find_first_not_of("01234567") != v.npos)
+                 return "an octal file mode in quotes, such as \"0660\"";
+               return "";
+             },
+             nullptr},
+      INT_KEY("control", max_line_bytes, control.max_line_bytes, 1024, 64 * 1024 * 1024, true),
+      INT_KEY("control", max_clients, control.max_clients, 1, 100000, true),
+      INT_KEY("control", idle_timeout_s, control.idle_timeout_s, 0, 86400, true),
+      KeyDef{{"control", "allow_uids", true}, Kind::kIdList, 0, 4294967294LL, nullptr, nullptr,
+             nullptr, nullptr, nullptr, &Config::Control::allow_uids},
+      KeyDef{{"control", "allow_gids", true}, Kind::kIdList, 0, 4294967294LL, nullptr, nullptr,
+             nullptr, nullptr, nullptr, &Config::Control::allow_gids},
+      STR_KEY("daemon", node_id, daemon.node_id, false, CheckNodeId),
+      INT_KEY("daemon", shutdown_grace_s, daemon.shutdown_grace_s, 0, 3600, true),
+      INT_KEY("daemon", status_interval_ms, daemon.status_interval_ms, 100, 60000, true),
+      INT_KEY("jobs", noop_max_sleep_ms, jobs.noop_max_sleep_ms, 0, 3600000, true),
+      INT_KEY("jobs", retain_finished, jobs.retain_finished, 0, 10000000, true),
+      INT_KEY("jobs", max_batch, jobs.max_batch, 1, 100000, true),
+      STR_KEY("log", level, log.level, true, CheckLevel),
+  };
+  return defs;
+}
+
+const KeyDef* FindDef(std::string_view section, std::string_view name) {
+  for (const auto& d : Defs()) {
+    if (d.spec.section == section && d.spec.name == name) return &d;
+  }
+  return nullptr;
+}
+
+bool KnownSection(std::string_view section) {
+  for (const auto& d : Defs()) {
+    if (d.spec.section == section) return true;
+  }
+  return false;
+}
+
+std::string Where(std::string_view origin, const toml::node& node) {
+  std::ostringstream out;
+  out << origin << ":" << node.source().begin.line;
+  return out.str();
+}
+
+std::string KnownKeysOf(std::string_view section) {
+  std::string out;
+  for (const auto& d : Defs()) {
+    if (d.spec.section != section) continue;
+    if (!out.empty()) out += ", ";
+    out += d.spec.name;
+  }
+  return out;
+}
+
+std::string KnownSections() {
+  std::string out;
+  std::string_view last;
+  for (const auto& d : Defs()) {
+    if (d.spec.section == last) continue;
+    last = d.spec.section;
+    if (!out.empty()) out += ", ";
+    out += "[" + std::string(last) + "]";
+  }
+  return out;
+}
+
+Status ApplyKey(Config& config, const KeyDef& def, const toml::node& node,
+                std::string_view origin) {
+  std::string where = Where(origin, node) + ": [" + std::string(def.spec.section) + "] " +
+                      std::string(def.spec.name);
+  switch (def.kind) {
+    case Kind::kInt: {
+      auto v = node.value<int64_t>();
+      if (!node.is_integer() || !v) {
+        return Status::InvalidConfig(where + " must be an integer between " +
+                                     std::to_string(def.min) + " and " + std::to_string(def.max));
+      }
+      if (*v < def.min || *v > def.max) {
+        return Status::InvalidConfig(where + " = " + std::to_string(*v) +
+                                     " is out of range: allowed " + std::to_string(def.min) +
+                                     " to " + std::to_string(def.max));
+      }
+      def.set_int(config, *v);
+      return Status::Ok();
+    }
+    case Kind::kString:
+    case Kind::kMode: {
+      if (!node.is_string()) {
+        std::string allowed = def.check("");
+        return Status::InvalidConfig(where + " must be a string in quotes" +
+                                     (allowed.empty() ? "" : " (" + allowed + ")"));
+      }
+      std::string v = *node.value<std::string>();
+      std::string allowed = def.check(v);
+      if (!allowed.empty()) {
+        return Status::InvalidConfig(where + " = \"" + v + "\" is not allowed: use " + allowed);
+      }
+      def.set_str(config, std::move(v));
+      return Status::Ok();
+    }
+    case Kind::kIdList: {
+      const toml::array* arr = node.as_array();
+      if (arr == nullptr) {
+        return Status::InvalidConfig(where + " must be an array of numeric ids, such as [0, 1000]");
+      }
+      std::vector<int64_t> ids;
+      for (const auto& el : *arr) {
+        auto v = el.value<int64_t>();
+        if (!el.is_integer() || !v || *v < def.min || *v > def.max) {
+          return Status::InvalidConfig(where +
+                                       " must hold numeric ids between 0 and 4294967294 only");
+        }
+        ids.push_back(*v);
+      }
+      config.control.*(def.ids) = std::move(ids);
+      return Status::Ok();
+    }
+  }
+  return Status::Internal("unknown key kind");
+}
+
+// Checks that involve more than one key; `root` gives line numbers.
+Status CrossCheck(const Config& c, const toml::table& root, std::string_view origin) {
+  auto line_of = [&](std::string_view section, std::string_view key) {
+    const toml::node* n = root.at_path(std::string(section) + "." + std::string(key)).node();
+    if (n == nullptr) n = root.at_path(section).node();
+    return n ? Where(origin, *n) : std::string(origin);
+  };
+  if (c.workers.min > c.workers.max) {
+    return Status::InvalidConfig(line_of("workers", "min") + ": [workers] min = " +
+                                 std::to_string(c.workers.min) + " is larger than max = " +
+                                 std::to_string(c.workers.max));
+  }
+  if (c.workers.interactive_reserved >= c.workers.max) {
+    return Status::InvalidConfig(
+        line_of("workers", "interactive_reserved") + ": [workers] interactive_reserved = " +
+        std::to_string(c.workers.interactive_reserved) + " must be smaller than max = " +
+        std::to_string(c.workers.max) + ", or background work could never run");
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+const std::vector<ConfigKeySpec>& ConfigKeys() {
+  static const std::vector<ConfigKeySpec> keys = [] {
+    std::vector<ConfigKeySpec> out;
+    for (const auto& d : Defs()) out.push_back(d.spec);
+    return out;
+  }();
+  return keys;
+}
+
+Result<Config> ParseConfig(std::string_view text, std::string_view origin) {
+  toml::table root;
+  try {
+    root = toml::parse(text, origin);
+  } catch (const toml::parse_error& err) {
+    std::ostringstream out;
+    out << origin << ":" << err.source().begin.line << ": syntax error: " << err.description();
+    return Status::InvalidConfig(out.str());
+  }
+  Config config;
+  for (const auto& [section_key, section_node] : root) {
+    std::string_view section = section_key.str();
+    if (!KnownSection(section)) {
+      return Status::InvalidConfig(Where(origin, section_node) + ": unknown section [" +
+                                   std::string(section) + "]; known sections: " +
+                                   KnownSections());
+    }
+    const toml::table* table = section_node.as_table();
+    if (table == nullptr) {
+      return Status::InvalidConfig(Where(origin, section_node) + ": " + std::string(section) +
+                                   " must be a section ([" + std::string(section) +
+                                   "]), not a value");
+    }
+    for (const auto& [key, node] : *table) {
+      const KeyDef* def = FindDef(section, key.str());
+      if (def == nullptr) {
+        return Status::InvalidConfig(Where(origin, node) + ": unknown key [" +
+                                     std::string(section) + "] " + std::string(key.str()) +
+                                     "; keys of this section: " + KnownKeysOf(section));
+      }
+      Status st = ApplyKey(config, *def, node, origin);
+      if (!st.ok()) return st;
+    }
+  }
+  Status st = CrossCheck(config, root, origin);
+  if (!st.ok()) return st;
+  config.source = std::string(origin);
+  return config;
+}
+
+Result<Config> LoadConfigFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) {
+    return Status::InvalidConfig(path + ": cannot read the config file (" +
+                                 std::string(strerror(errno)) +
+                                 "); check the path given to --config and its permissions");
+  }
+  std::ostringstream buf;
+  buf << in.rdbuf();
+  std::string text = buf.str();
+  if (text.size() > 1024 * 1024) {
+    return Status::InvalidConfig(path + ": the config file is larger than 1 MiB; is it the right file?");
+  }
+  auto result = ParseConfig(text, path);
+  return result;
+}
+
+std::string ConfigValueString(const Config& config, std::string_view section,
+                              std::string_view name) {
+  const KeyDef* def = FindDef(section, name);
+  if (def == nullptr) return "";
+  switch (def->kind) {
+    case Kind::kInt: return std::to_string(def->get_int(config));
+    case Kind::kString:
+    case Kind::kMode: return "\"" + def->get_str(config) + "\"";
+    case Kind::kIdList: {
+      std::string out = "[";
+      for (int64_t id : config.control.*(def->ids)) {
+        if (out.size() > 1) out += ", ";
+        out += std::to_string(id);
+      }
+      return out + "]";
+    }
+  }
+  return "";
+}
+
+std::vector<std::string> DiffConfig(const Config& before, const Config& after, bool reloadable) {
+  std::vector<std::string> out;
+  for (const auto& d : Defs()) {
+    if (d.spec.reloadable != reloadable) continue;
+    std::string a = ConfigValueString(before, d.spec.section, d.spec.name);
+    std::string b = ConfigValueString(after, d.spec.section, d.spec.name);
+    if (a != b) {
+      out.push_back("[" + std::string(d.spec.section) + "] " + std::string(d.spec.name) + ": " +
+                    a + " -> " + b);
+    }
+  }
+  return out;
+}
+
+Config MergeReloadable(const Config& running, const Config& fresh) {
+  Config out = running;
+  for (const auto& d : Defs()) {
+    if (!d.spec.reloadable) continue;
+    switch (d.kind) {
+      case Kind::kInt: d.set_int(out, d.get_int(fresh)); break;
+      case Kind::kString:
+      case Kind::kMode: d.set_str(out, d.get_str(fresh)); break;
+      case Kind::kIdList: out.control.*(d.ids) = fresh.control.*(d.ids); break;
+    }
+  }
+  return out;
+}
+
+std::string DumpConfig(const Config& config) {
+  std::string out;
+  std::string_view section;
+  for (const auto& d : Defs()) {
+    if (d.spec.section != section) {
+      section = d.spec.section;
+      out += (out.empty() ? "[" : "\n[") + std::string(section) + "]\n";
+    }
+    out += std::string(d.spec.name) + " = " +
+           ConfigValueString(config, d.spec.section, d.spec.name) + "\n";
+  }
+  return out;
+}
+
+}  // namespace digestd

@@ -1,0 +1,89 @@
+// Config: every setting digestd reads from its TOML file, with defaults.
+//
+// One table (ConfigKeys()) drives parsing, defaults, ranges and which keys a
+// reload may change, as Redis's static_configs[] does; conf/digestd.conf
+// documents every key in that table, and a test keeps the two in step.
+// Unknown sections and keys are errors: a typo must never fall back to a
+// default silently.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "util/status.h"
+
+namespace digestd {
+
+struct Config {
+  struct Workers {
+    int min = 3;                   // lowest worker limit `workers` may set
+    int max = 16;                  // highest worker limit; sizes the thread pool
+    int interactive_reserved = 1;  // slots background work may never take
+  } workers;
+  struct Queues {
+    int interactive = 200;  // ring capacity of the interactive lane
+    int background = 200;   // ring capacity of the background lane
+  } queues;
+  struct Control {
+    std::string socket = "/run/digestd/control.sock";
+    unsigned mode = 0660;
+    int64_t max_line_bytes = 1048576;
+    int max_clients = 1024;
+    int idle_timeout_s = 300;
+    std::vector<int64_t> allow_uids;
+    std::vector<int64_t> allow_gids;
+  } control;
+  struct Daemon {
+    std::string node_id;  // empty: the host name
+    int shutdown_grace_s = 30;
+    int status_interval_ms = 1000;
+  } daemon;
+  struct Jobs {
+    int noop_max_sleep_ms = 60000;
+    int retain_finished = 10000;
+    int max_batch = 1000;
+  } jobs;
+  struct Log {
+    std::string level = "info";
+  } log;
+
+  // The file this was loaded from; empty for built-in defaults.
+  std::string source;
+};
+
+// One key of the table. `reloadable` keys take effect on SIGHUP / `reload`.
+struct ConfigKeySpec {
+  std::string_view section;
+  std::string_view name;
+  bool reloadable;
+};
+
+// Every key digestd knows, in file order.
+const std::vector<ConfigKeySpec>& ConfigKeys();
+
+// Parses TOML text. `origin` names the file in messages ("digestd.conf").
+// Errors read "digestd.conf:14: [workers] min = 20 is larger than max = 16".
+Result<Config> ParseConfig(std::string_view text, std::string_view origin);
+
+// Reads and parses `path`.
+Result<Config> LoadConfigFile(const std::string& path);
+
+// The value of one key as it would be written in the file ("16", "\"info\"").
+std::string ConfigValueString(const Config& config, std::string_view section,
+                              std::string_view name);
+
+// Differences between two configs, one line per changed key:
+// "[workers] max: 16 -> 8". Only reloadable keys when `reloadable` is true,
+// only the others when false.
+std::vector<std::string> DiffConfig(const Config& before, const Config& after, bool reloadable);
+
+// `running` with every reloadable key taken from `fresh`; keys that need a
+// restart keep their running values.
+Config MergeReloadable(const Config& running, const Config& fresh);
+
+// The whole config as a TOML document (`digestd --print-config`).
+std::string DumpConfig(const Config& config);
+
+}  // namespace digestd

@@ -1,0 +1,120 @@
+// ControlServer: the control socket. Listens on a Unix path (or a socket
+// handed over by systemd), accepts any number of clients up to max_clients,
+// splits each byte stream into request lines, and writes one response line
+// per request in request order, even when a later request is answered first
+// (a `result` with wait_ms stays in line until it has its answer).
+//
+// Limits (DESIGN.md invariant 7): a line longer than max_line_bytes gets a
+// too_large error and the connection is closed; a client that pipelines too
+// much without reading stops being read until its answers drain; a client
+// silent for idle_timeout_s is closed.
+//
+// Loop thread only. Owns its listener and every connection; the Handler gets
+// a Reply that refers to its connection weakly, so answering a closed
+// connection is a harmless no-op. Call CloseAll() and run the loop until
+// clients() == 0 before destroying the server.
+#pragma once
+
+#include <sys/types.h>
+#include <uv.h>
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <string>
+#include <unordered_map>
+
+#include "control/protocol.h"
+#include "util/status.h"
+#include "util/uv_handle.h"
+
+namespace digestd {
+
+struct PeerCred {
+  bool known = false;  // SO_PEERCRED answered
+  pid_t pid = 0;
+  uid_t uid = 0;
+  gid_t gid = 0;
+};
+
+class ControlServer {
+ public:
+  struct Options {
+    size_t max_line_bytes = 1 << 20;
+    int max_clients = 1024;
+    int idle_timeout_s = 300;  // 0: never
+  };
+
+  class Connection;
+  struct Slot;
+
+  // The right to answer one request, exactly once. Cheap to copy; every copy
+  // answers the same slot. Loop thread only.
+  class Reply {
+   public:
+    Reply() = default;
+    // Sends a full response line (from OkLine/ErrorLine). A second call, or a
+    // call after the client left, does nothing.
+    void Send(std::string line) const;
+    // False once the client has gone; a waiting handler may give up early.
+    bool open() const;
+
+   private:
+    friend class ControlServer;
+    Reply(std::weak_ptr<Connection> conn, std::shared_ptr<Slot> slot)
+        : conn_(std::move(conn)), slot_(std::move(slot)) {}
+    std::weak_ptr<Connection> conn_;
+    std::shared_ptr<Slot> slot_;
+  };
+
+  using Handler = std::function<void(Request request, const PeerCred& peer, Reply reply)>;
+
+  ControlServer(uv_loop_t* loop, Options options, Handler handler);
+  ~ControlServer();
+  ControlServer(const ControlServer&) = delete;
+  ControlServer& operator=(const ControlServer&) = delete;
+
+  // Binds `path` with file mode `mode` and listens. A stale socket file left
+  // by a dead daemon is replaced; a live daemon's socket is never taken.
+  [[nodiscard]] Status ListenPath(const std::string& path, unsigned mode);
+  // Listens on an already bound socket (systemd socket activation).
+  [[nodiscard]] Status ListenFd(int fd);
+
+  void SetOptions(const Options& options);
+  // Stops accepting new clients; existing ones are served. Removes the socket
+  // file if this server created it.
+  void StopAccepting();
+  // Closes the listener and every connection. Graceful: a connection first
+  // writes the answers it already has (nothing more is read).
+  void CloseAll(bool graceful = false);
+
+  size_t clients() const { return conns_.size(); }
+  uint64_t accepted() const { return accepted_; }
+  uint64_t requests() const { return requests_; }
+  uint64_t rejected() const { return rejected_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  friend class Connection;
+  Status StartListening();
+  static void OnConnection(uv_stream_t* server, int status);
+  static void OnSweep(uv_timer_t* timer);
+  void Remove(Connection* conn);
+  void Dispatch(const std::shared_ptr<Connection>& conn, std::string_view line);
+
+  uv_loop_t* loop_;
+  Options options_;
+  Handler handler_;
+  UvHandle<uv_pipe_t> listener_;
+  UvHandle<uv_timer_t> sweep_;
+  std::string path_;       // the socket file we created; empty for an fd
+  uint64_t path_ino_ = 0;  // its inode, so we only ever unlink our own
+  std::unordered_map<Connection*, std::shared_ptr<Connection>> conns_;
+  uint64_t accepted_ = 0;
+  uint64_t requests_ = 0;
+  uint64_t rejected_ = 0;  // connections refused at max_clients
+  char read_buf_[64 * 1024];
+};
+
+}  // namespace digestd

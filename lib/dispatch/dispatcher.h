@@ -1,0 +1,120 @@
+// Dispatcher: the two lane rings and the worker slots. On the loop thread it
+// takes the next job (interactive lane first) while fewer than `limit` jobs
+// are in flight, and runs it on libuv's thread pool with uv_queue_work; the
+// outcome comes back on the loop thread in the after-work callback.
+//
+// Reserved slots: background work starts only while in_flight < limit -
+// interactive_reserved, so those slots stay free for the interactive lane
+// (DESIGN.md invariant 5).
+//
+// Poison pills: PutPills() appends a pill to each ring; everything queued
+// before a pill is still dispatched, nothing after it (invariant 6).
+//
+// Threads: every method is loop-thread only. A running job's pool thread sees
+// only its WorkContext. Ownership: the rings hold JobPtr references to records
+// that the JobTable owns; the Dispatcher owns its in-flight work items until
+// their after-work callback has run. Destroy it only after Idle() is true (the
+// loop must have run every after-work callback).
+#pragma once
+
+#include <uv.h>
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <unordered_set>
+
+#include "jobs/job.h"
+#include "jobs/job_kind.h"
+#include "queue/ring_queue.h"
+#include "util/status.h"
+
+namespace digestd {
+
+struct WorkerLimits {
+  int min = 1;
+  int max = 1;
+  int interactive_reserved = 0;
+  int limit = 1;  // the current worker limit, min <= limit <= max
+};
+
+class Dispatcher {
+ public:
+  struct Hooks {
+    // A job leaves its ring and starts. May be empty.
+    std::function<void(const JobPtr&)> on_start;
+    // A job's work returned (or was cancelled before it started).
+    std::function<void(const JobPtr&, WorkOutcome)> on_finish;
+    // Every pill has been reached and nothing is in flight. May be empty.
+    std::function<void()> on_drained;
+  };
+
+  // `loop` must outlive the Dispatcher. `pool_size` is the thread pool size
+  // fixed at start; the worker limit can never exceed it.
+  Dispatcher(uv_loop_t* loop, size_t interactive_capacity, size_t background_capacity,
+             WorkerLimits limits, int pool_size, const JobKindRegistry& kinds, Hooks hooks);
+  ~Dispatcher();
+  Dispatcher(const Dispatcher&) = delete;
+  Dispatcher& operator=(const Dispatcher&) = delete;
+
+  // Queues `job` on its lane. QueueFull when the ring is full, Unavailable
+  // once pills are in. Dispatches at once when a slot is free.
+  [[nodiscard]] Status Enqueue(JobPtr job);
+
+  // Applies new worker bounds; the limit is clamped into [min, max] (a raise
+  // of max raises the limit with it). Dispatches if the limit grew.
+  [[nodiscard]] Status SetLimits(int min, int max, int interactive_reserved);
+  const WorkerLimits& limits() const { return limits_; }
+
+  // Appends a poison pill to each ring. Idempotent.
+  void PutPills();
+  bool pills_in() const { return pills_in_; }
+  // True once every pill was reached and nothing is in flight.
+  bool Drained() const;
+
+  // Asks every in-flight job to stop (their cancel flags). Their outcomes
+  // still arrive through on_finish.
+  void CancelInFlight();
+  // Removes every queued job (before or after a pill) and returns them, for
+  // the caller to release. Nothing queued is dispatched afterwards.
+  std::vector<JobPtr> TakeQueued();
+
+  // Hands values to pool threads that the kinds need (noop's cap).
+  void SetNoopMaxSleep(int ms) { noop_max_sleep_ms_ = ms; }
+
+  size_t depth(Lane lane) const;
+  size_t capacity(Lane lane) const;
+  int in_flight() const { return in_flight_; }
+  int in_flight(Lane lane) const { return in_flight_lane_[static_cast<int>(lane)]; }
+  int pool_size() const { return pool_size_; }
+  uint64_t dispatched() const { return dispatched_; }
+
+ private:
+  struct Entry {
+    JobPtr job;  // nullptr: a poison pill
+  };
+  struct WorkItem;
+
+  void Pump();
+  void Start(JobPtr job);
+  static void OnWork(uv_work_t* req);
+  static void OnAfterWork(uv_work_t* req, int status);
+
+  uv_loop_t* loop_;
+  RingQueue<Entry> rings_[kLaneCount];
+  bool lane_closed_[kLaneCount] = {false, false};  // its pill was reached
+  bool pills_in_ = false;
+  WorkerLimits limits_;
+  int pool_size_;
+  const JobKindRegistry& kinds_;
+  Hooks hooks_;
+  int in_flight_ = 0;
+  int in_flight_lane_[kLaneCount] = {0, 0};
+  uint64_t dispatched_ = 0;
+  int noop_max_sleep_ms_ = 60000;
+  bool pumping_ = false;
+  // Work items queued on the pool and not yet returned; owned here.
+  std::unordered_set<WorkItem*> items_;
+};
+
+}  // namespace digestd

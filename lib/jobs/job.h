@@ -1,0 +1,80 @@
+// Job: one unit of work, as the loop thread keeps it (JobRecord), and the
+// part a pool thread may see while the job runs (WorkContext / WorkOutcome).
+//
+// Ownership: JobTable owns every JobRecord (shared_ptr so a ring entry or a
+// waiting reply can hold one); records are touched only on the loop thread.
+// A pool thread gets a WorkContext that shares only immutable input and an
+// atomic cancel flag, and returns a WorkOutcome by value.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace digestd {
+
+enum class Lane { kInteractive = 0, kBackground = 1 };
+inline constexpr int kLaneCount = 2;
+
+enum class JobState { kQueued, kRunning, kDone, kFailed, kCancelled };
+
+std::string_view LaneName(Lane lane);
+std::optional<Lane> ParseLane(std::string_view name);
+std::string_view JobStateName(JobState state);
+inline bool IsTerminal(JobState s) {
+  return s == JobState::kDone || s == JobState::kFailed || s == JobState::kCancelled;
+}
+
+// Monotonic nanoseconds (uv_hrtime).
+using Nanos = uint64_t;
+
+struct JobRecord {
+  uint64_t id = 0;
+  std::string key;    // the idempotency key; unique
+  std::string group;  // empty when the job is in no group
+  std::string kind;
+  Lane lane = Lane::kBackground;
+  std::shared_ptr<const nlohmann::json> input;  // immutable once submitted
+  JobState state = JobState::kQueued;
+  int attempts = 0;
+  nlohmann::json result;  // set when done
+  std::string error;      // set when failed or cancelled
+  Nanos submitted_at = 0;
+  Nanos started_at = 0;
+  Nanos finished_at = 0;
+  int64_t submitted_unix_ms = 0;
+  // Set by the loop thread to ask a running job to stop; read by its worker.
+  std::shared_ptr<std::atomic<bool>> cancel = std::make_shared<std::atomic<bool>>(false);
+};
+
+using JobPtr = std::shared_ptr<JobRecord>;
+
+// What a pool thread receives. Copyable; owns nothing mutable but `cancel`.
+struct WorkContext {
+  std::string_view key;  // points into the record's key, which outlives the work
+  std::shared_ptr<const nlohmann::json> input;
+  std::shared_ptr<std::atomic<bool>> cancel;
+  int attempt = 1;
+  int noop_max_sleep_ms = 0;
+  bool cancelled() const { return cancel->load(std::memory_order_relaxed); }
+};
+
+// What a pool thread returns.
+struct WorkOutcome {
+  enum class Kind { kDone, kFailed, kCancelled };
+  Kind kind = Kind::kDone;
+  nlohmann::json result;  // kDone
+  std::string error;      // kFailed / kCancelled: what went wrong, for the user
+
+  static WorkOutcome Done(nlohmann::json r) { return {Kind::kDone, std::move(r), {}}; }
+  static WorkOutcome Failed(std::string e) { return {Kind::kFailed, nullptr, std::move(e)}; }
+  static WorkOutcome Cancelled(std::string e) {
+    return {Kind::kCancelled, nullptr, std::move(e)};
+  }
+};
+
+}  // namespace digestd

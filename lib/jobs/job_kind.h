@@ -1,0 +1,55 @@
+// JobKind: what one kind of job ("noop", "summarize", ...) does, and the
+// registry that finds a kind by name. Adding a kind is one file: define a
+// JobKind subclass and register it with DIGESTD_REGISTER_JOB_KIND.
+#pragma once
+
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string_view>
+#include <vector>
+
+#include "jobs/job.h"
+#include "util/status.h"
+
+namespace digestd {
+
+// Limits that input validation needs, taken from the config.
+struct KindLimits {
+  int noop_max_sleep_ms = 60000;
+};
+
+class JobKind {
+ public:
+  virtual ~JobKind() = default;
+  virtual std::string_view name() const = 0;
+  // Checks a submitted job's input. Loop thread. Must not block.
+  // Returns BadRequest naming the offending field.
+  virtual Status Validate(const nlohmann::json& input, const KindLimits& limits) const = 0;
+  // Runs the job. Pool thread: touches only `ctx`; watches ctx.cancelled().
+  virtual WorkOutcome Run(const WorkContext& ctx) const = 0;
+};
+
+// The kinds compiled into this binary. Populated before main() runs by
+// registration objects; read-only afterwards, so any thread may read it.
+class JobKindRegistry {
+ public:
+  static JobKindRegistry& Global();
+  void Add(std::unique_ptr<JobKind> kind);
+  // nullptr for an unknown kind. The pointer lives as long as the process.
+  const JobKind* Find(std::string_view name) const;
+  // "noop, summarize" — for error messages.
+  std::string Names() const;
+
+ private:
+  std::vector<std::unique_ptr<JobKind>> kinds_;
+};
+
+template <typename T>
+struct JobKindRegistration {
+  JobKindRegistration() { JobKindRegistry::Global().Add(std::make_unique<T>()); }
+};
+
+}  // namespace digestd
+
+#define DIGESTD_REGISTER_JOB_KIND(T) \
+  static const ::digestd::JobKindRegistration<T> digestd_register_##T {}

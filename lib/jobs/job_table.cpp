@@ -1,0 +1,180 @@
+#include "jobs/job_table.h"
+
+#include <uv.h>
+
+#include <algorithm>
+#include <chrono>
+
+namespace digestd {
+
+namespace {
+const std::vector<JobPtr> kNoJobs;
+
+int64_t UnixMillis() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+}  // namespace
+
+JobPtr JobTable::Find(const std::string& key) const {
+  auto it = by_key_.find(key);
+  return it == by_key_.end() ? nullptr : it->second;
+}
+
+const std::vector<JobPtr>& JobTable::FindGroup(const std::string& group) const {
+  auto it = by_group_.find(group);
+  return it == by_group_.end() ? kNoJobs : it->second;
+}
+
+JobPtr JobTable::Create(std::string key, std::string group, std::string kind, Lane lane,
+                        nlohmann::json input) {
+  auto job = std::make_shared<JobRecord>();
+  job->id = next_id_++;
+  job->key = std::move(key);
+  job->group = std::move(group);
+  job->kind = std::move(kind);
+  job->lane = lane;
+  job->input = std::make_shared<const nlohmann::json>(std::move(input));
+  job->submitted_at = uv_hrtime();
+  job->submitted_unix_ms = UnixMillis();
+  by_key_[job->key] = job;
+  if (!job->group.empty()) by_group_[job->group].push_back(job);
+  ++counters_.submitted;
+  return job;
+}
+
+void JobTable::Forget(const JobPtr& job) {
+  by_key_.erase(job->key);
+  if (!job->group.empty()) {
+    auto it = by_group_.find(job->group);
+    if (it != by_group_.end()) {
+      auto& v = it->second;
+      v.erase(std::remove(v.begin(), v.end(), job), v.end());
+      if (v.empty()) by_group_.erase(it);
+    }
+  }
+  --counters_.submitted;
+}
+
+void JobTable::MarkRunning(const JobPtr& job) {
+  job->state = JobState::kRunning;
+  job->started_at = uv_hrtime();
+  ++job->attempts;
+  ++counters_.running;
+}
+
+void JobTable::MarkFinished(const JobPtr& job, WorkOutcome outcome) {
+  if (job->state == JobState::kRunning) --counters_.running;
+  job->finished_at = uv_hrtime();
+  switch (outcome.kind) {
+    case WorkOutcome::Kind::kDone:
+      job->state = JobState::kDone;
+      job->result = std::move(outcome.result);
+      ++counters_.done;
+      break;
+    case WorkOutcome::Kind::kFailed:
+      job->state = JobState::kFailed;
+      job->error = std::move(outcome.error);
+      ++counters_.failed;
+      break;
+    case WorkOutcome::Kind::kCancelled:
+      job->state = JobState::kCancelled;
+      job->error = std::move(outcome.error);
+      ++counters_.cancelled;
+      break;
+  }
+  if (job->started_at != 0) run_time_.Record(job->finished_at - job->started_at);
+  latency_.Record(job->finished_at - job->submitted_at);
+  Finished(job);
+}
+
+void JobTable::MarkCancelled(const JobPtr& job, const std::string& why) {
+  job->state = JobState::kCancelled;
+  job->error = why;
+  job->finished_at = uv_hrtime();
+  ++counters_.cancelled;
+  Finished(job);
+}
+
+void JobTable::Finished(const JobPtr& job) {
+  finished_.push_back(job);
+  Fire("k:" + job->key);
+  if (!job->group.empty()) {
+    const auto& parts = FindGroup(job->group);
+    bool all = std::all_of(parts.begin(), parts.end(),
+                           [](const JobPtr& j) { return IsTerminal(j->state); });
+    if (all) Fire("g:" + job->group);
+  }
+  Evict();
+}
+
+void JobTable::Evict() {
+  while (finished_.size() > retain_finished_) {
+    JobPtr old = std::move(finished_.front());
+    finished_.pop_front();
+    auto it = by_key_.find(old->key);
+    if (it != by_key_.end() && it->second == old) by_key_.erase(it);
+    if (!old->group.empty()) {
+      auto g = by_group_.find(old->group);
+      if (g != by_group_.end()) {
+        auto& v = g->second;
+        v.erase(std::remove(v.begin(), v.end(), old), v.end());
+        if (v.empty()) by_group_.erase(g);
+      }
+    }
+  }
+}
+
+void JobTable::Fire(const std::string& waiter_key) {
+  auto it = waiters_.find(waiter_key);
+  if (it == waiters_.end()) return;
+  auto list = std::move(it->second);
+  waiters_.erase(it);
+  for (auto& [token, fn] : list) {
+    waiter_keys_.erase(token);
+    fn();
+  }
+}
+
+uint64_t JobTable::WaitJob(const std::string& key, Waiter fn) {
+  uint64_t token = next_token_++;
+  std::string k = "k:" + key;
+  waiters_[k].emplace_back(token, std::move(fn));
+  waiter_keys_[token] = std::move(k);
+  return token;
+}
+
+uint64_t JobTable::WaitGroup(const std::string& group, Waiter fn) {
+  uint64_t token = next_token_++;
+  std::string k = "g:" + group;
+  waiters_[k].emplace_back(token, std::move(fn));
+  waiter_keys_[token] = std::move(k);
+  return token;
+}
+
+void JobTable::RemoveWaiter(uint64_t token) {
+  auto it = waiter_keys_.find(token);
+  if (it == waiter_keys_.end()) return;
+  auto w = waiters_.find(it->second);
+  if (w != waiters_.end()) {
+    auto& v = w->second;
+    v.erase(std::remove_if(v.begin(), v.end(), [&](const auto& p) { return p.first == token; }),
+            v.end());
+    if (v.empty()) waiters_.erase(w);
+  }
+  waiter_keys_.erase(it);
+}
+
+void JobTable::SetRetention(size_t retain_finished) {
+  retain_finished_ = retain_finished;
+  Evict();
+}
+
+std::string JobTable::NewKey(const std::string& node_id) {
+  // Unique per daemon start: node, start time and a sequence number.
+  static const int64_t start_ms = UnixMillis();
+  return "auto:" + node_id + ":" + std::to_string(start_ms) + ":" + std::to_string(next_id_);
+}
+
+}  // namespace digestd

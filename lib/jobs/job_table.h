@@ -1,0 +1,94 @@
+// JobTable: the jobs this daemon knows, by key and by group, with the
+// counters and latency samples `status` reports, and the waiters of `result`
+// calls. Until jobs are stored in PostgreSQL this table is the only record:
+// queued and running jobs stay until they finish; finished ones are kept for
+// `result` up to `retain_finished`, oldest evicted first, so memory stays
+// bounded (rings bound the queued, worker slots the running).
+//
+// Loop thread only. Owns every JobRecord (shared with rings and work items).
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "jobs/job.h"
+#include "obs/latency_window.h"
+
+namespace digestd {
+
+struct JobCounters {
+  uint64_t submitted = 0;
+  uint64_t duplicates = 0;  // submits of a key that already existed
+  uint64_t running = 0;
+  uint64_t done = 0;
+  uint64_t failed = 0;
+  uint64_t cancelled = 0;
+  uint64_t released = 0;  // queued jobs given up at a forced shutdown
+};
+
+class JobTable {
+ public:
+  // A callback fired once when the awaited job (or whole group) is terminal.
+  using Waiter = std::function<void()>;
+
+  explicit JobTable(size_t retain_finished) : retain_finished_(retain_finished) {}
+
+  // nullptr when unknown (or evicted).
+  JobPtr Find(const std::string& key) const;
+  // Every known job of `group`, in submit order; empty when unknown.
+  const std::vector<JobPtr>& FindGroup(const std::string& group) const;
+
+  // Creates a queued record. The key must not exist (check with Find).
+  JobPtr Create(std::string key, std::string group, std::string kind, Lane lane,
+                nlohmann::json input);
+  // Forgets a record that was never acknowledged (its enqueue failed).
+  void Forget(const JobPtr& job);
+
+  void MarkRunning(const JobPtr& job);
+  // Moves a job to its terminal state, records its latency, fires waiters.
+  void MarkFinished(const JobPtr& job, WorkOutcome outcome);
+  // A queued job cancelled before it ran.
+  void MarkCancelled(const JobPtr& job, const std::string& why);
+  void NoteDuplicate() { ++counters_.duplicates; }
+  void NoteReleased(size_t n) { counters_.released += n; }
+
+  // Registers `fn` to run when `key` is terminal; returns a token for
+  // RemoveWaiter. The caller checks the current state first.
+  uint64_t WaitJob(const std::string& key, Waiter fn);
+  // Registers `fn` to run when every job of `group` is terminal.
+  uint64_t WaitGroup(const std::string& group, Waiter fn);
+  void RemoveWaiter(uint64_t token);
+
+  void SetRetention(size_t retain_finished);
+  // Generates a key for a job submitted without one.
+  std::string NewKey(const std::string& node_id);
+
+  const JobCounters& counters() const { return counters_; }
+  const LatencyWindow& latency() const { return latency_; }  // submit -> finish
+  const LatencyWindow& run_time() const { return run_time_; }  // start -> finish
+  size_t size() const { return by_key_.size(); }
+
+ private:
+  void Finished(const JobPtr& job);
+  void Evict();
+  void Fire(const std::string& waiter_key);
+
+  size_t retain_finished_;
+  uint64_t next_id_ = 1;
+  uint64_t next_token_ = 1;
+  std::unordered_map<std::string, JobPtr> by_key_;
+  std::unordered_map<std::string, std::vector<JobPtr>> by_group_;
+  std::deque<JobPtr> finished_;  // oldest first, for eviction
+  // "k:<key>" or "g:<group>" -> (token, waiter)
+  std::unordered_map<std::string, std::vector<std::pair<uint64_t, Waiter>>> waiters_;
+  std::unordered_map<uint64_t, std::string> waiter_keys_;
+  JobCounters counters_;
+  LatencyWindow latency_;
+  LatencyWindow run_time_;
+};
+
+}  // namespace digestd
