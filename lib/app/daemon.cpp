@@ -90,7 +90,7 @@ Status Daemon::Start() {
       &loop_, static_cast<size_t>(config_.queues.interactive),
       static_cast<size_t>(config_.queues.background), limits, pool_size_,
       JobKindRegistry::Global(), std::move(hooks));
-  dispatcher_->SetNoopMaxSleep(config_.jobs.noop_max_sleep_ms);
+  dispatcher_->SetConfig(std::make_shared<const Config>(config_));
 
   ControlServer::Options copts{static_cast<size_t>(config_.control.max_line_bytes),
                                config_.control.max_clients, config_.control.idle_timeout_s};
@@ -241,7 +241,7 @@ void Daemon::ApplyRuntimeConfig() {
   Status st = dispatcher_->SetLimits(config_.workers.min, config_.workers.max,
                                      config_.workers.interactive_reserved);
   if (!st.ok()) LOG_ERROR("reload: %s", st.message().c_str());
-  dispatcher_->SetNoopMaxSleep(config_.jobs.noop_max_sleep_ms);
+  dispatcher_->SetConfig(std::make_shared<const Config>(config_));
   jobs_->SetRetention(static_cast<size_t>(config_.jobs.retain_finished));
   control_->SetOptions({static_cast<size_t>(config_.control.max_line_bytes),
                         config_.control.max_clients, config_.control.idle_timeout_s});

@@ -164,8 +164,7 @@ Status Daemon::CheckJobSpec(const nlohmann::json& spec, const std::string& where
   }
   static const nlohmann::json kEmpty = nlohmann::json::object();
   auto input = spec.find("input");
-  KindLimits limits{config_.jobs.noop_max_sleep_ms};
-  st = k->Validate(input == spec.end() ? kEmpty : *input, limits);
+  st = k->Validate(input == spec.end() ? kEmpty : *input, config_);
   if (!st.ok()) return Status::BadRequest(where + ": " + st.message());
   return Status::Ok();
 }

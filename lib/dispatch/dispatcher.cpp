@@ -164,7 +164,7 @@ void Dispatcher::Start(JobPtr job) {
   item->ctx.input = job->input;
   item->ctx.cancel = job->cancel;
   item->ctx.attempt = job->attempts + 1;
-  item->ctx.noop_max_sleep_ms = noop_max_sleep_ms_;
+  item->ctx.config = config_;
   item->req.data = item.get();
   item->job = std::move(job);
   int lane = static_cast<int>(item->job->lane);

@@ -79,8 +79,8 @@ class Dispatcher {
   // the caller to release. Nothing queued is dispatched afterwards.
   std::vector<JobPtr> TakeQueued();
 
-  // Hands values to pool threads that the kinds need (noop's cap).
-  void SetNoopMaxSleep(int ms) { noop_max_sleep_ms_ = ms; }
+  // The config that jobs started from now on see (reload swaps it).
+  void SetConfig(std::shared_ptr<const Config> config) { config_ = std::move(config); }
 
   size_t depth(Lane lane) const;
   size_t capacity(Lane lane) const;
@@ -111,7 +111,7 @@ class Dispatcher {
   int in_flight_ = 0;
   int in_flight_lane_[kLaneCount] = {0, 0};
   uint64_t dispatched_ = 0;
-  int noop_max_sleep_ms_ = 60000;
+  std::shared_ptr<const Config> config_ = std::make_shared<const Config>();
   bool pumping_ = false;
   // Work items queued on the pool and not yet returned; owned here.
   std::unordered_set<WorkItem*> items_;

@@ -15,6 +15,8 @@
 #include <string>
 #include <string_view>
 
+#include "config/config.h"
+
 namespace digestd {
 
 enum class Lane { kInteractive = 0, kBackground = 1 };
@@ -59,19 +61,28 @@ struct WorkContext {
   std::shared_ptr<const nlohmann::json> input;
   std::shared_ptr<std::atomic<bool>> cancel;
   int attempt = 1;
-  int noop_max_sleep_ms = 0;
+  // The config when the job started; immutable, shared with the loop.
+  std::shared_ptr<const Config> config;
   bool cancelled() const { return cancel->load(std::memory_order_relaxed); }
 };
 
 // What a pool thread returns.
 struct WorkOutcome {
-  enum class Kind { kDone, kFailed, kCancelled };
+  enum class Kind {
+    kDone,
+    kFailed,     // fatal: no retry
+    kRetry,      // retryable: run again after a backoff, spending an attempt
+    kBusy,       // the backend said it is busy (429/503): retry, attempt not spent
+    kCancelled,
+  };
   Kind kind = Kind::kDone;
   nlohmann::json result;  // kDone
-  std::string error;      // kFailed / kCancelled: what went wrong, for the user
+  std::string error;      // otherwise: what went wrong, for the user
 
   static WorkOutcome Done(nlohmann::json r) { return {Kind::kDone, std::move(r), {}}; }
   static WorkOutcome Failed(std::string e) { return {Kind::kFailed, nullptr, std::move(e)}; }
+  static WorkOutcome Retry(std::string e) { return {Kind::kRetry, nullptr, std::move(e)}; }
+  static WorkOutcome Busy(std::string e) { return {Kind::kBusy, nullptr, std::move(e)}; }
   static WorkOutcome Cancelled(std::string e) {
     return {Kind::kCancelled, nullptr, std::move(e)};
   }

@@ -13,18 +13,13 @@
 
 namespace digestd {
 
-// Limits that input validation needs, taken from the config.
-struct KindLimits {
-  int noop_max_sleep_ms = 60000;
-};
-
 class JobKind {
  public:
   virtual ~JobKind() = default;
   virtual std::string_view name() const = 0;
   // Checks a submitted job's input. Loop thread. Must not block.
   // Returns BadRequest naming the offending field.
-  virtual Status Validate(const nlohmann::json& input, const KindLimits& limits) const = 0;
+  virtual Status Validate(const nlohmann::json& input, const Config& config) const = 0;
   // Runs the job. Pool thread: touches only `ctx`; watches ctx.cancelled().
   virtual WorkOutcome Run(const WorkContext& ctx) const = 0;
 };

@@ -74,6 +74,8 @@ void JobTable::MarkFinished(const JobPtr& job, WorkOutcome outcome) {
       ++counters_.done;
       break;
     case WorkOutcome::Kind::kFailed:
+    case WorkOutcome::Kind::kRetry:  // the caller decided not to retry
+    case WorkOutcome::Kind::kBusy:
       job->state = JobState::kFailed;
       job->error = std::move(outcome.error);
       ++counters_.failed;

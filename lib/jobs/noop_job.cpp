@@ -14,7 +14,7 @@ class NoopKind final : public JobKind {
  public:
   std::string_view name() const override { return "noop"; }
 
-  Status Validate(const nlohmann::json& input, const KindLimits& limits) const override {
+  Status Validate(const nlohmann::json& input, const Config& config) const override {
     if (!input.is_object()) {
       return Status::BadRequest("input must be an object, such as {\"sleep_ms\": 10}");
     }
@@ -25,10 +25,10 @@ class NoopKind final : public JobKind {
       if (!v.is_number_integer() || v.get<int64_t>() < 0) {
         return Status::BadRequest("input.sleep_ms must be a non-negative integer (milliseconds)");
       }
-      if (v.get<int64_t>() > limits.noop_max_sleep_ms) {
+      if (v.get<int64_t>() > config.jobs.noop_max_sleep_ms) {
         return Status::BadRequest("input.sleep_ms = " + std::to_string(v.get<int64_t>()) +
                                   " is above [jobs] noop_max_sleep_ms = " +
-                                  std::to_string(limits.noop_max_sleep_ms));
+                                  std::to_string(config.jobs.noop_max_sleep_ms));
       }
     }
     return Status::Ok();
@@ -36,7 +36,7 @@ class NoopKind final : public JobKind {
 
   WorkOutcome Run(const WorkContext& ctx) const override {
     int64_t want = ctx.input->value("sleep_ms", int64_t{0});
-    want = std::clamp<int64_t>(want, 0, ctx.noop_max_sleep_ms);
+    want = std::clamp<int64_t>(want, 0, ctx.config->jobs.noop_max_sleep_ms);
     auto start = std::chrono::steady_clock::now();
     auto end = start + std::chrono::milliseconds(want);
     while (std::chrono::steady_clock::now() < end) {
