@@ -134,6 +134,10 @@ void Dispatcher::Pump() {
           in_flight_ >= limits_.limit - limits_.interactive_reserved) {
         continue;  // the remaining slots are reserved for interactive work
       }
+      if (ring.Front()->job != nullptr && ring.Front()->job->state == JobState::kQueued &&
+          hooks_.can_start && !hooks_.can_start(*ring.Front()->job)) {
+        continue;  // held back (breaker open); the lane waits for Kick()
+      }
       next = ring.Pop();
       if (!next->job) {
         lane_closed_[lane] = true;

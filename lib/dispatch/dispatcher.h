@@ -47,6 +47,10 @@ class Dispatcher {
     std::function<void(const JobPtr&, WorkOutcome)> on_finish;
     // Every pill has been reached and nothing is in flight. May be empty.
     std::function<void()> on_drained;
+    // Whether the job at the head of a lane may start now (false while the
+    // backend's circuit breaker is open). The job then waits in its ring,
+    // and so does its lane, until Kick(). May be empty: always true.
+    std::function<bool(const JobRecord&)> can_start;
   };
 
   // `loop` must outlive the Dispatcher. `pool_size` is the thread pool size
@@ -60,6 +64,9 @@ class Dispatcher {
   // Queues `job` on its lane. QueueFull when the ring is full, Unavailable
   // once pills are in. Dispatches at once when a slot is free.
   [[nodiscard]] Status Enqueue(JobPtr job);
+
+  // Dispatches whatever may start now (after can_start's answer changed).
+  void Kick() { Pump(); }
 
   // Applies new worker bounds; the limit is clamped into [min, max] (a raise
   // of max raises the limit with it). Dispatches if the limit grew.
