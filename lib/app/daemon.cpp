@@ -86,10 +86,10 @@ Status Daemon::Start() {
   hooks.on_drained = [this] {
     if (phase_ == Phase::kDraining) FinishShutdown();
   };
-  dispatcher_ = std::make_unique<Dispatcher>(
-      &loop_, static_cast<size_t>(config_.queues.interactive),
-      static_cast<size_t>(config_.queues.background), limits, pool_size_,
-      JobKindRegistry::Global(), std::move(hooks));
+  dispatcher_ =
+      std::make_unique<Dispatcher>(&loop_, static_cast<size_t>(config_.queues.interactive),
+                                   static_cast<size_t>(config_.queues.background), limits,
+                                   pool_size_, JobKindRegistry::Global(), std::move(hooks));
   dispatcher_->SetConfig(std::make_shared<const Config>(config_));
 
   ControlServer::Options copts{static_cast<size_t>(config_.control.max_line_bytes),
@@ -118,8 +118,8 @@ Status Daemon::Start() {
           if (signum == SIGHUP) {
             nlohmann::json changes;
             Status rs = self->Reload(&changes);
-            if (!rs.ok()) LOG_ERROR("reload failed, keeping the running config: %s",
-                                    rs.message().c_str());
+            if (!rs.ok())
+              LOG_ERROR("reload failed, keeping the running config: %s", rs.message().c_str());
           } else {
             self->BeginShutdown(signum == SIGTERM ? "SIGTERM" : "SIGINT");
           }
@@ -150,8 +150,8 @@ Status Daemon::Start() {
   notifier_->Status(StatusLine());
   LOG_NOTICE("digestd %s ready: node %s, socket %s%s, workers %d..%d (pool %d), watchdog %s",
              DIGESTD_VERSION, node_id_.c_str(),
-             fd >= 0 ? "from systemd" : config_.control.socket.c_str(),
-             fd >= 0 ? "" : "", config_.workers.min, config_.workers.max, pool_size_,
+             fd >= 0 ? "from systemd" : config_.control.socket.c_str(), fd >= 0 ? "" : "",
+             config_.workers.min, config_.workers.max, pool_size_,
              wd ? (std::to_string(wd) + " ms").c_str() : "off");
   return Status::Ok();
 }
@@ -194,8 +194,7 @@ void Daemon::OnJobFinished(const JobPtr& job, WorkOutcome outcome) {
     return;
   }
   if (outcome.kind == WorkOutcome::Kind::kFailed) {
-    LOG_WARN("job %s (%s) failed: %s", job->key.c_str(), job->kind.c_str(),
-             outcome.error.c_str());
+    LOG_WARN("job %s (%s) failed: %s", job->key.c_str(), job->kind.c_str(), outcome.error.c_str());
   }
   jobs_->MarkFinished(job, std::move(outcome));
 }
@@ -214,10 +213,10 @@ Status Daemon::Reload(nlohmann::json* changes) {
   }
   if (fresh.workers.max > pool_size_) {
     notifier_->Ready();
-    return Status::InvalidConfig(
-        config_path_ + ": [workers] max = " + std::to_string(fresh.workers.max) +
-        " is above the thread pool size " + std::to_string(pool_size_) +
-        " fixed at start; restart digestd to raise it");
+    return Status::InvalidConfig(config_path_ +
+                                 ": [workers] max = " + std::to_string(fresh.workers.max) +
+                                 " is above the thread pool size " + std::to_string(pool_size_) +
+                                 " fixed at start; restart digestd to raise it");
   }
   auto applied = DiffConfig(config_, fresh, true);
   auto ignored = DiffConfig(config_, fresh, false);
@@ -255,10 +254,11 @@ void Daemon::BeginShutdown(const char* why) {
   }
   phase_ = Phase::kDraining;
   notifier_->Stopping();
-  LOG_NOTICE("%s: draining; %zu interactive and %zu background jobs queued, %d running; "
-             "grace %d s",
-             why, dispatcher_->depth(Lane::kInteractive), dispatcher_->depth(Lane::kBackground),
-             dispatcher_->in_flight(), config_.daemon.shutdown_grace_s);
+  LOG_NOTICE(
+      "%s: draining; %zu interactive and %zu background jobs queued, %d running; "
+      "grace %d s",
+      why, dispatcher_->depth(Lane::kInteractive), dispatcher_->depth(Lane::kBackground),
+      dispatcher_->in_flight(), config_.daemon.shutdown_grace_s);
   notifier_->Status("draining: " + StatusLine());
   uv_timer_start(
       grace_timer_.get(),

@@ -13,11 +13,16 @@ namespace {
 constexpr size_t kMaxKeyBytes = 512;
 constexpr int64_t kMaxWaitMs = 300000;
 
-double Millis(uint64_t nanos) { return static_cast<double>(nanos) / 1e6; }
+double Millis(uint64_t nanos) {
+  return static_cast<double>(nanos) / 1e6;
+}
 
 nlohmann::json PercentilesJson(const Percentiles& p) {
-  return {{"count", p.count}, {"p50_ms", p.p50_ms}, {"p95_ms", p.p95_ms},
-          {"p99_ms", p.p99_ms}, {"max_ms", p.max_ms}};
+  return {{"count", p.count},
+          {"p50_ms", p.p50_ms},
+          {"p95_ms", p.p95_ms},
+          {"p99_ms", p.p99_ms},
+          {"max_ms", p.max_ms}};
 }
 
 }  // namespace
@@ -30,10 +35,10 @@ struct Daemon::PendingWait {
 
 void Daemon::Handle(Request req, const PeerCred& peer, ControlServer::Reply reply) {
   if (IsMutatingOp(req.op) && !Allowed(peer)) {
-    reply.Send(ErrorLine(
-        req.id, Status::Forbidden("uid " + std::to_string(peer.uid) + " (gid " +
-                                  std::to_string(peer.gid) + ") may not use \"" + req.op +
-                                  "\"; add it to [control] allow_uids or allow_gids")));
+    reply.Send(
+        ErrorLine(req.id, Status::Forbidden("uid " + std::to_string(peer.uid) + " (gid " +
+                                            std::to_string(peer.gid) + ") may not use \"" + req.op +
+                                            "\"; add it to [control] allow_uids or allow_gids")));
     return;
   }
   if (req.op == "ping") {
@@ -74,9 +79,9 @@ void Daemon::OpStatus(const Request& req, const ControlServer::Reply& reply) {
 nlohmann::json Daemon::StatusJson() const {
   const auto& c = jobs_->counters();
   const auto& w = dispatcher_->limits();
-  const char* state = phase_ == Phase::kRunning ? "running"
+  const char* state = phase_ == Phase::kRunning    ? "running"
                       : phase_ == Phase::kDraining ? "draining"
-                                                    : "stopping";
+                                                   : "stopping";
   auto lane = [&](Lane l) {
     return nlohmann::json{{"depth", dispatcher_->depth(l)},
                           {"capacity", dispatcher_->capacity(l)},
@@ -126,8 +131,7 @@ std::string Daemon::StatusLine() const {
                 dispatcher_->in_flight(), dispatcher_->limits().limit,
                 dispatcher_->depth(Lane::kInteractive), dispatcher_->capacity(Lane::kInteractive),
                 dispatcher_->depth(Lane::kBackground), dispatcher_->capacity(Lane::kBackground),
-                static_cast<unsigned long long>(c.done),
-                static_cast<unsigned long long>(c.failed));
+                static_cast<unsigned long long>(c.done), static_cast<unsigned long long>(c.failed));
   return buf;
 }
 
@@ -148,8 +152,8 @@ Status Daemon::CheckJobSpec(const nlohmann::json& spec, const std::string& where
   Status st = prefix(GetString(spec, "kind", &kind));
   if (!st.ok()) return st;
   if (kind.empty()) {
-    return Status::BadRequest(where + ": \"kind\" is required; known kinds: " +
-                              JobKindRegistry::Global().Names());
+    return Status::BadRequest(
+        where + ": \"kind\" is required; known kinds: " + JobKindRegistry::Global().Names());
   }
   const JobKind* k = JobKindRegistry::Global().Find(kind);
   if (k == nullptr) {
@@ -176,14 +180,13 @@ Result<nlohmann::json> Daemon::SubmitOne(const nlohmann::json& spec, const std::
   if (key.empty()) key = jobs_->NewKey(node_id_);
   if (JobPtr existing = jobs_->Find(key)) {
     jobs_->NoteDuplicate();
-    return nlohmann::json{{"key", key},
-                          {"status", JobStateName(existing->state)},
-                          {"existing", true}};
+    return nlohmann::json{
+        {"key", key}, {"status", JobStateName(existing->state)}, {"existing", true}};
   }
   Lane lane = *ParseLane(spec.value("lane", std::string("background")));
   auto input = spec.find("input");
-  JobPtr job = jobs_->Create(key, spec.value("group", std::string()), spec.value("kind", ""),
-                             lane, input == spec.end() ? nlohmann::json::object() : *input);
+  JobPtr job = jobs_->Create(key, spec.value("group", std::string()), spec.value("kind", ""), lane,
+                             input == spec.end() ? nlohmann::json::object() : *input);
   st = dispatcher_->Enqueue(job);
   if (!st.ok()) {
     jobs_->Forget(job);
@@ -194,9 +197,9 @@ Result<nlohmann::json> Daemon::SubmitOne(const nlohmann::json& spec, const std::
 
 void Daemon::OpSubmit(const Request& req, const ControlServer::Reply& reply) {
   if (phase_ != Phase::kRunning) {
-    reply.Send(ErrorLine(req.id, Status::Unavailable(
-                                     "digestd is shutting down and accepts no new jobs; "
-                                     "submit again once it has restarted")));
+    reply.Send(
+        ErrorLine(req.id, Status::Unavailable("digestd is shutting down and accepts no new jobs; "
+                                              "submit again once it has restarted")));
     return;
   }
   auto jobs = req.body.find("jobs");
@@ -211,10 +214,10 @@ void Daemon::OpSubmit(const Request& req, const ControlServer::Reply& reply) {
     return;
   }
   if (jobs->size() > static_cast<size_t>(config_.jobs.max_batch)) {
-    reply.Send(ErrorLine(
-        req.id, Status::TooLarge("a batch of " + std::to_string(jobs->size()) +
-                                 " jobs is above [jobs] max_batch = " +
-                                 std::to_string(config_.jobs.max_batch) + "; split it")));
+    reply.Send(
+        ErrorLine(req.id, Status::TooLarge("a batch of " + std::to_string(jobs->size()) +
+                                           " jobs is above [jobs] max_batch = " +
+                                           std::to_string(config_.jobs.max_batch) + "; split it")));
     return;
   }
   // The whole batch is checked first, so a bad job rejects it before any is queued.
@@ -253,7 +256,8 @@ nlohmann::json Daemon::JobJson(const JobRecord& job) const {
   uint64_t now = uv_hrtime();
   uint64_t started = job.started_at ? job.started_at : (job.finished_at ? job.finished_at : now);
   j["queued_ms"] = Millis(started - job.submitted_at);
-  if (job.started_at) j["run_ms"] = Millis((job.finished_at ? job.finished_at : now) - job.started_at);
+  if (job.started_at)
+    j["run_ms"] = Millis((job.finished_at ? job.finished_at : now) - job.started_at);
   if (job.state == JobState::kDone) j["result"] = job.result;
   if (!job.error.empty()) j["error"] = job.error;
   return j;
@@ -270,13 +274,16 @@ nlohmann::json Daemon::GroupJson(const std::string& group) const {
     if (p->state == JobState::kFailed || p->state == JobState::kCancelled) ++bad;
     if (IsTerminal(p->state)) ++terminal;
   }
-  const char* status = queued == parts.size()     ? "pending"
-                       : terminal < parts.size()  ? "in_progress"
-                       : done == parts.size()     ? "completed"
-                       : bad == parts.size()      ? "failed"
-                                                  : "partial";
-  return {{"group", group}, {"status", status}, {"total", parts.size()},
-          {"ready", done},  {"parts", std::move(list)}};
+  const char* status = queued == parts.size()    ? "pending"
+                       : terminal < parts.size() ? "in_progress"
+                       : done == parts.size()    ? "completed"
+                       : bad == parts.size()     ? "failed"
+                                                 : "partial";
+  return {{"group", group},
+          {"status", status},
+          {"total", parts.size()},
+          {"ready", done},
+          {"parts", std::move(list)}};
 }
 
 void Daemon::OpResult(const Request& req, const ControlServer::Reply& reply) {
@@ -304,10 +311,10 @@ void Daemon::OpResult(const Request& req, const ControlServer::Reply& reply) {
     }
     JobPtr job = jobs_->Find(key);
     if (!job) {
-      reply.Send(ErrorLine(
-          id, Status::NotFound("no job with key \"" + key +
-                               "\": never submitted, or finished and evicted past [jobs] "
-                               "retain_finished")));
+      reply.Send(
+          ErrorLine(id, Status::NotFound("no job with key \"" + key +
+                                         "\": never submitted, or finished and evicted past [jobs] "
+                                         "retain_finished")));
     } else {
       reply.Send(OkLine(id, JobJson(*job)));
     }
@@ -315,9 +322,8 @@ void Daemon::OpResult(const Request& req, const ControlServer::Reply& reply) {
   bool ready;
   if (is_group) {
     const auto& parts = jobs_->FindGroup(group);
-    ready = parts.empty() || std::all_of(parts.begin(), parts.end(), [](const JobPtr& j) {
-              return IsTerminal(j->state);
-            });
+    ready = parts.empty() || std::all_of(parts.begin(), parts.end(),
+                                         [](const JobPtr& j) { return IsTerminal(j->state); });
   } else {
     JobPtr job = jobs_->Find(key);
     ready = !job || IsTerminal(job->state);
@@ -385,9 +391,8 @@ void Daemon::OpCancel(const Request& req, const ControlServer::Reply& reply) {
     job->cancel->store(true, std::memory_order_relaxed);
     cancelled = true;
   }
-  reply.Send(OkLine(req.id, {{"key", key},
-                             {"status", JobStateName(job->state)},
-                             {"cancelled", cancelled}}));
+  reply.Send(OkLine(
+      req.id, {{"key", key}, {"status", JobStateName(job->state)}, {"cancelled", cancelled}}));
 }
 
 void Daemon::OpWorkers(const Request& req, const ControlServer::Reply& reply) {
@@ -407,10 +412,9 @@ void Daemon::OpWorkers(const Request& req, const ControlServer::Reply& reply) {
   const auto& w = dispatcher_->limits();
   LOG_NOTICE("workers: limit %d, min %d, max %d, reserved %d (set over the control socket)",
              w.limit, w.min, w.max, w.interactive_reserved);
-  reply.Send(OkLine(req.id, {{"limit", w.limit},
-                             {"min", w.min},
-                             {"max", w.max},
-                             {"reserved", w.interactive_reserved}}));
+  reply.Send(OkLine(
+      req.id,
+      {{"limit", w.limit}, {"min", w.min}, {"max", w.max}, {"reserved", w.interactive_reserved}}));
 }
 
 void Daemon::OpReload(const Request& req, const ControlServer::Reply& reply) {
@@ -420,10 +424,10 @@ void Daemon::OpReload(const Request& req, const ControlServer::Reply& reply) {
 }
 
 void Daemon::OpDrain(const Request& req, const ControlServer::Reply& reply) {
-  nlohmann::json out = {{"draining", true},
-                        {"queued", dispatcher_->depth(Lane::kInteractive) +
-                                       dispatcher_->depth(Lane::kBackground)},
-                        {"running", dispatcher_->in_flight()}};
+  nlohmann::json out = {
+      {"draining", true},
+      {"queued", dispatcher_->depth(Lane::kInteractive) + dispatcher_->depth(Lane::kBackground)},
+      {"running", dispatcher_->in_flight()}};
   reply.Send(OkLine(req.id, std::move(out)));
   if (phase_ == Phase::kRunning) BeginShutdown("drain requested");
 }

@@ -17,7 +17,9 @@ std::string ResolveSocketPath(const std::string& flag) {
   return "/run/digestd/control.sock";
 }
 
-ControlClient::~ControlClient() { Close(); }
+ControlClient::~ControlClient() {
+  Close();
+}
 
 void ControlClient::Close() {
   if (fd_ >= 0) {

@@ -52,17 +52,16 @@ std::string FormatStatus(const nlohmann::json& s) {
                 s.value("node_id", "?").c_str(), FormatDuration(s.value("uptime_s", 0.0)).c_str(),
                 s.value("state", "?").c_str());
   out += line;
-  std::snprintf(line, sizeof line,
-                "workers      busy %d/%d   min %d  max %d  reserved %d (interactive)\n",
-                Get(s, "workers", "busy", 0), Get(s, "workers", "limit", 0),
-                Get(s, "workers", "min", 0), Get(s, "workers", "max", 0),
-                Get(s, "workers", "reserved", 0));
+  std::snprintf(
+      line, sizeof line, "workers      busy %d/%d   min %d  max %d  reserved %d (interactive)\n",
+      Get(s, "workers", "busy", 0), Get(s, "workers", "limit", 0), Get(s, "workers", "min", 0),
+      Get(s, "workers", "max", 0), Get(s, "workers", "reserved", 0));
   out += line;
   out += "queue        depth / capacity   running\n";
   for (const char* lane : {"interactive", "background"}) {
     auto q = s.value("queues", nlohmann::json::object()).value(lane, nlohmann::json::object());
-    std::snprintf(line, sizeof line, "  %-11s %6lld / %-8lld   %lld\n", lane,
-                  q.value("depth", 0LL), q.value("capacity", 0LL), q.value("running", 0LL));
+    std::snprintf(line, sizeof line, "  %-11s %6lld / %-8lld   %lld\n", lane, q.value("depth", 0LL),
+                  q.value("capacity", 0LL), q.value("running", 0LL));
     out += line;
   }
   std::snprintf(line, sizeof line,
@@ -91,7 +90,7 @@ std::string FormatStatus(const nlohmann::json& s) {
 std::string FormatJob(const nlohmann::json& j) {
   std::string out;
   char line[512];
-  std::snprintf(line, sizeof line, "%s  %s  %s  lane %s  attempts %d  queued %s", 
+  std::snprintf(line, sizeof line, "%s  %s  %s  lane %s  attempts %d  queued %s",
                 j.value("key", "?").c_str(), j.value("kind", "?").c_str(),
                 j.value("status", "?").c_str(), j.value("lane", "?").c_str(),
                 j.value("attempts", 0), Ms(j.value("queued_ms", 0.0)).c_str());

@@ -48,6 +48,39 @@ struct Config {
   struct Log {
     std::string level = "info";
   } log;
+  // The LLM backend (lib/backend/). Jobs read these from their snapshot.
+  struct Backend {
+    std::string kind = "ollama";  // "ollama" | "extractive" (built in, no LLM)
+    std::string url = "http://127.0.0.1:11434";
+    std::string model = "llama3.2";               // summarize and generate
+    std::string embed_model = "nomic-embed-text";  // embed
+    int num_ctx = 8192;               // options.num_ctx on every request; 0: never sent
+    std::string keep_alive = "30m";   // Go duration sent as keep_alive; "": not sent
+    int connect_timeout_ms = 2000;    // TCP connect
+    int first_byte_timeout_s = 300;   // request sent -> first byte (covers a cold load)
+    int idle_timeout_s = 60;          // longest silence between bytes once streaming
+    int request_timeout_s = 900;      // whole request, first byte to last
+    int max_attempts = 3;             // attempts per job, busy answers not counted
+    int backoff_base_ms = 500;        // first retry waits up to this long
+    int backoff_max_ms = 30000;       // no retry waits longer
+    int breaker_failures = 5;         // consecutive retryable failures that open it
+    int breaker_open_s = 30;          // how long it stays open before one probe
+    int64_t max_input_bytes = 262144;  // largest text (each field) a job may carry
+    int max_embed_texts = 256;         // most texts in one embed job
+  } backend;
+  // The summarize job kind.
+  struct Summarize {
+    int max_words = 120;               // when the job gives no max_words
+    std::string fallback = "extractive";  // "extractive" | "placeholder" | "none"
+    std::string placeholder_text = "No summary is available for this chapter yet.";
+    std::string system_prompt =
+        "You summarise chapters of a story for a reader who wants to remember what "
+        "happened. Write plain prose in the language of the chapter, past tense, third "
+        "person. Name the characters involved and say what they do and what changes. Use "
+        "the story so far only to understand who is who; summarise only the new chapter. "
+        "Answer with the summary alone: no heading, no preamble, no list.";
+    int num_predict = 512;  // options.num_predict: tokens a summary may take at most
+  } summarize;
 
   // The file this was loaded from; empty for built-in defaults.
   std::string source;

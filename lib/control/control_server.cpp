@@ -79,8 +79,8 @@ class ControlServer::Connection : public std::enable_shared_from_this<Connection
 
   bool Congested() const {
     return pending_.size() >= kMaxPending ||
-           uv_stream_get_write_queue_size(
-               reinterpret_cast<const uv_stream_t*>(&pipe_)) >= kMaxUnsentBytes;
+           uv_stream_get_write_queue_size(reinterpret_cast<const uv_stream_t*>(&pipe_)) >=
+               kMaxUnsentBytes;
   }
 
   void OnRead(ssize_t n, const uv_buf_t* buf) {
@@ -138,11 +138,11 @@ class ControlServer::Connection : public std::enable_shared_from_this<Connection
     auto slot = std::make_shared<Slot>();
     pending_.push_back(slot);
     Reply(weak_from_this(), slot)
-        .Send(ErrorLine(nullptr, Status::TooLarge(
-                                     "request line exceeds [control] max_line_bytes = " +
-                                     std::to_string(server_->options_.max_line_bytes) +
-                                     " bytes (got " + std::to_string(seen) +
-                                     " without a newline); send smaller requests; closing")));
+        .Send(ErrorLine(nullptr,
+                        Status::TooLarge("request line exceeds [control] max_line_bytes = " +
+                                         std::to_string(server_->options_.max_line_bytes) +
+                                         " bytes (got " + std::to_string(seen) +
+                                         " without a newline); send smaller requests; closing")));
     close_after_ = true;
     MaybeClose();
   }
@@ -212,7 +212,9 @@ bool ControlServer::Reply::open() const {
 ControlServer::ControlServer(uv_loop_t* loop, Options options, Handler handler)
     : loop_(loop), options_(options), handler_(std::move(handler)) {}
 
-ControlServer::~ControlServer() { CloseAll(); }
+ControlServer::~ControlServer() {
+  CloseAll();
+}
 
 void ControlServer::SetOptions(const Options& options) {
   options_ = options;
@@ -225,8 +227,9 @@ Status ControlServer::ListenPath(const std::string& path, unsigned mode) {
   struct stat st {};
   if (lstat(path.c_str(), &st) == 0) {
     if (!S_ISSOCK(st.st_mode)) {
-      return Status::IoError(path + " exists and is not a socket; remove it or set another "
-                                    "[control] socket");
+      return Status::IoError(path +
+                             " exists and is not a socket; remove it or set another "
+                             "[control] socket");
     }
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     sockaddr_un addr{};
@@ -323,11 +326,12 @@ void ControlServer::OnConnection(uv_stream_t* listener, int status) {
     auto slot = std::make_shared<Slot>();
     conn->pending_.push_back(slot);
     conn->close_after_ = true;
-    Reply(conn, slot).Send(ErrorLine(
-        nullptr, Status::Unavailable("too many clients (" +
-                                     std::to_string(self->options_.max_clients) +
-                                     " connected, the [control] max_clients limit); retry "
-                                     "later or raise it")));
+    Reply(conn, slot)
+        .Send(ErrorLine(
+            nullptr,
+            Status::Unavailable("too many clients (" + std::to_string(self->options_.max_clients) +
+                                " connected, the [control] max_clients limit); retry "
+                                "later or raise it")));
     return;
   }
   conn->StartReading();
@@ -365,12 +369,14 @@ void ControlServer::Dispatch(const std::shared_ptr<Connection>& conn, std::strin
     handler_(std::move(parsed.request), conn->peer_, reply);
   } catch (const std::exception& e) {
     LOG_ERROR("control: handler failed: %s", e.what());
-    reply.Send(ErrorLine(parsed.request.id,
-                         Status::Internal(std::string("internal error: ") + e.what())));
+    reply.Send(
+        ErrorLine(parsed.request.id, Status::Internal(std::string("internal error: ") + e.what())));
   }
 }
 
-void ControlServer::Remove(Connection* conn) { conns_.erase(conn); }
+void ControlServer::Remove(Connection* conn) {
+  conns_.erase(conn);
+}
 
 void ControlServer::StopAccepting() {
   listener_.Close();

@@ -14,8 +14,8 @@ std::string Dump(const nlohmann::json& j) {
 }  // namespace
 
 const std::vector<std::string_view>& KnownOps() {
-  static const std::vector<std::string_view> ops = {
-      "ping", "status", "submit", "result", "cancel", "workers", "reload", "drain"};
+  static const std::vector<std::string_view> ops = {"ping",   "status",  "submit", "result",
+                                                    "cancel", "workers", "reload", "drain"};
   return ops;
 }
 
@@ -62,8 +62,9 @@ ParsedLine ParseRequestLine(std::string_view line) {
   }
   auto op = j.find("op");
   if (op == j.end()) {
-    out.status = Status::BadRequest("the request has no \"op\"; known ops: ping, status, "
-                                    "submit, result, cancel, workers, reload, drain");
+    out.status = Status::BadRequest(
+        "the request has no \"op\"; known ops: ping, status, "
+        "submit, result, cancel, workers, reload, drain");
     return out;
   }
   if (!op->is_string()) {
@@ -75,8 +76,8 @@ ParsedLine ParseRequestLine(std::string_view line) {
   if (std::find(ops.begin(), ops.end(), out.request.op) == ops.end()) {
     std::string known;
     for (auto o : ops) known += (known.empty() ? "" : ", ") + std::string(o);
-    std::string shown = out.request.op.size() > 64 ? out.request.op.substr(0, 64) + "..."
-                                                   : out.request.op;
+    std::string shown =
+        out.request.op.size() > 64 ? out.request.op.substr(0, 64) + "..." : out.request.op;
     out.status = Status::UnknownOp("unknown op " + Dump(shown) + "; known ops: " + known);
     return out;
   }
@@ -106,8 +107,7 @@ std::string ErrorLine(const nlohmann::json& id, const Status& status) {
   return line;
 }
 
-Status GetString(const nlohmann::json& obj, const char* field, std::string* out,
-                 size_t max_bytes) {
+Status GetString(const nlohmann::json& obj, const char* field, std::string* out, size_t max_bytes) {
   auto it = obj.find(field);
   if (it == obj.end() || it->is_null()) return Status::Ok();
   if (!it->is_string()) {
@@ -131,9 +131,8 @@ Status GetInt(const nlohmann::json& obj, const char* field, int64_t* out, int64_
     return Status::BadRequest(std::string("\"") + field + "\" must be an integer, not " +
                               it->type_name());
   }
-  int64_t v = it->is_number_unsigned() && it->get<uint64_t>() > INT64_MAX
-                  ? INT64_MAX
-                  : it->get<int64_t>();
+  int64_t v =
+      it->is_number_unsigned() && it->get<uint64_t>() > INT64_MAX ? INT64_MAX : it->get<int64_t>();
   if (v < min || v > max) {
     return Status::BadRequest(std::string("\"") + field + "\" = " + std::to_string(v) +
                               " is out of range " + std::to_string(min) + ".." +

@@ -42,7 +42,6 @@ std::string ErrorLine(const nlohmann::json& id, const Status& status);
 // when the field is absent.
 Status GetString(const nlohmann::json& obj, const char* field, std::string* out,
                  size_t max_bytes = 4096);
-Status GetInt(const nlohmann::json& obj, const char* field, int64_t* out, int64_t min,
-              int64_t max);
+Status GetInt(const nlohmann::json& obj, const char* field, int64_t* out, int64_t min, int64_t max);
 
 }  // namespace digestd

@@ -20,8 +20,7 @@ Dispatcher::Dispatcher(uv_loop_t* loop, size_t interactive_capacity, size_t back
                        Hooks hooks)
     : loop_(loop),
       // One extra slot per ring so a pill always fits behind a full lane.
-      rings_{RingQueue<Entry>(interactive_capacity + 1),
-             RingQueue<Entry>(background_capacity + 1)},
+      rings_{RingQueue<Entry>(interactive_capacity + 1), RingQueue<Entry>(background_capacity + 1)},
       limits_(limits),
       pool_size_(pool_size),
       kinds_(kinds),
@@ -55,8 +54,8 @@ Status Dispatcher::Enqueue(JobPtr job) {
 
 Status Dispatcher::SetLimits(int min, int max, int interactive_reserved) {
   if (min < 1 || min > max) {
-    return Status::BadRequest("workers: min = " + std::to_string(min) + " and max = " +
-                              std::to_string(max) + " need 1 <= min <= max");
+    return Status::BadRequest("workers: min = " + std::to_string(min) +
+                              " and max = " + std::to_string(max) + " need 1 <= min <= max");
   }
   if (max > pool_size_) {
     return Status::BadRequest("workers: max = " + std::to_string(max) +
@@ -64,9 +63,9 @@ Status Dispatcher::SetLimits(int min, int max, int interactive_reserved) {
                               " fixed at start; restart digestd with a larger [workers] max");
   }
   if (interactive_reserved >= max) {
-    return Status::BadRequest("workers: interactive_reserved = " +
-                              std::to_string(interactive_reserved) + " must be below max = " +
-                              std::to_string(max));
+    return Status::BadRequest(
+        "workers: interactive_reserved = " + std::to_string(interactive_reserved) +
+        " must be below max = " + std::to_string(max));
   }
   bool raise = max > limits_.max;
   limits_.min = min;
@@ -129,8 +128,7 @@ void Dispatcher::Pump() {
       if (lane_closed_[lane]) continue;
       auto& ring = rings_[lane];
       if (ring.empty()) continue;
-      if (lane == static_cast<int>(Lane::kBackground) &&
-          ring.Front()->job != nullptr &&
+      if (lane == static_cast<int>(Lane::kBackground) && ring.Front()->job != nullptr &&
           in_flight_ >= limits_.limit - limits_.interactive_reserved) {
         continue;  // the remaining slots are reserved for interactive work
       }
@@ -158,7 +156,8 @@ void Dispatcher::Start(JobPtr job) {
   const JobKind* kind = kinds_.Find(job->kind);
   if (kind == nullptr) {
     // Validated at submit; reaching here means the registry changed.
-    if (hooks_.on_finish) hooks_.on_finish(job, WorkOutcome::Failed("unknown job kind " + job->kind));
+    if (hooks_.on_finish)
+      hooks_.on_finish(job, WorkOutcome::Failed("unknown job kind " + job->kind));
     return;
   }
   auto item = std::make_unique<WorkItem>();
@@ -178,8 +177,8 @@ void Dispatcher::Start(JobPtr job) {
     // libuv's rule: the callbacks will not run, so finish the job here.
     LOG_ERROR("uv_queue_work failed: %s", uv_strerror(rc));
     if (hooks_.on_finish) {
-      hooks_.on_finish(item->job, WorkOutcome::Failed(std::string("could not start: ") +
-                                                      uv_strerror(rc)));
+      hooks_.on_finish(item->job,
+                       WorkOutcome::Failed(std::string("could not start: ") + uv_strerror(rc)));
     }
     return;
   }

@@ -70,9 +70,9 @@ struct WorkContext {
 struct WorkOutcome {
   enum class Kind {
     kDone,
-    kFailed,     // fatal: no retry
-    kRetry,      // retryable: run again after a backoff, spending an attempt
-    kBusy,       // the backend said it is busy (429/503): retry, attempt not spent
+    kFailed,  // fatal: no retry
+    kRetry,   // retryable: run again after a backoff, spending an attempt
+    kBusy,    // the backend said it is busy (429/503): retry, attempt not spent
     kCancelled,
   };
   Kind kind = Kind::kDone;
@@ -83,9 +83,7 @@ struct WorkOutcome {
   static WorkOutcome Failed(std::string e) { return {Kind::kFailed, nullptr, std::move(e)}; }
   static WorkOutcome Retry(std::string e) { return {Kind::kRetry, nullptr, std::move(e)}; }
   static WorkOutcome Busy(std::string e) { return {Kind::kBusy, nullptr, std::move(e)}; }
-  static WorkOutcome Cancelled(std::string e) {
-    return {Kind::kCancelled, nullptr, std::move(e)};
-  }
+  static WorkOutcome Cancelled(std::string e) { return {Kind::kCancelled, nullptr, std::move(e)}; }
 };
 
 }  // namespace digestd

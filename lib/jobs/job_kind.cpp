@@ -7,7 +7,9 @@ JobKindRegistry& JobKindRegistry::Global() {
   return registry;
 }
 
-void JobKindRegistry::Add(std::unique_ptr<JobKind> kind) { kinds_.push_back(std::move(kind)); }
+void JobKindRegistry::Add(std::unique_ptr<JobKind> kind) {
+  kinds_.push_back(std::move(kind));
+}
 
 const JobKind* JobKindRegistry::Find(std::string_view name) const {
   for (const auto& k : kinds_) {

@@ -68,7 +68,7 @@ class JobTable {
   std::string NewKey(const std::string& node_id);
 
   const JobCounters& counters() const { return counters_; }
-  const LatencyWindow& latency() const { return latency_; }  // submit -> finish
+  const LatencyWindow& latency() const { return latency_; }    // submit -> finish
   const LatencyWindow& run_time() const { return run_time_; }  // start -> finish
   size_t size() const { return by_key_.size(); }
 

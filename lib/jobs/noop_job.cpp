@@ -42,8 +42,8 @@ class NoopKind final : public JobKind {
     while (std::chrono::steady_clock::now() < end) {
       if (ctx.cancelled()) return WorkOutcome::Cancelled("cancelled while sleeping");
       auto left = end - std::chrono::steady_clock::now();
-      std::this_thread::sleep_for(std::min<std::chrono::steady_clock::duration>(
-          left, std::chrono::milliseconds(5)));
+      std::this_thread::sleep_for(
+          std::min<std::chrono::steady_clock::duration>(left, std::chrono::milliseconds(5)));
     }
     return WorkOutcome::Done({{"slept_ms", want}});
   }

@@ -35,11 +35,16 @@ bool StderrIsJournal() {
 
 int SyslogPriority(LogLevel level) {
   switch (level) {
-    case LogLevel::kDebug: return 7;
-    case LogLevel::kInfo: return 6;
-    case LogLevel::kNotice: return 5;
-    case LogLevel::kWarning: return 4;
-    case LogLevel::kError: return 3;
+    case LogLevel::kDebug:
+      return 7;
+    case LogLevel::kInfo:
+      return 6;
+    case LogLevel::kNotice:
+      return 5;
+    case LogLevel::kWarning:
+      return 4;
+    case LogLevel::kError:
+      return 3;
   }
   return 6;
 }
@@ -57,11 +62,16 @@ std::optional<LogLevel> ParseLogLevel(std::string_view name) {
 
 std::string_view LogLevelName(LogLevel level) {
   switch (level) {
-    case LogLevel::kDebug: return "debug";
-    case LogLevel::kInfo: return "info";
-    case LogLevel::kNotice: return "notice";
-    case LogLevel::kWarning: return "warning";
-    case LogLevel::kError: return "error";
+    case LogLevel::kDebug:
+      return "debug";
+    case LogLevel::kInfo:
+      return "info";
+    case LogLevel::kNotice:
+      return "notice";
+    case LogLevel::kWarning:
+      return "warning";
+    case LogLevel::kError:
+      return "error";
   }
   return "info";
 }
@@ -90,9 +100,8 @@ void Write(LogLevel level, const char* fmt, ...) {
     struct tm tm {};
     gmtime_r(&ts.tv_sec, &tm);
     off = static_cast<int>(std::strftime(buf, sizeof(buf), "%Y-%m-%dT%H:%M:%S", &tm));
-    off += std::snprintf(buf + off, sizeof(buf) - off, ".%03ldZ %s[%d] %s: ",
-                         ts.tv_nsec / 1000000, g_program, static_cast<int>(getpid()),
-                         LogLevelName(level).data());
+    off += std::snprintf(buf + off, sizeof(buf) - off, ".%03ldZ %s[%d] %s: ", ts.tv_nsec / 1000000,
+                         g_program, static_cast<int>(getpid()), LogLevelName(level).data());
   }
   va_list ap;
   va_start(ap, fmt);

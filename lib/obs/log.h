@@ -35,8 +35,8 @@ inline bool LogEnabled(LogLevel level) {
 
 }  // namespace digestd
 
-#define DIGESTD_LOG(level, ...)                                            \
-  do {                                                                     \
+#define DIGESTD_LOG(level, ...)                                                           \
+  do {                                                                                    \
     if (::digestd::LogEnabled(level)) ::digestd::log_internal::Write(level, __VA_ARGS__); \
   } while (0)
 

@@ -8,7 +8,9 @@
 
 namespace digestd {
 
-void Notifier::Ready() { sd_notify(0, "READY=1"); }
+void Notifier::Ready() {
+  sd_notify(0, "READY=1");
+}
 
 void Notifier::Status(const std::string& line) {
   if (line == last_status_) return;
@@ -24,7 +26,9 @@ void Notifier::Reloading() {
   sd_notifyf(0, "RELOADING=1\nMONOTONIC_USEC=%llu", static_cast<unsigned long long>(usec));
 }
 
-void Notifier::Stopping() { sd_notify(0, "STOPPING=1"); }
+void Notifier::Stopping() {
+  sd_notify(0, "STOPPING=1");
+}
 
 uint64_t Notifier::StartWatchdog() {
   uint64_t usec = 0;
