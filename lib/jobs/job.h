@@ -42,7 +42,8 @@ struct JobRecord {
   Lane lane = Lane::kBackground;
   std::shared_ptr<const nlohmann::json> input;  // immutable once submitted
   JobState state = JobState::kQueued;
-  int attempts = 0;
+  int attempts = 0;       // attempts spent (a busy backend's refusals are not)
+  int busy_retries = 0;   // times the backend said it was busy (429/503)
   nlohmann::json result;  // set when done
   std::string error;      // set when failed or cancelled
   Nanos submitted_at = 0;
@@ -78,12 +79,17 @@ struct WorkOutcome {
   Kind kind = Kind::kDone;
   nlohmann::json result;  // kDone
   std::string error;      // otherwise: what went wrong, for the user
+  // Time spent talking to the backend, for its latency figures; 0 when the
+  // kind used no backend.
+  uint64_t backend_ns = 0;
 
-  static WorkOutcome Done(nlohmann::json r) { return {Kind::kDone, std::move(r), {}}; }
-  static WorkOutcome Failed(std::string e) { return {Kind::kFailed, nullptr, std::move(e)}; }
-  static WorkOutcome Retry(std::string e) { return {Kind::kRetry, nullptr, std::move(e)}; }
-  static WorkOutcome Busy(std::string e) { return {Kind::kBusy, nullptr, std::move(e)}; }
-  static WorkOutcome Cancelled(std::string e) { return {Kind::kCancelled, nullptr, std::move(e)}; }
+  static WorkOutcome Done(nlohmann::json r) { return {Kind::kDone, std::move(r), {}, 0}; }
+  static WorkOutcome Failed(std::string e) { return {Kind::kFailed, nullptr, std::move(e), 0}; }
+  static WorkOutcome Retry(std::string e) { return {Kind::kRetry, nullptr, std::move(e), 0}; }
+  static WorkOutcome Busy(std::string e) { return {Kind::kBusy, nullptr, std::move(e), 0}; }
+  static WorkOutcome Cancelled(std::string e) {
+    return {Kind::kCancelled, nullptr, std::move(e), 0};
+  }
 };
 
 }  // namespace digestd
