@@ -1,0 +1,90 @@
+// FakeApi: the Ollama endpoints of the fake server, independent of HTTP
+// plumbing. FakeOllama (fake_ollama.cpp) turns an HTTP request into an
+// ApiRequest and an ApiReply back into an HTTP response.
+//
+// Handle() does all waiting that happens before the first byte (queueing,
+// model load, latency, first-byte stall, the first token's delay) in the
+// calling thread, so nothing, not even the status line, reaches the client
+// until the first chunk exists (ollama-api.md §0). The rest of a stream is
+// produced by ApiReply::stream, one chunk per Next() call, with the
+// per-token delays paid inside Next().
+//
+// Endpoints: POST /api/generate, /api/chat, /api/embed, /api/embeddings;
+// GET|HEAD /api/tags, /api/ps, /api/version, /. Anything else: 404
+// "404 page not found" (text/plain), as gin answers.
+//
+// Thread-safety: Handle() may run on many threads at once. A ChunkSource is
+// used by one thread at a time.
+#ifndef DIGESTD_TESTS_SUPPORT_FAKE_OLLAMA_FAKE_API_H_
+#define DIGESTD_TESTS_SUPPORT_FAKE_OLLAMA_FAKE_API_H_
+
+#include <memory>
+#include <string>
+
+#include "fake_scheduler.h"
+#include "fake_settings.h"
+
+namespace digestd::testing {
+
+struct ApiRequest {
+  std::string method;  // "GET", "HEAD", "POST", ...
+  std::string path;    // without the query string
+  std::string body;
+  // True once the client has hung up or the server is stopping. Must stay
+  // callable until the request's reply (and its stream) is destroyed.
+  FakeScheduler::CancelFn cancelled;
+};
+
+// The body of a streamed reply. Each Next() blocks for the delay before its
+// chunk (interrupted by ApiRequest::cancelled) and then returns one piece.
+class ChunkSource {
+ public:
+  enum class Step {
+    kData,  // *out holds the next piece (non-empty)
+    kEnd,   // the body is complete
+    kDrop,  // fault injection: close the connection without ending the body
+    kGone,  // the client hung up or the server is stopping
+  };
+  virtual ~ChunkSource() = default;
+  virtual Step Next(std::string* out) = 0;
+};
+
+struct ApiReply {
+  enum class Close {
+    kNo,    // send the reply
+    kDrop,  // fault injection: close the connection without any reply
+    kGone,  // client hung up or server stopping: close, nothing to send
+  };
+  int status = 200;
+  std::string content_type;
+  std::string body;                     // unused when `stream` is set
+  std::unique_ptr<ChunkSource> stream;  // set: chunked body (holds the slot until done)
+  Close close = Close::kNo;
+};
+
+class FakeApi {
+ public:
+  // Both pointers are borrowed and must outlive this object and every
+  // ChunkSource it returned.
+  FakeApi(SettingsStore* settings, FakeScheduler* scheduler)
+      : settings_(settings), scheduler_(scheduler) {}
+  FakeApi(const FakeApi&) = delete;
+  FakeApi& operator=(const FakeApi&) = delete;
+
+  // Answers one request; blocks until the first byte exists. Never throws
+  // for bad input (bad input is a 4xx reply); may throw std::bad_alloc.
+  ApiReply Handle(const ApiRequest& req);
+
+ private:
+  ApiReply Generate(const ApiRequest& req, bool chat);
+  ApiReply Embed(const ApiRequest& req, bool legacy);
+  ApiReply Tags() const;
+  ApiReply Ps() const;
+
+  SettingsStore* settings_;
+  FakeScheduler* scheduler_;
+};
+
+}  // namespace digestd::testing
+
+#endif  // DIGESTD_TESTS_SUPPORT_FAKE_OLLAMA_FAKE_API_H_
