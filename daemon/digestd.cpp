@@ -6,6 +6,7 @@
 #include <string>
 
 #include "app/daemon.h"
+#include "backend/ollama_client.h"
 #include "config/config.h"
 #include "obs/log.h"
 
@@ -63,6 +64,7 @@ int main(int argc, char** argv) {
   }
 
   digestd::InitLogging("digestd");
+  digestd::OllamaClient::GlobalInit();  // before any pool thread exists
   digestd::Config config;
   if (config_path.empty() && access(kDefaultConfig, F_OK) == 0) config_path = kDefaultConfig;
   if (!config_path.empty()) {

@@ -6,6 +6,8 @@
 #include <csignal>
 #include <cstdlib>
 
+#include "backend/backoff.h"
+#include "jobs/summarize_fallback.h"
 #include "obs/log.h"
 
 namespace digestd {
@@ -79,7 +81,13 @@ Status Daemon::Start() {
   WorkerLimits limits{config_.workers.min, config_.workers.max,
                       config_.workers.interactive_reserved, config_.workers.max};
   Dispatcher::Hooks hooks;
-  hooks.on_start = [this](const JobPtr& job) { jobs_->MarkRunning(job); };
+  hooks.on_start = [this](const JobPtr& job) {
+    jobs_->MarkRunning(job);
+    if (UsesBackend(*job)) backend_->OnStart();
+  };
+  hooks.can_start = [this](const JobRecord& job) {
+    return !UsesBackend(job) || backend_->AllowRequest();
+  };
   hooks.on_finish = [this](const JobPtr& job, WorkOutcome outcome) {
     OnJobFinished(job, std::move(outcome));
   };
@@ -91,6 +99,9 @@ Status Daemon::Start() {
                                    static_cast<size_t>(config_.queues.background), limits,
                                    pool_size_, JobKindRegistry::Global(), std::move(hooks));
   dispatcher_->SetConfig(std::make_shared<const Config>(config_));
+  backend_ =
+      std::make_unique<BackendHealth>(&loop_, config_.backend, [this] { dispatcher_->Kick(); });
+  delayed_ = std::make_unique<DelayQueue>(&loop_, [this](JobPtr job) { OnRetryDue(job); });
 
   ControlServer::Options copts{static_cast<size_t>(config_.control.max_line_bytes),
                                config_.control.max_clients, config_.control.idle_timeout_s};
@@ -161,6 +172,8 @@ void Daemon::Teardown() {
   AnswerWaits();
   if (control_) control_->CloseAll(/*graceful=*/false);
   if (notifier_) notifier_->Close();
+  if (backend_) backend_->Close();
+  if (delayed_) delayed_->Close();
   sigterm_.Close();
   sigint_.Close();
   sighup_.Close();
@@ -187,16 +200,69 @@ void Daemon::Teardown() {
   loop_ready_ = false;
 }
 
+bool Daemon::UsesBackend(const JobRecord& job) const {
+  const JobKind* kind = JobKindRegistry::Global().Find(job.kind);
+  return kind != nullptr && kind->UsesBackend(config_);
+}
+
 void Daemon::OnJobFinished(const JobPtr& job, WorkOutcome outcome) {
-  if (job->state == JobState::kQueued) {
-    // Never started: a failed uv_queue_work.
-    jobs_->MarkFinished(job, std::move(outcome));
-    return;
+  bool started = job->state == JobState::kRunning;  // else a failed uv_queue_work
+  if (started && UsesBackend(*job)) backend_->OnOutcome(outcome);
+  bool busy = outcome.kind == WorkOutcome::Kind::kBusy;
+  bool retryable = busy || outcome.kind == WorkOutcome::Kind::kRetry;
+  if (retryable && started) {
+    if (phase_ != Phase::kRunning || job->cancel->load()) {
+      jobs_->MarkRetrying(job, std::move(outcome.error), /*refund=*/true);
+      Release(job, "released at shutdown while it waited for a retry");
+      return;
+    }
+    // A busy backend (429/503) costs no attempt: an overloaded Ollama must
+    // not use up a job's retries. Its backoff grows with its own count.
+    int retry = busy ? job->busy_retries + 1 : job->attempts;
+    if (busy || job->attempts < config_.backend.max_attempts) {
+      int64_t delay =
+          BackoffDelayMs(retry, config_.backend.backoff_base_ms, config_.backend.backoff_max_ms);
+      LOG_INFO("job %s: %s; retry %d in %lld ms%s", job->key.c_str(), outcome.error.c_str(), retry,
+               static_cast<long long>(delay), busy ? " (busy: no attempt spent)" : "");
+      if (busy) ++job->busy_retries;
+      jobs_->MarkRetrying(job, std::move(outcome.error), busy);
+      if (UsesBackend(*job)) backend_->NoteRetry();
+      delayed_->Add(job, static_cast<uint64_t>(delay));
+      return;
+    }
+    outcome.error = "gave up after " + std::to_string(job->attempts) +
+                    " attempts ([backend] max_attempts); last error: " + outcome.error;
   }
-  if (outcome.kind == WorkOutcome::Kind::kFailed) {
+  if (retryable || outcome.kind == WorkOutcome::Kind::kFailed) {
     LOG_WARN("job %s (%s) failed: %s", job->key.c_str(), job->kind.c_str(), outcome.error.c_str());
+    if (job->kind == "summarize") {
+      // A summary screen never shows a hole: store the configured fallback.
+      nlohmann::json fallback = SummaryFallback(*job->input, config_);
+      if (!fallback.is_null()) {
+        std::string error = std::move(outcome.error);
+        jobs_->MarkFinished(job, WorkOutcome::Done(std::move(fallback)));
+        job->error = std::move(error);
+        return;
+      }
+    }
+    outcome.kind = WorkOutcome::Kind::kFailed;
   }
   jobs_->MarkFinished(job, std::move(outcome));
+}
+
+void Daemon::OnRetryDue(JobPtr job) {
+  if (job->state != JobState::kQueued) return;  // cancelled while it waited
+  Status st = dispatcher_->Enqueue(job);
+  if (st.code() == Status::Code::kQueueFull) {
+    delayed_->Add(std::move(job), 1000);  // its lane is full; try again shortly
+  } else if (!st.ok()) {
+    Release(job, "released at shutdown while it waited for a retry");
+  }
+}
+
+void Daemon::Release(const JobPtr& job, const char* why) {
+  jobs_->MarkCancelled(job, why);
+  jobs_->NoteReleased(1);
 }
 
 Status Daemon::Reload(nlohmann::json* changes) {
@@ -221,6 +287,7 @@ Status Daemon::Reload(nlohmann::json* changes) {
   auto applied = DiffConfig(config_, fresh, true);
   auto ignored = DiffConfig(config_, fresh, false);
   config_ = MergeReloadable(config_, fresh);
+  backend_->SetConfig(config_.backend);
   ApplyRuntimeConfig();
   for (const auto& line : applied) LOG_NOTICE("reload: %s", line.c_str());
   for (const auto& line : ignored) {
@@ -266,6 +333,12 @@ void Daemon::BeginShutdown(const char* why) {
         static_cast<Daemon*>(t->data)->ForceShutdown("shutdown_grace_s passed");
       },
       static_cast<uint64_t>(config_.daemon.shutdown_grace_s) * 1000, 0);
+  // Jobs waiting out a retry backoff would come due after the pills.
+  for (const auto& job : delayed_->TakeAll()) {
+    if (job->state == JobState::kQueued) {
+      Release(job, "released at shutdown while it waited for a retry");
+    }
+  }
   dispatcher_->PutPills();  // may finish the shutdown at once when idle
 }
 

@@ -14,8 +14,10 @@
 #include <string>
 #include <unordered_set>
 
+#include "backend/backend_health.h"
 #include "config/config.h"
 #include "control/control_server.h"
+#include "dispatch/delay_queue.h"
 #include "dispatch/dispatcher.h"
 #include "jobs/job_table.h"
 #include "sys/notify.h"
@@ -72,6 +74,12 @@ class Daemon {
   // Answers every open `result` wait with the job's current state.
   void AnswerWaits();
   void OnJobFinished(const JobPtr& job, WorkOutcome outcome);
+  // Whether `job`'s kind calls the LLM backend under the running config.
+  bool UsesBackend(const JobRecord& job) const;
+  // A job whose retry backoff is over goes back into its lane.
+  void OnRetryDue(JobPtr job);
+  // Gives up a job at shutdown: with no store it cannot wait for a restart.
+  void Release(const JobPtr& job, const char* why);
 
   uv_loop_t loop_{};
   bool loop_ready_ = false;
@@ -86,6 +94,8 @@ class Daemon {
   std::unique_ptr<JobTable> jobs_;
   std::unique_ptr<Dispatcher> dispatcher_;
   std::unique_ptr<ControlServer> control_;
+  std::unique_ptr<DelayQueue> delayed_;     // jobs waiting out a retry backoff
+  std::unique_ptr<BackendHealth> backend_;  // breaker, probe, backend figures
   std::unique_ptr<Notifier> notifier_;
   UvHandle<uv_signal_t> sigterm_;
   UvHandle<uv_signal_t> sigint_;

@@ -112,8 +112,11 @@ nlohmann::json Daemon::StatusJson() const {
         {"failed", c.failed},
         {"cancelled", c.cancelled},
         {"released", c.released},
+        {"retried", c.retried},
+        {"waiting_retry", delayed_->size()},
         {"known", jobs_->size()}}},
       {"latency", PercentilesJson(jobs_->latency().Compute())},
+      {"backend", backend_->ToJson()},
       {"run_time", PercentilesJson(jobs_->run_time().Compute())},
       {"control",
        {{"clients", control_->clients()},
@@ -251,6 +254,7 @@ nlohmann::json Daemon::JobJson(const JobRecord& job) const {
                       {"lane", LaneName(job.lane)},
                       {"status", JobStateName(job.state)},
                       {"attempts", job.attempts},
+                      {"busy_retries", job.busy_retries},
                       {"submitted_at_ms", job.submitted_unix_ms}};
   if (!job.group.empty()) j["group"] = job.group;
   uint64_t now = uv_hrtime();

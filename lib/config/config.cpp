@@ -1,9 +1,10 @@
 #include "config/config.h"
 
+#include <toml++/toml.h>
+#include <algorithm>
 #include <fstream>
 #include <functional>
 #include <sstream>
-#include <toml++/toml.h>
 
 #include "obs/log.h"
 
@@ -30,19 +31,19 @@ struct KeyDef {
   std::vector<int64_t> Config::Control::*ids = nullptr;
 };
 
-#define INT_KEY(sec, key, field, lo, hi, reload)                                          \
-  KeyDef {                                                                                \
-    {sec, #key, reload}, Kind::kInt, lo, hi,                                              \
-        [](Config& c, int64_t v) { c.field = static_cast<decltype(c.field)>(v); },        \
-        [](const Config& c) { return static_cast<int64_t>(c.field); }, nullptr, nullptr, \
-        nullptr, nullptr                                                                  \
+#define INT_KEY(sec, key, field, lo, hi, reload)                                                  \
+  KeyDef {                                                                                        \
+    {sec, #key, reload}, Kind::kInt, lo, hi,                                                      \
+        [](Config& c, int64_t v) { c.field = static_cast<decltype(c.field)>(v); },                \
+        [](const Config& c) { return static_cast<int64_t>(c.field); }, nullptr, nullptr, nullptr, \
+        nullptr                                                                                   \
   }
 
-#define STR_KEY(sec, key, field, reload, checker)                                   \
-  KeyDef {                                                                          \
-    {sec, #key, reload}, Kind::kString, 0, 0, nullptr, nullptr,                     \
-        [](Config& c, std::string v) { c.field = std::move(v); },                   \
-        [](const Config& c) { return c.field; }, checker, nullptr                   \
+#define STR_KEY(sec, key, field, reload, checker)                 \
+  KeyDef {                                                        \
+    {sec, #key, reload}, Kind::kString, 0, 0, nullptr, nullptr,   \
+        [](Config& c, std::string v) { c.field = std::move(v); }, \
+        [](const Config& c) { return c.field; }, checker, nullptr \
   }
 
 std::string CheckLevel(const std::string& v) {
@@ -65,6 +66,83 @@ std::string CheckNodeId(const std::string& v) {
   return "";
 }
 
+std::string CheckBackendKind(const std::string& v) {
+  return v == "ollama" || v == "extractive" ? "" : "\"ollama\" or \"extractive\"";
+}
+
+std::string CheckUrl(const std::string& v) {
+  const char* kWant = "an http:// or https:// URL such as \"http://127.0.0.1:11434\"";
+  if (v.rfind("http://", 0) != 0 && v.rfind("https://", 0) != 0) return kWant;
+  size_t host = v.find("://") + 3;
+  if (host >= v.size() || v[host] == '/') return kWant;
+  for (char ch : v) {
+    if (static_cast<unsigned char>(ch) <= ' ' || ch == 0x7f)
+      return kWant + std::string(" without spaces");
+  }
+  if (v.size() > 1024) return "a URL shorter than 1024 bytes";
+  return "";
+}
+
+std::string CheckModel(const std::string& v) {
+  if (v.empty() || v.size() > 256) return "a model name such as \"llama3.2\" or \"qwen3:8b\"";
+  for (char ch : v) {
+    if (static_cast<unsigned char>(ch) <= ' ' || ch == '"' || ch == 0x7f)
+      return "a model name without spaces, such as \"llama3.2\" or \"qwen3:8b\"";
+  }
+  return "";
+}
+
+// Ollama takes keep_alive as a Go duration with a unit ("30m", "1h30m", "-1m");
+// a bare number in a string is refused with 400, so catch it here.
+std::string CheckKeepAlive(const std::string& v) {
+  const char* kWant =
+      "a duration with a unit such as \"30m\", \"2h\" or \"-1m\" (negative: keep the "
+      "model loaded forever), \"0\" to unload after each request, or \"\" to leave Ollama's "
+      "own setting";
+  if (v.empty() || v == "0" || v == "-0") return "";
+  size_t i = v[0] == '-' || v[0] == '+' ? 1 : 0;
+  if (i == v.size()) return kWant;
+  while (i < v.size()) {
+    size_t digits = 0;
+    while (i < v.size() && (isdigit(static_cast<unsigned char>(v[i])) || v[i] == '.')) {
+      ++i;
+      ++digits;
+    }
+    if (digits == 0) return kWant;
+    size_t unit = i;
+    while (i < v.size() && !isdigit(static_cast<unsigned char>(v[i])) && v[i] != '.') ++i;
+    std::string u = v.substr(unit, i - unit);
+    if (u != "ns" && u != "us" && u != "\u00b5s" && u != "ms" && u != "s" && u != "m" && u != "h")
+      return kWant;
+  }
+  return "";
+}
+
+std::string CheckFallback(const std::string& v) {
+  return v == "extractive" || v == "placeholder" || v == "none"
+             ? ""
+             : "\"extractive\", \"placeholder\" or \"none\"";
+}
+
+std::string CheckPlaceholder(const std::string& v) {
+  return v.size() <= 4096 ? "" : "a text of at most 4096 bytes";
+}
+
+std::string CheckSystemPrompt(const std::string& v) {
+  if (v.empty()) return "a non-empty instruction for the model";
+  return v.size() <= 65536 ? "" : "a text of at most 65536 bytes";
+}
+
+// Only emptiness is checked here: a rejected value is echoed in the error, and
+// a conninfo may hold a password. libpq's own parse errors come at connect.
+std::string CheckConninfo(const std::string& v) {
+  if (v.empty() || v.find('\n') != std::string::npos) {
+    return "a libpq connection URI such as \"postgresql:///digestd?host=/run/postgresql\" or "
+           "key=value pairs such as \"host=/run/postgresql dbname=digestd\"";
+  }
+  return "";
+}
+
 const std::vector<KeyDef>& Defs() {
   static const std::vector<KeyDef> defs = {
       INT_KEY("workers", min, workers.min, 1, 1024, true),
@@ -72,8 +150,14 @@ const std::vector<KeyDef>& Defs() {
       INT_KEY("workers", interactive_reserved, workers.interactive_reserved, 0, 1023, true),
       INT_KEY("queues", interactive, queues.interactive, 1, 1000000, false),
       INT_KEY("queues", background, queues.background, 1, 1000000, false),
+      INT_KEY("queues", write, queues.write, 1, 1000000, false),
       STR_KEY("control", socket, control.socket, false, CheckSocketPath),
-      KeyDef{{"control", "mode", false}, Kind::kMode, 0, 0777, nullptr, nullptr,
+      KeyDef{{"control", "mode", false},
+             Kind::kMode,
+             0,
+             0777,
+             nullptr,
+             nullptr,
              [](Config& c, std::string v) {
                c.control.mode = static_cast<unsigned>(std::stoul(v, nullptr, 8));
              },
@@ -91,10 +175,26 @@ const std::vector<KeyDef>& Defs() {
       INT_KEY("control", max_line_bytes, control.max_line_bytes, 1024, 64 * 1024 * 1024, true),
       INT_KEY("control", max_clients, control.max_clients, 1, 100000, true),
       INT_KEY("control", idle_timeout_s, control.idle_timeout_s, 0, 86400, true),
-      KeyDef{{"control", "allow_uids", true}, Kind::kIdList, 0, 4294967294LL, nullptr, nullptr,
-             nullptr, nullptr, nullptr, &Config::Control::allow_uids},
-      KeyDef{{"control", "allow_gids", true}, Kind::kIdList, 0, 4294967294LL, nullptr, nullptr,
-             nullptr, nullptr, nullptr, &Config::Control::allow_gids},
+      KeyDef{{"control", "allow_uids", true},
+             Kind::kIdList,
+             0,
+             4294967294LL,
+             nullptr,
+             nullptr,
+             nullptr,
+             nullptr,
+             nullptr,
+             &Config::Control::allow_uids},
+      KeyDef{{"control", "allow_gids", true},
+             Kind::kIdList,
+             0,
+             4294967294LL,
+             nullptr,
+             nullptr,
+             nullptr,
+             nullptr,
+             nullptr,
+             &Config::Control::allow_gids},
       STR_KEY("daemon", node_id, daemon.node_id, false, CheckNodeId),
       INT_KEY("daemon", shutdown_grace_s, daemon.shutdown_grace_s, 0, 3600, true),
       INT_KEY("daemon", status_interval_ms, daemon.status_interval_ms, 100, 60000, true),
@@ -102,6 +202,43 @@ const std::vector<KeyDef>& Defs() {
       INT_KEY("jobs", retain_finished, jobs.retain_finished, 0, 10000000, true),
       INT_KEY("jobs", max_batch, jobs.max_batch, 1, 100000, true),
       STR_KEY("log", level, log.level, true, CheckLevel),
+      STR_KEY("backend", kind, backend.kind, false, CheckBackendKind),
+      STR_KEY("backend", url, backend.url, false, CheckUrl),
+      STR_KEY("backend", model, backend.model, true, CheckModel),
+      STR_KEY("backend", embed_model, backend.embed_model, true, CheckModel),
+      INT_KEY("backend", num_ctx, backend.num_ctx, 0, 1048576, false),
+      STR_KEY("backend", keep_alive, backend.keep_alive, true, CheckKeepAlive),
+      INT_KEY("backend", connect_timeout_ms, backend.connect_timeout_ms, 100, 600000, true),
+      INT_KEY("backend", first_byte_timeout_s, backend.first_byte_timeout_s, 1, 86400, true),
+      INT_KEY("backend", idle_timeout_s, backend.idle_timeout_s, 1, 86400, true),
+      INT_KEY("backend", request_timeout_s, backend.request_timeout_s, 1, 604800, true),
+      INT_KEY("backend", max_attempts, backend.max_attempts, 1, 100, true),
+      INT_KEY("backend", backoff_base_ms, backend.backoff_base_ms, 1, 3600000, true),
+      INT_KEY("backend", backoff_max_ms, backend.backoff_max_ms, 1, 86400000, true),
+      INT_KEY("backend", breaker_failures, backend.breaker_failures, 1, 10000, true),
+      INT_KEY("backend", breaker_open_s, backend.breaker_open_s, 1, 86400, true),
+      INT_KEY("backend", max_input_bytes, backend.max_input_bytes, 1024, 64 * 1024 * 1024, true),
+      INT_KEY("backend", max_embed_texts, backend.max_embed_texts, 1, 100000, true),
+      INT_KEY("summarize", max_words, summarize.max_words, 1, 1000, true),
+      STR_KEY("summarize", fallback, summarize.fallback, true, CheckFallback),
+      STR_KEY("summarize", placeholder_text, summarize.placeholder_text, true, CheckPlaceholder),
+      STR_KEY("summarize", system_prompt, summarize.system_prompt, true, CheckSystemPrompt),
+      INT_KEY("summarize", num_predict, summarize.num_predict, 16, 131072, true),
+      INT_KEY("writer", batch_rows, writer.batch_rows, 1, 10000, true),
+      INT_KEY("writer", batch_ms, writer.batch_ms, 0, 60000, true),
+      STR_KEY("postgres", conninfo, postgres.conninfo, false, CheckConninfo),
+      INT_KEY("postgres", lease_s, postgres.lease_s, 5, 86400, false),
+      INT_KEY("postgres", retention_s, postgres.retention_s, 0, 315360000, true),
+      INT_KEY("postgres", retention_batch, postgres.retention_batch, 1, 100000, true),
+      INT_KEY("postgres", retention_interval_s, postgres.retention_interval_s, 1, 86400, true),
+      INT_KEY("postgres", recover_interval_s, postgres.recover_interval_s, 1, 3600, true),
+      INT_KEY("postgres", claim_batch, postgres.claim_batch, 1, 10000, true),
+      INT_KEY("postgres", refill_low_water, postgres.refill_low_water, 0, 1000000, true),
+      INT_KEY("postgres", connect_timeout_s, postgres.connect_timeout_s, 1, 600, false),
+      INT_KEY("postgres", query_timeout_s, postgres.query_timeout_s, 0, 86400, false),
+      INT_KEY("postgres", reconnect_max_ms, postgres.reconnect_max_ms, 100, 600000, false),
+      INT_KEY("postgres", ready_timeout_s, postgres.ready_timeout_s, 0, 3600, false),
+      INT_KEY("postgres", backlog_interval_ms, postgres.backlog_interval_ms, 100, 600000, true),
   };
   return defs;
 }
@@ -154,7 +291,7 @@ Status ApplyKey(Config& config, const KeyDef& def, const toml::node& node,
                       std::string(def.spec.name);
   switch (def.kind) {
     case Kind::kInt: {
-      auto v = node.value<int64_t>();
+      auto v = node.is_integer() ? node.value<int64_t>() : std::nullopt;
       if (!node.is_integer() || !v) {
         return Status::InvalidConfig(where + " must be an integer between " +
                                      std::to_string(def.min) + " and " + std::to_string(def.max));
@@ -189,7 +326,7 @@ Status ApplyKey(Config& config, const KeyDef& def, const toml::node& node,
       }
       std::vector<int64_t> ids;
       for (const auto& el : *arr) {
-        auto v = el.value<int64_t>();
+        auto v = el.is_integer() ? el.value<int64_t>() : std::nullopt;
         if (!el.is_integer() || !v || *v < def.min || *v > def.max) {
           return Status::InvalidConfig(where +
                                        " must hold numeric ids between 0 and 4294967294 only");
@@ -203,6 +340,40 @@ Status ApplyKey(Config& config, const KeyDef& def, const toml::node& node,
   return Status::Internal("unknown key kind");
 }
 
+// For a syntax error on line `line` (1-based) of `text`: " in [section] key"
+// when that line assigns a key, else " near \"the line\"", so the message
+// names the key even when toml++ cannot.
+std::string SyntaxErrorContext(std::string_view text, size_t line) {
+  std::string_view section;
+  std::string_view here;
+  for (size_t n = 1; n <= line && !text.empty(); ++n) {
+    size_t nl = text.find('\n');
+    std::string_view current = text.substr(0, nl);
+    text.remove_prefix(nl == std::string_view::npos ? text.size() : nl + 1);
+    while (!current.empty() && (current.back() == '\r' || current.back() == ' ')) {
+      current.remove_suffix(1);
+    }
+    size_t start = current.find_first_not_of(" \t");
+    current.remove_prefix(start == std::string_view::npos ? current.size() : start);
+    if (n == line) {
+      here = current;
+    } else if (current.size() > 2 && current[0] == '[' && current[1] != '[') {
+      size_t close = current.find(']');
+      if (close != std::string_view::npos) section = current.substr(1, close - 1);
+    }
+  }
+  size_t key_end =
+      here.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-");
+  size_t eq = key_end == std::string_view::npos ? key_end : here.find_first_not_of(" \t", key_end);
+  if (key_end > 0 && eq != std::string_view::npos && here[eq] == '=') {
+    std::string out = " in ";
+    if (!section.empty()) out += "[" + std::string(section) + "] ";
+    return out + std::string(here.substr(0, key_end));
+  }
+  if (here.empty()) return "";
+  return " near \"" + std::string(here.substr(0, 80)) + "\"";
+}
+
 // Checks that involve more than one key; `root` gives line numbers.
 Status CrossCheck(const Config& c, const toml::table& root, std::string_view origin) {
   auto line_of = [&](std::string_view section, std::string_view key) {
@@ -211,15 +382,36 @@ Status CrossCheck(const Config& c, const toml::table& root, std::string_view ori
     return n ? Where(origin, *n) : std::string(origin);
   };
   if (c.workers.min > c.workers.max) {
-    return Status::InvalidConfig(line_of("workers", "min") + ": [workers] min = " +
-                                 std::to_string(c.workers.min) + " is larger than max = " +
-                                 std::to_string(c.workers.max));
+    return Status::InvalidConfig(line_of("workers", "min") +
+                                 ": [workers] min = " + std::to_string(c.workers.min) +
+                                 " is larger than max = " + std::to_string(c.workers.max));
   }
   if (c.workers.interactive_reserved >= c.workers.max) {
     return Status::InvalidConfig(
-        line_of("workers", "interactive_reserved") + ": [workers] interactive_reserved = " +
-        std::to_string(c.workers.interactive_reserved) + " must be smaller than max = " +
-        std::to_string(c.workers.max) + ", or background work could never run");
+        line_of("workers", "interactive_reserved") +
+        ": [workers] interactive_reserved = " + std::to_string(c.workers.interactive_reserved) +
+        " must be smaller than max = " + std::to_string(c.workers.max) +
+        ", or background work could never run");
+  }
+  if (c.backend.backoff_base_ms > c.backend.backoff_max_ms) {
+    return Status::InvalidConfig(
+        line_of("backend", "backoff_base_ms") +
+        ": [backend] backoff_base_ms = " + std::to_string(c.backend.backoff_base_ms) +
+        " is larger than backoff_max_ms = " + std::to_string(c.backend.backoff_max_ms));
+  }
+  if (c.backend.first_byte_timeout_s > c.backend.request_timeout_s) {
+    return Status::InvalidConfig(
+        line_of("backend", "first_byte_timeout_s") +
+        ": [backend] first_byte_timeout_s = " + std::to_string(c.backend.first_byte_timeout_s) +
+        " is larger than request_timeout_s = " + std::to_string(c.backend.request_timeout_s) +
+        "; the whole request must be allowed at least as long as its first byte");
+  }
+  if (c.summarize.num_predict < c.summarize.max_words) {
+    return Status::InvalidConfig(
+        line_of("summarize", "num_predict") +
+        ": [summarize] num_predict = " + std::to_string(c.summarize.num_predict) +
+        " is smaller than max_words = " + std::to_string(c.summarize.max_words) +
+        "; a word takes one or more tokens, so allow about twice max_words");
   }
   return Status::Ok();
 }
@@ -241,16 +433,18 @@ Result<Config> ParseConfig(std::string_view text, std::string_view origin) {
     root = toml::parse(text, origin);
   } catch (const toml::parse_error& err) {
     std::ostringstream out;
-    out << origin << ":" << err.source().begin.line << ": syntax error: " << err.description();
-    return Status::InvalidConfig(out.str());
+    out << origin << ":" << err.source().begin.line << ": syntax error"
+        << SyntaxErrorContext(text, err.source().begin.line) << ": " << err.description();
+    std::string msg = out.str();
+    std::replace(msg.begin(), msg.end(), '\n', ' ');  // one line, whatever toml++ says
+    return Status::InvalidConfig(msg);
   }
   Config config;
   for (const auto& [section_key, section_node] : root) {
     std::string_view section = section_key.str();
     if (!KnownSection(section)) {
       return Status::InvalidConfig(Where(origin, section_node) + ": unknown section [" +
-                                   std::string(section) + "]; known sections: " +
-                                   KnownSections());
+                                   std::string(section) + "]; known sections: " + KnownSections());
     }
     const toml::table* table = section_node.as_table();
     if (table == nullptr) {
@@ -286,7 +480,8 @@ Result<Config> LoadConfigFile(const std::string& path) {
   buf << in.rdbuf();
   std::string text = buf.str();
   if (text.size() > 1024 * 1024) {
-    return Status::InvalidConfig(path + ": the config file is larger than 1 MiB; is it the right file?");
+    return Status::InvalidConfig(path +
+                                 ": the config file is larger than 1 MiB; is it the right file?");
   }
   auto result = ParseConfig(text, path);
   return result;
@@ -297,9 +492,14 @@ std::string ConfigValueString(const Config& config, std::string_view section,
   const KeyDef* def = FindDef(section, name);
   if (def == nullptr) return "";
   switch (def->kind) {
-    case Kind::kInt: return std::to_string(def->get_int(config));
+    case Kind::kInt:
+      return std::to_string(def->get_int(config));
     case Kind::kString:
-    case Kind::kMode: return "\"" + def->get_str(config) + "\"";
+    case Kind::kMode: {
+      std::ostringstream os;
+      os << toml::value<std::string>(def->get_str(config));  // quoted and escaped
+      return os.str();
+    }
     case Kind::kIdList: {
       std::string out = "[";
       for (int64_t id : config.control.*(def->ids)) {
@@ -319,8 +519,8 @@ std::vector<std::string> DiffConfig(const Config& before, const Config& after, b
     std::string a = ConfigValueString(before, d.spec.section, d.spec.name);
     std::string b = ConfigValueString(after, d.spec.section, d.spec.name);
     if (a != b) {
-      out.push_back("[" + std::string(d.spec.section) + "] " + std::string(d.spec.name) + ": " +
-                    a + " -> " + b);
+      out.push_back("[" + std::string(d.spec.section) + "] " + std::string(d.spec.name) + ": " + a +
+                    " -> " + b);
     }
   }
   return out;
@@ -331,10 +531,16 @@ Config MergeReloadable(const Config& running, const Config& fresh) {
   for (const auto& d : Defs()) {
     if (!d.spec.reloadable) continue;
     switch (d.kind) {
-      case Kind::kInt: d.set_int(out, d.get_int(fresh)); break;
+      case Kind::kInt:
+        d.set_int(out, d.get_int(fresh));
+        break;
       case Kind::kString:
-      case Kind::kMode: d.set_str(out, d.get_str(fresh)); break;
-      case Kind::kIdList: out.control.*(d.ids) = fresh.control.*(d.ids); break;
+      case Kind::kMode:
+        d.set_str(out, d.get_str(fresh));
+        break;
+      case Kind::kIdList:
+        out.control.*(d.ids) = fresh.control.*(d.ids);
+        break;
     }
   }
   return out;

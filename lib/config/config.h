@@ -25,6 +25,7 @@ struct Config {
   struct Queues {
     int interactive = 200;  // ring capacity of the interactive lane
     int background = 200;   // ring capacity of the background lane
+    int write = 500;        // capacity of the write ring (lib/store/batch_writer.h)
   } queues;
   struct Control {
     std::string socket = "/run/digestd/control.sock";
@@ -52,25 +53,25 @@ struct Config {
   struct Backend {
     std::string kind = "ollama";  // "ollama" | "extractive" (built in, no LLM)
     std::string url = "http://127.0.0.1:11434";
-    std::string model = "llama3.2";               // summarize and generate
+    std::string model = "llama3.2";                // summarize and generate
     std::string embed_model = "nomic-embed-text";  // embed
-    int num_ctx = 8192;               // options.num_ctx on every request; 0: never sent
-    std::string keep_alive = "30m";   // Go duration sent as keep_alive; "": not sent
-    int connect_timeout_ms = 2000;    // TCP connect
-    int first_byte_timeout_s = 300;   // request sent -> first byte (covers a cold load)
-    int idle_timeout_s = 60;          // longest silence between bytes once streaming
-    int request_timeout_s = 900;      // whole request, first byte to last
-    int max_attempts = 3;             // attempts per job, busy answers not counted
-    int backoff_base_ms = 500;        // first retry waits up to this long
-    int backoff_max_ms = 30000;       // no retry waits longer
-    int breaker_failures = 5;         // consecutive retryable failures that open it
-    int breaker_open_s = 30;          // how long it stays open before one probe
+    int num_ctx = 8192;                // options.num_ctx on every request; 0: never sent
+    std::string keep_alive = "30m";    // Go duration sent as keep_alive; "": not sent
+    int connect_timeout_ms = 2000;     // TCP connect
+    int first_byte_timeout_s = 300;    // request sent -> first byte (covers a cold load)
+    int idle_timeout_s = 60;           // longest silence between bytes once streaming
+    int request_timeout_s = 900;       // whole request, first byte to last
+    int max_attempts = 3;              // attempts per job, busy answers not counted
+    int backoff_base_ms = 500;         // first retry waits up to this long
+    int backoff_max_ms = 30000;        // no retry waits longer
+    int breaker_failures = 5;          // consecutive retryable failures that open it
+    int breaker_open_s = 30;           // how long it stays open before one probe
     int64_t max_input_bytes = 262144;  // largest text (each field) a job may carry
     int max_embed_texts = 256;         // most texts in one embed job
   } backend;
   // The summarize job kind.
   struct Summarize {
-    int max_words = 120;               // when the job gives no max_words
+    int max_words = 120;                  // when the job gives no max_words
     std::string fallback = "extractive";  // "extractive" | "placeholder" | "none"
     std::string placeholder_text = "No summary is available for this chapter yet.";
     std::string system_prompt =
@@ -81,6 +82,28 @@ struct Config {
         "Answer with the summary alone: no heading, no preamble, no list.";
     int num_predict = 512;  // options.num_predict: tokens a summary may take at most
   } summarize;
+
+  // The batching writer (lib/store/batch_writer.h).
+  struct Writer {
+    int batch_rows = 50;  // most rows in one transaction
+    int batch_ms = 500;   // longest a result row waits for its batch to fill
+  } writer;
+  // PostgreSQL (lib/store/).
+  struct Postgres {
+    std::string conninfo = "postgresql:///digestd?host=/run/postgresql";
+    int lease_s = 60;                // a claimed job's lease; renewed every lease_s / 3
+    int retention_s = 604800;        // finished jobs older than this are deleted; 0: never
+    int retention_batch = 1000;      // most rows one retention delete removes
+    int retention_interval_s = 60;   // how often the retention task runs
+    int recover_interval_s = 15;     // how often expired leases are returned to the queue
+    int claim_batch = 50;            // most jobs one claim query takes
+    int refill_low_water = 50;       // a lane's ring is refilled when its depth falls to this
+    int connect_timeout_s = 10;      // a connection attempt that takes longer fails
+    int query_timeout_s = 60;        // no answer for this long drops the connection; 0: never
+    int reconnect_max_ms = 30000;    // longest wait between reconnect attempts
+    int ready_timeout_s = 30;        // READY=1 waits this long for the first connection
+    int backlog_interval_ms = 2000;  // how often the backlog counts in status are refreshed
+  } postgres;
 
   // The file this was loaded from; empty for built-in defaults.
   std::string source;

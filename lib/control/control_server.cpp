@@ -360,17 +360,20 @@ void ControlServer::Dispatch(const std::shared_ptr<Connection>& conn, std::strin
   auto slot = std::make_shared<Slot>();
   conn->pending_.push_back(slot);
   Reply reply(conn, slot);
-  ParsedLine parsed = ParseRequestLine(line);
-  if (!parsed.status.ok()) {
-    reply.Send(ErrorLine(parsed.request.id, parsed.status));
-    return;
-  }
+  nlohmann::json id;
   try {
+    ParsedLine parsed = ParseRequestLine(line);
+    id = parsed.request.id;
+    if (!parsed.status.ok()) {
+      reply.Send(ErrorLine(id, parsed.status));
+      return;
+    }
     handler_(std::move(parsed.request), conn->peer_, reply);
   } catch (const std::exception& e) {
-    LOG_ERROR("control: handler failed: %s", e.what());
-    reply.Send(
-        ErrorLine(parsed.request.id, Status::Internal(std::string("internal error: ") + e.what())));
+    // No exception may cross into libuv; one client's request must never end
+    // the daemon.
+    LOG_ERROR("control: request failed: %s", e.what());
+    reply.Send(ErrorLine(id, Status::Internal(std::string("internal error: ") + e.what())));
   }
 }
 

@@ -12,7 +12,9 @@
 // Loop thread only. Owns its listener and every connection; the Handler gets
 // a Reply that refers to its connection weakly, so answering a closed
 // connection is a harmless no-op. Call CloseAll() and run the loop until
-// clients() == 0 before destroying the server.
+// clients() == 0 before destroying the server. The process must ignore
+// SIGPIPE (Daemon::Run does): a client that leaves before reading its answer
+// then costs an EPIPE, not the process.
 #pragma once
 
 #include <sys/types.h>

@@ -26,21 +26,21 @@ bool IsMutatingOp(std::string_view op) {
 ParsedLine ParseRequestLine(std::string_view line) {
   ParsedLine out;
   if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-  nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) {
-    // Parse again with exceptions only to get the parser's position and reason.
-    std::string why;
-    try {
-      nlohmann::json again = nlohmann::json::parse(line);
-      (void)again;
-    } catch (const nlohmann::json::parse_error& e) {
-      why = e.what();
-      auto pos = why.find("parse error");
-      if (pos != std::string::npos) why = why.substr(pos);
-    }
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(line);
+  } catch (const nlohmann::json::exception& e) {
+    // parse_error for bad syntax or UTF-8, out_of_range for a number such as
+    // 1e400: both are the client's mistake, never the daemon's end.
+    std::string why = e.what();
+    auto pos = why.find("] ");
+    if (pos != std::string::npos) why = why.substr(pos + 2);
     if (why.find("UTF-8") != std::string::npos) {
       out.status = Status::BadRequest("the request is not valid UTF-8 (" + why +
                                       "); send UTF-8 encoded JSON");
+    } else if (e.id >= 400 && e.id < 500) {
+      out.status = Status::BadRequest("the request holds a number JSON cannot represent (" + why +
+                                      "); send numbers within 64-bit range");
     } else {
       out.status = Status::BadRequest("the request is not valid JSON (" + why +
                                       "); send one JSON object per line");

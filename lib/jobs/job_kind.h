@@ -22,6 +22,9 @@ class JobKind {
   virtual Status Validate(const nlohmann::json& input, const Config& config) const = 0;
   // Runs the job. Pool thread: touches only `ctx`; watches ctx.cancelled().
   virtual WorkOutcome Run(const WorkContext& ctx) const = 0;
+  // Whether jobs of this kind call the LLM backend under `config`, so the
+  // circuit breaker holds them back while the backend is down.
+  virtual bool UsesBackend(const Config& /*config*/) const { return false; }
 };
 
 // The kinds compiled into this binary. Populated before main() runs by

@@ -71,6 +71,7 @@ void JobTable::MarkFinished(const JobPtr& job, WorkOutcome outcome) {
     case WorkOutcome::Kind::kDone:
       job->state = JobState::kDone;
       job->result = std::move(outcome.result);
+      job->error.clear();  // an earlier attempt's error no longer applies
       ++counters_.done;
       break;
     case WorkOutcome::Kind::kFailed:
@@ -89,6 +90,14 @@ void JobTable::MarkFinished(const JobPtr& job, WorkOutcome outcome) {
   if (job->started_at != 0) run_time_.Record(job->finished_at - job->started_at);
   latency_.Record(job->finished_at - job->submitted_at);
   Finished(job);
+}
+
+void JobTable::MarkRetrying(const JobPtr& job, std::string error, bool refund) {
+  if (job->state == JobState::kRunning) --counters_.running;
+  job->state = JobState::kQueued;
+  job->error = std::move(error);
+  if (refund && job->attempts > 0) --job->attempts;
+  ++counters_.retried;
 }
 
 void JobTable::MarkCancelled(const JobPtr& job, const std::string& why) {

@@ -28,6 +28,7 @@ struct JobCounters {
   uint64_t failed = 0;
   uint64_t cancelled = 0;
   uint64_t released = 0;  // queued jobs given up at a forced shutdown
+  uint64_t retried = 0;   // attempts that ended in a retry
 };
 
 class JobTable {
@@ -51,6 +52,9 @@ class JobTable {
   void MarkRunning(const JobPtr& job);
   // Moves a job to its terminal state, records its latency, fires waiters.
   void MarkFinished(const JobPtr& job, WorkOutcome outcome);
+  // A running job's attempt failed and it waits for another: back to queued,
+  // keeping the error. `refund` gives the attempt back (a busy backend).
+  void MarkRetrying(const JobPtr& job, std::string error, bool refund);
   // A queued job cancelled before it ran.
   void MarkCancelled(const JobPtr& job, const std::string& why);
   void NoteDuplicate() { ++counters_.duplicates; }

@@ -1,0 +1,437 @@
+#include "store/batch_writer.h"
+
+#include <algorithm>
+#include <chrono>
+#include <unordered_set>
+
+#include "obs/log.h"
+
+namespace digestd {
+
+namespace {
+
+int64_t UnixMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+}  // namespace
+
+// What one batch in flight holds, by position in the ring (its first `rows`).
+struct BatchWriter::Flight {
+  size_t rows = 0;
+  std::vector<NewJob> submits;  // keys only, for ParseInsert
+  std::vector<uint64_t> finish_ids;
+  std::vector<uint64_t> requeue_ids;
+  std::vector<LeaseRef> renewals;
+  uint64_t started_ns = 0;
+};
+
+BatchWriter::BatchWriter(uv_loop_t* loop, PgConn& conn, JobStore& store,
+                         BatchWriterOptions options, Hooks hooks)
+    : loop_(loop),
+      conn_(conn),
+      store_(store),
+      options_(std::move(options)),
+      hooks_(std::move(hooks)),
+      row_wait_(8192) {
+  if (options_.capacity == 0) options_.capacity = 1;
+  if (options_.batch_rows < 1) options_.batch_rows = 1;
+  if (uv_timer_init(loop_, timer_.get()) == 0) {
+    timer_.set_initialized();
+    timer_.get()->data = this;
+  }
+  std::weak_ptr<bool> alive = alive_;
+  observer_ = conn_.AddStateObserver([this, alive](bool up, const Status& why) {
+    if (alive.expired() || closed_) return;
+    if (up) {
+      Pump();
+    } else {
+      FailSubmits(why, in_flight_);
+    }
+  });
+}
+
+BatchWriter::~BatchWriter() {
+  Close();
+  *alive_ = false;
+}
+
+Status BatchWriter::Enqueue(WriteRow row) {
+  if (closed_) {
+    return Status::Unavailable("digestd is shutting down and writes nothing more");
+  }
+  if (row.is_submit()) {
+    if (!conn_.up()) {
+      PgConnState s = conn_.state();
+      return Status::Unavailable(
+          "PostgreSQL is unreachable, so the job cannot be stored and was not accepted (" +
+          (s.last_error.empty() ? std::string("not connected yet") : s.last_error) +
+          "); submit it again later");
+    }
+    if (ring_.size() + options_.submit_reserve >= options_.capacity) {
+      refused_ = true;
+      return Status::QueueFull("the write ring is full (" + std::to_string(ring_.size()) + " of " +
+                               std::to_string(options_.capacity) +
+                               " rows wait for PostgreSQL); submit again shortly, or raise "
+                               "[queues] write");
+    }
+    ++waiting_submits_;
+  } else if (ring_.size() >= options_.capacity) {
+    refused_ = true;
+    return Status::QueueFull("the write ring is full (" + std::to_string(options_.capacity) +
+                             " rows)");
+  }
+  uint64_t now = uv_now(loop_);
+  ring_.push_back(Entry{std::move(row), now, uv_hrtime()});
+  Pump();
+  return Status::Ok();
+}
+
+void BatchWriter::RenewLeases(std::vector<LeaseRef> leases) {
+  if (closed_) return;
+  if (renewals_.empty() && !leases.empty()) renewals_since_ms_ = uv_now(loop_);
+  renewals_ = std::move(leases);
+  Pump();
+}
+
+void BatchWriter::Drain(std::function<void()> done) {
+  draining_ = true;
+  drain_done_ = std::move(done);
+  Pump();
+}
+
+void BatchWriter::SetBatchLimits(int batch_rows, int batch_ms) {
+  options_.batch_rows = std::max(1, batch_rows);
+  options_.batch_ms = std::max(0, batch_ms);
+  Pump();
+}
+
+void BatchWriter::Close() {
+  if (closed_) return;
+  closed_ = true;
+  timer_.Close();
+  conn_.RemoveStateObserver(observer_);
+  std::deque<Entry> rows;
+  rows.swap(ring_);
+  in_flight_ = 0;
+  waiting_submits_ = 0;
+  drain_done_ = nullptr;
+  auto alive = alive_;
+  RowOutcome out;
+  out.status = Status::Unavailable("digestd stopped before this row was written");
+  for (auto& e : rows) {
+    if (e.row.done) e.row.done(out);
+    if (!*alive) return;
+  }
+}
+
+int64_t BatchWriter::DueInMs() const {
+  if (ring_.empty() && renewals_.empty()) return -1;
+  uint64_t now = uv_now(loop_);
+  if (retry_after_ms_ > now) return static_cast<int64_t>(retry_after_ms_ - now);
+  if (draining_ || isolate_ > 0 || waiting_submits_ > 0 || options_.batch_ms == 0 ||
+      ring_.size() >= static_cast<size_t>(options_.batch_rows)) {
+    return 0;
+  }
+  uint64_t oldest = UINT64_MAX;
+  if (!ring_.empty()) oldest = ring_.front().enqueued_ms;
+  if (!renewals_.empty()) oldest = std::min(oldest, renewals_since_ms_);
+  uint64_t due = oldest + static_cast<uint64_t>(options_.batch_ms);
+  return due > now ? static_cast<int64_t>(due - now) : 0;
+}
+
+void BatchWriter::Pump() {
+  if (closed_ || !timer_.initialized()) return;
+  if (flushing_ || !conn_.up()) {
+    uv_timer_stop(timer_.get());
+    return;
+  }
+  int64_t due = DueInMs();
+  if (due < 0 && !(draining_ && drain_done_)) {
+    uv_timer_stop(timer_.get());
+    return;
+  }
+  // Never flush inside the caller's turn: the timer fires at the start of
+  // the next loop iteration, after every row of this one is queued.
+  uv_timer_start(
+      timer_.get(), [](uv_timer_t* t) { static_cast<BatchWriter*>(t->data)->OnTimer(); },
+      static_cast<uint64_t>(std::max<int64_t>(due, 0)), 0);
+}
+
+void BatchWriter::OnTimer() {
+  if (closed_ || flushing_ || !conn_.up()) return;
+  int64_t due = DueInMs();
+  if (due == 0) {
+    StartFlush();
+    return;
+  }
+  if (due < 0 && draining_ && drain_done_) {
+    auto done = std::move(drain_done_);
+    drain_done_ = nullptr;
+    done();
+    return;
+  }
+  Pump();
+}
+
+void BatchWriter::StartFlush() {
+  auto flight = std::make_shared<Flight>();
+  size_t n = std::min(ring_.size(), static_cast<size_t>(options_.batch_rows));
+  if (isolate_ > 0) n = std::min<size_t>(n, 1);
+  std::vector<FinishRow> finishes;
+  std::vector<RequeueRow> requeues;
+  std::vector<NewJob> submits;
+  std::vector<std::string> done_keys;
+  std::unordered_set<uint64_t> ended;  // jobs this batch finishes or requeues
+  size_t batch_submits = 0;
+  for (size_t i = 0; i < n; ++i) {
+    auto& row = ring_[i].row.row;
+    if (auto* s = std::get_if<NewJob>(&row)) {
+      submits.push_back(*s);
+      NewJob key_only;
+      key_only.key = s->key;
+      flight->submits.push_back(std::move(key_only));
+      ++batch_submits;
+    } else if (auto* f = std::get_if<FinishRow>(&row)) {
+      finishes.push_back(*f);
+      flight->finish_ids.push_back(f->id);
+      done_keys.push_back(f->key);
+      ended.insert(f->id);
+    } else if (auto* r = std::get_if<RequeueRow>(&row)) {
+      requeues.push_back(*r);
+      flight->requeue_ids.push_back(r->id);
+      ended.insert(r->id);
+    }
+  }
+  for (const auto& l : renewals_) {
+    if (ended.count(l.id) == 0) flight->renewals.push_back(l);
+  }
+  std::vector<PgStatement> unit;
+  if (!submits.empty()) {
+    for (auto& s : JobStore::InsertStatements(submits)) unit.push_back(std::move(s));
+  }
+  if (!finishes.empty()) unit.push_back(store_.FinishStatement(finishes));
+  if (!requeues.empty()) unit.push_back(store_.RequeueStatement(requeues));
+  if (!flight->renewals.empty()) {
+    unit.push_back(store_.RenewStatement(flight->renewals, options_.lease_s));
+  }
+  for (auto& s : JobStore::NotifyStatements(done_keys)) unit.push_back(std::move(s));
+  if (unit.empty()) {
+    renewals_.clear();  // every lease in the set ended meanwhile
+    Pump();
+    return;
+  }
+  flight->rows = n;
+  flight->started_ns = uv_hrtime();
+  std::weak_ptr<bool> alive = alive_;
+  Status st =
+      conn_.Send(std::move(unit), [this, alive, flight](Result<std::vector<PgResult>> result) {
+        if (alive.expired() || closed_) return;
+        OnFlushed(*flight, std::move(result));
+      });
+  if (!st.ok()) return;  // the connection is down; the up observer pumps again
+  renewals_.clear();
+  flushing_ = true;
+  in_flight_ = n;
+  waiting_submits_ -= batch_submits;
+}
+
+void BatchWriter::OnFlushed(const Flight& flight, Result<std::vector<PgResult>> result) {
+  flushing_ = false;
+  in_flight_ = 0;
+  uint64_t now_ns = uv_hrtime();
+  if (!result.ok()) {
+    const Status& st = result.status();
+    ++stats_.failed_batches;
+    NoteError(st);
+    // A newer set of leases, if any, supersedes the one that failed.
+    if (renewals_.empty() && !flight.renewals.empty()) {
+      renewals_ = flight.renewals;
+      renewals_since_ms_ = uv_now(loop_);
+    }
+    if (st.code() == Status::Code::kBadRequest) {
+      if (flight.rows > 1) {
+        // One row holds data the server refuses; find it by writing the
+        // batch's rows one per transaction.
+        LOG_WARN("writer: PostgreSQL refused a batch of %zu rows (%s); writing them one by one",
+                 flight.rows, st.message().c_str());
+        isolate_ = flight.rows;
+      } else if (flight.rows == 1) {
+        Reject(st);
+        if (isolate_ > 0) --isolate_;
+      }
+    } else if (!conn_.up()) {
+      FailSubmits(st, 0);
+    } else {
+      // The submits' clients hear the error now; the rest waits and retries.
+      FailSubmits(st, 0);
+      retry_delay_ms_ = retry_delay_ms_ == 0
+                            ? options_.retry_min_ms
+                            : std::min(retry_delay_ms_ * 2, options_.retry_max_ms);
+      retry_after_ms_ = uv_now(loop_) + static_cast<uint64_t>(retry_delay_ms_);
+      LOG_WARN("writer: a batch of %zu rows failed (%s); retrying in %d ms", flight.rows,
+               st.message().c_str(), retry_delay_ms_);
+    }
+    MaybeSpace();
+    Pump();
+    return;
+  }
+  retry_delay_ms_ = 0;
+  retry_after_ms_ = 0;
+  std::vector<PgResult>& res = *result;
+  size_t idx = 0;
+  auto next = [&]() -> const PgResult& {
+    static const PgResult kEmpty;
+    return idx < res.size() ? res[idx++] : kEmpty;
+  };
+  std::vector<InsertedJob> inserted;
+  if (!flight.submits.empty()) {
+    const PgResult& ins = next();
+    const PgResult& found = next();
+    auto parsed = JobStore::ParseInsert(flight.submits, ins, found);
+    if (parsed.ok()) inserted = std::move(parsed).value();
+  }
+  std::vector<bool> finish_ok, requeue_ok;
+  if (!flight.finish_ids.empty()) finish_ok = JobStore::ParseAccepted(flight.finish_ids, next());
+  if (!flight.requeue_ids.empty()) {
+    requeue_ok = JobStore::ParseAccepted(flight.requeue_ids, next());
+  }
+  std::vector<uint64_t> lost;
+  if (!flight.renewals.empty()) lost = JobStore::ParseLost(flight.renewals, next());
+
+  // Jobs this batch ended need no renewal any more.
+  if (!renewals_.empty() && (!flight.finish_ids.empty() || !flight.requeue_ids.empty())) {
+    std::unordered_set<uint64_t> ended(flight.finish_ids.begin(), flight.finish_ids.end());
+    ended.insert(flight.requeue_ids.begin(), flight.requeue_ids.end());
+    renewals_.erase(std::remove_if(renewals_.begin(), renewals_.end(),
+                                   [&](const LeaseRef& l) { return ended.count(l.id) > 0; }),
+                    renewals_.end());
+  }
+
+  stats_.last_commit_ms = static_cast<double>(now_ns - flight.started_ns) / 1e6;
+  ++stats_.batches;
+  stats_.rows_written += flight.rows;
+  stats_.submits_written += flight.submits.size();
+  stats_.results_written += flight.finish_ids.size();
+  if (!flight.finish_ids.empty()) ++batches_with_results_;
+  if (isolate_ > 0) isolate_ -= std::min(isolate_, flight.rows);
+
+  std::vector<std::pair<RowCallback, RowOutcome>> calls;
+  calls.reserve(flight.rows);
+  size_t si = 0, fi = 0, ri = 0;
+  for (size_t i = 0; i < flight.rows && !ring_.empty(); ++i) {
+    Entry e = std::move(ring_.front());
+    ring_.pop_front();
+    row_wait_.Record(now_ns - e.enqueued_ns);
+    RowOutcome out;
+    if (e.row.is_submit()) {
+      if (si < inserted.size()) out.inserted = inserted[si];
+      ++si;
+      if (out.inserted.id == 0) {
+        out.status = Status::Unavailable(
+            "the job's key existed but its row was deleted meanwhile (retention); submit again");
+      }
+    } else if (std::holds_alternative<FinishRow>(e.row.row)) {
+      out.accepted = fi < finish_ok.size() && finish_ok[fi];
+      ++fi;
+    } else {
+      out.accepted = ri < requeue_ok.size() && requeue_ok[ri];
+      ++ri;
+    }
+    if (!out.accepted) ++stats_.ignored;
+    if (e.row.done) calls.emplace_back(std::move(e.row.done), std::move(out));
+  }
+  auto alive = alive_;
+  for (auto& [fn, out] : calls) {
+    fn(out);
+    if (!*alive || closed_) return;
+  }
+  if (!lost.empty()) {
+    LOG_WARN("writer: %zu job lease(s) were lost (the jobs were rescued elsewhere); their "
+             "results will be ignored",
+             lost.size());
+    if (hooks_.on_leases_lost) hooks_.on_leases_lost(std::move(lost));
+    if (!*alive || closed_) return;
+  }
+  MaybeSpace();
+  if (!*alive || closed_) return;
+  Pump();
+}
+
+void BatchWriter::FailSubmits(const Status& why, size_t first) {
+  bool any = false;
+  for (size_t i = first; i < ring_.size() && !any; ++i) any = ring_[i].row.is_submit();
+  if (!any) return;
+  std::vector<RowCallback> calls;
+  std::deque<Entry> kept;
+  for (size_t i = 0; i < ring_.size(); ++i) {
+    Entry& e = ring_[i];
+    if (i >= first && e.row.is_submit()) {
+      if (e.row.done) calls.push_back(std::move(e.row.done));
+    } else {
+      kept.push_back(std::move(e));
+    }
+  }
+  ring_.swap(kept);
+  waiting_submits_ = 0;
+  if (isolate_ > ring_.size()) isolate_ = ring_.size();
+  Status st = why.code() == Status::Code::kUnavailable
+                  ? Status::Unavailable("the job was not stored: " + why.message() +
+                                        "; submit it again (the same key is safe to repeat)")
+                  : why;
+  RowOutcome out;
+  out.status = st;
+  auto alive = alive_;
+  for (auto& fn : calls) {
+    fn(out);
+    if (!*alive || closed_) return;
+  }
+  MaybeSpace();
+}
+
+void BatchWriter::Reject(const Status& why) {
+  if (ring_.empty()) return;
+  Entry e = std::move(ring_.front());
+  ring_.pop_front();
+  ++stats_.rejected;
+  std::string what = e.row.is_submit() ? "submit of key \"" + std::get<NewJob>(e.row.row).key + "\""
+                     : std::holds_alternative<FinishRow>(e.row.row)
+                         ? "result of job " + std::to_string(std::get<FinishRow>(e.row.row).id)
+                         : "requeue of job " + std::to_string(std::get<RequeueRow>(e.row.row).id);
+  LOG_ERROR("writer: PostgreSQL refused the %s: %s; the row is dropped", what.c_str(),
+            why.message().c_str());
+  RowOutcome out;
+  out.status = Status::BadRequest("PostgreSQL refused this job's data: " + why.message());
+  out.accepted = false;
+  if (e.row.done) e.row.done(out);
+}
+
+void BatchWriter::NoteError(const Status& why) {
+  stats_.last_error = why.message();
+  stats_.last_error_unix_ms = UnixMs();
+}
+
+void BatchWriter::MaybeSpace() {
+  if (!refused_ || closed_) return;
+  if (ring_.size() >= options_.capacity) return;
+  refused_ = false;
+  if (hooks_.on_space) hooks_.on_space();
+}
+
+BatchWriterStats BatchWriter::stats() const {
+  BatchWriterStats s = stats_;
+  s.depth = ring_.size();
+  s.capacity = options_.capacity;
+  s.flushing = flushing_;
+  s.commits_per_1000_results =
+      stats_.results_written == 0
+          ? 0
+          : 1000.0 * static_cast<double>(batches_with_results_) /
+                static_cast<double>(stats_.results_written);
+  s.row_wait = row_wait_.Compute();
+  return s;
+}
+
+}  // namespace digestd

@@ -1,0 +1,501 @@
+#include "store/job_store.h"
+
+#include <unordered_map>
+#include <unordered_set>
+
+namespace digestd {
+
+namespace {
+
+// Every read returns the same columns, in this order (ParseStored).
+constexpr const char* kColumns =
+    "id, key, coalesce(group_key, ''), kind, lane, input::text, status, attempts, "
+    "max_attempts, coalesce(lease_owner, ''), lease_token, result::text, coalesce(error, ''), "
+    "(extract(epoch FROM created_at) * 1000)::bigint, "
+    "coalesce((extract(epoch FROM started_at) * 1000)::bigint, 0), "
+    "coalesce((extract(epoch FROM finished_at) * 1000)::bigint, 0), "
+    "(extract(epoch FROM run_after) * 1000)::bigint AS run_after_ms";
+
+const std::string kReplacement = "\xEF\xBF\xBD";  // U+FFFD
+
+void ScrubNul(std::string& s) {
+  size_t pos = 0;
+  while ((pos = s.find('\0', pos)) != std::string::npos) {
+    s.replace(pos, 1, kReplacement);
+    pos += kReplacement.size();
+  }
+}
+
+// jsonb refuses \u0000 anywhere; a worker's result must still be storable.
+void ScrubJson(nlohmann::json& j) {
+  if (j.is_string()) {
+    ScrubNul(j.get_ref<std::string&>());
+  } else if (j.is_array()) {
+    for (auto& el : j) ScrubJson(el);
+  } else if (j.is_object()) {
+    bool bad_key = false;
+    for (auto it = j.begin(); it != j.end(); ++it) {
+      if (it.key().find('\0') != std::string::npos) bad_key = true;
+      ScrubJson(it.value());
+    }
+    if (bad_key) {
+      nlohmann::json fixed = nlohmann::json::object();
+      for (auto it = j.begin(); it != j.end(); ++it) {
+        std::string k = it.key();
+        ScrubNul(k);
+        fixed[k] = std::move(it.value());
+      }
+      j = std::move(fixed);
+    }
+  }
+}
+
+// Invalid UTF-8 becomes U+FFFD instead of an exception.
+std::string Dump(const nlohmann::json& j) {
+  return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+std::string Text(std::string s) {
+  ScrubNul(s);
+  return s;
+}
+
+nlohmann::json ParseJsonField(std::string_view text) {
+  if (text.empty()) return nullptr;
+  nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
+  return j.is_discarded() ? nlohmann::json(nullptr) : j;
+}
+
+StoredJob ParseStored(const PgResult& r, int row) {
+  StoredJob j;
+  j.id = static_cast<uint64_t>(r.Int(row, 0));
+  j.key = std::string(r.Text(row, 1));
+  j.group = std::string(r.Text(row, 2));
+  j.kind = std::string(r.Text(row, 3));
+  j.lane = r.Int(row, 4) == 0 ? Lane::kInteractive : Lane::kBackground;
+  j.input = r.IsNull(row, 5) ? nlohmann::json::object() : ParseJsonField(r.Text(row, 5));
+  j.state = ParseJobState(r.Text(row, 6)).value_or(JobState::kQueued);
+  j.attempts = static_cast<int>(r.Int(row, 7));
+  j.max_attempts = static_cast<int>(r.Int(row, 8));
+  j.lease_owner = std::string(r.Text(row, 9));
+  j.lease_token = r.Int(row, 10);
+  j.result = r.IsNull(row, 11) ? nlohmann::json(nullptr) : ParseJsonField(r.Text(row, 11));
+  j.error = std::string(r.Text(row, 12));
+  j.created_at_ms = r.Int(row, 13);
+  j.started_at_ms = r.Int(row, 14);
+  j.finished_at_ms = r.Int(row, 15);
+  j.run_after_ms = r.Int(row, 16);
+  return j;
+}
+
+std::vector<StoredJob> ParseStoredRows(const PgResult& r) {
+  std::vector<StoredJob> out;
+  out.reserve(static_cast<size_t>(r.rows()));
+  for (int i = 0; i < r.rows(); ++i) out.push_back(ParseStored(r, i));
+  return out;
+}
+
+PgStatement Stmt(const char* name, std::string sql, std::vector<std::optional<std::string>> p) {
+  return PgStatement{std::move(sql), std::move(p), name};
+}
+
+// Finish: the UPDATE under the guard in a CTE; the outer query sees the rows
+// as they were before it (one snapshot), so `already` recognises a row this
+// same lease finished in an earlier, committed, attempt.
+const char* kFinishSql = R"(WITH u AS (
+  SELECT * FROM jsonb_to_recordset($2::jsonb)
+    AS u(id bigint, token bigint, status text, result jsonb, error text)
+), upd AS (
+  UPDATE digestd.jobs j
+     SET status = u.status, result = u.result, error = u.error,
+         finished_at = now(), updated_at = now(), lease_until = NULL
+    FROM u
+   WHERE j.id = u.id AND j.lease_token = u.token AND j.lease_owner = $1
+     AND j.status = 'running'
+  RETURNING j.id
+)
+SELECT u.id,
+       upd.id IS NOT NULL
+       OR (j.status = u.status AND j.lease_token = u.token AND j.lease_owner = $1)
+  FROM u LEFT JOIN upd ON upd.id = u.id LEFT JOIN digestd.jobs j ON j.id = u.id)";
+
+// Requeue: a job back in the queue with the same token (ours, repeated, or a
+// recovery that did the same) counts as accepted.
+const char* kRequeueSql = R"(WITH u AS (
+  SELECT * FROM jsonb_to_recordset($2::jsonb)
+    AS u(id bigint, token bigint, delay_ms bigint, refund boolean, error text)
+), upd AS (
+  UPDATE digestd.jobs j
+     SET status = 'queued',
+         run_after = now() + coalesce(u.delay_ms, 0) * interval '1 millisecond',
+         attempts = CASE WHEN u.refund THEN greatest(j.attempts - 1, 0) ELSE j.attempts END,
+         error = coalesce(u.error, j.error),
+         lease_owner = NULL, lease_until = NULL, updated_at = now()
+    FROM u
+   WHERE j.id = u.id AND j.lease_token = u.token AND j.lease_owner = $1
+     AND j.status = 'running'
+  RETURNING j.id
+)
+SELECT u.id,
+       upd.id IS NOT NULL OR (j.status = 'queued' AND j.lease_token = u.token)
+  FROM u LEFT JOIN upd ON upd.id = u.id LEFT JOIN digestd.jobs j ON j.id = u.id)";
+
+const char* kRenewSql = R"(UPDATE digestd.jobs j
+   SET lease_until = now() + $3::double precision * interval '1 second'
+  FROM jsonb_to_recordset($2::jsonb) AS u(id bigint, token bigint)
+ WHERE j.id = u.id AND j.lease_token = u.token AND j.lease_owner = $1
+   AND j.status = 'running'
+RETURNING j.id)";
+
+const char* kInsertSql = R"(INSERT INTO digestd.jobs (key, group_key, kind, lane, input, max_attempts)
+SELECT t.key, t.group_key, t.kind, t.lane, coalesce(t.input, '{}'::jsonb), t.max_attempts
+  FROM jsonb_to_recordset($1::jsonb)
+    AS t(ord integer, key text, group_key text, kind text, lane smallint, input jsonb,
+         max_attempts integer)
+ ORDER BY t.ord
+ON CONFLICT (key) DO NOTHING
+RETURNING key)";
+
+// A separate statement, so it takes a fresh snapshot: it also sees a row that
+// a concurrent transaction committed while our INSERT waited on its key.
+const char* kFindKeysSql = R"(SELECT id, key, status FROM digestd.jobs
+ WHERE key = ANY (ARRAY(SELECT jsonb_array_elements_text($1::jsonb))))";
+
+}  // namespace
+
+std::optional<JobState> ParseJobState(std::string_view name) {
+  if (name == "queued") return JobState::kQueued;
+  if (name == "running") return JobState::kRunning;
+  if (name == "done") return JobState::kDone;
+  if (name == "failed") return JobState::kFailed;
+  if (name == "cancelled") return JobState::kCancelled;
+  return std::nullopt;
+}
+
+JobStore::JobStore(PgConn& conn, std::string node_id) : conn_(conn), node_id_(std::move(node_id)) {}
+
+std::vector<PgStatement> JobStore::InsertStatements(const std::vector<NewJob>& jobs) {
+  nlohmann::json rows = nlohmann::json::array();
+  nlohmann::json keys = nlohmann::json::array();
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    const NewJob& j = jobs[i];
+    nlohmann::json row = {{"ord", i},
+                          {"key", j.key},
+                          {"kind", j.kind},
+                          {"lane", static_cast<int>(j.lane)},
+                          {"max_attempts", j.max_attempts}};
+    if (!j.group.empty()) row["group_key"] = j.group;
+    if (j.input) row["input"] = *j.input;
+    rows.push_back(std::move(row));
+    keys.push_back(j.key);
+  }
+  std::vector<PgStatement> out;
+  out.push_back(Stmt("digestd_insert", kInsertSql, {Dump(rows)}));
+  out.push_back(Stmt("digestd_find_keys", kFindKeysSql, {Dump(keys)}));
+  return out;
+}
+
+Result<std::vector<InsertedJob>> JobStore::ParseInsert(const std::vector<NewJob>& jobs,
+                                                       const PgResult& inserted,
+                                                       const PgResult& found) {
+  std::unordered_set<std::string> created;
+  for (int i = 0; i < inserted.rows(); ++i) created.emplace(inserted.Text(i, 0));
+  std::unordered_map<std::string, std::pair<uint64_t, JobState>> rows;
+  for (int i = 0; i < found.rows(); ++i) {
+    rows.emplace(std::string(found.Text(i, 1)),
+                 std::make_pair(static_cast<uint64_t>(found.Int(i, 0)),
+                                ParseJobState(found.Text(i, 2)).value_or(JobState::kQueued)));
+  }
+  std::vector<InsertedJob> out;
+  out.reserve(jobs.size());
+  for (const auto& j : jobs) {
+    InsertedJob r;
+    // The first occurrence of a created key made it; later ones found it.
+    r.created = created.erase(j.key) > 0;
+    auto it = rows.find(j.key);
+    if (it != rows.end()) {
+      r.id = it->second.first;
+      r.status = it->second.second;
+    }
+    out.push_back(r);
+  }
+  return out;
+}
+
+PgStatement JobStore::FinishStatement(const std::vector<FinishRow>& rows) const {
+  nlohmann::json arr = nlohmann::json::array();
+  for (const auto& r : rows) {
+    nlohmann::json row = {{"id", r.id}, {"token", r.token}, {"status", JobStateName(r.state)}};
+    if (r.state == JobState::kDone) {
+      nlohmann::json result = r.result;
+      ScrubJson(result);
+      row["result"] = std::move(result);
+    }
+    if (!r.error.empty()) row["error"] = Text(r.error);
+    arr.push_back(std::move(row));
+  }
+  return Stmt("digestd_finish", kFinishSql, {node_id_, Dump(arr)});
+}
+
+PgStatement JobStore::RequeueStatement(const std::vector<RequeueRow>& rows) const {
+  nlohmann::json arr = nlohmann::json::array();
+  for (const auto& r : rows) {
+    nlohmann::json row = {
+        {"id", r.id}, {"token", r.token}, {"delay_ms", r.delay_ms}, {"refund", r.refund_attempt}};
+    if (!r.error.empty()) row["error"] = Text(r.error);
+    arr.push_back(std::move(row));
+  }
+  return Stmt("digestd_requeue", kRequeueSql, {node_id_, Dump(arr)});
+}
+
+std::vector<bool> JobStore::ParseAccepted(const std::vector<uint64_t>& ids, const PgResult& res) {
+  std::unordered_map<uint64_t, bool> accepted;
+  for (int i = 0; i < res.rows(); ++i) {
+    accepted[static_cast<uint64_t>(res.Int(i, 0))] = res.Bool(i, 1);
+  }
+  std::vector<bool> out;
+  out.reserve(ids.size());
+  for (uint64_t id : ids) {
+    auto it = accepted.find(id);
+    out.push_back(it != accepted.end() && it->second);
+  }
+  return out;
+}
+
+PgStatement JobStore::RenewStatement(const std::vector<LeaseRef>& leases, int lease_s) const {
+  nlohmann::json arr = nlohmann::json::array();
+  for (const auto& l : leases) arr.push_back({{"id", l.id}, {"token", l.token}});
+  return Stmt("digestd_renew", kRenewSql, {node_id_, Dump(arr), std::to_string(lease_s)});
+}
+
+std::vector<uint64_t> JobStore::ParseLost(const std::vector<LeaseRef>& leases,
+                                          const PgResult& res) {
+  std::unordered_set<uint64_t> renewed;
+  for (int i = 0; i < res.rows(); ++i) renewed.insert(static_cast<uint64_t>(res.Int(i, 0)));
+  std::vector<uint64_t> lost;
+  for (const auto& l : leases) {
+    if (renewed.count(l.id) == 0) lost.push_back(l.id);
+  }
+  return lost;
+}
+
+std::vector<PgStatement> JobStore::NotifyStatements(const std::vector<std::string>& keys) {
+  std::vector<PgStatement> out;
+  std::string payload;
+  auto emit = [&]() {
+    if (payload.empty()) return;
+    payload += "]";
+    out.push_back(Stmt("digestd_notify", "SELECT pg_notify($1, $2)", {kDoneChannel, payload}));
+    payload.clear();
+  };
+  for (const auto& k : keys) {
+    std::string quoted = Dump(nlohmann::json(Text(k)));
+    if (quoted.size() + 2 > kNotifyPayloadMax) continue;  // cannot fit even alone
+    if (!payload.empty() && payload.size() + 1 + quoted.size() + 1 > kNotifyPayloadMax) emit();
+    payload += payload.empty() ? "[" : ",";
+    payload += quoted;
+  }
+  emit();
+  return out;
+}
+
+Status JobStore::InsertJobs(std::vector<NewJob> jobs, Callback<std::vector<InsertedJob>> done) {
+  if (jobs.empty()) return Status::Internal("JobStore::InsertJobs: no jobs");
+  auto stmts = InsertStatements(jobs);
+  return conn_.Send(std::move(stmts), [jobs = std::move(jobs), done = std::move(done)](
+                                          Result<std::vector<PgResult>> r) {
+    if (!r.ok()) return done(r.status());
+    if (r->size() != 2) return done(Status::Internal("InsertJobs: unexpected result count"));
+    done(ParseInsert(jobs, (*r)[0], (*r)[1]));
+  });
+}
+
+Status JobStore::Claim(Lane lane, int n, int lease_s, Callback<std::vector<StoredJob>> done) {
+  std::string sql = std::string(R"(WITH claimed AS (
+  UPDATE digestd.jobs j
+     SET status = 'running', lease_owner = $1,
+         lease_until = now() + $4::double precision * interval '1 second',
+         lease_token = nextval('digestd.lease_token_seq'),
+         attempts = j.attempts + 1, started_at = now(), updated_at = now()
+   WHERE j.id = ANY (ARRAY(
+           SELECT q.id FROM digestd.jobs q
+            WHERE q.status = 'queued' AND q.lane = $2 AND q.run_after <= now()
+            ORDER BY q.run_after, q.id
+            LIMIT $3
+            FOR UPDATE SKIP LOCKED))
+     AND j.status = 'queued'
+  RETURNING )") + kColumns + R"(
+)
+SELECT * FROM claimed ORDER BY run_after_ms, id)";
+  return conn_.Query(Stmt("digestd_claim", std::move(sql),
+                          {node_id_, std::to_string(static_cast<int>(lane)), std::to_string(n),
+                           std::to_string(lease_s)}),
+                     [done = std::move(done)](Result<PgResult> r) {
+                       if (!r.ok()) return done(r.status());
+                       done(ParseStoredRows(*r));
+                     });
+}
+
+Status JobStore::Finish(std::vector<FinishRow> rows, Callback<std::vector<bool>> done) {
+  if (rows.empty()) return Status::Internal("JobStore::Finish: no rows");
+  std::vector<uint64_t> ids;
+  std::vector<std::string> keys;
+  for (const auto& r : rows) {
+    ids.push_back(r.id);
+    keys.push_back(r.key);
+  }
+  std::vector<PgStatement> unit;
+  unit.push_back(FinishStatement(rows));
+  for (auto& s : NotifyStatements(keys)) unit.push_back(std::move(s));
+  return conn_.Send(std::move(unit), [ids = std::move(ids), done = std::move(done)](
+                                         Result<std::vector<PgResult>> r) {
+    if (!r.ok()) return done(r.status());
+    done(ParseAccepted(ids, r->front()));
+  });
+}
+
+Status JobStore::Requeue(std::vector<RequeueRow> rows, Callback<std::vector<bool>> done) {
+  if (rows.empty()) return Status::Internal("JobStore::Requeue: no rows");
+  std::vector<uint64_t> ids;
+  for (const auto& r : rows) ids.push_back(r.id);
+  return conn_.Query(RequeueStatement(rows),
+                     [ids = std::move(ids), done = std::move(done)](Result<PgResult> r) {
+                       if (!r.ok()) return done(r.status());
+                       done(ParseAccepted(ids, *r));
+                     });
+}
+
+Status JobStore::Release(std::vector<LeaseRef> leases, Callback<std::vector<bool>> done) {
+  std::vector<RequeueRow> rows;
+  for (const auto& l : leases) rows.push_back(RequeueRow{l.id, l.token, 0, true, {}});
+  return Requeue(std::move(rows), std::move(done));
+}
+
+Status JobStore::RenewLeases(std::vector<LeaseRef> leases, int lease_s,
+                             Callback<std::vector<uint64_t>> done) {
+  if (leases.empty()) return Status::Internal("JobStore::RenewLeases: no leases");
+  PgStatement stmt = RenewStatement(leases, lease_s);
+  return conn_.Query(std::move(stmt),
+                     [leases = std::move(leases), done = std::move(done)](Result<PgResult> r) {
+                       if (!r.ok()) return done(r.status());
+                       done(ParseLost(leases, *r));
+                     });
+}
+
+Status JobStore::RecoverExpired(bool startup, Callback<RecoverCounts> done) {
+  const char* sql = R"(WITH r AS (
+  SELECT id FROM digestd.jobs
+   WHERE status = 'running' AND (lease_until < now() OR ($2::boolean AND lease_owner = $1))
+   FOR UPDATE SKIP LOCKED
+), upd AS (
+  UPDATE digestd.jobs j
+     SET status = CASE WHEN j.attempts >= j.max_attempts THEN 'failed' ELSE 'queued' END,
+         error = CASE WHEN j.attempts >= j.max_attempts
+                      THEN format('worker crashed or hung: attempt %s of %s was lost with its '
+                                  'worker (digestd on %s died or its lease expired); no attempts '
+                                  'left', j.attempts, j.max_attempts, j.lease_owner)
+                      ELSE j.error END,
+         finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
+         lease_owner = CASE WHEN j.attempts >= j.max_attempts THEN j.lease_owner END,
+         lease_until = NULL, run_after = now(), updated_at = now()
+    FROM r
+   WHERE j.id = r.id
+  RETURNING j.key, j.status
+), notified AS (
+  SELECT pg_notify('digestd_done', json_build_array(key)::text) FROM upd WHERE status = 'failed'
+)
+SELECT key, status, (SELECT count(*) FROM notified) FROM upd)";
+  return conn_.Query(Stmt("digestd_recover", sql, {node_id_, startup ? "true" : "false"}),
+                     [done = std::move(done)](Result<PgResult> r) {
+                       if (!r.ok()) return done(r.status());
+                       RecoverCounts c;
+                       for (int i = 0; i < r->rows(); ++i) {
+                         if (r->Text(i, 1) == "failed") {
+                           c.failed_keys.emplace_back(r->Text(i, 0));
+                         } else {
+                           ++c.requeued;
+                         }
+                       }
+                       done(std::move(c));
+                     });
+}
+
+Status JobStore::Lookup(std::string key, Callback<std::optional<StoredJob>> done) {
+  std::string sql = std::string("SELECT ") + kColumns + " FROM digestd.jobs WHERE key = $1";
+  return conn_.Query(Stmt("digestd_lookup", std::move(sql), {Text(std::move(key))}),
+                     [done = std::move(done)](Result<PgResult> r) {
+                       if (!r.ok()) return done(r.status());
+                       if (r->rows() == 0) return done(std::optional<StoredJob>());
+                       done(std::optional<StoredJob>(ParseStored(*r, 0)));
+                     });
+}
+
+Status JobStore::LookupGroup(std::string group, Callback<std::vector<StoredJob>> done) {
+  std::string sql = std::string("SELECT ") + kColumns +
+                    " FROM digestd.jobs WHERE group_key = $1 ORDER BY id LIMIT 10000";
+  return conn_.Query(Stmt("digestd_lookup_group", std::move(sql), {Text(std::move(group))}),
+                     [done = std::move(done)](Result<PgResult> r) {
+                       if (!r.ok()) return done(r.status());
+                       done(ParseStoredRows(*r));
+                     });
+}
+
+Status JobStore::BacklogCounts(Callback<Backlog> done) {
+  const char* sql = R"(SELECT status, lane, count(*) FILTER (WHERE run_after <= now()),
+       count(*) FILTER (WHERE run_after > now())
+  FROM digestd.jobs
+ WHERE status IN ('queued', 'running')
+ GROUP BY status, lane)";
+  return conn_.Query(Stmt("digestd_backlog", sql, {}), [done = std::move(done)](Result<PgResult> r) {
+    if (!r.ok()) return done(r.status());
+    Backlog b;
+    for (int i = 0; i < r->rows(); ++i) {
+      int64_t lane = r->Int(i, 1);
+      if (lane < 0 || lane >= kLaneCount) continue;
+      auto l = static_cast<size_t>(lane);
+      if (r->Text(i, 0) == "queued") {
+        b.queued[l] = r->Int(i, 2);
+        b.delayed[l] = r->Int(i, 3);
+      } else {
+        b.running[l] = r->Int(i, 2) + r->Int(i, 3);
+      }
+    }
+    done(b);
+  });
+}
+
+Status JobStore::DeleteFinishedOlderThan(int64_t retention_s, int limit, Callback<uint64_t> done) {
+  const char* sql = R"(WITH d AS (
+  SELECT id FROM digestd.jobs
+   WHERE status IN ('done', 'failed', 'cancelled')
+     AND finished_at < now() - $1::double precision * interval '1 second'
+   ORDER BY finished_at
+   LIMIT $2
+   FOR UPDATE SKIP LOCKED
+)
+DELETE FROM digestd.jobs j USING d WHERE j.id = d.id)";
+  return conn_.Query(
+      Stmt("digestd_retention", sql, {std::to_string(retention_s), std::to_string(limit)}),
+      [done = std::move(done)](Result<PgResult> r) {
+        if (!r.ok()) return done(r.status());
+        done(r->Affected());
+      });
+}
+
+Status JobStore::CancelQueued(std::string key, std::string why, Callback<bool> done) {
+  const char* sql = R"(WITH c AS (
+  UPDATE digestd.jobs
+     SET status = 'cancelled', error = $2, finished_at = now(), updated_at = now()
+   WHERE key = $1 AND status = 'queued'
+  RETURNING key
+)
+SELECT key, pg_notify('digestd_done', json_build_array(key)::text) IS NULL FROM c)";
+  return conn_.Query(
+      Stmt("digestd_cancel", sql, {Text(std::move(key)), Text(std::move(why))}),
+      [done = std::move(done)](Result<PgResult> r) {
+        if (!r.ok()) return done(r.status());
+        done(r->rows() > 0);
+      });
+}
+
+}  // namespace digestd

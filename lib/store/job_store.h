@@ -1,0 +1,220 @@
+// JobStore: the statements on digestd.jobs, as asynchronous calls on a
+// PgConn whose callbacks run on the loop thread. Every statement is
+// parameterised (rows travel as one jsonb parameter, unpacked with
+// jsonb_to_recordset) and prepared once per session.
+//
+// Attempts (the rule every statement keeps):
+//   * Claim counts the attempt: attempts + 1 as the job turns `running`.
+//     So a worker that crashes (kill -9, a lost node) has already spent it.
+//   * Finish never changes attempts.
+//   * Requeue keeps the attempt (a retryable failure spent it) or gives it
+//     back (`refund_attempt`: the backend was busy, 429/503, and nothing ran).
+//   * Release gives it back: a job claimed but never started, or aborted by a
+//     graceful shutdown, has not really been tried.
+//   * RecoverExpired returns a job whose lease expired (or, at startup, one
+//     this node held when it died) to `queued` without giving the attempt
+//     back; when attempts >= max_attempts it ends `failed` with the error
+//     "worker crashed or hung: attempt N of M ...", so a job that keeps
+//     killing its worker ends after max_attempts claims.
+//   The daemon decides between Requeue and Finish(failed) for a retryable
+//   failure from the attempts count it got at claim (attempts < max_attempts:
+//   retry).
+//
+// The lease guard: a claim sets lease_owner = this node and a fresh
+// lease_token (digestd.lease_token_seq). Finish, Requeue, Release and
+// RenewLeases change a row only WHERE status = 'running' AND lease_owner =
+// node AND lease_token = token, in the same statement, so a worker whose job
+// was rescued (lease expired, claimed again) can never overwrite the rescuer.
+// They answer per row whether the row now holds what this lease wrote:
+// `false` means ignored (the lease was lost). A repeat of a write that already
+// committed (the commit's answer was lost with the connection) answers true
+// and changes nothing, so every write is idempotent.
+//
+// Text: PostgreSQL stores no NUL character in text or jsonb; NULs in results
+// and errors are replaced with U+FFFD, and invalid UTF-8 likewise. A submit's
+// key or input holding one is refused by the server (BadRequest).
+//
+// Threads: loop thread only. Lifetimes: `conn` must outlive the JobStore;
+// callbacks hold no reference to the JobStore. Every call returns
+// Unavailable, without calling `done`, when the connection is not up;
+// otherwise `done` runs exactly once with the outcome (PgConn's codes).
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "jobs/job.h"
+#include "store/pg_conn.h"
+#include "util/status.h"
+
+namespace digestd {
+
+// A job to insert (a submit).
+struct NewJob {
+  std::string key;
+  std::string group;  // "" for none
+  std::string kind;
+  Lane lane = Lane::kBackground;
+  std::shared_ptr<const nlohmann::json> input;  // null: {}
+  int max_attempts = 3;
+};
+
+// What inserting one NewJob found.
+struct InsertedJob {
+  uint64_t id = 0;  // 0: the existing row vanished meanwhile (retention); submit again
+  bool created = false;  // false: the key existed and nothing was written
+  JobState status = JobState::kQueued;  // the row's status (the existing row's when !created)
+};
+
+// A job row as read back (Claim, Lookup, LookupGroup).
+struct StoredJob {
+  uint64_t id = 0;
+  std::string key;
+  std::string group;
+  std::string kind;
+  Lane lane = Lane::kBackground;
+  nlohmann::json input;
+  JobState state = JobState::kQueued;
+  int attempts = 0;
+  int max_attempts = 0;
+  std::string lease_owner;
+  int64_t lease_token = 0;
+  nlohmann::json result;  // null unless done
+  std::string error;
+  int64_t created_at_ms = 0;  // Unix milliseconds; 0 when unset
+  int64_t started_at_ms = 0;
+  int64_t finished_at_ms = 0;
+  int64_t run_after_ms = 0;
+};
+
+// A claim this node holds.
+struct LeaseRef {
+  uint64_t id = 0;
+  int64_t token = 0;
+};
+
+// Ends a running job: kDone with `result`, kFailed or kCancelled with `error`.
+struct FinishRow {
+  uint64_t id = 0;
+  int64_t token = 0;
+  std::string key;  // for NOTIFY
+  JobState state = JobState::kDone;
+  nlohmann::json result;
+  std::string error;
+};
+
+// Puts a running job back in the queue, due after `delay_ms`.
+struct RequeueRow {
+  uint64_t id = 0;
+  int64_t token = 0;
+  int64_t delay_ms = 0;
+  bool refund_attempt = false;  // give the attempt back (busy backend, release)
+  std::string error;            // kept on the row for status; "" leaves it
+};
+
+struct RecoverCounts {
+  uint64_t requeued = 0;
+  std::vector<std::string> failed_keys;  // ended failed (attempts used up)
+};
+
+// Non-terminal jobs in the table, by lane (index: Lane).
+struct Backlog {
+  std::array<int64_t, kLaneCount> queued{};   // due now
+  std::array<int64_t, kLaneCount> delayed{};  // queued, run_after in the future
+  std::array<int64_t, kLaneCount> running{};
+};
+
+// The channel finished keys are announced on; each payload is a JSON array
+// of keys, at most kNotifyPayloadMax bytes (NOTIFY's limit is 8000).
+inline constexpr const char* kDoneChannel = "digestd_done";
+inline constexpr size_t kNotifyPayloadMax = 7900;
+
+class JobStore {
+ public:
+  template <typename T>
+  using Callback = std::function<void(Result<T>)>;
+
+  // `node_id` is written as lease_owner by Claim and required by the guard.
+  JobStore(PgConn& conn, std::string node_id);
+
+  // Inserts `jobs` in one transaction: INSERT ... ON CONFLICT (key) DO
+  // NOTHING, then a lookup of every key; one InsertedJob per job, in order.
+  // The same key twice in one call: the first creates, the second finds it.
+  [[nodiscard]] Status InsertJobs(std::vector<NewJob> jobs,
+                                  Callback<std::vector<InsertedJob>> done);
+
+  // Claims up to `n` due queued jobs of `lane`, oldest run_after first
+  // (FOR UPDATE SKIP LOCKED: concurrent claimers never get the same job),
+  // making them running with this node's lease for `lease_s` seconds, a fresh
+  // token and attempts + 1. The jobs come back in claim order.
+  [[nodiscard]] Status Claim(Lane lane, int n, int lease_s, Callback<std::vector<StoredJob>> done);
+
+  // Finishes rows under the lease guard; per row, whether it was accepted.
+  [[nodiscard]] Status Finish(std::vector<FinishRow> rows, Callback<std::vector<bool>> done);
+  // Requeues rows under the lease guard; per row, whether it was accepted
+  // (also true when the job is queued again with the same token, e.g. after a
+  // repeat or a recovery that did the same).
+  [[nodiscard]] Status Requeue(std::vector<RequeueRow> rows, Callback<std::vector<bool>> done);
+  // Requeue with no delay and the attempt given back.
+  [[nodiscard]] Status Release(std::vector<LeaseRef> leases, Callback<std::vector<bool>> done);
+  // Extends the leases to now + lease_s; `done` gets the ids whose lease is
+  // lost (no longer running under this node and token): stop their work.
+  [[nodiscard]] Status RenewLeases(std::vector<LeaseRef> leases, int lease_s,
+                                   Callback<std::vector<uint64_t>> done);
+  // Returns running jobs whose lease expired -- and with `startup`, every job
+  // this node still holds from before -- to queued, or to failed when their
+  // attempts are used up (see the rule above); failed keys are NOTIFYed.
+  [[nodiscard]] Status RecoverExpired(bool startup, Callback<RecoverCounts> done);
+
+  // The job with `key`; nullopt when there is none.
+  [[nodiscard]] Status Lookup(std::string key, Callback<std::optional<StoredJob>> done);
+  // Every job of `group` in submit order (at most 10,000); empty when none.
+  [[nodiscard]] Status LookupGroup(std::string group, Callback<std::vector<StoredJob>> done);
+  // Queued (due, delayed) and running jobs per lane. Reads two partial
+  // indexes, not the table: cheap with any number of finished rows, but
+  // still a query -- cache it, do not run it per status call.
+  [[nodiscard]] Status BacklogCounts(Callback<Backlog> done);
+  // Deletes at most `limit` finished jobs whose finished_at is older than
+  // `retention_s` seconds, oldest first; `done` gets how many. Repeat while
+  // it returns `limit`.
+  [[nodiscard]] Status DeleteFinishedOlderThan(int64_t retention_s, int limit,
+                                               Callback<uint64_t> done);
+  // Cancels the job with `key` if it is still queued in the table (a job
+  // some daemon is running is that daemon's to cancel); `done` gets whether
+  // it was. The key is NOTIFYed.
+  [[nodiscard]] Status CancelQueued(std::string key, std::string why, Callback<bool> done);
+
+  // The statements and their parsers, for BatchWriter, which puts several
+  // into one transaction. Parsers take the statement's own result.
+  static std::vector<PgStatement> InsertStatements(const std::vector<NewJob>& jobs);
+  // `inserted` and `found` are the results of InsertStatements' two statements.
+  static Result<std::vector<InsertedJob>> ParseInsert(const std::vector<NewJob>& jobs,
+                                                      const PgResult& inserted,
+                                                      const PgResult& found);
+  PgStatement FinishStatement(const std::vector<FinishRow>& rows) const;
+  PgStatement RequeueStatement(const std::vector<RequeueRow>& rows) const;
+  // For Finish and Requeue results: per input row (matched by id), accepted.
+  static std::vector<bool> ParseAccepted(const std::vector<uint64_t>& ids, const PgResult& res);
+  PgStatement RenewStatement(const std::vector<LeaseRef>& leases, int lease_s) const;
+  static std::vector<uint64_t> ParseLost(const std::vector<LeaseRef>& leases, const PgResult& res);
+  // NOTIFY digestd_done with `keys` as JSON arrays of at most
+  // kNotifyPayloadMax bytes (a key too long to fit alone is left out).
+  static std::vector<PgStatement> NotifyStatements(const std::vector<std::string>& keys);
+
+  const std::string& node_id() const { return node_id_; }
+
+ private:
+  PgConn& conn_;
+  std::string node_id_;
+};
+
+// "queued" -> kQueued, ...; nullopt for anything else.
+std::optional<JobState> ParseJobState(std::string_view name);
+
+}  // namespace digestd
