@@ -239,9 +239,11 @@ void Daemon::OnJobFinished(const JobPtr& job, WorkOutcome outcome) {
       // A summary screen never shows a hole: store the configured fallback.
       nlohmann::json fallback = SummaryFallback(*job->input, config_);
       if (!fallback.is_null()) {
-        std::string error = std::move(outcome.error);
-        jobs_->MarkFinished(job, WorkOutcome::Done(std::move(fallback)));
-        job->error = std::move(error);
+        // The error goes in with the result, before MarkFinished answers
+        // the waiting `result` calls, so they too say why it is a fallback.
+        WorkOutcome stored = WorkOutcome::Done(std::move(fallback));
+        stored.error = std::move(outcome.error);
+        jobs_->MarkFinished(job, std::move(stored));
         return;
       }
     }

@@ -3,6 +3,7 @@
 #include <curl/curl.h>
 
 #include <algorithm>
+#include <memory>
 #include <mutex>
 #include <optional>
 
@@ -19,28 +20,65 @@ constexpr int kPollMs = 100;
 // Bytes of a non-200 body kept for the error message.
 constexpr size_t kMaxErrorBody = 64 << 10;
 
-// One easy handle per pool thread, inside a multi handle that owns the
-// connection cache; both live until the thread exits.
-struct ThreadHandle {
+// An easy handle inside a multi handle that owns its connection cache.
+struct CurlHandle {
   CURLM* multi = nullptr;
   CURL* easy = nullptr;
-  ThreadHandle() {
+  CurlHandle() {
     OllamaClient::GlobalInit();
     multi = curl_multi_init();
     easy = curl_easy_init();
   }
-  ~ThreadHandle() {
+  ~CurlHandle() {
     if (easy != nullptr) curl_easy_cleanup(easy);
     if (multi != nullptr) curl_multi_cleanup(multi);
   }
-  ThreadHandle(const ThreadHandle&) = delete;
-  ThreadHandle& operator=(const ThreadHandle&) = delete;
+  CurlHandle(const CurlHandle&) = delete;
+  CurlHandle& operator=(const CurlHandle&) = delete;
 };
 
-ThreadHandle& ThisThreadHandle() {
-  thread_local ThreadHandle handle;
-  return handle;
+// Handles are lent per request, not tied to a pool thread: libuv runs each
+// job on whichever of its threads is free, and it has more threads than
+// worker slots, so one handle per thread would open one connection per
+// thread. Lent from here, most recently used first, the handles (and so the
+// kept-alive connections) number at most the requests ever in flight at
+// once. A handle is used by one thread at a time, as libcurl requires; the
+// mutex hands it over. (libcurl's shared connection cache is not an option:
+// sharing it between threads is a known libcurl bug.)
+class HandlePool {
+ public:
+  std::unique_ptr<CurlHandle> Take() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!idle_.empty()) {
+        std::unique_ptr<CurlHandle> h = std::move(idle_.back());
+        idle_.pop_back();
+        return h;
+      }
+    }
+    return std::make_unique<CurlHandle>();
+  }
+  void Give(std::unique_ptr<CurlHandle> h) {
+    if (h == nullptr || h->multi == nullptr || h->easy == nullptr) return;
+    std::lock_guard<std::mutex> lock(mu_);
+    idle_.push_back(std::move(h));
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<std::unique_ptr<CurlHandle>> idle_;  // guarded by mu_
+};
+
+HandlePool& Handles() {
+  static HandlePool pool;
+  return pool;
 }
+
+// A handle lent for one request, given back when it goes out of scope.
+struct HandleLease {
+  std::unique_ptr<CurlHandle> handle = Handles().Take();
+  ~HandleLease() { Handles().Give(std::move(handle)); }
+};
 
 struct HeaderList {
   curl_slist* list = nullptr;
@@ -237,7 +275,8 @@ struct Request {
 // (a 200 is kOk here; the caller checks the body).
 CallStatus Perform(const OllamaClientOptions& o, const Request& req,
                    const std::atomic<bool>* cancel, Transfer* t) {
-  ThreadHandle& h = ThisThreadHandle();
+  HandleLease lease;  // declared first: given back after everything below
+  CurlHandle& h = *lease.handle;
   t->start = Clock::now();
   CallStatus s;
   auto finish = [&](CallStatus st) {

@@ -11,12 +11,14 @@
 //
 // Threads: every call blocks until the answer is complete, so call it only
 // from pool threads (inside uv_queue_work), never from the loop thread. Each
-// thread reuses one libcurl easy handle (and the multi handle that keeps its
-// connection cache) in thread_local storage, so consecutive requests from a
-// thread share one kept-alive connection. An OllamaClient object holds only
-// its options; it is cheap to build per job from the job's config snapshot.
-// It never logs and touches no shared state besides curl's one-time global
-// init.
+// request borrows a libcurl easy handle (with the multi handle that keeps its
+// connection cache) from a process-wide pool, most recently used first, and
+// gives it back at the end: consecutive requests reuse kept-alive
+// connections, and there are never more connections than requests that
+// were once in flight together, however many pool threads run them. An
+// OllamaClient object holds only its options; it is cheap to build per job
+// from the job's config snapshot. It never logs and touches no shared state
+// besides curl's one-time global init and that pool (behind a mutex).
 //
 // Timeouts (all owned by the client; Ollama has none of its own):
 //   connect     TCP connect (CURLOPT_CONNECTTIMEOUT_MS)

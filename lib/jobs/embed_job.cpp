@@ -16,9 +16,7 @@ class EmbedKind final : public JobKind {
  public:
   std::string_view name() const override { return "embed"; }
 
-  bool UsesBackend(const Config& config) const override {
-    return config.backend.kind == "ollama";
-  }
+  bool UsesBackend(const Config& config) const override { return config.backend.kind == "ollama"; }
 
   Status Validate(const nlohmann::json& input, const Config& config) const override {
     Status st = CheckInputFields(input, {"texts", "model"}, kUsage);

@@ -70,9 +70,7 @@ class GenerateKind final : public JobKind {
  public:
   std::string_view name() const override { return "generate"; }
 
-  bool UsesBackend(const Config& config) const override {
-    return config.backend.kind == "ollama";
-  }
+  bool UsesBackend(const Config& config) const override { return config.backend.kind == "ollama"; }
 
   Status Validate(const nlohmann::json& input, const Config& config) const override {
     Status st = CheckInputFields(input, {"prompt", "system", "model", "options", "format", "think"},

@@ -78,7 +78,8 @@ struct WorkOutcome {
   };
   Kind kind = Kind::kDone;
   nlohmann::json result;  // kDone
-  std::string error;      // otherwise: what went wrong, for the user
+  std::string error;      // otherwise: what went wrong, for the user; with kDone,
+                          // why a fallback was stored instead (else empty)
   // Time spent talking to the backend, for its latency figures; 0 when the
   // kind used no backend.
   uint64_t backend_ns = 0;

@@ -71,7 +71,8 @@ void JobTable::MarkFinished(const JobPtr& job, WorkOutcome outcome) {
     case WorkOutcome::Kind::kDone:
       job->state = JobState::kDone;
       job->result = std::move(outcome.result);
-      job->error.clear();  // an earlier attempt's error no longer applies
+      // An earlier attempt's error no longer applies; a fallback brings its own.
+      job->error = std::move(outcome.error);
       ++counters_.done;
       break;
     case WorkOutcome::Kind::kFailed:

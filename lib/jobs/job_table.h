@@ -51,6 +51,8 @@ class JobTable {
 
   void MarkRunning(const JobPtr& job);
   // Moves a job to its terminal state, records its latency, fires waiters.
+  // A kDone outcome's error (normally empty) replaces the job's error: a
+  // stored fallback says there why it is not the real result.
   void MarkFinished(const JobPtr& job, WorkOutcome outcome);
   // A running job's attempt failed and it waits for another: back to queued,
   // keeping the error. `refund` gives the attempt back (a busy backend).

@@ -29,9 +29,7 @@ class SummarizeKind final : public JobKind {
  public:
   std::string_view name() const override { return "summarize"; }
 
-  bool UsesBackend(const Config& config) const override {
-    return config.backend.kind == "ollama";
-  }
+  bool UsesBackend(const Config& config) const override { return config.backend.kind == "ollama"; }
 
   Status Validate(const nlohmann::json& input, const Config& config) const override {
     Status st = CheckInputFields(input, {"text", "title", "context", "max_words", "model"}, kUsage);

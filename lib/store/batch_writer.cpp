@@ -28,8 +28,8 @@ struct BatchWriter::Flight {
   uint64_t started_ns = 0;
 };
 
-BatchWriter::BatchWriter(uv_loop_t* loop, PgConn& conn, JobStore& store,
-                         BatchWriterOptions options, Hooks hooks)
+BatchWriter::BatchWriter(uv_loop_t* loop, PgConn& conn, JobStore& store, BatchWriterOptions options,
+                         Hooks hooks)
     : loop_(loop),
       conn_(conn),
       store_(store),
@@ -267,9 +267,8 @@ void BatchWriter::OnFlushed(const Flight& flight, Result<std::vector<PgResult>> 
     } else {
       // The submits' clients hear the error now; the rest waits and retries.
       FailSubmits(st, 0);
-      retry_delay_ms_ = retry_delay_ms_ == 0
-                            ? options_.retry_min_ms
-                            : std::min(retry_delay_ms_ * 2, options_.retry_max_ms);
+      retry_delay_ms_ = retry_delay_ms_ == 0 ? options_.retry_min_ms
+                                             : std::min(retry_delay_ms_ * 2, options_.retry_max_ms);
       retry_after_ms_ = uv_now(loop_) + static_cast<uint64_t>(retry_delay_ms_);
       LOG_WARN("writer: a batch of %zu rows failed (%s); retrying in %d ms", flight.rows,
                st.message().c_str(), retry_delay_ms_);
@@ -349,9 +348,10 @@ void BatchWriter::OnFlushed(const Flight& flight, Result<std::vector<PgResult>> 
     if (!*alive || closed_) return;
   }
   if (!lost.empty()) {
-    LOG_WARN("writer: %zu job lease(s) were lost (the jobs were rescued elsewhere); their "
-             "results will be ignored",
-             lost.size());
+    LOG_WARN(
+        "writer: %zu job lease(s) were lost (the jobs were rescued elsewhere); their "
+        "results will be ignored",
+        lost.size());
     if (hooks_.on_leases_lost) hooks_.on_leases_lost(std::move(lost));
     if (!*alive || closed_) return;
   }
@@ -425,11 +425,10 @@ BatchWriterStats BatchWriter::stats() const {
   s.depth = ring_.size();
   s.capacity = options_.capacity;
   s.flushing = flushing_;
-  s.commits_per_1000_results =
-      stats_.results_written == 0
-          ? 0
-          : 1000.0 * static_cast<double>(batches_with_results_) /
-                static_cast<double>(stats_.results_written);
+  s.commits_per_1000_results = stats_.results_written == 0
+                                   ? 0
+                                   : 1000.0 * static_cast<double>(batches_with_results_) /
+                                         static_cast<double>(stats_.results_written);
   s.row_wait = row_wait_.Compute();
   return s;
 }

@@ -127,7 +127,7 @@ struct BatchWriterStats {
   double last_commit_ms = 0;  // send to COMMIT acknowledged, of the last batch
   // Commits that carried results, per 1,000 results (since start).
   double commits_per_1000_results = 0;
-  Percentiles row_wait;  // a row's time from Enqueue to its commit
+  Percentiles row_wait;    // a row's time from Enqueue to its commit
   std::string last_error;  // the last failed batch's error; "" when none yet
   int64_t last_error_unix_ms = 0;
 };
@@ -208,7 +208,7 @@ class BatchWriter {
   std::deque<Entry> ring_;  // oldest first; the first in_flight_ rows are being written
   size_t in_flight_ = 0;
   bool flushing_ = false;
-  size_t waiting_submits_ = 0;  // submits in the ring not in flight
+  size_t waiting_submits_ = 0;      // submits in the ring not in flight
   std::vector<LeaseRef> renewals_;  // the next set to renew
   uint64_t renewals_since_ms_ = 0;
   size_t isolate_ = 0;  // rows still to write one per transaction

@@ -147,7 +147,8 @@ const char* kRenewSql = R"(UPDATE digestd.jobs j
    AND j.status = 'running'
 RETURNING j.id)";
 
-const char* kInsertSql = R"(INSERT INTO digestd.jobs (key, group_key, kind, lane, input, max_attempts)
+const char* kInsertSql =
+    R"(INSERT INTO digestd.jobs (key, group_key, kind, lane, input, max_attempts)
 SELECT t.key, t.group_key, t.kind, t.lane, coalesce(t.input, '{}'::jsonb), t.max_attempts
   FROM jsonb_to_recordset($1::jsonb)
     AS t(ord integer, key text, group_key text, kind text, lane smallint, input jsonb,
@@ -302,8 +303,8 @@ std::vector<PgStatement> JobStore::NotifyStatements(const std::vector<std::strin
 Status JobStore::InsertJobs(std::vector<NewJob> jobs, Callback<std::vector<InsertedJob>> done) {
   if (jobs.empty()) return Status::Internal("JobStore::InsertJobs: no jobs");
   auto stmts = InsertStatements(jobs);
-  return conn_.Send(std::move(stmts), [jobs = std::move(jobs), done = std::move(done)](
-                                          Result<std::vector<PgResult>> r) {
+  return conn_.Send(std::move(stmts), [jobs = std::move(jobs),
+                                       done = std::move(done)](Result<std::vector<PgResult>> r) {
     if (!r.ok()) return done(r.status());
     if (r->size() != 2) return done(Status::Internal("InsertJobs: unexpected result count"));
     done(ParseInsert(jobs, (*r)[0], (*r)[1]));
@@ -324,7 +325,8 @@ Status JobStore::Claim(Lane lane, int n, int lease_s, Callback<std::vector<Store
             LIMIT $3
             FOR UPDATE SKIP LOCKED))
      AND j.status = 'queued'
-  RETURNING )") + kColumns + R"(
+  RETURNING )") + kColumns +
+                    R"(
 )
 SELECT * FROM claimed ORDER BY run_after_ms, id)";
   return conn_.Query(Stmt("digestd_claim", std::move(sql),
@@ -347,8 +349,8 @@ Status JobStore::Finish(std::vector<FinishRow> rows, Callback<std::vector<bool>>
   std::vector<PgStatement> unit;
   unit.push_back(FinishStatement(rows));
   for (auto& s : NotifyStatements(keys)) unit.push_back(std::move(s));
-  return conn_.Send(std::move(unit), [ids = std::move(ids), done = std::move(done)](
-                                         Result<std::vector<PgResult>> r) {
+  return conn_.Send(std::move(unit), [ids = std::move(ids),
+                                      done = std::move(done)](Result<std::vector<PgResult>> r) {
     if (!r.ok()) return done(r.status());
     done(ParseAccepted(ids, r->front()));
   });
@@ -446,22 +448,23 @@ Status JobStore::BacklogCounts(Callback<Backlog> done) {
   FROM digestd.jobs
  WHERE status IN ('queued', 'running')
  GROUP BY status, lane)";
-  return conn_.Query(Stmt("digestd_backlog", sql, {}), [done = std::move(done)](Result<PgResult> r) {
-    if (!r.ok()) return done(r.status());
-    Backlog b;
-    for (int i = 0; i < r->rows(); ++i) {
-      int64_t lane = r->Int(i, 1);
-      if (lane < 0 || lane >= kLaneCount) continue;
-      auto l = static_cast<size_t>(lane);
-      if (r->Text(i, 0) == "queued") {
-        b.queued[l] = r->Int(i, 2);
-        b.delayed[l] = r->Int(i, 3);
-      } else {
-        b.running[l] = r->Int(i, 2) + r->Int(i, 3);
-      }
-    }
-    done(b);
-  });
+  return conn_.Query(Stmt("digestd_backlog", sql, {}),
+                     [done = std::move(done)](Result<PgResult> r) {
+                       if (!r.ok()) return done(r.status());
+                       Backlog b;
+                       for (int i = 0; i < r->rows(); ++i) {
+                         int64_t lane = r->Int(i, 1);
+                         if (lane < 0 || lane >= kLaneCount) continue;
+                         auto l = static_cast<size_t>(lane);
+                         if (r->Text(i, 0) == "queued") {
+                           b.queued[l] = r->Int(i, 2);
+                           b.delayed[l] = r->Int(i, 3);
+                         } else {
+                           b.running[l] = r->Int(i, 2) + r->Int(i, 3);
+                         }
+                       }
+                       done(b);
+                     });
 }
 
 Status JobStore::DeleteFinishedOlderThan(int64_t retention_s, int limit, Callback<uint64_t> done) {
@@ -490,12 +493,11 @@ Status JobStore::CancelQueued(std::string key, std::string why, Callback<bool> d
   RETURNING key
 )
 SELECT key, pg_notify('digestd_done', json_build_array(key)::text) IS NULL FROM c)";
-  return conn_.Query(
-      Stmt("digestd_cancel", sql, {Text(std::move(key)), Text(std::move(why))}),
-      [done = std::move(done)](Result<PgResult> r) {
-        if (!r.ok()) return done(r.status());
-        done(r->rows() > 0);
-      });
+  return conn_.Query(Stmt("digestd_cancel", sql, {Text(std::move(key)), Text(std::move(why))}),
+                     [done = std::move(done)](Result<PgResult> r) {
+                       if (!r.ok()) return done(r.status());
+                       done(r->rows() > 0);
+                     });
 }
 
 }  // namespace digestd

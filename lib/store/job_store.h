@@ -67,7 +67,7 @@ struct NewJob {
 
 // What inserting one NewJob found.
 struct InsertedJob {
-  uint64_t id = 0;  // 0: the existing row vanished meanwhile (retention); submit again
+  uint64_t id = 0;       // 0: the existing row vanished meanwhile (retention); submit again
   bool created = false;  // false: the key existed and nothing was written
   JobState status = JobState::kQueued;  // the row's status (the existing row's when !created)
 };

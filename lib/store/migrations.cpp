@@ -112,9 +112,10 @@ Status Migrate(PgConn& conn, std::function<void(Status)> done) {
   applied_at  timestamptz NOT NULL DEFAULT now()
 ))");
   for (const auto& m : Migrations()) {
-    std::string body = "DO $migration$\nBEGIN\n  IF EXISTS (SELECT 1 FROM digestd.schema_version "
-                       "WHERE version = " +
-                       std::to_string(m.version) + ") THEN\n    RETURN;\n  END IF;\n";
+    std::string body =
+        "DO $migration$\nBEGIN\n  IF EXISTS (SELECT 1 FROM digestd.schema_version "
+        "WHERE version = " +
+        std::to_string(m.version) + ") THEN\n    RETURN;\n  END IF;\n";
     for (const auto& s : m.statements) body += "  " + s + ";\n";
     body += "  INSERT INTO digestd.schema_version (version, description) VALUES (" +
             std::to_string(m.version) + ", " + Quote(m.description) + ");\n";
@@ -143,9 +144,8 @@ Status Migrate(PgConn& conn, std::function<void(Status)> done) {
     int version = last.rows() > 0 ? static_cast<int>(last.Int(0, 0)) : 0;
     std::string applied(last.rows() > 0 ? last.Text(0, 1) : "");
     if (version > kSchemaVersion) {
-      done(Status::Internal("the database schema digestd is at version " +
-                            std::to_string(version) + ", newer than this digestd knows (" +
-                            std::to_string(kSchemaVersion) +
+      done(Status::Internal("the database schema digestd is at version " + std::to_string(version) +
+                            ", newer than this digestd knows (" + std::to_string(kSchemaVersion) +
                             "); upgrade digestd, or point [postgres] conninfo at another "
                             "database"));
       return;

@@ -4,12 +4,12 @@
 #include <netdb.h>
 
 #include <algorithm>
+#include <cctype>
 #include <charconv>
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <random>
-#include <regex>
 
 #include "obs/log.h"
 
@@ -57,6 +57,9 @@ bool DataSqlState(std::string_view s) {
   return s.size() == 5 && (s.substr(0, 2) == "22" || s.substr(0, 2) == "23");
 }
 
+// How long a connection must have been up for a loss to reset the backoff.
+constexpr uint64_t kStableMs = 5000;
+
 void OnNotice(void* arg, const char* message) {
   const auto* label = static_cast<const std::string*>(arg);
   LOG_DEBUG("%s: server notice: %s", label->c_str(), OneLine(message).c_str());
@@ -92,18 +95,61 @@ uint64_t PgResult::Affected() const {
 
 std::string RedactConninfo(std::string_view conninfo) {
   std::string s(conninfo);
-  // URI user info: scheme://user:secret@host
-  static const std::regex kUserInfo(R"(^(postgres(?:ql)?://[^:/?#@]*):[^@/?#]*@)",
-                                    std::regex::icase);
-  s = std::regex_replace(s, kUserInfo, "$1:***@");
-  // URI parameter: ?password=secret or &password=secret
-  static const std::regex kUriParam(R"(([?&]password=)[^&#]*)", std::regex::icase);
-  s = std::regex_replace(s, kUriParam, "$1***");
-  if (std::regex_search(s, std::regex("^postgres(ql)?://", std::regex::icase))) return s;
-  // key=value form: password=secret, password = 'sec ret'
-  static const std::regex kKeyValue(R"((\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s]*))",
-                                    std::regex::icase);
-  s = std::regex_replace(s, kKeyValue, "$1***");
+  auto lower = [](std::string v) {
+    for (char& c : v) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return v;
+  };
+  std::string low = lower(s);
+  size_t scheme = low.rfind("postgresql://", 0) == 0 ? 13
+                  : low.rfind("postgres://", 0) == 0 ? 11
+                                                     : 0;
+  if (scheme != 0) {
+    // URI: scheme://user:secret@host/db?password=secret&...
+    size_t auth_end = s.find_first_of("/?#", scheme);
+    if (auth_end == std::string::npos) auth_end = s.size();
+    size_t at = s.rfind('@', auth_end - 1);
+    if (at != std::string::npos && at >= scheme) {
+      size_t colon = s.find(':', scheme);
+      if (colon != std::string::npos && colon < at) s.replace(colon + 1, at - colon - 1, "***");
+    }
+    size_t q = s.find('?');
+    while (q != std::string::npos && q < s.size()) {
+      size_t name = q + 1;
+      size_t eq = s.find('=', name);
+      size_t next = s.find_first_of("&#", name);
+      if (eq != std::string::npos && (next == std::string::npos || eq < next) &&
+          lower(s.substr(name, eq - name)) == "password") {
+        size_t vend = next == std::string::npos ? s.size() : next;
+        s.replace(eq + 1, vend - eq - 1, "***");
+        next = s.find_first_of("&#", eq + 1);
+      }
+      q = next != std::string::npos && s[next] == '&' ? next : std::string::npos;
+    }
+    return s;
+  }
+  // key=value pairs: password=secret, password = 'sec ret'
+  size_t pos = 0;
+  while ((pos = lower(s).find("password", pos)) != std::string::npos) {
+    bool word_start = pos == 0 || std::isspace(static_cast<unsigned char>(s[pos - 1])) != 0;
+    size_t i = pos + 8;
+    while (i < s.size() && s[i] == ' ') ++i;
+    if (!word_start || i >= s.size() || s[i] != '=') {
+      pos += 8;
+      continue;
+    }
+    ++i;
+    while (i < s.size() && s[i] == ' ') ++i;
+    size_t vend = i;
+    if (vend < s.size() && s[vend] == '\'') {
+      ++vend;
+      while (vend < s.size() && s[vend] != '\'') vend += s[vend] == '\\' ? 2 : 1;
+      vend = std::min(vend + 1, s.size());
+    } else {
+      while (vend < s.size() && std::isspace(static_cast<unsigned char>(s[vend])) == 0) ++vend;
+    }
+    s.replace(i, vend - i, "***");
+    pos = i + 3;
+  }
   return s;
 }
 
@@ -123,10 +169,10 @@ PgConn::PgConn(uv_loop_t* loop, PgConnOptions options) : loop_(loop), options_(s
   PQconninfoOption* opts = PQconninfoParse(options_.conninfo.c_str(), &err);
   std::string host, hostaddr, port, dbname, user;
   if (opts == nullptr) {
-    parse_error_ = "the connection string does not parse: " +
-                   OneLine(err != nullptr ? err : "out of memory") +
-                   "; fix [postgres] conninfo (a URI such as "
-                   "\"postgresql:///digestd?host=/run/postgresql\" or key=value pairs)";
+    parse_error_ =
+        "the connection string does not parse: " + OneLine(err != nullptr ? err : "out of memory") +
+        "; fix [postgres] conninfo (a URI such as "
+        "\"postgresql:///digestd?host=/run/postgresql\" or key=value pairs)";
     if (err != nullptr) PQfreemem(err);
     target_ = RedactConninfo(options_.conninfo);
     // libpq echoes pieces of a bad string; keep any password out of them.
@@ -165,8 +211,8 @@ PgConn::PgConn(uv_loop_t* loop, PgConnOptions options) : loop_(loop), options_(s
   if (!dbname.empty()) target_ += " dbname=" + dbname;
   if (!user.empty()) target_ += " user=" + user;
   // One host given by name: resolve it off the loop thread (see the header).
-  if (hostaddr.empty() && !host.empty() && host.find(',') == std::string::npos &&
-      host[0] != '/' && host[0] != '@' && !IsAddressLiteral(host)) {
+  if (hostaddr.empty() && !host.empty() && host.find(',') == std::string::npos && host[0] != '/' &&
+      host[0] != '@' && !IsAddressLiteral(host)) {
     resolve_host_ = host;
     if (std::find(keys_.begin(), keys_.end(), "host") == keys_.end()) {
       keys_.push_back("host");  // it came from PGHOST; hostaddr needs it beside it
@@ -177,15 +223,17 @@ PgConn::PgConn(uv_loop_t* loop, PgConnOptions options) : loop_(loop), options_(s
     bool named = false;
     while (start <= host.size()) {
       size_t end = host.find(',', start);
-      std::string h = host.substr(start, end == std::string::npos ? std::string::npos : end - start);
+      std::string h =
+          host.substr(start, end == std::string::npos ? std::string::npos : end - start);
       if (!h.empty() && h[0] != '/' && h[0] != '@' && !IsAddressLiteral(h)) named = true;
       if (end == std::string::npos) break;
       start = end + 1;
     }
     if (named) {
-      LOG_WARN("%s: [postgres] conninfo lists several hosts by name; libpq looks them up itself, "
-               "which blocks the event loop while DNS answers. Give hostaddr= to avoid it",
-               options_.label.c_str());
+      LOG_WARN(
+          "%s: [postgres] conninfo lists several hosts by name; libpq looks them up itself, "
+          "which blocks the event loop while DNS answers. Give hostaddr= to avoid it",
+          options_.label.c_str());
     }
   }
 }
@@ -275,9 +323,8 @@ void PgConn::StartConnect(const std::string& hostaddr) {
     return;
   }
   PQsetNoticeProcessor(conn_, OnNotice, &options_.label);
-  ArmTimer(deadline_timer_, static_cast<uint64_t>(options_.connect_timeout_ms), [](uv_timer_t* t) {
-    static_cast<PgConn*>(t->data)->OnDeadline();
-  });
+  ArmTimer(deadline_timer_, static_cast<uint64_t>(options_.connect_timeout_ms),
+           [](uv_timer_t* t) { static_cast<PgConn*>(t->data)->OnDeadline(); });
   // libpq's rule: before the first PQconnectPoll, wait as if it said WRITING.
   connect_wait_ = PGRES_POLLING_WRITING;
   Status st = WatchSocket(UV_WRITABLE);
@@ -290,15 +337,21 @@ void PgConn::ConnectStep() {
   if (poll_ && poll_->initialized()) uv_poll_stop(poll_->get());
   connect_wait_ = PQconnectPoll(conn_);
   switch (connect_wait_) {
-    case PGRES_POLLING_OK: OnConnected(); return;
-    case PGRES_POLLING_FAILED: AttemptFailed(PQerrorMessage(conn_)); return;
+    case PGRES_POLLING_OK:
+      OnConnected();
+      return;
+    case PGRES_POLLING_FAILED:
+      AttemptFailed(PQerrorMessage(conn_));
+      return;
     case PGRES_POLLING_READING:
     case PGRES_POLLING_WRITING: {
       Status st = WatchSocket(connect_wait_ == PGRES_POLLING_READING ? UV_READABLE : UV_WRITABLE);
       if (!st.ok()) AttemptFailed(st.message());
       return;
     }
-    default: AttemptFailed("unexpected state from PQconnectPoll"); return;
+    default:
+      AttemptFailed("unexpected state from PQconnectPoll");
+      return;
   }
 }
 
@@ -310,7 +363,7 @@ void PgConn::OnConnected() {
     return;
   }
   phase_ = Phase::kUp;
-  failures_ = 0;
+  up_since_ms_ = uv_now(loop_);
   ++connects_;
   next_attempt_unix_ms_ = 0;
   prepared_.clear();
@@ -353,7 +406,13 @@ void PgConn::Lost(const std::string& why) {
   TearDownSocket();
   phase_ = Phase::kWaiting;
   ++disconnects_;
-  failures_ = 0;
+  // A connection that lived reconnects at once; one dropped right after it
+  // was made (a server that accepts and then fails) keeps backing off.
+  if (uv_now(loop_) - up_since_ms_ >= kStableMs) {
+    failures_ = 0;
+  } else {
+    ++failures_;
+  }
   last_error_ = Redact(OneLine(why));
   last_error_unix_ms_ = UnixMs();
   ScheduleRetry();
@@ -375,7 +434,8 @@ void PgConn::ScheduleRetry() {
   delay = delay / 2 + (delay > 1 ? rng() % (delay / 2 + 1) : 0);
   if (failures_ == 0) delay = 0;  // a connection that was up: try again at once
   next_attempt_unix_ms_ = UnixMs() + static_cast<int64_t>(delay);
-  ArmTimer(retry_timer_, delay, [](uv_timer_t* t) { static_cast<PgConn*>(t->data)->BeginAttempt(); });
+  ArmTimer(retry_timer_, delay,
+           [](uv_timer_t* t) { static_cast<PgConn*>(t->data)->BeginAttempt(); });
 }
 
 void PgConn::TearDownSocket() {
@@ -549,8 +609,8 @@ void PgConn::ReadResults() {
         const char* primary = PQresultErrorField(raw, PG_DIAG_MESSAGE_PRIMARY);
         const char* detail = PQresultErrorField(raw, PG_DIAG_MESSAGE_DETAIL);
         std::string sqlstate = code != nullptr ? code : "";
-        std::string msg = "PostgreSQL: " + OneLine(primary != nullptr ? primary
-                                                                      : PQresultErrorMessage(raw));
+        std::string msg =
+            "PostgreSQL: " + OneLine(primary != nullptr ? primary : PQresultErrorMessage(raw));
         if (detail != nullptr) msg += " (" + OneLine(detail) + ")";
         if (!sqlstate.empty()) msg += " [SQLSTATE " + sqlstate + "]";
         msg = Redact(std::move(msg));
@@ -638,7 +698,8 @@ Status PgConn::Send(std::vector<PgStatement> statements, UnitCallback done) {
     }
   }
   if (!broken_.empty()) {
-    ArmTimer(deadline_timer_, 0, [](uv_timer_t* t) { static_cast<PgConn*>(t->data)->OnDeadline(); });
+    ArmTimer(deadline_timer_, 0,
+             [](uv_timer_t* t) { static_cast<PgConn*>(t->data)->OnDeadline(); });
   } else {
     ArmQueryTimer();
   }

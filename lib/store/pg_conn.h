@@ -108,8 +108,8 @@ struct PgConnOptions {
 // What `status` shows about a connection.
 struct PgConnState {
   bool up = false;
-  std::string target;           // Describe(): "host=/run/postgresql dbname=digestd user=..."
-  std::string last_error;       // why the last attempt failed or the connection dropped; ""
+  std::string target;      // Describe(): "host=/run/postgresql dbname=digestd user=..."
+  std::string last_error;  // why the last attempt failed or the connection dropped; ""
   int64_t last_error_unix_ms = 0;
   int64_t next_attempt_unix_ms = 0;  // when the next connect attempt starts; 0: none planned
   int server_version = 0;            // PQserverVersion while up (150004 for 15.4)
@@ -182,7 +182,7 @@ class PgConn {
   };
   struct Unit {
     std::vector<Cmd> cmds;  // every command sent, prepares included
-    size_t next_cmd = 0;        // the command whose results come next
+    size_t next_cmd = 0;    // the command whose results come next
     bool cmd_has_result = false;
     std::vector<PgResult> results;
     std::optional<Status> error;  // the first failure in the unit
@@ -217,8 +217,8 @@ class PgConn {
   // conninfo parsed once; keywords and values for PQconnectStartParams.
   std::vector<std::string> keys_;
   std::vector<std::string> values_;
-  std::string parse_error_;       // set when the conninfo does not parse
-  std::string resolve_host_;      // the one host name to resolve first; ""
+  std::string parse_error_;           // set when the conninfo does not parse
+  std::string resolve_host_;          // the one host name to resolve first; ""
   std::vector<std::string> secrets_;  // the password(s), scrubbed from messages
   std::string target_;
 
@@ -228,15 +228,16 @@ class PgConn {
   std::unique_ptr<UvHandle<uv_poll_t>> poll_;
   int poll_events_ = 0;
   PostgresPollingStatusType connect_wait_ = PGRES_POLLING_WRITING;
-  UvHandle<uv_timer_t> retry_timer_;    // next connect attempt
+  UvHandle<uv_timer_t> retry_timer_;     // next connect attempt
   UvHandle<uv_timer_t> deadline_timer_;  // connect timeout, then query timeout
   Resolve* resolve_ = nullptr;           // a lookup in progress; owned by its callback
   std::deque<Unit> units_;               // sent, results pending; oldest first
   std::set<std::string> prepared_;       // statement names prepared on this session
   bool want_write_ = false;
-  std::string broken_;           // why the session must be dropped (at the next turn)
+  std::string broken_;             // why the session must be dropped (at the next turn)
   uint64_t last_progress_ms_ = 0;  // uv_now when a unit last completed or was sent
-  int failures_ = 0;  // consecutive failed attempts, for the backoff
+  int failures_ = 0;               // consecutive failed attempts, for the backoff
+  uint64_t up_since_ms_ = 0;       // uv_now when the connection came up
   std::string last_error_;
   int64_t last_error_unix_ms_ = 0;
   int64_t next_attempt_unix_ms_ = 0;

@@ -617,9 +617,9 @@ int main(int argc, char** argv) {
     Daemon d(opt, dir, WriteConfig(opt, dir, "fast", opt.fast_slots, fake.url()), &notify);
     pid_t perf = -1;
     if (!opt.perf_record.empty()) {
-      perf = Spawn({"perf", "record", "-F", "999", "-o", opt.perf_record, "-p",
-                    std::to_string(d.pid())},
-                   {}, dir + "/perf.log");
+      perf = Spawn(
+          {"perf", "record", "-F", "999", "-o", opt.perf_record, "-p", std::to_string(d.pid())}, {},
+          dir + "/perf.log");
       std::this_thread::sleep_for(std::chrono::milliseconds(500));  // let perf attach
     }
     Run r = Feed(opt, socket, d.pid(), opt.fast_jobs, 0.02);

@@ -1,0 +1,506 @@
+// The daemon's life, against the real binary: status fields, worker limits
+// at runtime, SIGHUP reload, poison-pill shutdown under load, the grace
+// period, a forced second SIGTERM, socket ownership at start, the command
+// line of digestd and digestctl.
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <regex>
+#include <string>
+
+#include "../support/daemon_harness.h"
+#include "client/control_client.h"
+
+namespace digestd {
+namespace {
+
+using nlohmann::json;
+using testing::DaemonOptions;
+using testing::DaemonProcess;
+using testing::ProcessOutput;
+using testing::RunProcess;
+using testing::SplitLines;
+using testing::WaitFor;
+
+json CallOk(const DaemonProcess& daemon, const json& request) {
+  auto answer = daemon.Call(request);
+  EXPECT_TRUE(answer.ok()) << request.dump() << ": " << answer.status().ToString();
+  if (!answer.ok()) return nullptr;
+  EXPECT_EQ(answer.value()["ok"], true) << request.dump() << " -> " << answer.value().dump();
+  return answer.value();
+}
+
+json Status(const DaemonProcess& daemon) {
+  return CallOk(daemon, {{"op", "status"}});
+}
+
+void SubmitNoop(const DaemonProcess& daemon, const std::string& key, int sleep_ms,
+                const std::string& lane = "background") {
+  json answer = CallOk(daemon, {{"op", "submit"},
+                                {"kind", "noop"},
+                                {"key", key},
+                                {"lane", lane},
+                                {"input", {{"sleep_ms", sleep_ms}}}});
+  ASSERT_EQ(answer["existing"], false) << answer.dump();
+}
+
+// The counts in the daemon's last "shutdown complete: N done, F failed, C
+// cancelled" line; nullopt when there is none.
+struct Final {
+  int done, failed, cancelled;
+};
+std::optional<Final> ShutdownSummary(const std::string& log) {
+  static const std::regex re(R"(shutdown complete: (\d+) done, (\d+) failed, (\d+) cancelled)");
+  std::optional<Final> out;
+  for (const auto& line : SplitLines(log)) {
+    std::smatch m;
+    if (std::regex_search(line, m, re)) {
+      out = Final{std::stoi(m[1]), std::stoi(m[2]), std::stoi(m[3])};
+    }
+  }
+  return out;
+}
+
+// Leaves a socket file at `path` that nobody listens on, as a killed daemon does.
+void MakeStaleSocket(const std::string& path) {
+  int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
+  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  close(fd);
+}
+
+TEST(LifecycleE2E, StatusReportsEveryField) {
+  DaemonProcess daemon;
+  ASSERT_TRUE(daemon.Start({.config = R"(
+[workers]
+min = 2
+max = 6
+interactive_reserved = 1
+[queues]
+interactive = 7
+background = 9
+[daemon]
+node_id = "status-node"
+)"}));
+  SubmitNoop(daemon, "one", 0);
+  json result = CallOk(daemon, {{"op", "result"}, {"key", "one"}, {"wait_ms", 10000}});
+  ASSERT_EQ(result["status"], "done") << result.dump();
+
+  json s = Status(daemon);
+  EXPECT_EQ(s["version"], DIGESTD_VERSION);
+  EXPECT_EQ(s["pid"], daemon.Pid());
+  ASSERT_TRUE(s["uptime_s"].is_number()) << s.dump();
+  EXPECT_GE(s["uptime_s"].get<double>(), 0.0);
+  EXPECT_EQ(s["node_id"], "status-node");
+  EXPECT_EQ(s["state"], "running");
+
+  const json& w = s["workers"];
+  EXPECT_EQ(w["limit"], 6) << s.dump();
+  EXPECT_EQ(w["min"], 2);
+  EXPECT_EQ(w["max"], 6);
+  EXPECT_EQ(w["busy"], 0);
+  EXPECT_EQ(w["reserved"], 1);
+
+  const json& q = s["queues"];
+  EXPECT_EQ(q["interactive"]["depth"], 0) << s.dump();
+  EXPECT_EQ(q["interactive"]["capacity"], 7);
+  EXPECT_EQ(q["background"]["depth"], 0);
+  EXPECT_EQ(q["background"]["capacity"], 9);
+
+  const json& j = s["jobs"];
+  EXPECT_EQ(j["submitted"], 1) << s.dump();
+  EXPECT_EQ(j["running"], 0);
+  EXPECT_EQ(j["done"], 1);
+  EXPECT_EQ(j["failed"], 0);
+  EXPECT_EQ(j["cancelled"], 0);
+
+  const json& l = s["latency"];
+  for (const char* p : {"p50_ms", "p95_ms", "p99_ms"}) {
+    ASSERT_TRUE(l.contains(p) && l[p].is_number()) << p << " in " << s.dump();
+    EXPECT_GE(l[p].get<double>(), 0.0);
+  }
+  EXPECT_LE(l["p50_ms"].get<double>(), l["p99_ms"].get<double>());
+  EXPECT_EQ(l["count"], 1);
+  EXPECT_TRUE(daemon.Stop());
+}
+
+TEST(LifecycleE2E, StatusShowsDepthAndBusyUnderLoad) {
+  DaemonProcess daemon;
+  ASSERT_TRUE(daemon.Start({.config = "[workers]\nmin = 1\nmax = 2\ninteractive_reserved = 0\n"}));
+  for (int i = 0; i < 5; ++i) SubmitNoop(daemon, "long" + std::to_string(i), 60000);
+  ASSERT_TRUE(WaitFor([&] { return Status(daemon)["workers"]["busy"] == 2; }));
+  json s = Status(daemon);
+  EXPECT_EQ(s["queues"]["background"]["depth"], 3) << s.dump();
+  EXPECT_EQ(s["jobs"]["running"], 2);
+  EXPECT_EQ(s["jobs"]["submitted"], 5);
+  for (int i = 0; i < 5; ++i)
+    CallOk(daemon, {{"op", "cancel"}, {"key", "long" + std::to_string(i)}});
+  EXPECT_TRUE(daemon.Stop());
+}
+
+TEST(LifecycleE2E, WorkersOpChangesTheLimit) {
+  DaemonProcess daemon;
+  ASSERT_TRUE(daemon.Start({.config = "[workers]\nmin = 1\nmax = 1\ninteractive_reserved = 0\n"}));
+  SubmitNoop(daemon, "a", 60000);
+  SubmitNoop(daemon, "b", 60000);
+  SubmitNoop(daemon, "c", 60000);
+  ASSERT_TRUE(WaitFor([&] { return Status(daemon)["workers"]["busy"] == 1; }));
+  EXPECT_EQ(Status(daemon)["queues"]["background"]["depth"], 2);
+
+  json answer = CallOk(daemon, {{"op", "workers"}, {"min", 2}, {"max", 3}});
+  EXPECT_EQ(answer["limit"], 3) << answer.dump();
+  EXPECT_EQ(answer["min"], 2);
+  EXPECT_EQ(answer["max"], 3);
+  // The raised limit takes effect at once: the queued jobs start.
+  ASSERT_TRUE(WaitFor([&] { return Status(daemon)["workers"]["busy"] == 3; }))
+      << Status(daemon).dump();
+  json s = Status(daemon);
+  EXPECT_EQ(s["workers"]["limit"], 3);
+  EXPECT_EQ(s["queues"]["background"]["depth"], 0);
+
+  // Bounds the pool cannot serve, or that contradict each other, are refused.
+  auto too_big = daemon.Call({{"op", "workers"}, {"max", 500}});
+  ASSERT_TRUE(too_big.ok());
+  EXPECT_EQ(too_big.value()["error"]["code"], "bad_request") << too_big.value().dump();
+  EXPECT_NE(too_big.value()["error"]["message"].get<std::string>().find("thread pool"),
+            std::string::npos);
+  auto crossed = daemon.Call({{"op", "workers"}, {"min", 3}, {"max", 2}});
+  ASSERT_TRUE(crossed.ok());
+  EXPECT_EQ(crossed.value()["error"]["code"], "bad_request");
+  EXPECT_EQ(Status(daemon)["workers"]["limit"], 3);
+
+  CallOk(daemon, {{"op", "cancel"}, {"key", "a"}});
+  CallOk(daemon, {{"op", "cancel"}, {"key", "b"}});
+  CallOk(daemon, {{"op", "cancel"}, {"key", "c"}});
+  EXPECT_TRUE(daemon.Stop());
+}
+
+TEST(LifecycleE2E, SighupReloadChangesWorkersAndLogsWhatChanged) {
+  DaemonProcess daemon;
+  ASSERT_TRUE(
+      daemon.Start({.config = "[workers]\nmin = 2\nmax = 8\n[queues]\ninteractive = 50\n"}));
+  EXPECT_EQ(Status(daemon)["workers"]["max"], 8);
+  ASSERT_TRUE(daemon.WriteConfig("[workers]\nmin = 1\nmax = 4\n[queues]\ninteractive = 60\n"));
+  daemon.Signal(SIGHUP);
+  ASSERT_TRUE(WaitFor([&] { return Status(daemon)["workers"]["max"] == 4; }))
+      << daemon.StderrText();
+  json s = Status(daemon);
+  EXPECT_EQ(s["workers"]["min"], 1);
+  EXPECT_EQ(s["workers"]["limit"], 4);
+  EXPECT_EQ(s["reloads"], 1);
+  // Queue capacities need a restart: unchanged, and the log says so.
+  EXPECT_EQ(s["queues"]["interactive"]["capacity"], 50);
+  EXPECT_NE(daemon.WaitForLog("reload: [workers] max: 8 -> 4"), "") << daemon.StderrText();
+  EXPECT_NE(daemon.WaitForLog("reload: [workers] min: 2 -> 1"), "") << daemon.StderrText();
+  std::string restart = daemon.WaitForLog("[queues] interactive: 50 -> 60");
+  EXPECT_NE(restart.find("restart"), std::string::npos) << daemon.StderrText();
+  EXPECT_TRUE(daemon.Stop());
+}
+
+TEST(LifecycleE2E, ReloadOpReportsWhatChanged) {
+  DaemonProcess daemon;
+  ASSERT_TRUE(daemon.Start({.config = "[workers]\nmax = 8\n"}));
+  ASSERT_TRUE(daemon.WriteConfig("[workers]\nmax = 5\n"));
+  json answer = CallOk(daemon, {{"op", "reload"}});
+  ASSERT_TRUE(answer["changed"].is_array()) << answer.dump();
+  EXPECT_EQ(answer["changed"], json::array({"[workers] max: 8 -> 5"})) << answer.dump();
+  EXPECT_EQ(Status(daemon)["workers"]["max"], 5);
+  EXPECT_TRUE(daemon.Stop());
+}
+
+TEST(LifecycleE2E, ReloadWithABrokenConfigKeepsRunningAndReportsTheError) {
+  DaemonProcess daemon;
+  ASSERT_TRUE(daemon.Start({.config = "[workers]\nmax = 8\n"}));
+  ASSERT_TRUE(daemon.WriteConfigRaw("[workers]\nmax = = 3\n"));
+  daemon.Signal(SIGHUP);
+  std::string logged = daemon.WaitForLog("reload failed");
+  ASSERT_NE(logged, "") << daemon.StderrText();
+  EXPECT_NE(logged.find(daemon.ConfigPath() + ":2:"), std::string::npos) << logged;
+  EXPECT_NE(logged.find("max"), std::string::npos) << logged;
+  EXPECT_TRUE(daemon.Running());
+  EXPECT_EQ(Status(daemon)["workers"]["max"], 8);
+
+  // The reload op answers with the same error.
+  ASSERT_TRUE(daemon.WriteConfigRaw("[workers]\nmax = 8\nfrobnicate = 1\n"));
+  auto answer = daemon.Call({{"op", "reload"}});
+  ASSERT_TRUE(answer.ok());
+  EXPECT_EQ(answer.value()["ok"], false) << answer.value().dump();
+  EXPECT_EQ(answer.value()["error"]["code"], "invalid_config");
+  std::string message = answer.value()["error"]["message"];
+  EXPECT_NE(message.find(daemon.ConfigPath() + ":3:"), std::string::npos) << message;
+  EXPECT_NE(message.find("frobnicate"), std::string::npos) << message;
+  EXPECT_EQ(Status(daemon)["workers"]["max"], 8);
+  EXPECT_TRUE(daemon.Stop());
+}
+
+TEST(LifecycleE2E, ShutdownUnderLoadFinishesEveryAcknowledgedJob) {
+  DaemonProcess daemon;
+  ASSERT_TRUE(daemon.Start({.config = "[workers]\nmin = 4\nmax = 4\ninteractive_reserved = 0\n"}));
+  for (int i = 0; i < 20; ++i) SubmitNoop(daemon, "load" + std::to_string(i), 200);
+  daemon.Signal(SIGTERM);
+  auto exit = daemon.WaitExit();
+  ASSERT_TRUE(exit.has_value()) << "no exit within the deadline\n" << daemon.StderrText();
+  EXPECT_EQ(exit->ToString(), "exit 0") << daemon.StderrText();
+  auto summary = ShutdownSummary(daemon.StderrText());
+  ASSERT_TRUE(summary.has_value()) << daemon.StderrText();
+  EXPECT_EQ(summary->done, 20) << daemon.StderrText();
+  EXPECT_EQ(summary->failed, 0);
+  EXPECT_EQ(summary->cancelled, 0);
+  EXPECT_GE(daemon.CountMessages("STOPPING=1"), 1u);
+  // The socket file is gone with the daemon.
+  EXPECT_FALSE(testing::PathExists(daemon.SocketPath()));
+}
+
+TEST(LifecycleE2E, SubmitsAfterSigtermGetUnavailable) {
+  DaemonProcess daemon;
+  ASSERT_TRUE(daemon.Start({.config = "[workers]\nmin = 2\nmax = 2\ninteractive_reserved = 0\n"}));
+  // A long job keeps the drain open until the test has asked what it wants.
+  SubmitNoop(daemon, "holder", 60000);
+  SubmitNoop(daemon, "quick", 100);
+  ControlClient client;  // connected before the signal; the listener stays open while draining
+  ASSERT_TRUE(client.Connect(daemon.SocketPath()).ok());
+  daemon.Signal(SIGTERM);
+  ASSERT_TRUE(daemon.WaitForMessage("STOPPING=1"));
+
+  auto late = client.Call({{"op", "submit"}, {"kind", "noop"}, {"key", "late"}, {"id", 9}});
+  ASSERT_TRUE(late.ok()) << late.status().ToString();
+  EXPECT_EQ(late.value()["ok"], false) << late.value().dump();
+  EXPECT_EQ(late.value()["id"], 9);
+  EXPECT_EQ(late.value()["error"]["code"], "unavailable");
+  EXPECT_FALSE(late.value()["error"]["message"].get<std::string>().empty());
+  auto batch = client.Call({{"op", "submit"}, {"jobs", {{{"kind", "noop"}}}}});
+  ASSERT_TRUE(batch.ok());
+  EXPECT_EQ(batch.value()["error"]["code"], "unavailable");
+  auto status = client.Call({{"op", "status"}});
+  ASSERT_TRUE(status.ok());
+  EXPECT_EQ(status.value()["state"], "draining");
+
+  auto cancel = client.Call({{"op", "cancel"}, {"key", "holder"}});
+  ASSERT_TRUE(cancel.ok());
+  EXPECT_EQ(cancel.value()["cancelled"], true) << cancel.value().dump();
+  auto exit = daemon.WaitExit();
+  ASSERT_TRUE(exit.has_value()) << daemon.StderrText();
+  EXPECT_EQ(exit->ToString(), "exit 0") << daemon.StderrText();
+  auto summary = ShutdownSummary(daemon.StderrText());
+  ASSERT_TRUE(summary.has_value()) << daemon.StderrText();
+  EXPECT_EQ(summary->done, 1);  // "quick"; "late" was never accepted
+  EXPECT_EQ(summary->cancelled, 1);
+}
+
+TEST(LifecycleE2E, DrainOpFinishesQueuedWorkAndExits) {
+  DaemonProcess daemon;
+  ASSERT_TRUE(daemon.Start({.config = "[workers]\nmin = 1\nmax = 1\ninteractive_reserved = 0\n"}));
+  for (int i = 0; i < 3; ++i) SubmitNoop(daemon, "d" + std::to_string(i), 50);
+  json answer = CallOk(daemon, {{"op", "drain"}});
+  EXPECT_EQ(answer["draining"], true);
+  auto exit = daemon.WaitExit();
+  ASSERT_TRUE(exit.has_value()) << daemon.StderrText();
+  EXPECT_EQ(exit->ToString(), "exit 0") << daemon.StderrText();
+  auto summary = ShutdownSummary(daemon.StderrText());
+  ASSERT_TRUE(summary.has_value()) << daemon.StderrText();
+  EXPECT_EQ(summary->done, 3);
+}
+
+TEST(LifecycleE2E, ShortGraceCancelsRunningJobsAndStillExitsZero) {
+  DaemonProcess daemon;
+  ASSERT_TRUE(daemon.Start({.config = R"(
+[workers]
+min = 2
+max = 2
+interactive_reserved = 0
+[daemon]
+shutdown_grace_s = 1
+)"}));
+  for (int i = 0; i < 5; ++i) SubmitNoop(daemon, "long" + std::to_string(i), 60000);
+  ASSERT_TRUE(WaitFor([&] { return Status(daemon)["workers"]["busy"] == 2; }));
+  daemon.Signal(SIGTERM);
+  auto exit = daemon.WaitExit();
+  ASSERT_TRUE(exit.has_value()) << "still running long after the 1 s grace\n"
+                                << daemon.StderrText();
+  EXPECT_EQ(exit->ToString(), "exit 0") << daemon.StderrText();
+  EXPECT_NE(daemon.WaitForLog("shutdown_grace_s passed"), "") << daemon.StderrText();
+  auto summary = ShutdownSummary(daemon.StderrText());
+  ASSERT_TRUE(summary.has_value()) << daemon.StderrText();
+  EXPECT_EQ(summary->done, 0);
+  EXPECT_EQ(summary->cancelled, 5) << "2 running aborted + 3 queued released";
+}
+
+TEST(LifecycleE2E, SecondSigtermForcesAFastExit) {
+  DaemonProcess daemon;
+  ASSERT_TRUE(daemon.Start({.config = R"(
+[workers]
+min = 2
+max = 2
+interactive_reserved = 0
+[daemon]
+shutdown_grace_s = 3600
+)"}));
+  SubmitNoop(daemon, "long1", 60000);
+  SubmitNoop(daemon, "long2", 60000);
+  ASSERT_TRUE(WaitFor([&] { return Status(daemon)["workers"]["busy"] == 2; }));
+  daemon.Signal(SIGTERM);
+  ASSERT_TRUE(daemon.WaitForMessage("STOPPING=1"));
+  EXPECT_TRUE(daemon.Running()) << "the first SIGTERM waits for running jobs";
+  daemon.Signal(SIGTERM);
+  // The deadline is far below both the grace (1 h) and the jobs (60 s).
+  auto exit = daemon.WaitExit();
+  ASSERT_TRUE(exit.has_value()) << "the second SIGTERM did not stop it\n" << daemon.StderrText();
+  EXPECT_EQ(exit->ToString(), "exit 0") << daemon.StderrText();
+  EXPECT_NE(daemon.WaitForLog("stopping now"), "") << daemon.StderrText();
+  auto summary = ShutdownSummary(daemon.StderrText());
+  ASSERT_TRUE(summary.has_value()) << daemon.StderrText();
+  EXPECT_EQ(summary->cancelled, 2);
+}
+
+TEST(LifecycleE2E, StaleSocketFileIsReplaced) {
+  DaemonProcess daemon;
+  std::string path = daemon.dir().File("ctl.sock");
+  MakeStaleSocket(path);
+  ASSERT_TRUE(testing::PathExists(path));
+  ASSERT_TRUE(daemon.Start({.socket_path = path}));
+  auto ping = daemon.Call({{"op", "ping"}});
+  ASSERT_TRUE(ping.ok()) << ping.status().ToString();
+  EXPECT_EQ(ping.value()["pong"], true);
+  EXPECT_NE(daemon.WaitForLog("stale"), "") << daemon.StderrText();
+  EXPECT_TRUE(daemon.Stop());
+}
+
+TEST(LifecycleE2E, SecondDaemonOnALiveSocketRefusesToStart) {
+  DaemonProcess first;
+  ASSERT_TRUE(first.Start());
+  DaemonProcess second;
+  ASSERT_TRUE(second.Start({.socket_path = first.SocketPath(), .wait_ready = false}));
+  auto exit = second.WaitExit();
+  ASSERT_TRUE(exit.has_value()) << second.StderrText();
+  EXPECT_EQ(exit->ToString(), "exit 1") << second.StderrText();
+  std::string err = second.StderrText();
+  EXPECT_NE(err.find(first.SocketPath()), std::string::npos) << err;
+  EXPECT_NE(err.find("already"), std::string::npos) << err;
+  EXPECT_EQ(second.CountMessages("READY=1"), 0u);
+  // The first daemon keeps its socket and goes on serving.
+  EXPECT_TRUE(testing::PathExists(first.SocketPath()));
+  auto ping = first.Call({{"op", "ping"}});
+  ASSERT_TRUE(ping.ok()) << ping.status().ToString();
+  EXPECT_EQ(ping.value()["pong"], true);
+  EXPECT_TRUE(first.Stop());
+}
+
+TEST(LifecycleE2E, CheckConfigExitsZeroForAGoodFile) {
+  testing::TempDir dir;
+  std::string path = dir.File("good.conf");
+  ASSERT_TRUE(testing::WriteTextFile(path, "[workers]\nmin = 2\nmax = 4\n"));
+  ProcessOutput out = RunProcess({DIGESTD_BIN, "--config", path, "--check-config"});
+  ASSERT_TRUE(out.status.has_value());
+  EXPECT_EQ(out.status->ToString(), "exit 0") << out.err;
+  EXPECT_NE(out.out.find("ok"), std::string::npos) << out.out;
+}
+
+TEST(LifecycleE2E, CheckConfigExitsOneWithAOneLineError) {
+  testing::TempDir dir;
+  struct Case {
+    const char* text;
+    const char* where;
+    const char* key;
+  };
+  const Case cases[] = {
+      {"[workers]\nmin = 2\nmaxx = 4\n", ":3:", "maxx"},      // unknown key
+      {"[workers]\nmin = \"two\"\n", ":2:", "min"},           // wrong type
+      {"[queues]\n\nbackground = 0\n", ":3:", "background"},  // out of range
+      {"[workers]\nmin = 2\nmax = = 4\n", ":3:", "max"},      // syntax error
+      {"[wrokers]\nmin = 2\n", ":1:", "wrokers"},             // unknown section
+      {"[workers]\nmin = 9\nmax = 3\n", ":2:", "min"},        // min > max
+  };
+  int n = 0;
+  for (const auto& c : cases) {
+    std::string path = dir.File("bad" + std::to_string(n++) + ".conf");
+    ASSERT_TRUE(testing::WriteTextFile(path, c.text));
+    ProcessOutput out = RunProcess({DIGESTD_BIN, "--config", path, "--check-config"});
+    ASSERT_TRUE(out.status.has_value());
+    EXPECT_EQ(out.status->ToString(), "exit 1") << c.text;
+    auto lines = SplitLines(out.err);
+    if (!lines.empty() && lines.back().empty()) lines.pop_back();
+    ASSERT_EQ(lines.size(), 1u) << "not one line:\n" << out.err;
+    EXPECT_NE(lines[0].find(path + c.where), std::string::npos) << lines[0];
+    EXPECT_NE(lines[0].find(c.key), std::string::npos) << lines[0];
+  }
+  ProcessOutput missing =
+      RunProcess({DIGESTD_BIN, "--config", dir.File("absent.conf"), "--check-config"});
+  ASSERT_TRUE(missing.status.has_value());
+  EXPECT_EQ(missing.status->ToString(), "exit 1");
+  EXPECT_NE(missing.err.find("absent.conf"), std::string::npos) << missing.err;
+}
+
+TEST(LifecycleE2E, VersionAndHelp) {
+  ProcessOutput version = RunProcess({DIGESTD_BIN, "--version"});
+  ASSERT_TRUE(version.status.has_value());
+  EXPECT_EQ(version.status->ToString(), "exit 0");
+  EXPECT_EQ(version.out, std::string("digestd ") + DIGESTD_VERSION + "\n");
+  ProcessOutput help = RunProcess({DIGESTD_BIN, "--help"});
+  ASSERT_TRUE(help.status.has_value());
+  EXPECT_EQ(help.status->ToString(), "exit 0");
+  EXPECT_NE(help.out.find("--check-config"), std::string::npos) << help.out;
+  ProcessOutput bad = RunProcess({DIGESTD_BIN, "--frobnicate"});
+  ASSERT_TRUE(bad.status.has_value());
+  EXPECT_EQ(bad.status->ToString(), "exit 2");
+  EXPECT_NE(bad.err.find("--frobnicate"), std::string::npos) << bad.err;
+}
+
+TEST(LifecycleE2E, DigestctlStatusPrintsATableAndJson) {
+  DaemonProcess daemon;
+  ASSERT_TRUE(daemon.Start({.config = "[daemon]\nnode_id = \"ctl-node\"\n"}));
+  ProcessOutput table = RunProcess({DIGESTCTL_BIN, "--socket", daemon.SocketPath(), "status"});
+  ASSERT_TRUE(table.status.has_value());
+  EXPECT_EQ(table.status->ToString(), "exit 0") << table.err;
+  for (const char* word :
+       {"ctl-node", "workers", "interactive", "background", "jobs", "latency", "capacity"}) {
+    EXPECT_NE(table.out.find(word), std::string::npos) << word << " not in:\n" << table.out;
+  }
+  EXPECT_NE(table.out.find("pid " + std::to_string(daemon.Pid())), std::string::npos) << table.out;
+
+  ProcessOutput raw =
+      RunProcess({DIGESTCTL_BIN, "--socket", daemon.SocketPath(), "--json", "status"});
+  ASSERT_TRUE(raw.status.has_value());
+  EXPECT_EQ(raw.status->ToString(), "exit 0") << raw.err;
+  json j = json::parse(raw.out, nullptr, false);
+  ASSERT_TRUE(j.is_object()) << raw.out;
+  EXPECT_EQ(j["pid"], daemon.Pid());
+  EXPECT_EQ(j["node_id"], "ctl-node");
+  EXPECT_TRUE(j.contains("workers"));
+
+  // The socket can also come from DIGESTD_SOCKET.
+  ProcessOutput by_env = RunProcess({DIGESTCTL_BIN, "ping"}, testing::kDeadline,
+                                    {"DIGESTD_SOCKET=" + daemon.SocketPath()});
+  ASSERT_TRUE(by_env.status.has_value());
+  EXPECT_EQ(by_env.status->ToString(), "exit 0") << by_env.err;
+  EXPECT_TRUE(daemon.Stop());
+}
+
+TEST(LifecycleE2E, DigestctlExitsThreeWithAOneLineReasonWhenNoDaemonRuns) {
+  testing::TempDir dir;
+  std::string nothing = dir.File("none.sock");
+  std::string stale = dir.File("stale.sock");
+  MakeStaleSocket(stale);
+  for (const std::string& path : {nothing, stale}) {
+    for (const char* cmd : {"status", "ping"}) {
+      ProcessOutput out = RunProcess({DIGESTCTL_BIN, "--socket", path, cmd});
+      ASSERT_TRUE(out.status.has_value());
+      EXPECT_EQ(out.status->ToString(), "exit 3") << path << " " << cmd << ": " << out.err;
+      auto lines = SplitLines(out.err);
+      if (!lines.empty() && lines.back().empty()) lines.pop_back();
+      ASSERT_EQ(lines.size(), 1u) << out.err;
+      EXPECT_EQ(lines[0].rfind("digestctl: ", 0), 0u) << lines[0];
+      EXPECT_NE(lines[0].find("not running"), std::string::npos) << lines[0];
+      EXPECT_NE(lines[0].find(path), std::string::npos) << lines[0];
+      EXPECT_TRUE(out.out.empty()) << out.out;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace digestd

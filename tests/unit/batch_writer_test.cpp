@@ -1,0 +1,468 @@
+// BatchWriter against a real PostgreSQL: batches by size and by time, group
+// commit of submits, idempotent repeats, NOTIFY, lease renewals, a poisoned
+// row, a full ring, and a server stopped mid-run.
+#include "store/batch_writer.h"
+
+#include <gtest/gtest.h>
+
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "../support/pg_fixture.h"
+
+namespace digestd {
+namespace {
+
+using std::chrono::milliseconds;
+using testing::Await;
+using testing::ConnectAndMigrate;
+using testing::PgServer;
+using testing::TestLoop;
+
+NewJob Job(std::string key) {
+  NewJob j;
+  j.key = std::move(key);
+  j.kind = "noop";
+  j.input = std::make_shared<const nlohmann::json>(nlohmann::json::object());
+  return j;
+}
+
+// Loop, connection, store and writer on a database, torn down in order.
+struct Rig {
+  Rig(TestLoop& loop, const std::string& conninfo, BatchWriterOptions o,
+      BatchWriter::Hooks hooks = {}, int reconnect_ms = 200)
+      : loop(loop) {
+    PgConnOptions po;
+    po.conninfo = conninfo;
+    po.reconnect_min_ms = 50;
+    po.reconnect_max_ms = reconnect_ms;
+    conn = std::make_unique<PgConn>(loop.get(), po);
+    ok = ConnectAndMigrate(loop, *conn);
+    store = std::make_unique<JobStore>(*conn, "node-a");
+    writer = std::make_unique<BatchWriter>(loop.get(), *conn, *store, o, std::move(hooks));
+  }
+  ~Rig() {
+    writer->Close();
+    writer.reset();
+    conn->Close();
+  }
+  // Inserts and claims `n` jobs named prefix0.. directly through the store.
+  std::vector<StoredJob> Claimed(const std::string& prefix, int n) {
+    std::vector<NewJob> jobs;
+    for (int i = 0; i < n; ++i) jobs.push_back(Job(prefix + std::to_string(i)));
+    auto ins = Await<Result<std::vector<InsertedJob>>>(
+        loop, [&](auto cb) { return store->InsertJobs(std::move(jobs), cb); });
+    EXPECT_TRUE(ins && ins->ok());
+    auto got = Await<Result<std::vector<StoredJob>>>(
+        loop, [&](auto cb) { return store->Claim(Lane::kBackground, n, 60, cb); });
+    EXPECT_TRUE(got && got->ok());
+    return got && got->ok() ? got->value() : std::vector<StoredJob>{};
+  }
+
+  TestLoop& loop;
+  ::testing::AssertionResult ok = ::testing::AssertionSuccess();
+  std::unique_ptr<PgConn> conn;
+  std::unique_ptr<JobStore> store;
+  std::unique_ptr<BatchWriter> writer;
+};
+
+FinishRow DoneRow(const StoredJob& j, int v = 1) {
+  return FinishRow{j.id, j.lease_token, j.key, JobState::kDone, {{"v", v}}, ""};
+}
+
+BatchWriterOptions Opts(int rows, int ms, size_t capacity = 500) {
+  BatchWriterOptions o;
+  o.batch_rows = rows;
+  o.batch_ms = ms;
+  o.capacity = capacity;
+  return o;
+}
+
+class BatchWriterTest : public testing::PgTest {
+ protected:
+  void SetUp() override {
+    PgTest::SetUp();
+    if (HasFatalFailure()) return;
+    Scalar("TRUNCATE digestd.jobs");  // fails harmlessly before the first migration
+  }
+};
+
+TEST_F(BatchWriterTest, FlushesWhenTheBatchIsFull) {
+  TestLoop loop;
+  Rig rig(loop, conninfo(), Opts(10, 60000));
+  ASSERT_TRUE(rig.ok);
+  auto jobs = rig.Claimed("full", 25);
+  ASSERT_EQ(jobs.size(), 25u);
+  int committed = 0;
+  for (const auto& j : jobs) {
+    ASSERT_TRUE(rig.writer
+                    ->Enqueue(WriteRow::Finish(DoneRow(j),
+                                               [&](const RowOutcome& o) {
+                                                 // The last 5 get Unavailable at Close.
+                                                 if (o.status.ok() && o.accepted) ++committed;
+                                               }))
+                    .ok());
+  }
+  ASSERT_TRUE(loop.RunUntil([&] { return committed == 20; }));
+  // The last 5 wait for batch_ms (a minute) or more rows.
+  loop.RunFor(milliseconds(300));
+  EXPECT_EQ(committed, 20);
+  BatchWriterStats s = rig.writer->stats();
+  EXPECT_EQ(s.batches, 2u);
+  EXPECT_EQ(s.depth, 5u);
+  EXPECT_EQ(s.results_written, 20u);
+  EXPECT_DOUBLE_EQ(s.commits_per_1000_results, 100.0);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM digestd.jobs WHERE status = 'done'"), "20");
+}
+
+TEST_F(BatchWriterTest, FlushesAfterBatchMsWhenTheBatchStaysSmall) {
+  TestLoop loop;
+  Rig rig(loop, conninfo(), Opts(1000, 300));
+  ASSERT_TRUE(rig.ok);
+  auto jobs = rig.Claimed("slow", 3);
+  uv_update_time(loop.get());
+  uint64_t start = uv_now(loop.get());
+  uint64_t committed_at = 0;
+  int committed = 0;
+  for (const auto& j : jobs) {
+    ASSERT_TRUE(rig.writer
+                    ->Enqueue(WriteRow::Finish(DoneRow(j),
+                                               [&](const RowOutcome&) {
+                                                 ++committed;
+                                                 committed_at = uv_now(loop.get());
+                                               }))
+                    .ok());
+  }
+  ASSERT_TRUE(loop.RunUntil([&] { return committed == 3; }));
+  EXPECT_GE(committed_at - start, 290u) << "results wait batch_ms for their batch to fill";
+  EXPECT_EQ(rig.writer->stats().batches, 1u);
+}
+
+TEST_F(BatchWriterTest, IdleWriterCommitsALoneSubmitAtOnce) {
+  TestLoop loop;
+  Rig rig(loop, conninfo(), Opts(50, 60000));
+  ASSERT_TRUE(rig.ok);
+  uv_update_time(loop.get());
+  uint64_t start = uv_now(loop.get());
+  std::optional<RowOutcome> got;
+  ASSERT_TRUE(
+      rig.writer->Enqueue(WriteRow::Submit(Job("lone"), [&](const RowOutcome& o) { got = o; }))
+          .ok());
+  ASSERT_TRUE(loop.RunUntil([&] { return got.has_value(); }));
+  EXPECT_LT(uv_now(loop.get()) - start, 5000u) << "must not wait for batch_ms (60 s)";
+  ASSERT_TRUE(got->status.ok()) << got->status.ToString();
+  EXPECT_TRUE(got->inserted.created);
+  EXPECT_GT(got->inserted.id, 0u);
+  // Committed by the time the callback runs.
+  EXPECT_EQ(Scalar("SELECT status FROM digestd.jobs WHERE key = 'lone'"), "queued");
+}
+
+TEST_F(BatchWriterTest, SubmitsOfOneTurnShareOneCommitAndLaterOnesTheNext) {
+  TestLoop loop;
+  Rig rig(loop, conninfo(), Opts(50, 60000));
+  ASSERT_TRUE(rig.ok);
+  int acked = 0;
+  auto submit = [&](const std::string& key) {
+    ASSERT_TRUE(rig.writer
+                    ->Enqueue(WriteRow::Submit(Job(key),
+                                               [&, key](const RowOutcome& o) {
+                                                 EXPECT_TRUE(o.status.ok());
+                                                 // turn0 was made by the other session.
+                                                 EXPECT_EQ(o.inserted.created, key != "turn0");
+                                                 ++acked;
+                                               }))
+                    .ok());
+  };
+  // Another session inserts key turn0 and holds its transaction open for a
+  // while, so the writer's first commit (which inserts turn0 too) waits on
+  // it: a flush in flight for as long as the test needs.
+  PgConn other(loop.get(), {conninfo()});
+  other.Start();
+  ASSERT_TRUE(loop.RunUntil([&] { return other.up(); }));
+  std::vector<PgStatement> hold;
+  hold.push_back({"INSERT INTO digestd.jobs (key, kind) VALUES ('turn0', 'noop')", {}, {}});
+  hold.push_back({"SELECT pg_sleep(1.5)", {}, {}});
+  bool held = false;
+  ASSERT_TRUE(other
+                  .Send(std::move(hold),
+                        [&](Result<std::vector<PgResult>> r) {
+                          EXPECT_TRUE(r.ok()) << r.status().ToString();
+                          held = true;
+                        })
+                  .ok());
+  loop.RunFor(milliseconds(300));
+
+  for (int i = 0; i < 40; ++i) submit("turn" + std::to_string(i));
+  ASSERT_TRUE(loop.RunUntil([&] { return rig.writer->flushing(); }));
+  loop.RunFor(milliseconds(100));
+  ASSERT_TRUE(rig.writer->flushing());
+  // These arrive while the first commit is in flight: one more commit.
+  for (int i = 0; i < 30; ++i) submit("later" + std::to_string(i));
+  ASSERT_TRUE(loop.RunUntil([&] { return acked == 70 && held; }));
+  EXPECT_EQ(rig.writer->stats().batches, 2u);
+  EXPECT_EQ(rig.writer->stats().submits_written, 70u);
+  other.Close();
+}
+
+TEST_F(BatchWriterTest, RepeatedWritesAreIdempotent) {
+  TestLoop loop;
+  Rig rig(loop, conninfo(), Opts(50, 0));
+  ASSERT_TRUE(rig.ok);
+  std::vector<RowOutcome> outs;
+  auto record = [&](const RowOutcome& o) { outs.push_back(o); };
+  ASSERT_TRUE(rig.writer->Enqueue(WriteRow::Submit(Job("dup"), record)).ok());
+  ASSERT_TRUE(loop.RunUntil([&] { return outs.size() == 1; }));
+  ASSERT_TRUE(rig.writer->Enqueue(WriteRow::Submit(Job("dup"), record)).ok());
+  ASSERT_TRUE(loop.RunUntil([&] { return outs.size() == 2; }));
+  EXPECT_TRUE(outs[0].inserted.created);
+  EXPECT_FALSE(outs[1].inserted.created);
+  EXPECT_EQ(outs[0].inserted.id, outs[1].inserted.id);
+  EXPECT_EQ(outs[1].inserted.status, JobState::kQueued);
+
+  auto got = Await<Result<std::vector<StoredJob>>>(
+      loop, [&](auto cb) { return rig.store->Claim(Lane::kBackground, 1, 60, cb); });
+  ASSERT_TRUE(got && got->ok() && got->value().size() == 1);
+  const StoredJob& j = got->value()[0];
+  // The same finish written twice, as after a commit whose answer was lost.
+  ASSERT_TRUE(rig.writer->Enqueue(WriteRow::Finish(DoneRow(j, 5), record)).ok());
+  ASSERT_TRUE(loop.RunUntil([&] { return outs.size() == 3; }));
+  std::string finished = Scalar("SELECT finished_at::text FROM digestd.jobs WHERE key = 'dup'");
+  ASSERT_TRUE(rig.writer->Enqueue(WriteRow::Finish(DoneRow(j, 5), record)).ok());
+  ASSERT_TRUE(loop.RunUntil([&] { return outs.size() == 4; }));
+  EXPECT_TRUE(outs[2].accepted);
+  EXPECT_TRUE(outs[3].accepted);
+  EXPECT_EQ(Scalar("SELECT finished_at::text FROM digestd.jobs WHERE key = 'dup'"), finished);
+  EXPECT_EQ(Scalar("SELECT result::text FROM digestd.jobs WHERE key = 'dup'"), "{\"v\": 5}");
+  EXPECT_EQ(Scalar("SELECT count(*) FROM digestd.jobs"), "1");
+}
+
+TEST_F(BatchWriterTest, ListenerHearsFinishedKeysSplitUnderThePayloadLimit) {
+  TestLoop loop;
+  PgConn listener(loop.get(), {conninfo()});
+  std::vector<std::string> payloads;
+  listener.SetNotifyHandler([&](const std::string& ch, const std::string& p) {
+    if (ch == kDoneChannel) payloads.push_back(p);
+  });
+  listener.Start();
+  ASSERT_TRUE(loop.RunUntil([&] { return listener.up(); }));
+  auto l = Await<Result<PgResult>>(loop, [&](auto cb) {
+    return listener.Query(PgStatement{"LISTEN digestd_done", {}, {}}, cb);
+  });
+  ASSERT_TRUE(l && l->ok());
+  {
+    Rig rig(loop, conninfo(), Opts(100, 60000));
+    ASSERT_TRUE(rig.ok);
+    // 60 keys of ~400 bytes: more than one NOTIFY's worth.
+    auto jobs = rig.Claimed(std::string(400, 'n'), 60);
+    ASSERT_EQ(jobs.size(), 60u);
+    for (const auto& j : jobs) ASSERT_TRUE(rig.writer->Enqueue(WriteRow::Finish(DoneRow(j))).ok());
+    bool drained = false;
+    rig.writer->Drain([&] { drained = true; });
+    ASSERT_TRUE(loop.RunUntil([&] { return drained; }));
+    std::set<std::string> keys;
+    ASSERT_TRUE(loop.RunUntil([&] {
+      keys.clear();
+      for (const auto& p : payloads) {
+        for (const auto& k : nlohmann::json::parse(p)) keys.insert(k.get<std::string>());
+      }
+      return keys.size() == 60;
+    }));
+    EXPECT_GE(payloads.size(), 3u);
+    for (const auto& p : payloads) EXPECT_LT(p.size(), 8000u);
+    EXPECT_EQ(rig.writer->stats().batches, 1u) << "one transaction, several NOTIFYs";
+  }
+  listener.Close();
+}
+
+TEST_F(BatchWriterTest, StaleLeaseRowsAreReportedNotAccepted) {
+  TestLoop loop;
+  Rig rig(loop, conninfo(), Opts(50, 0));
+  ASSERT_TRUE(rig.ok);
+  auto jobs = rig.Claimed("guard", 2);
+  ASSERT_EQ(jobs.size(), 2u);
+  FinishRow stale = DoneRow(jobs[1]);
+  stale.token += 1000;
+  std::vector<RowOutcome> outs;
+  auto record = [&](const RowOutcome& o) { outs.push_back(o); };
+  ASSERT_TRUE(rig.writer->Enqueue(WriteRow::Finish(DoneRow(jobs[0]), record)).ok());
+  ASSERT_TRUE(rig.writer->Enqueue(WriteRow::Finish(stale, record)).ok());
+  ASSERT_TRUE(rig.writer
+                  ->Enqueue(WriteRow::Requeue(
+                      RequeueRow{jobs[1].id, jobs[1].lease_token, 0, true, ""}, record))
+                  .ok());
+  ASSERT_TRUE(loop.RunUntil([&] { return outs.size() == 3; }));
+  EXPECT_TRUE(outs[0].accepted);
+  EXPECT_FALSE(outs[1].accepted);
+  EXPECT_TRUE(outs[2].accepted);
+  EXPECT_TRUE(outs[1].status.ok());
+  EXPECT_EQ(rig.writer->stats().ignored, 1u);
+  EXPECT_EQ(Scalar("SELECT string_agg(status || '/' || attempts, ',' ORDER BY id) FROM "
+                   "digestd.jobs"),
+            "done/1,queued/0");
+}
+
+TEST_F(BatchWriterTest, LeaseRenewalsRideAlongAndLostLeasesAreReported) {
+  TestLoop loop;
+  std::vector<uint64_t> lost;
+  BatchWriter::Hooks hooks;
+  hooks.on_leases_lost = [&](std::vector<uint64_t> ids) { lost = std::move(ids); };
+  BatchWriterOptions o = Opts(50, 200);
+  o.lease_s = 900;
+  Rig rig(loop, conninfo(), o, std::move(hooks));
+  ASSERT_TRUE(rig.ok);
+  auto jobs = rig.Claimed("lease", 3);
+  ASSERT_EQ(jobs.size(), 3u);
+  // jobs[2] was rescued by someone else meanwhile.
+  Scalar("UPDATE digestd.jobs SET lease_owner = 'node-z' WHERE id = " + std::to_string(jobs[2].id));
+  std::vector<LeaseRef> leases;
+  for (const auto& j : jobs) leases.push_back({j.id, j.lease_token});
+  rig.writer->RenewLeases(leases);
+  // jobs[0] finishes in the same batch: it must not be reported lost.
+  ASSERT_TRUE(rig.writer->Enqueue(WriteRow::Finish(DoneRow(jobs[0]))).ok());
+  ASSERT_TRUE(loop.RunUntil([&] { return rig.writer->stats().batches == 1; }));
+  ASSERT_TRUE(loop.RunUntil([&] { return !lost.empty(); }));
+  EXPECT_EQ(lost, std::vector<uint64_t>{jobs[2].id});
+  EXPECT_EQ(Scalar("SELECT lease_until > now() + interval '800 seconds' FROM digestd.jobs "
+                   "WHERE id = " +
+                   std::to_string(jobs[1].id)),
+            "t");
+  EXPECT_EQ(rig.writer->stats().depth, 0u);
+}
+
+TEST_F(BatchWriterTest, ARowTheServerRefusesIsIsolatedAndTheOthersAreWritten) {
+  TestLoop loop;
+  Rig rig(loop, conninfo(), Opts(50, 60000));
+  ASSERT_TRUE(rig.ok);
+  std::vector<RowOutcome> outs(5);
+  int answered = 0;
+  for (int i = 0; i < 5; ++i) {
+    std::string key = i == 2 ? std::string("bad\0key", 7) : "good" + std::to_string(i);
+    ASSERT_TRUE(rig.writer
+                    ->Enqueue(WriteRow::Submit(Job(key),
+                                               [&, i](const RowOutcome& o) {
+                                                 outs[static_cast<size_t>(i)] = o;
+                                                 ++answered;
+                                               }))
+                    .ok());
+  }
+  ASSERT_TRUE(loop.RunUntil([&] { return answered == 5; }));
+  for (int i = 0; i < 5; ++i) {
+    if (i == 2) {
+      EXPECT_EQ(outs[2].status.code(), Status::Code::kBadRequest) << outs[2].status.ToString();
+    } else {
+      EXPECT_TRUE(outs[static_cast<size_t>(i)].status.ok())
+          << outs[static_cast<size_t>(i)].status.ToString();
+    }
+  }
+  EXPECT_EQ(rig.writer->stats().rejected, 1u);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM digestd.jobs"), "4");
+  EXPECT_FALSE(rig.writer->stats().last_error.empty());
+}
+
+TEST_F(BatchWriterTest, AFullRingRefusesRowsAndSaysWhenThereIsRoom) {
+  TestLoop loop;
+  int space = 0;
+  BatchWriter::Hooks hooks;
+  hooks.on_space = [&] { ++space; };
+  BatchWriterOptions o = Opts(50, 60000, 5);
+  o.submit_reserve = 2;
+  Rig rig(loop, conninfo(), o, std::move(hooks));
+  ASSERT_TRUE(rig.ok);
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(
+        rig.writer
+            ->Enqueue(WriteRow::Finish(FinishRow{1000u + i, 1, "x", JobState::kDone, nullptr, ""}))
+            .ok());
+  }
+  // Submits may not take the 2 reserved slots...
+  EXPECT_EQ(rig.writer->Enqueue(WriteRow::Submit(Job("s"), {})).code(), Status::Code::kQueueFull);
+  // ...results may.
+  ASSERT_TRUE(
+      rig.writer->Enqueue(WriteRow::Finish(FinishRow{2000, 1, "y", JobState::kDone, nullptr, ""}))
+          .ok());
+  ASSERT_TRUE(
+      rig.writer->Enqueue(WriteRow::Finish(FinishRow{2001, 1, "z", JobState::kDone, nullptr, ""}))
+          .ok());
+  EXPECT_EQ(
+      rig.writer->Enqueue(WriteRow::Finish(FinishRow{2002, 1, "w", JobState::kDone, nullptr, ""}))
+          .code(),
+      Status::Code::kQueueFull);
+  EXPECT_EQ(rig.writer->depth(), 5u);
+  // A full ring (5 >= batch_rows? no: 50) is written after Drain.
+  rig.writer->Drain([] {});
+  ASSERT_TRUE(loop.RunUntil([&] { return space == 1; }));
+  EXPECT_EQ(rig.writer->depth(), 0u);
+  EXPECT_EQ(rig.writer->stats().ignored, 5u) << "no such jobs: every guard says no";
+}
+
+TEST(BatchWriterOutage, ServerStoppedMidRunLosesNothing) {
+  std::string error;
+  auto pg = PgServer::StartPrivate(&error);
+  ASSERT_TRUE(pg) << error;
+  TestLoop loop;
+  Rig rig(loop, pg->Conninfo("digestd"), Opts(20, 50));
+  ASSERT_TRUE(rig.ok);
+  constexpr int kJobs = 200;
+  auto jobs = rig.Claimed("o", kJobs);
+  ASSERT_EQ(jobs.size(), static_cast<size_t>(kJobs));
+
+  int accepted = 0, failed = 0;
+  auto finish = [&](const StoredJob& j) {
+    return rig.writer->Enqueue(WriteRow::Finish(DoneRow(j), [&](const RowOutcome& o) {
+      if (o.status.ok() && o.accepted) {
+        ++accepted;
+      } else {
+        ++failed;
+      }
+    }));
+  };
+  // Half written while the server is up.
+  for (int i = 0; i < kJobs / 2; ++i) ASSERT_TRUE(finish(jobs[static_cast<size_t>(i)]).ok());
+  ASSERT_TRUE(loop.RunUntil([&] { return accepted >= 40; }));
+
+  // A submit in the ring when the server goes away: its client hears
+  // unavailable, never ok.
+  std::optional<RowOutcome> submit;
+  ASSERT_TRUE(
+      rig.writer->Enqueue(WriteRow::Submit(Job("during"), [&](const RowOutcome& o) { submit = o; }))
+          .ok());
+  ASSERT_TRUE(pg->Stop("fast").ok());
+  ASSERT_TRUE(loop.RunUntil([&] { return !rig.conn->up(); }));
+  ASSERT_TRUE(loop.RunUntil([&] { return submit.has_value(); }));
+  EXPECT_EQ(submit->status.code(), Status::Code::kUnavailable) << submit->status.ToString();
+  // New submits are refused while down; results keep coming into the ring.
+  EXPECT_EQ(rig.writer->Enqueue(WriteRow::Submit(Job("refused"), {})).code(),
+            Status::Code::kUnavailable);
+  for (int i = kJobs / 2; i < kJobs; ++i) ASSERT_TRUE(finish(jobs[static_cast<size_t>(i)]).ok());
+  loop.RunFor(milliseconds(300));
+  EXPECT_GT(rig.writer->depth(), 100u) << "rows wait in the ring";
+  EXPECT_FALSE(rig.writer->stats().last_error.empty());
+  EXPECT_EQ(failed, 0);
+
+  ASSERT_TRUE(pg->Start().ok());
+  ASSERT_TRUE(loop.RunUntil([&] { return accepted == kJobs; }))
+      << accepted << " accepted, " << failed << " failed, ignored " << rig.writer->stats().ignored
+      << ", depth " << rig.writer->depth() << ", flushing " << rig.writer->flushing() << ", up "
+      << rig.conn->up() << ", units " << rig.conn->units_in_flight() << ", last error "
+      << rig.writer->stats().last_error;
+  EXPECT_EQ(failed, 0);
+  EXPECT_EQ(rig.writer->depth(), 0u);
+  EXPECT_EQ(pg->Scalar("digestd",
+                       "SELECT count(*) FROM digestd.jobs WHERE status = 'done' "
+                       "AND result = '{\"v\": 1}'::jsonb"),
+            std::to_string(kJobs));
+  EXPECT_EQ(pg->Scalar("digestd", "SELECT count(*) FROM digestd.jobs WHERE key = 'refused'"), "0");
+  // And submits work again.
+  std::optional<RowOutcome> again;
+  ASSERT_TRUE(
+      rig.writer->Enqueue(WriteRow::Submit(Job("during"), [&](const RowOutcome& o) { again = o; }))
+          .ok());
+  ASSERT_TRUE(loop.RunUntil([&] { return again.has_value(); }));
+  EXPECT_TRUE(again->status.ok()) << again->status.ToString();
+  EXPECT_EQ(pg->Scalar("digestd", "SELECT count(*) FROM digestd.jobs WHERE key = 'during'"), "1");
+}
+
+}  // namespace
+}  // namespace digestd

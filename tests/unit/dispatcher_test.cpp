@@ -1,0 +1,423 @@
+// Dispatcher tests on a real uv loop and libuv's real thread pool. Pool
+// threads are held by a test-only job kind that blocks on a gate the test
+// opens job by job, so which job runs when is decided by the test, never by
+// timing (libuv's test-threadpool-cancel.c does the same with semaphores).
+#include "dispatch/dispatcher.h"
+
+#include <gtest/gtest.h>
+
+#include <condition_variable>
+#include <cstdlib>
+#include <mutex>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "../support/daemon_harness.h"
+#include "util/uv_handle.h"
+
+namespace digestd {
+namespace {
+
+// libuv sizes its pool from UV_THREADPOOL_SIZE on first use; these tests
+// count on exactly four pool threads.
+constexpr int kPoolThreads = 4;
+const bool kPoolSized = [] { return setenv("UV_THREADPOOL_SIZE", "4", 1) == 0; }();
+
+// Holds "block" jobs in their pool thread until the test opens them.
+class Gate {
+ public:
+  void Open(const std::string& key) {
+    std::lock_guard<std::mutex> lock(mu_);
+    open_.insert(key);
+    cv_.notify_all();
+  }
+  void OpenAll() {
+    std::lock_guard<std::mutex> lock(mu_);
+    all_open_ = true;
+    cv_.notify_all();
+  }
+  // Wakes waiters so they see a cancel flag set since they began waiting.
+  void Wake() {
+    std::lock_guard<std::mutex> lock(mu_);
+    cv_.notify_all();
+  }
+  // Pool thread: waits until `ctx` is opened (true) or cancelled (false).
+  bool Wait(const WorkContext& ctx) {
+    std::unique_lock<std::mutex> lock(mu_);
+    ++entered_;
+    std::string key(ctx.key);
+    cv_.wait(lock, [&] { return all_open_ || open_.count(key) > 0 || ctx.cancelled(); });
+    return !ctx.cancelled();
+  }
+  // How many jobs have reached a pool thread so far.
+  int entered() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return entered_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::set<std::string> open_;
+  bool all_open_ = false;
+  int entered_ = 0;
+};
+
+class BlockingKind final : public JobKind {
+ public:
+  explicit BlockingKind(Gate* gate) : gate_(gate) {}
+  std::string_view name() const override { return "block"; }
+  Status Validate(const nlohmann::json&, const Config&) const override { return Status::Ok(); }
+  WorkOutcome Run(const WorkContext& ctx) const override {
+    if (!gate_->Wait(ctx)) return WorkOutcome::Cancelled("cancelled while blocked");
+    return WorkOutcome::Done({{"key", std::string(ctx.key)}});
+  }
+
+ private:
+  Gate* gate_;
+};
+
+struct Finished {
+  std::string key;
+  WorkOutcome::Kind kind;
+};
+
+class DispatcherTest : public ::testing::Test {
+ protected:
+  static constexpr int kPoolSize = 8;  // the most slots SetLimits may grant
+
+  void SetUp() override {
+    ASSERT_TRUE(kPoolSized);
+    ASSERT_EQ(uv_loop_init(&loop_), 0);
+    kinds_.Add(std::make_unique<BlockingKind>(&gate_));
+  }
+
+  void TearDown() override {
+    if (dispatcher_) {
+      dispatcher_->TakeQueued();
+      gate_.OpenAll();
+      EXPECT_TRUE(RunUntil([&] { return dispatcher_->in_flight() == 0; }))
+          << dispatcher_->in_flight() << " jobs still in flight";
+      dispatcher_.reset();
+    }
+    uv_run(&loop_, UV_RUN_DEFAULT);  // close callbacks
+    EXPECT_EQ(uv_loop_close(&loop_), 0) << "a handle or request was leaked";
+  }
+
+  void Make(int max, int reserved, size_t interactive_capacity = 100,
+            size_t background_capacity = 100) {
+    WorkerLimits limits{1, max, reserved, max};
+    Dispatcher::Hooks hooks;
+    hooks.on_start = [this](const JobPtr& job) {
+      // Checked at every start: background work never takes a reserved slot.
+      const auto& l = dispatcher_->limits();
+      if (job->lane == Lane::kBackground &&
+          dispatcher_->in_flight() >= l.limit - l.interactive_reserved) {
+        ADD_FAILURE() << "background job " << job->key << " took a reserved slot ("
+                      << dispatcher_->in_flight() << " in flight, limit " << l.limit
+                      << ", reserved " << l.interactive_reserved << ")";
+      }
+      job->state = JobState::kRunning;
+      started_.push_back(job->key);
+    };
+    hooks.on_finish = [this](const JobPtr& job, WorkOutcome outcome) {
+      job->state =
+          outcome.kind == WorkOutcome::Kind::kDone ? JobState::kDone : JobState::kCancelled;
+      finished_.push_back({job->key, outcome.kind});
+    };
+    hooks.on_drained = [this] { ++drained_calls_; };
+    dispatcher_ = std::make_unique<Dispatcher>(&loop_, interactive_capacity, background_capacity,
+                                               limits, kPoolSize, kinds_, std::move(hooks));
+  }
+
+  static JobPtr NewJob(const std::string& key, Lane lane, const std::string& kind = "block") {
+    auto job = std::make_shared<JobRecord>();
+    job->key = key;
+    job->kind = kind;
+    job->lane = lane;
+    job->input = std::make_shared<const nlohmann::json>(nlohmann::json::object());
+    return job;
+  }
+
+  Status Submit(const std::string& key, Lane lane) {
+    return dispatcher_->Enqueue(NewJob(key, lane));
+  }
+
+  void SubmitOk(const std::string& key, Lane lane) {
+    Status st = Submit(key, lane);
+    ASSERT_TRUE(st.ok()) << key << ": " << st.ToString();
+  }
+
+  // Runs the loop until `done` holds or `timeout` passes; never sleeps.
+  bool RunUntil(const std::function<bool()>& done,
+                std::chrono::milliseconds timeout = testing::kDeadline) {
+    UvHandle<uv_timer_t> timer;
+    bool expired = false;
+    uv_timer_init(&loop_, timer.get());
+    timer.set_initialized();
+    timer.get()->data = &expired;
+    uv_timer_start(
+        timer.get(), [](uv_timer_t* t) { *static_cast<bool*>(t->data) = true; },
+        static_cast<uint64_t>(timeout.count()), 0);
+    while (!done() && !expired) uv_run(&loop_, UV_RUN_ONCE);
+    return done();
+  }
+
+  // Opens `key` and runs the loop until its outcome is back.
+  void Release(std::string key) {  // by value: started_ may grow meanwhile
+    size_t before = finished_.size();
+    gate_.Open(key);
+    ASSERT_TRUE(RunUntil([&] {
+      for (size_t i = before; i < finished_.size(); ++i) {
+        if (finished_[i].key == key) return true;
+      }
+      return false;
+    })) << key
+        << " did not finish";
+  }
+
+  bool Started(const std::string& key) const {
+    return std::find(started_.begin(), started_.end(), key) != started_.end();
+  }
+
+  uv_loop_t loop_{};
+  Gate gate_;
+  JobKindRegistry kinds_;
+  std::unique_ptr<Dispatcher> dispatcher_;
+  std::vector<std::string> started_;
+  std::vector<Finished> finished_;
+  int drained_calls_ = 0;
+};
+
+TEST_F(DispatcherTest, StartsJobsUpToTheLimitAtOnce) {
+  Make(/*max=*/3, /*reserved=*/0);
+  for (int i = 0; i < 5; ++i) SubmitOk("j" + std::to_string(i), Lane::kBackground);
+  EXPECT_EQ(started_, (std::vector<std::string>{"j0", "j1", "j2"}));
+  EXPECT_EQ(dispatcher_->in_flight(), 3);
+  EXPECT_EQ(dispatcher_->depth(Lane::kBackground), 2u);
+  Release("j1");
+  EXPECT_EQ(started_.back(), "j3");
+  EXPECT_EQ(dispatcher_->in_flight(), 3);
+  ASSERT_EQ(finished_.size(), 1u);
+  EXPECT_EQ(finished_[0].kind, WorkOutcome::Kind::kDone);
+}
+
+TEST_F(DispatcherTest, InteractiveLaneIsDispatchedBeforeBackground) {
+  Make(/*max=*/1, /*reserved=*/0);
+  SubmitOk("blocker", Lane::kBackground);
+  SubmitOk("bg1", Lane::kBackground);
+  SubmitOk("bg2", Lane::kBackground);
+  SubmitOk("int1", Lane::kInteractive);
+  SubmitOk("int2", Lane::kInteractive);
+  EXPECT_EQ(started_, std::vector<std::string>{"blocker"});
+  for (const char* key : {"blocker", "int1", "int2", "bg1", "bg2"}) Release(key);
+  EXPECT_EQ(started_, (std::vector<std::string>{"blocker", "int1", "int2", "bg1", "bg2"}));
+}
+
+TEST_F(DispatcherTest, BackgroundFloodNeverTakesTheReservedSlots) {
+  Make(/*max=*/4, /*reserved=*/2);
+  for (int i = 0; i < 50; ++i) SubmitOk("bg" + std::to_string(i), Lane::kBackground);
+  EXPECT_EQ(dispatcher_->in_flight(Lane::kBackground), 2);
+  EXPECT_EQ(dispatcher_->in_flight(), 2);
+  EXPECT_EQ(started_.size(), 2u);
+  // As background jobs finish, the next ones take only the same two slots.
+  for (int round = 0; round < 10; ++round) {
+    Release(started_[static_cast<size_t>(round)]);
+    EXPECT_EQ(dispatcher_->in_flight(Lane::kBackground), 2) << "round " << round;
+    EXPECT_EQ(dispatcher_->in_flight(), 2) << "round " << round;
+  }
+  // The reserved slots are free for interactive work at once.
+  SubmitOk("int1", Lane::kInteractive);
+  SubmitOk("int2", Lane::kInteractive);
+  EXPECT_TRUE(Started("int1"));
+  EXPECT_TRUE(Started("int2"));
+  EXPECT_EQ(dispatcher_->in_flight(), 4);
+  SubmitOk("int3", Lane::kInteractive);
+  EXPECT_FALSE(Started("int3")) << "the limit is 4";
+  // When an interactive job ends with background work waiting, the freed
+  // reserved slot still does not go to background work.
+  Release("int1");
+  EXPECT_EQ(started_.back(), "int3");
+  Release("int3");
+  EXPECT_EQ(dispatcher_->in_flight(Lane::kBackground), 2);
+  EXPECT_EQ(dispatcher_->in_flight(), 3);
+}
+
+TEST_F(DispatcherTest, InteractiveJobBehindThousandBackgroundJobsStartsAtTheNextFreeSlot) {
+  Make(/*max=*/2, /*reserved=*/0, /*interactive_capacity=*/10, /*background_capacity=*/1000);
+  for (int i = 0; i < 1000; ++i) SubmitOk("bg" + std::to_string(i), Lane::kBackground);
+  ASSERT_EQ(started_, (std::vector<std::string>{"bg0", "bg1"}));
+  EXPECT_EQ(dispatcher_->depth(Lane::kBackground), 998u);
+  SubmitOk("urgent", Lane::kInteractive);
+  EXPECT_FALSE(Started("urgent")) << "no slot was free";
+  EXPECT_EQ(dispatcher_->depth(Lane::kInteractive), 1u);
+  Release("bg0");
+  ASSERT_EQ(started_.size(), 3u);
+  EXPECT_EQ(started_[2], "urgent");
+  EXPECT_EQ(dispatcher_->depth(Lane::kBackground), 998u);
+  EXPECT_EQ(dispatcher_->depth(Lane::kInteractive), 0u);
+}
+
+TEST_F(DispatcherTest, InteractiveJobStartsAtOnceWhenASlotIsReserved) {
+  Make(/*max=*/2, /*reserved=*/1, /*interactive_capacity=*/10, /*background_capacity=*/1000);
+  for (int i = 0; i < 1000; ++i) SubmitOk("bg" + std::to_string(i), Lane::kBackground);
+  EXPECT_EQ(started_.size(), 1u);
+  SubmitOk("urgent", Lane::kInteractive);
+  ASSERT_EQ(started_.size(), 2u);
+  EXPECT_EQ(started_[1], "urgent");
+}
+
+TEST_F(DispatcherTest, FullLaneAnswersQueueFull) {
+  Make(/*max=*/1, /*reserved=*/0, /*interactive_capacity=*/1, /*background_capacity=*/2);
+  SubmitOk("running", Lane::kBackground);
+  SubmitOk("q1", Lane::kBackground);
+  SubmitOk("q2", Lane::kBackground);
+  EXPECT_EQ(dispatcher_->capacity(Lane::kBackground), 2u);
+  Status st = Submit("q3", Lane::kBackground);
+  EXPECT_EQ(st.code(), Status::Code::kQueueFull);
+  EXPECT_NE(st.message().find("background"), std::string::npos) << st.message();
+  EXPECT_EQ(dispatcher_->depth(Lane::kBackground), 2u);
+  // The other lane has its own room.
+  SubmitOk("i1", Lane::kInteractive);
+  EXPECT_EQ(Submit("i2", Lane::kInteractive).code(), Status::Code::kQueueFull);
+  // A pill still fits behind a full lane, and everything before it runs.
+  dispatcher_->PutPills();
+  gate_.OpenAll();
+  ASSERT_TRUE(RunUntil([&] { return dispatcher_->Drained(); }));
+  EXPECT_EQ(started_, (std::vector<std::string>{"running", "i1", "q1", "q2"}));
+}
+
+TEST_F(DispatcherTest, PillsLetQueuedJobsRunAndNothingAfterThem) {
+  Make(/*max=*/1, /*reserved=*/0);
+  SubmitOk("a", Lane::kBackground);
+  SubmitOk("b", Lane::kBackground);
+  SubmitOk("c", Lane::kBackground);
+  SubmitOk("i", Lane::kInteractive);
+  dispatcher_->PutPills();
+  EXPECT_TRUE(dispatcher_->pills_in());
+  EXPECT_FALSE(dispatcher_->Drained());
+  // Depths count jobs, not pills.
+  EXPECT_EQ(dispatcher_->depth(Lane::kBackground), 2u);
+  EXPECT_EQ(dispatcher_->depth(Lane::kInteractive), 1u);
+  Status late = Submit("late", Lane::kBackground);
+  EXPECT_EQ(late.code(), Status::Code::kUnavailable);
+  EXPECT_FALSE(late.message().empty());
+  EXPECT_EQ(Submit("late-i", Lane::kInteractive).code(), Status::Code::kUnavailable);
+  dispatcher_->PutPills();  // idempotent
+
+  for (const char* key : {"a", "i", "b", "c"}) Release(key);
+  EXPECT_TRUE(dispatcher_->Drained());
+  EXPECT_EQ(drained_calls_, 1);
+  EXPECT_EQ(started_, (std::vector<std::string>{"a", "i", "b", "c"}));
+  EXPECT_EQ(dispatcher_->dispatched(), 4u);
+  EXPECT_EQ(dispatcher_->depth(Lane::kBackground), 0u);
+  // Raising the limit after the pills dispatches nothing.
+  ASSERT_TRUE(dispatcher_->SetLimits(1, 4, 0).ok());
+  EXPECT_EQ(Submit("later", Lane::kInteractive).code(), Status::Code::kUnavailable);
+  EXPECT_EQ(dispatcher_->dispatched(), 4u);
+  EXPECT_EQ(dispatcher_->in_flight(), 0);
+}
+
+TEST_F(DispatcherTest, PillsOnAnIdleDispatcherDrainAtOnce) {
+  Make(/*max=*/2, /*reserved=*/0);
+  dispatcher_->PutPills();
+  EXPECT_TRUE(dispatcher_->Drained());
+  EXPECT_EQ(drained_calls_, 1);
+}
+
+TEST_F(DispatcherTest, TakeQueuedAfterPillsLeavesNothingToDispatch) {
+  Make(/*max=*/1, /*reserved=*/0);
+  SubmitOk("a", Lane::kBackground);
+  SubmitOk("b", Lane::kBackground);
+  SubmitOk("i", Lane::kInteractive);
+  dispatcher_->PutPills();
+  auto taken = dispatcher_->TakeQueued();
+  ASSERT_EQ(taken.size(), 2u);
+  EXPECT_EQ(dispatcher_->depth(Lane::kBackground), 0u);
+  Release("a");
+  EXPECT_EQ(started_, std::vector<std::string>{"a"});
+  EXPECT_TRUE(dispatcher_->Drained());
+}
+
+TEST_F(DispatcherTest, SetLimitsRaisesAndLowersTheLimit) {
+  Make(/*max=*/2, /*reserved=*/0);
+  for (int i = 0; i < 8; ++i) SubmitOk("j" + std::to_string(i), Lane::kBackground);
+  EXPECT_EQ(started_.size(), 2u);
+
+  // Raising max raises the limit and dispatches at once.
+  ASSERT_TRUE(dispatcher_->SetLimits(1, 4, 0).ok());
+  EXPECT_EQ(dispatcher_->limits().limit, 4);
+  EXPECT_EQ(started_.size(), 4u);
+  EXPECT_EQ(dispatcher_->in_flight(), 4);
+
+  // Lowering it preempts nothing, but nothing starts until below the limit.
+  ASSERT_TRUE(dispatcher_->SetLimits(1, 2, 0).ok());
+  EXPECT_EQ(dispatcher_->limits().limit, 2);
+  EXPECT_EQ(dispatcher_->in_flight(), 4);
+  Release(started_[0]);
+  Release(started_[1]);
+  EXPECT_EQ(started_.size(), 4u);
+  EXPECT_EQ(dispatcher_->in_flight(), 2);
+  Release(started_[2]);
+  EXPECT_EQ(started_.size(), 5u);
+  EXPECT_EQ(dispatcher_->in_flight(), 2);
+}
+
+TEST_F(DispatcherTest, SetLimitsRejectsImpossibleBounds) {
+  Make(/*max=*/2, /*reserved=*/0);
+  WorkerLimits before = dispatcher_->limits();
+  Status st = dispatcher_->SetLimits(3, 2, 0);
+  EXPECT_EQ(st.code(), Status::Code::kBadRequest);
+  EXPECT_NE(st.message().find("min"), std::string::npos) << st.message();
+  st = dispatcher_->SetLimits(1, kPoolSize + 1, 0);
+  EXPECT_EQ(st.code(), Status::Code::kBadRequest);
+  EXPECT_NE(st.message().find("thread pool"), std::string::npos) << st.message();
+  st = dispatcher_->SetLimits(1, 2, 2);
+  EXPECT_EQ(st.code(), Status::Code::kBadRequest);
+  EXPECT_NE(st.message().find("interactive_reserved"), std::string::npos) << st.message();
+  EXPECT_EQ(dispatcher_->SetLimits(0, 2, 0).code(), Status::Code::kBadRequest);
+  EXPECT_EQ(dispatcher_->limits().limit, before.limit);
+  EXPECT_EQ(dispatcher_->limits().max, before.max);
+  EXPECT_EQ(dispatcher_->limits().interactive_reserved, before.interactive_reserved);
+}
+
+TEST_F(DispatcherTest, CancelInFlightCancelsRunningAndPoolQueuedWork) {
+  // Eight in flight on four pool threads: four block in Run, four wait in
+  // libuv's queue. Both kinds must come back cancelled.
+  Make(/*max=*/kPoolSize, /*reserved=*/0);
+  for (int i = 0; i < kPoolSize; ++i) SubmitOk("j" + std::to_string(i), Lane::kBackground);
+  EXPECT_EQ(dispatcher_->in_flight(), kPoolSize);
+  ASSERT_TRUE(testing::WaitFor([&] { return gate_.entered() == kPoolThreads; }));
+  dispatcher_->CancelInFlight();
+  gate_.Wake();
+  ASSERT_TRUE(RunUntil([&] { return finished_.size() == static_cast<size_t>(kPoolSize); }));
+  for (const auto& f : finished_) {
+    EXPECT_EQ(f.kind, WorkOutcome::Kind::kCancelled) << f.key;
+  }
+  EXPECT_EQ(dispatcher_->in_flight(), 0);
+}
+
+TEST_F(DispatcherTest, JobCancelledWhileQueuedIsSkipped) {
+  Make(/*max=*/1, /*reserved=*/0);
+  SubmitOk("a", Lane::kBackground);
+  JobPtr b = NewJob("b", Lane::kBackground);
+  ASSERT_TRUE(dispatcher_->Enqueue(b).ok());
+  SubmitOk("c", Lane::kBackground);
+  b->state = JobState::kCancelled;  // what `cancel` does to a queued job
+  Release("a");
+  EXPECT_EQ(started_, (std::vector<std::string>{"a", "c"}));
+}
+
+TEST_F(DispatcherTest, UnknownKindFailsWithoutUsingASlot) {
+  Make(/*max=*/1, /*reserved=*/0);
+  ASSERT_TRUE(dispatcher_->Enqueue(NewJob("x", Lane::kBackground, "no-such-kind")).ok());
+  ASSERT_EQ(finished_.size(), 1u);
+  EXPECT_EQ(finished_[0].kind, WorkOutcome::Kind::kFailed);
+  EXPECT_EQ(dispatcher_->in_flight(), 0);
+  SubmitOk("next", Lane::kBackground);
+  EXPECT_TRUE(Started("next"));
+}
+
+}  // namespace
+}  // namespace digestd

@@ -1,0 +1,412 @@
+// JobStore against a real PostgreSQL: insert and duplicate keys, concurrent
+// claims, the lease guard, attempts, crash recovery, retention, lookups.
+#include "store/job_store.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "../support/pg_fixture.h"
+
+namespace digestd {
+namespace {
+
+using testing::Await;
+using testing::ConnectAndMigrate;
+using testing::TestLoop;
+
+NewJob Job(std::string key, Lane lane = Lane::kBackground, int max_attempts = 3,
+           std::string group = "") {
+  NewJob j;
+  j.key = std::move(key);
+  j.group = std::move(group);
+  j.kind = "noop";
+  j.lane = lane;
+  j.input = std::make_shared<const nlohmann::json>(nlohmann::json{{"sleep_ms", 1}});
+  j.max_attempts = max_attempts;
+  return j;
+}
+
+class JobStoreTest : public testing::PgTest {
+ protected:
+  void SetUp() override {
+    PgTest::SetUp();
+    if (HasFatalFailure()) return;
+    conn_ = std::make_unique<PgConn>(loop_.get(), PgConnOptions{conninfo()});
+    ASSERT_TRUE(ConnectAndMigrate(loop_, *conn_));
+    Scalar("TRUNCATE digestd.jobs");
+    store_ = std::make_unique<JobStore>(*conn_, "node-a");
+  }
+  void TearDown() override {
+    for (auto& c : extra_) c->Close();
+    if (conn_) conn_->Close();
+  }
+
+  // Another connection, as another daemon would have.
+  PgConn& ExtraConn() {
+    extra_.push_back(std::make_unique<PgConn>(loop_.get(), PgConnOptions{conninfo()}));
+    extra_.back()->Start();
+    EXPECT_TRUE(loop_.RunUntil([&] { return extra_.back()->up(); }));
+    return *extra_.back();
+  }
+
+  std::vector<InsertedJob> Insert(std::vector<NewJob> jobs) {
+    auto r = Await<Result<std::vector<InsertedJob>>>(
+        loop_, [&](auto cb) { return store_->InsertJobs(std::move(jobs), cb); });
+    EXPECT_TRUE(r && r->ok()) << (r ? r->status().ToString() : "");
+    return r && r->ok() ? r->value() : std::vector<InsertedJob>{};
+  }
+  std::vector<StoredJob> Claim(JobStore& s, Lane lane, int n, int lease_s = 60) {
+    auto r = Await<Result<std::vector<StoredJob>>>(
+        loop_, [&](auto cb) { return s.Claim(lane, n, lease_s, cb); });
+    EXPECT_TRUE(r && r->ok()) << (r ? r->status().ToString() : "");
+    return r && r->ok() ? r->value() : std::vector<StoredJob>{};
+  }
+  std::vector<bool> Finish(JobStore& s, std::vector<FinishRow> rows) {
+    auto r = Await<Result<std::vector<bool>>>(
+        loop_, [&](auto cb) { return s.Finish(std::move(rows), cb); });
+    EXPECT_TRUE(r && r->ok()) << (r ? r->status().ToString() : "");
+    return r && r->ok() ? r->value() : std::vector<bool>{};
+  }
+  RecoverCounts Recover(JobStore& s, bool startup) {
+    auto r =
+        Await<Result<RecoverCounts>>(loop_, [&](auto cb) { return s.RecoverExpired(startup, cb); });
+    EXPECT_TRUE(r && r->ok()) << (r ? r->status().ToString() : "");
+    return r && r->ok() ? r->value() : RecoverCounts{};
+  }
+  std::optional<StoredJob> Lookup(const std::string& key) {
+    auto r = Await<Result<std::optional<StoredJob>>>(
+        loop_, [&](auto cb) { return store_->Lookup(key, cb); });
+    EXPECT_TRUE(r && r->ok());
+    return r && r->ok() ? r->value() : std::nullopt;
+  }
+  // Makes every running lease look expired.
+  void ExpireLeases() {
+    Scalar(
+        "UPDATE digestd.jobs SET lease_until = now() - interval '1 second' "
+        "WHERE status = 'running'");
+  }
+
+  TestLoop loop_;  // first: destroyed last, after every handle is closed
+  std::unique_ptr<PgConn> conn_;
+  std::vector<std::unique_ptr<PgConn>> extra_;
+  std::unique_ptr<JobStore> store_;
+};
+
+FinishRow Done(const StoredJob& j, nlohmann::json result) {
+  return FinishRow{j.id, j.lease_token, j.key, JobState::kDone, std::move(result), ""};
+}
+
+TEST_F(JobStoreTest, InsertCreatesAndADuplicateKeyReturnsTheExistingJob) {
+  auto first = Insert({Job("a"), Job("b", Lane::kInteractive)});
+  ASSERT_EQ(first.size(), 2u);
+  EXPECT_TRUE(first[0].created);
+  EXPECT_TRUE(first[1].created);
+  EXPECT_NE(first[0].id, first[1].id);
+  // Claim "a" so the existing job's status is visible in the answer.
+  auto claimed = Claim(*store_, Lane::kBackground, 1);
+  ASSERT_EQ(claimed.size(), 1u);
+
+  auto again = Insert({Job("a"), Job("c")});
+  ASSERT_EQ(again.size(), 2u);
+  EXPECT_FALSE(again[0].created);
+  EXPECT_EQ(again[0].id, first[0].id);
+  EXPECT_EQ(again[0].status, JobState::kRunning);
+  EXPECT_TRUE(again[1].created);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM digestd.jobs"), "3");
+}
+
+TEST_F(JobStoreTest, SameKeyTwiceInOneInsertCreatesItOnce) {
+  auto r = Insert({Job("twice"), Job("twice"), Job("other")});
+  ASSERT_EQ(r.size(), 3u);
+  EXPECT_TRUE(r[0].created);
+  EXPECT_FALSE(r[1].created);
+  EXPECT_EQ(r[0].id, r[1].id);
+  EXPECT_TRUE(r[2].created);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM digestd.jobs WHERE key = 'twice'"), "1");
+}
+
+TEST_F(JobStoreTest, ConcurrentClaimersNeverGetTheSameJob) {
+  constexpr int kJobs = 300;
+  std::vector<NewJob> jobs;
+  for (int i = 0; i < kJobs; ++i) jobs.push_back(Job("j" + std::to_string(i)));
+  ASSERT_EQ(Insert(std::move(jobs)).size(), static_cast<size_t>(kJobs));
+
+  // Three daemons, each with two claims in flight at once, until none is left.
+  std::vector<std::unique_ptr<JobStore>> stores;
+  for (int i = 0; i < 3; ++i) {
+    stores.push_back(std::make_unique<JobStore>(ExtraConn(), "node-" + std::to_string(i)));
+  }
+  std::vector<StoredJob> all;
+  int active = 0;
+  std::function<void(JobStore*)> claim = [&](JobStore* s) {
+    ++active;
+    Status st = s->Claim(Lane::kBackground, 7, 60, [&, s](Result<std::vector<StoredJob>> r) {
+      --active;
+      ASSERT_TRUE(r.ok()) << r.status().ToString();
+      if (r->empty()) return;
+      for (auto& j : *r) all.push_back(std::move(j));
+      claim(s);
+    });
+    ASSERT_TRUE(st.ok());
+  };
+  for (auto& s : stores) {
+    claim(s.get());
+    claim(s.get());
+  }
+  ASSERT_TRUE(loop_.RunUntil([&] { return active == 0; }));
+  ASSERT_EQ(all.size(), static_cast<size_t>(kJobs));
+  std::set<uint64_t> ids;
+  std::set<int64_t> tokens;
+  std::set<std::string> owners;
+  for (const auto& j : all) {
+    ids.insert(j.id);
+    tokens.insert(j.lease_token);
+    owners.insert(j.lease_owner);
+    EXPECT_EQ(j.state, JobState::kRunning);
+    EXPECT_EQ(j.attempts, 1);
+  }
+  EXPECT_EQ(ids.size(), static_cast<size_t>(kJobs)) << "a job was claimed twice";
+  EXPECT_EQ(tokens.size(), static_cast<size_t>(kJobs)) << "lease tokens must be unique";
+  EXPECT_EQ(owners.size(), 3u) << "every daemon should have claimed some";
+  EXPECT_EQ(Scalar("SELECT count(*) FROM digestd.jobs WHERE status = 'running'"),
+            std::to_string(kJobs));
+}
+
+TEST_F(JobStoreTest, ClaimTakesOneLaneOldestFirstAndOnlyDueJobs) {
+  Insert({Job("bg1"), Job("int1", Lane::kInteractive), Job("bg2"), Job("int2", Lane::kInteractive),
+          Job("later", Lane::kInteractive)});
+  Scalar("UPDATE digestd.jobs SET run_after = now() + interval '1 hour' WHERE key = 'later'");
+  auto got = Claim(*store_, Lane::kInteractive, 10);
+  ASSERT_EQ(got.size(), 2u);
+  EXPECT_EQ(got[0].key, "int1");
+  EXPECT_EQ(got[1].key, "int2");
+  EXPECT_EQ(got[0].lease_owner, "node-a");
+  EXPECT_EQ(got[0].input, (nlohmann::json{{"sleep_ms", 1}}));
+  EXPECT_EQ(got[0].lane, Lane::kInteractive);
+  EXPECT_GT(got[0].started_at_ms, 0);
+  auto bg = Claim(*store_, Lane::kBackground, 1);
+  ASSERT_EQ(bg.size(), 1u);
+  EXPECT_EQ(bg[0].key, "bg1");
+  EXPECT_TRUE(Claim(*store_, Lane::kInteractive, 10).empty());
+}
+
+TEST_F(JobStoreTest, LeaseGuardIgnoresAStaleTokensLateResult) {
+  Insert({Job("slow")});
+  auto first = Claim(*store_, Lane::kBackground, 1);
+  ASSERT_EQ(first.size(), 1u);
+  // The worker hangs; its lease expires; the job is rescued and claimed again.
+  ExpireLeases();
+  EXPECT_EQ(Recover(*store_, false).requeued, 1u);
+  JobStore other(ExtraConn(), "node-b");
+  auto second = Claim(other, Lane::kBackground, 1);
+  ASSERT_EQ(second.size(), 1u);
+  EXPECT_NE(second[0].lease_token, first[0].lease_token);
+  EXPECT_EQ(second[0].attempts, 2);
+
+  // The hung worker's late result is ignored...
+  EXPECT_EQ(Finish(*store_, {Done(first[0], {{"by", "stale"}})}), std::vector<bool>{false});
+  // ...also from the rescuer's node with the old token...
+  EXPECT_EQ(Finish(other, {Done(first[0], {{"by", "stale"}})}), std::vector<bool>{false});
+  // ...and the rescuer's result is stored, idempotently.
+  EXPECT_EQ(Finish(other, {Done(second[0], {{"by", "rescuer"}})}), std::vector<bool>{true});
+  std::string finished = Scalar("SELECT finished_at::text FROM digestd.jobs WHERE key = 'slow'");
+  EXPECT_EQ(Finish(other, {Done(second[0], {{"by", "rescuer"}})}), std::vector<bool>{true})
+      << "a repeat of a committed finish is accepted and changes nothing";
+  EXPECT_EQ(Scalar("SELECT finished_at::text FROM digestd.jobs WHERE key = 'slow'"), finished);
+  auto row = Lookup("slow");
+  ASSERT_TRUE(row);
+  EXPECT_EQ(row->state, JobState::kDone);
+  EXPECT_EQ(row->result, (nlohmann::json{{"by", "rescuer"}}));
+  // Late stale result after the finish: still ignored.
+  EXPECT_EQ(Finish(*store_, {Done(first[0], {{"by", "stale"}})}), std::vector<bool>{false});
+}
+
+TEST_F(JobStoreTest, CrashedWorkersSpendAttemptsUntilTheJobFails) {
+  Insert({Job("poison", Lane::kBackground, 2)});
+  // Attempt 1: the daemon dies (its lease expires).
+  ASSERT_EQ(Claim(*store_, Lane::kBackground, 1).at(0).attempts, 1);
+  ExpireLeases();
+  RecoverCounts c1 = Recover(*store_, false);
+  EXPECT_EQ(c1.requeued, 1u);
+  EXPECT_TRUE(c1.failed_keys.empty());
+  // Attempt 2: the restarted daemon reclaims its own at startup.
+  ASSERT_EQ(Claim(*store_, Lane::kBackground, 1).at(0).attempts, 2);
+  RecoverCounts c2 = Recover(*store_, true);
+  EXPECT_EQ(c2.requeued, 0u);
+  ASSERT_EQ(c2.failed_keys, std::vector<std::string>{"poison"});
+  auto row = Lookup("poison");
+  ASSERT_TRUE(row);
+  EXPECT_EQ(row->state, JobState::kFailed);
+  EXPECT_EQ(row->attempts, 2);
+  EXPECT_NE(row->error.find("worker crashed"), std::string::npos) << row->error;
+  EXPECT_NE(row->error.find("attempt 2 of 2"), std::string::npos) << row->error;
+  EXPECT_GT(row->finished_at_ms, 0);
+  EXPECT_TRUE(Claim(*store_, Lane::kBackground, 1).empty());
+}
+
+TEST_F(JobStoreTest, StartupRecoveryTakesBackOnlyThisNodesJobs) {
+  Insert({Job("a1"), Job("a2"), Job("b1")});
+  JobStore b(ExtraConn(), "node-b");
+  ASSERT_EQ(Claim(*store_, Lane::kBackground, 2).size(), 2u);
+  ASSERT_EQ(Claim(b, Lane::kBackground, 1).size(), 1u);
+  EXPECT_EQ(Recover(*store_, false).requeued, 0u) << "no lease has expired";
+  EXPECT_EQ(Recover(*store_, true).requeued, 2u);
+  EXPECT_EQ(Scalar("SELECT string_agg(key || ':' || status, ',' ORDER BY key) FROM digestd.jobs"),
+            "a1:queued,a2:queued,b1:running");
+  EXPECT_EQ(Scalar("SELECT count(*) FROM digestd.jobs WHERE lease_owner IS NOT NULL AND "
+                   "status = 'queued'"),
+            "0");
+}
+
+TEST_F(JobStoreTest, ReleaseGivesTheAttemptBackAndRequeueDelays) {
+  Insert({Job("r1"), Job("r2")});
+  auto got = Claim(*store_, Lane::kBackground, 2);
+  ASSERT_EQ(got.size(), 2u);
+  auto rel = Await<Result<std::vector<bool>>>(loop_, [&](auto cb) {
+    return store_->Release({LeaseRef{got[0].id, got[0].lease_token}}, cb);
+  });
+  ASSERT_TRUE(rel && rel->ok());
+  EXPECT_EQ(rel->value(), std::vector<bool>{true});
+  auto req = Await<Result<std::vector<bool>>>(loop_, [&](auto cb) {
+    return store_->Requeue({RequeueRow{got[1].id, got[1].lease_token, 3600000, false, "HTTP 500"}},
+                           cb);
+  });
+  ASSERT_TRUE(req && req->ok());
+  EXPECT_EQ(req->value(), std::vector<bool>{true});
+  auto r1 = Lookup(got[0].key);
+  auto r2 = Lookup(got[1].key);
+  EXPECT_EQ(r1->state, JobState::kQueued);
+  EXPECT_EQ(r1->attempts, 0) << "a released job did not spend its attempt";
+  EXPECT_EQ(r2->state, JobState::kQueued);
+  EXPECT_EQ(r2->attempts, 1) << "a retried job spent its attempt";
+  EXPECT_EQ(r2->error, "HTTP 500");
+  EXPECT_TRUE(r1->lease_owner.empty());
+  // Only the released one is due now.
+  auto again = Claim(*store_, Lane::kBackground, 5);
+  ASSERT_EQ(again.size(), 1u);
+  EXPECT_EQ(again[0].key, got[0].key);
+  // A stale release is ignored.
+  auto stale = Await<Result<std::vector<bool>>>(loop_, [&](auto cb) {
+    return store_->Release({LeaseRef{got[0].id, got[0].lease_token}}, cb);
+  });
+  EXPECT_EQ(stale->value(), std::vector<bool>{false});
+}
+
+TEST_F(JobStoreTest, RenewExtendsLeasesAndReportsTheLostOnes) {
+  Insert({Job("keep"), Job("lose")});
+  auto got = Claim(*store_, Lane::kBackground, 2, 5);
+  ASSERT_EQ(got.size(), 2u);
+  Scalar(
+      "UPDATE digestd.jobs SET status = 'queued', lease_owner = NULL, lease_until = NULL "
+      "WHERE key = 'lose'");
+  auto r = Await<Result<std::vector<uint64_t>>>(loop_, [&](auto cb) {
+    return store_->RenewLeases(
+        {LeaseRef{got[0].id, got[0].lease_token}, LeaseRef{got[1].id, got[1].lease_token}}, 600,
+        cb);
+  });
+  ASSERT_TRUE(r && r->ok());
+  uint64_t lose_id = got[0].key == "lose" ? got[0].id : got[1].id;
+  EXPECT_EQ(r->value(), std::vector<uint64_t>{lose_id});
+  EXPECT_EQ(Scalar("SELECT lease_until > now() + interval '500 seconds' FROM digestd.jobs "
+                   "WHERE key = 'keep'"),
+            "t");
+}
+
+TEST_F(JobStoreTest, RetentionDeletesOnlyOldFinishedJobsInBatches) {
+  std::vector<NewJob> jobs;
+  for (int i = 0; i < 7; ++i) jobs.push_back(Job("old" + std::to_string(i)));
+  jobs.push_back(Job("fresh"));
+  jobs.push_back(Job("waiting"));
+  Insert(std::move(jobs));
+  Scalar(
+      "UPDATE digestd.jobs SET status = 'done', finished_at = now() - interval '2 hours' "
+      "WHERE key LIKE 'old%'");
+  Scalar("UPDATE digestd.jobs SET status = 'failed', finished_at = now() WHERE key = 'fresh'");
+  Scalar("UPDATE digestd.jobs SET created_at = now() - interval '3 hours' WHERE key = 'waiting'");
+  std::vector<uint64_t> deleted;
+  for (;;) {
+    auto r = Await<Result<uint64_t>>(
+        loop_, [&](auto cb) { return store_->DeleteFinishedOlderThan(3600, 3, cb); });
+    ASSERT_TRUE(r && r->ok());
+    deleted.push_back(r->value());
+    if (r->value() < 3) break;
+  }
+  EXPECT_EQ(deleted, (std::vector<uint64_t>{3, 3, 1}));
+  EXPECT_EQ(Scalar("SELECT string_agg(key, ',' ORDER BY key) FROM digestd.jobs"), "fresh,waiting");
+}
+
+TEST_F(JobStoreTest, LookupsBacklogAndCancel) {
+  Insert({Job("g1", Lane::kBackground, 3, "grp"), Job("g2", Lane::kInteractive, 3, "grp"),
+          Job("solo"), Job("delayed")});
+  Scalar("UPDATE digestd.jobs SET run_after = now() + interval '1 hour' WHERE key = 'delayed'");
+  auto claimed = Claim(*store_, Lane::kInteractive, 1);
+  ASSERT_EQ(claimed.size(), 1u);
+  ASSERT_EQ(Finish(*store_, {Done(claimed[0], {{"v", 1}})}), std::vector<bool>{true});
+
+  auto group = Await<Result<std::vector<StoredJob>>>(
+      loop_, [&](auto cb) { return store_->LookupGroup("grp", cb); });
+  ASSERT_TRUE(group && group->ok());
+  ASSERT_EQ(group->value().size(), 2u);
+  EXPECT_EQ(group->value()[0].key, "g1");
+  EXPECT_EQ(group->value()[1].state, JobState::kDone);
+  EXPECT_EQ(group->value()[1].result, (nlohmann::json{{"v", 1}}));
+  EXPECT_EQ(group->value()[1].group, "grp");
+  EXPECT_FALSE(Lookup("nope").has_value());
+
+  auto backlog = Await<Result<Backlog>>(loop_, [&](auto cb) { return store_->BacklogCounts(cb); });
+  ASSERT_TRUE(backlog && backlog->ok());
+  EXPECT_EQ(backlog->value().queued[1], 2);  // g1, solo
+  EXPECT_EQ(backlog->value().delayed[1], 1);
+  EXPECT_EQ(backlog->value().queued[0], 0);
+  EXPECT_EQ(backlog->value().running[0], 0);
+
+  auto cancel = Await<Result<bool>>(
+      loop_, [&](auto cb) { return store_->CancelQueued("solo", "cancelled by request", cb); });
+  ASSERT_TRUE(cancel && cancel->ok());
+  EXPECT_TRUE(cancel->value());
+  auto twice = Await<Result<bool>>(
+      loop_, [&](auto cb) { return store_->CancelQueued("solo", "cancelled by request", cb); });
+  EXPECT_FALSE(twice->value());
+  EXPECT_EQ(Lookup("solo")->state, JobState::kCancelled);
+}
+
+TEST_F(JobStoreTest, ResultsWithNulCharactersAreStored) {
+  Insert({Job("nul")});
+  auto got = Claim(*store_, Lane::kBackground, 1);
+  ASSERT_EQ(got.size(), 1u);
+  nlohmann::json result = {{"text", std::string("a\0b", 3)}, {std::string("k\0", 2), "v"}};
+  FinishRow row = Done(got[0], result);
+  row.state = JobState::kDone;
+  EXPECT_EQ(Finish(*store_, {row}), std::vector<bool>{true});
+  auto stored = Lookup("nul");
+  ASSERT_TRUE(stored);
+  EXPECT_EQ(stored->result["text"],
+            "a\xEF\xBF\xBD"
+            "b");
+}
+
+TEST(JobStoreSql, NotifyPayloadsStayUnderTheLimit) {
+  std::vector<std::string> keys;
+  for (int i = 0; i < 100; ++i) keys.push_back(std::string(300, 'k') + std::to_string(i));
+  keys.push_back(std::string(9000, 'x'));  // can never fit
+  auto stmts = JobStore::NotifyStatements(keys);
+  size_t seen = 0;
+  for (const auto& s : stmts) {
+    ASSERT_EQ(s.params.size(), 2u);
+    EXPECT_EQ(*s.params[0], kDoneChannel);
+    EXPECT_LE(s.params[1]->size(), kNotifyPayloadMax);
+    auto arr = nlohmann::json::parse(*s.params[1]);
+    seen += arr.size();
+  }
+  EXPECT_EQ(seen, 100u);
+  EXPECT_GE(stmts.size(), 4u);
+  EXPECT_TRUE(JobStore::NotifyStatements({}).empty());
+}
+
+}  // namespace
+}  // namespace digestd

@@ -1,0 +1,337 @@
+// PgConn against a real PostgreSQL: async connect, pipelined units, errors,
+// notifications, connection loss and reconnect, secrets kept out of messages.
+#include "store/pg_conn.h"
+
+#include <arpa/inet.h>
+#include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <string>
+#include <vector>
+
+#include "../support/pg_fixture.h"
+
+namespace digestd {
+namespace {
+
+using testing::Await;
+using testing::PgServer;
+using testing::TestLoop;
+
+class PgConnTest : public testing::PgTest {};
+
+using QueryResult = Result<PgResult>;
+using UnitResult = Result<std::vector<PgResult>>;
+
+PgStatement Sql(std::string sql, std::vector<std::optional<std::string>> params = {},
+                std::string name = {}) {
+  return PgStatement{std::move(sql), std::move(params), std::move(name)};
+}
+
+TEST_F(PgConnTest, ConnectsAndRunsAParameterisedQuery) {
+  TestLoop loop;
+  PgConn conn(loop.get(), {conninfo()});
+  conn.Start();
+  ASSERT_TRUE(loop.RunUntil([&] { return conn.up(); })) << conn.state().last_error;
+  EXPECT_GT(conn.state().server_version, 100000);
+  EXPECT_EQ(conn.state().connects, 1u);
+
+  auto r = Await<QueryResult>(loop, [&](auto cb) {
+    return conn.Query(Sql("SELECT $1::int + 1, $2::text IS NULL, $3::text",
+                          {"41", std::nullopt, "it's \"quoted\""}),
+                      cb);
+  });
+  ASSERT_TRUE(r && r->ok()) << r->status().ToString();
+  ASSERT_EQ((*r)->rows(), 1);
+  EXPECT_EQ((*r)->Int(0, 0), 42);
+  EXPECT_TRUE((*r)->Bool(0, 1));
+  EXPECT_EQ((*r)->Text(0, 2), "it's \"quoted\"");
+  conn.Close();
+}
+
+TEST_F(PgConnTest, PipelinedUnitsAnswerInOrder) {
+  TestLoop loop;
+  PgConn conn(loop.get(), {conninfo()});
+  conn.Start();
+  ASSERT_TRUE(loop.RunUntil([&] { return conn.up(); }));
+  std::vector<int64_t> seen;
+  constexpr int kUnits = 300;
+  for (int i = 0; i < kUnits; ++i) {
+    // Named: prepared once, in the first unit's pipeline, then reused.
+    ASSERT_TRUE(conn.Query(Sql("SELECT $1::bigint", {std::to_string(i)}, "echo"),
+                           [&](QueryResult r) {
+                             ASSERT_TRUE(r.ok()) << r.status().ToString();
+                             seen.push_back(r->Int(0, 0));
+                           })
+                    .ok());
+  }
+  EXPECT_EQ(conn.units_in_flight(), static_cast<size_t>(kUnits));
+  ASSERT_TRUE(loop.RunUntil([&] { return seen.size() == kUnits; }));
+  for (int i = 0; i < kUnits; ++i) EXPECT_EQ(seen[static_cast<size_t>(i)], i);
+  conn.Close();
+}
+
+TEST_F(PgConnTest, UnitIsOneTransactionAndAFailureRollsBackOnlyItsUnit) {
+  TestLoop loop;
+  PgConn conn(loop.get(), {conninfo()});
+  conn.Start();
+  ASSERT_TRUE(loop.RunUntil([&] { return conn.up(); }));
+  auto made = Await<QueryResult>(loop, [&](auto cb) {
+    return conn.Query(Sql("CREATE TABLE unit_tx (v int PRIMARY KEY)"), cb);
+  });
+  ASSERT_TRUE(made && made->ok()) << made->status().ToString();
+
+  std::optional<UnitResult> failed;
+  std::optional<UnitResult> after;
+  std::vector<PgStatement> bad;
+  bad.push_back(Sql("INSERT INTO unit_tx VALUES (1)"));
+  bad.push_back(Sql("SELECT 1 / $1::int", {"0"}));  // division_by_zero, class 22
+  bad.push_back(Sql("INSERT INTO unit_tx VALUES (2)"));
+  ASSERT_TRUE(conn.Send(std::move(bad), [&](UnitResult r) { failed.emplace(std::move(r)); }).ok());
+  // Sent before the first one failed: the session must not be left in an
+  // aborted transaction.
+  std::vector<PgStatement> good;
+  good.push_back(Sql("INSERT INTO unit_tx VALUES (3)"));
+  good.push_back(Sql("SELECT count(*) FROM unit_tx"));
+  ASSERT_TRUE(conn.Send(std::move(good), [&](UnitResult r) { after.emplace(std::move(r)); }).ok());
+  ASSERT_TRUE(loop.RunUntil([&] { return failed && after; }));
+
+  ASSERT_FALSE(failed->ok());
+  EXPECT_EQ(failed->status().code(), Status::Code::kBadRequest);
+  EXPECT_NE(failed->status().message().find("SQLSTATE 22012"), std::string::npos)
+      << failed->status().message();
+  ASSERT_TRUE(after->ok()) << after->status().ToString();
+  ASSERT_EQ((*after)->size(), 2u);
+  EXPECT_EQ((**after)[1].Int(0, 0), 1) << "row 1 of the failed unit must have been rolled back";
+  EXPECT_EQ(Scalar("SELECT string_agg(v::text, ',') FROM unit_tx"), "3");
+  conn.Close();
+}
+
+TEST_F(PgConnTest, ServerErrorsMapToStatusCodes) {
+  TestLoop loop;
+  PgConn conn(loop.get(), {conninfo()});
+  conn.Start();
+  ASSERT_TRUE(loop.RunUntil([&] { return conn.up(); }));
+  auto syntax = Await<QueryResult>(loop, [&](auto cb) { return conn.Query(Sql("SELEC 1"), cb); });
+  ASSERT_TRUE(syntax && !syntax->ok());
+  EXPECT_EQ(syntax->status().code(), Status::Code::kInternal);
+  EXPECT_NE(syntax->status().message().find("42601"), std::string::npos);
+
+  // A prepared statement that fails to prepare is prepared again next time.
+  auto bad_prep = Await<QueryResult>(
+      loop, [&](auto cb) { return conn.Query(Sql("SELECT * FROM no_such_table", {}, "np"), cb); });
+  ASSERT_TRUE(bad_prep && !bad_prep->ok());
+  Scalar("CREATE TABLE no_such_table (x int)");
+  auto good_prep = Await<QueryResult>(
+      loop, [&](auto cb) { return conn.Query(Sql("SELECT * FROM no_such_table", {}, "np"), cb); });
+  ASSERT_TRUE(good_prep && good_prep->ok()) << good_prep->status().ToString();
+  conn.Close();
+}
+
+TEST_F(PgConnTest, NotificationsReachTheHandler) {
+  TestLoop loop;
+  PgConn listener(loop.get(), {conninfo()});
+  PgConn sender(loop.get(), {conninfo()});
+  std::vector<std::pair<std::string, std::string>> got;
+  listener.SetNotifyHandler(
+      [&](const std::string& ch, const std::string& payload) { got.emplace_back(ch, payload); });
+  listener.Start();
+  sender.Start();
+  ASSERT_TRUE(loop.RunUntil([&] { return listener.up() && sender.up(); }));
+  auto l =
+      Await<QueryResult>(loop, [&](auto cb) { return listener.Query(Sql("LISTEN t_chan"), cb); });
+  ASSERT_TRUE(l && l->ok());
+  auto n = Await<QueryResult>(loop, [&](auto cb) {
+    return sender.Query(Sql("SELECT pg_notify('t_chan', $1)", {"hello"}), cb);
+  });
+  ASSERT_TRUE(n && n->ok());
+  ASSERT_TRUE(loop.RunUntil([&] { return !got.empty(); }));
+  EXPECT_EQ(got[0].first, "t_chan");
+  EXPECT_EQ(got[0].second, "hello");
+  listener.Close();
+  sender.Close();
+}
+
+TEST_F(PgConnTest, ResolvesAHostNameOffTheLoopAndConnectsOverTcp) {
+  TestLoop loop;
+  PgConn conn(loop.get(), {"host=localhost port=" + server()->port() + " dbname=" + db() +
+                           " user=postgres sslmode=disable"});
+  conn.Start();
+  ASSERT_TRUE(loop.RunUntil([&] { return conn.up(); })) << conn.state().last_error;
+  auto r = Await<QueryResult>(
+      loop, [&](auto cb) { return conn.Query(Sql("SELECT inet_server_addr() IS NOT NULL"), cb); });
+  ASSERT_TRUE(r && r->ok());
+  EXPECT_TRUE((*r)->Bool(0, 0)) << "expected a TCP connection";
+  conn.Close();
+}
+
+TEST_F(PgConnTest, DownConnectionRefusesWorkAndSaysWhyAndWhen) {
+  TestLoop loop;
+  PgConnOptions o;
+  o.conninfo = "host=/nonexistent-dir port=5999 dbname=x user=u";
+  o.reconnect_min_ms = 100;
+  o.reconnect_max_ms = 400;
+  PgConn conn(loop.get(), o);
+  int observed = 0;
+  conn.AddStateObserver([&](bool, const Status&) { ++observed; });
+  conn.Start();
+  ASSERT_TRUE(loop.RunUntil([&] { return !conn.state().last_error.empty(); }));
+  PgConnState s = conn.state();
+  EXPECT_FALSE(s.up);
+  EXPECT_NE(s.last_error.find("nonexistent-dir"), std::string::npos) << s.last_error;
+  EXPECT_GT(s.next_attempt_unix_ms, 0);
+  bool called = false;
+  Status st = conn.Query(Sql("SELECT 1"), [&](QueryResult) { called = true; });
+  EXPECT_EQ(st.code(), Status::Code::kUnavailable);
+  // Attempts go on with backoff.
+  int64_t first = conn.state().last_error_unix_ms;
+  ASSERT_TRUE(loop.RunUntil([&] { return conn.state().last_error_unix_ms != first; }));
+  conn.Close();
+  loop.RunFor(std::chrono::milliseconds(20));
+  EXPECT_FALSE(called) << "a refused call must never call its callback";
+  EXPECT_EQ(observed, 0) << "never up, so never a change";
+}
+
+TEST_F(PgConnTest, PasswordsNeverAppearInMessages) {
+  TestLoop loop;
+  for (std::string info : {"host=/nonexistent-dir port=5999 user=u password=hunter2xyz dbname=x",
+                           "postgresql://u:hunter2xyz@/x?host=/nonexistent-dir&port=5999",
+                           "postgresql:///x?host=/nonexistent-dir&password=hunter2xyz",
+                           "host=/nonexistent-dir password='hunter2xyz' bogus_option=1"}) {
+    PgConn conn(loop.get(), {info});
+    conn.Start();
+    ASSERT_TRUE(loop.RunUntil([&] { return !conn.state().last_error.empty(); })) << info;
+    PgConnState s = conn.state();
+    EXPECT_EQ(s.last_error.find("hunter2"), std::string::npos) << s.last_error;
+    EXPECT_EQ(s.target.find("hunter2"), std::string::npos) << s.target;
+    EXPECT_EQ(conn.Describe().find("hunter2"), std::string::npos);
+    conn.Close();
+  }
+  EXPECT_EQ(RedactConninfo("postgresql://me:s3cret@db/x?password=s3cret"),
+            "postgresql://me:***@db/x?password=***");
+  EXPECT_EQ(RedactConninfo("host=db password = 'a b' user=me"), "host=db password = *** user=me");
+}
+
+TEST_F(PgConnTest, ConnectAttemptThatHangsTimesOut) {
+  // A listening socket that never accepts: the TCP handshake completes in
+  // the kernel, the startup packet is never answered.
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  ASSERT_EQ(listen(fd, 8), 0);
+  socklen_t len = sizeof addr;
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  TestLoop loop;
+  PgConnOptions o;
+  o.conninfo = "host=127.0.0.1 port=" + std::to_string(ntohs(addr.sin_port)) +
+               " dbname=x user=u sslmode=disable";
+  o.connect_timeout_ms = 300;
+  PgConn conn(loop.get(), o);
+  conn.Start();
+  ASSERT_TRUE(loop.RunUntil([&] { return !conn.state().last_error.empty(); }));
+  EXPECT_NE(conn.state().last_error.find("no connection after 300 ms"), std::string::npos)
+      << conn.state().last_error;
+  conn.Close();
+  close(fd);
+}
+
+TEST_F(PgConnTest, CloseFailsPendingUnitsOnceAndIsIdempotent) {
+  TestLoop loop;
+  PgConn conn(loop.get(), {conninfo()});
+  conn.Start();
+  ASSERT_TRUE(loop.RunUntil([&] { return conn.up(); }));
+  int calls = 0;
+  Status seen;
+  ASSERT_TRUE(conn.Query(Sql("SELECT pg_sleep(5)"),
+                         [&](QueryResult r) {
+                           ++calls;
+                           seen = r.status();
+                         })
+                  .ok());
+  conn.Close();
+  EXPECT_EQ(calls, 1);
+  EXPECT_EQ(seen.code(), Status::Code::kUnavailable);
+  conn.Close();
+  EXPECT_EQ(calls, 1);
+  EXPECT_TRUE(conn.closed());
+  conn.Start();  // does nothing after Close
+  EXPECT_FALSE(conn.up());
+}
+
+TEST_F(PgConnTest, StalledQueryDropsTheConnectionAfterQueryTimeout) {
+  TestLoop loop;
+  PgConnOptions o;
+  o.conninfo = conninfo();
+  o.query_timeout_ms = 300;
+  PgConn conn(loop.get(), o);
+  conn.Start();
+  ASSERT_TRUE(loop.RunUntil([&] { return conn.up(); }));
+  auto r =
+      Await<QueryResult>(loop, [&](auto cb) { return conn.Query(Sql("SELECT pg_sleep(3)"), cb); });
+  ASSERT_TRUE(r);
+  EXPECT_EQ(r->status().code(), Status::Code::kUnavailable);
+  EXPECT_NE(conn.state().last_error.find("no answer"), std::string::npos)
+      << conn.state().last_error;
+  ASSERT_TRUE(loop.RunUntil([&] { return conn.up(); })) << "reconnects";
+  EXPECT_EQ(conn.state().connects, 2u);
+  conn.Close();
+}
+
+TEST(PgConnOutage, ServerStopFailsPendingUnitsOnceThenReconnects) {
+  std::string error;
+  auto pg = PgServer::StartPrivate(&error);
+  ASSERT_TRUE(pg) << error;
+  TestLoop loop;
+  PgConnOptions o;
+  o.conninfo = pg->Conninfo("digestd");
+  o.reconnect_min_ms = 50;
+  o.reconnect_max_ms = 200;
+  PgConn conn(loop.get(), o);
+  std::vector<bool> changes;
+  conn.AddStateObserver([&](bool up, const Status&) { changes.push_back(up); });
+  conn.Start();
+  ASSERT_TRUE(loop.RunUntil([&] { return conn.up(); }));
+  auto before = Await<QueryResult>(
+      loop, [&](auto cb) { return conn.Query(Sql("SELECT $1::int", {"7"}, "seven"), cb); });
+  ASSERT_TRUE(before && before->ok());
+
+  int calls = 0;
+  Status seen;
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(conn.Query(Sql("SELECT pg_sleep(30)"),
+                           [&](QueryResult r) {
+                             ++calls;
+                             seen = r.status();
+                           })
+                    .ok());
+  }
+  loop.RunFor(std::chrono::milliseconds(50));  // the queries reach the server
+  ASSERT_TRUE(pg->Stop("fast").ok());
+  ASSERT_TRUE(loop.RunUntil([&] { return calls == 3; }));
+  EXPECT_EQ(seen.code(), Status::Code::kUnavailable) << seen.ToString();
+  EXPECT_FALSE(conn.up());
+  EXPECT_EQ(conn.state().disconnects, 1u);
+  EXPECT_FALSE(conn.state().last_error.empty());
+  ASSERT_EQ(changes, (std::vector<bool>{true, false}));
+  // While down, attempts fail and back off.
+  ASSERT_TRUE(loop.RunUntil([&] { return conn.state().next_attempt_unix_ms > 0; }));
+
+  ASSERT_TRUE(pg->Start().ok());
+  ASSERT_TRUE(loop.RunUntil([&] { return conn.up(); })) << conn.state().last_error;
+  EXPECT_EQ(changes.back(), true);
+  // The named statement is prepared again on the new session.
+  auto after = Await<QueryResult>(
+      loop, [&](auto cb) { return conn.Query(Sql("SELECT $1::int", {"8"}, "seven"), cb); });
+  ASSERT_TRUE(after && after->ok()) << after->status().ToString();
+  EXPECT_EQ((*after)->Int(0, 0), 8);
+  EXPECT_EQ(calls, 3) << "each pending callback ran exactly once";
+  conn.Close();
+}
+
+}  // namespace
+}  // namespace digestd
