@@ -263,7 +263,7 @@ std::string Trimmed(const std::string& s) {
 }
 
 // The delays digestd logged for `key`'s retries, in order ("job K: …; retry
-// N in D ms"). (No std::regex: GCC 12 warns inside it under the sanitizers.)
+// N in D ms").
 std::vector<int64_t> LoggedRetryDelays(const std::string& log, const std::string& key) {
   std::vector<int64_t> out;
   for (const auto& line : testing::SplitLines(log)) {
