@@ -100,27 +100,27 @@ node_id = "status-node"
   EXPECT_EQ(s["node_id"], "status-node");
   EXPECT_EQ(s["state"], "running");
 
-  const json& w = s["workers"];
+  json w = s["workers"];
   EXPECT_EQ(w["limit"], 6) << s.dump();
   EXPECT_EQ(w["min"], 2);
   EXPECT_EQ(w["max"], 6);
   EXPECT_EQ(w["busy"], 0);
   EXPECT_EQ(w["reserved"], 1);
 
-  const json& q = s["queues"];
+  json q = s["queues"];
   EXPECT_EQ(q["interactive"]["depth"], 0) << s.dump();
   EXPECT_EQ(q["interactive"]["capacity"], 7);
   EXPECT_EQ(q["background"]["depth"], 0);
   EXPECT_EQ(q["background"]["capacity"], 9);
 
-  const json& j = s["jobs"];
+  json j = s["jobs"];
   EXPECT_EQ(j["submitted"], 1) << s.dump();
   EXPECT_EQ(j["running"], 0);
   EXPECT_EQ(j["done"], 1);
   EXPECT_EQ(j["failed"], 0);
   EXPECT_EQ(j["cancelled"], 0);
 
-  const json& l = s["latency"];
+  json l = s["latency"];
   for (const char* p : {"p50_ms", "p95_ms", "p99_ms"}) {
     ASSERT_TRUE(l.contains(p) && l[p].is_number()) << p << " in " << s.dump();
     EXPECT_GE(l[p].get<double>(), 0.0);
@@ -168,8 +168,7 @@ TEST(LifecycleE2E, WorkersOpChangesTheLimit) {
   auto too_big = daemon.Call({{"op", "workers"}, {"max", 500}});
   ASSERT_TRUE(too_big.ok());
   EXPECT_EQ(too_big.value()["error"]["code"], "bad_request") << too_big.value().dump();
-  EXPECT_NE(too_big.value()["error"]["message"].get<std::string>().find("thread pool"),
-            std::string::npos);
+  EXPECT_NE(testing::ErrorMessage(too_big.value()).find("thread pool"), std::string::npos);
   auto crossed = daemon.Call({{"op", "workers"}, {"min", 3}, {"max", 2}});
   ASSERT_TRUE(crossed.ok());
   EXPECT_EQ(crossed.value()["error"]["code"], "bad_request");
@@ -232,7 +231,7 @@ TEST(LifecycleE2E, ReloadWithABrokenConfigKeepsRunningAndReportsTheError) {
   ASSERT_TRUE(answer.ok());
   EXPECT_EQ(answer.value()["ok"], false) << answer.value().dump();
   EXPECT_EQ(answer.value()["error"]["code"], "invalid_config");
-  std::string message = answer.value()["error"]["message"];
+  std::string message = testing::ErrorMessage(answer.value());
   EXPECT_NE(message.find(daemon.ConfigPath() + ":3:"), std::string::npos) << message;
   EXPECT_NE(message.find("frobnicate"), std::string::npos) << message;
   EXPECT_EQ(Status(daemon)["workers"]["max"], 8);
@@ -273,7 +272,7 @@ TEST(LifecycleE2E, SubmitsAfterSigtermGetUnavailable) {
   EXPECT_EQ(late.value()["ok"], false) << late.value().dump();
   EXPECT_EQ(late.value()["id"], 9);
   EXPECT_EQ(late.value()["error"]["code"], "unavailable");
-  EXPECT_FALSE(late.value()["error"]["message"].get<std::string>().empty());
+  EXPECT_FALSE(testing::ErrorMessage(late.value()).empty());
   auto batch = client.Call({{"op", "submit"}, {"jobs", {{{"kind", "noop"}}}}});
   ASSERT_TRUE(batch.ok());
   EXPECT_EQ(batch.value()["error"]["code"], "unavailable");

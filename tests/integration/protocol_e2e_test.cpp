@@ -35,10 +35,10 @@ node_id = "e2e"
 
 // Checks an error answer: the code, and a message a person can act on.
 void ExpectError(const json& answer, const std::string& code, const std::string& mention = "") {
+  ASSERT_TRUE(answer.is_object()) << answer.dump();
   EXPECT_EQ(answer.value("ok", true), false) << answer.dump();
-  ASSERT_TRUE(answer.contains("error")) << answer.dump();
-  EXPECT_EQ(answer["error"].value("code", ""), code) << answer.dump();
-  std::string message = answer["error"].value("message", "");
+  EXPECT_EQ(testing::ErrorCode(answer), code) << answer.dump();
+  std::string message = testing::ErrorMessage(answer);
   EXPECT_FALSE(message.empty()) << answer.dump();
   if (!mention.empty()) {
     EXPECT_NE(message.find(mention), std::string::npos)
@@ -168,8 +168,8 @@ TEST_F(ProtocolE2E, InvalidUtf8GetsBadRequest) {
 TEST_F(ProtocolE2E, RequestArrivingOneByteAtATimeIsAnswered) {
   ControlClient client;
   ASSERT_TRUE(client.Connect(daemon_.SocketPath()).ok());
-  std::string line = R"({"op":"submit","kind":"noop","key":"by-bytes","id":"slow"})"
-                     "\n";
+  std::string line =
+      json{{"op", "submit"}, {"kind", "noop"}, {"key", "by-bytes"}, {"id", "slow"}}.dump() + "\n";
   Status st = testing::SendByteByByte(client.fd(), line);
   ASSERT_TRUE(st.ok()) << st.ToString();
   auto answer = client.ReadLine(10000);
@@ -215,9 +215,7 @@ TEST_F(ProtocolE2E, ClientThatDisconnectsBeforeReadingItsAnswerHurtsNoOne) {
     ControlClient client;
     ASSERT_TRUE(client.Connect(daemon_.SocketPath()).ok());
     std::string burst;
-    for (int j = 0; j < 50; ++j)
-      burst += R"({"op":"status"})"
-               "\n";
+    for (int j = 0; j < 50; ++j) burst += "{\"op\":\"status\"}\n";
     burst += R"({"op":"result","key":"never-submitted","wait_ms":5000})";
     ASSERT_TRUE(client.SendLine(burst).ok());
   }  // each closes with its answers unread

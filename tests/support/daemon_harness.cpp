@@ -274,6 +274,23 @@ Status SendByteByByte(int fd, std::string_view data, std::chrono::milliseconds t
   return Status::Ok();
 }
 
+namespace {
+std::string ErrorField(const nlohmann::json& answer, const char* field) {
+  if (!answer.is_object()) return "";
+  auto error = answer.find("error");
+  if (error == answer.end() || !error->is_object()) return "";
+  auto value = error->find(field);
+  return value != error->end() && value->is_string() ? value->get<std::string>() : "";
+}
+}  // namespace
+
+std::string ErrorCode(const nlohmann::json& answer) {
+  return ErrorField(answer, "code");
+}
+std::string ErrorMessage(const nlohmann::json& answer) {
+  return ErrorField(answer, "message");
+}
+
 Result<nlohmann::json> CallOnce(const std::string& socket_path, const nlohmann::json& request,
                                 int timeout_ms) {
   ControlClient client;

@@ -97,6 +97,11 @@ int UnreadBytes(int fd);
 [[nodiscard]] Status SendByteByByte(int fd, std::string_view data,
                                     std::chrono::milliseconds timeout = kDeadline);
 
+// The error code and message of a protocol answer; "" when the answer is not
+// an error object. Never throws, so it is safe on a client thread.
+std::string ErrorCode(const nlohmann::json& answer);
+std::string ErrorMessage(const nlohmann::json& answer);
+
 // Sends `request` on a new connection to `socket_path` and returns the answer.
 Result<nlohmann::json> CallOnce(const std::string& socket_path, const nlohmann::json& request,
                                 int timeout_ms = 10000);

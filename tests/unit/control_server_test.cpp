@@ -182,11 +182,7 @@ TEST_F(ControlServerTest, AnswersInRequestOrderWhenAnEarlierRequestIsAnsweredLat
     Connect(client);
     // Both in one write: the server answers the ping first and the held
     // result right after it, yet the result's answer must come first.
-    ASSERT_TRUE(client
-                    .SendLine(R"({"op":"result","id":1})"
-                              "\n"
-                              R"({"op":"ping","id":2})")
-                    .ok());
+    ASSERT_TRUE(client.SendLine("{\"op\":\"result\",\"id\":1}\n{\"op\":\"ping\",\"id\":2}").ok());
     json first = ReadAnswer(client);
     json second = ReadAnswer(client);
     EXPECT_EQ(first["id"], 1);
@@ -227,8 +223,7 @@ TEST_F(ControlServerTest, OversizedLineGetsTooLargeAndClose) {
     json answer = ReadAnswer(client);
     EXPECT_EQ(answer["ok"], false);
     EXPECT_EQ(answer["error"]["code"], "too_large");
-    EXPECT_NE(answer["error"]["message"].get<std::string>().find("max_line_bytes"),
-              std::string::npos);
+    EXPECT_NE(testing::ErrorMessage(answer).find("max_line_bytes"), std::string::npos);
     EXPECT_TRUE(ClosedByServer(client));
     // Others are still served.
     ControlClient other;
@@ -312,7 +307,7 @@ TEST_F(ControlServerTest, BadRequestLineIsAnsweredAndTheConnectionStays) {
     json bad = ReadAnswer(client);
     EXPECT_EQ(bad["ok"], false);
     EXPECT_EQ(bad["error"]["code"], "bad_request");
-    EXPECT_FALSE(bad["error"]["message"].get<std::string>().empty());
+    EXPECT_FALSE(testing::ErrorMessage(bad).empty());
     auto ping = client.Call({{"op", "ping"}});
     ASSERT_TRUE(ping.ok()) << ping.status().ToString();
     EXPECT_EQ(ping.value()["pong"], true);
@@ -349,9 +344,7 @@ TEST_F(ControlServerTest, ClientThatLeavesBeforeReadingItsAnswerHurtsNoOne) {
       ControlClient leaver;
       Connect(leaver);
       std::string burst;
-      for (int i = 0; i < 200; ++i)
-        burst += R"({"op":"status","id":1})"
-                 "\n";
+      for (int i = 0; i < 200; ++i) burst += "{\"op\":\"status\",\"id\":1}\n";
       ASSERT_TRUE(leaver.SendLine(burst).ok());
     }
     // This ping also answers the first leaver's held request.
@@ -414,8 +407,7 @@ TEST_F(ControlServerTest, ClientsBeyondMaxClientsAreTurnedAway) {
     json refused = ReadAnswer(c);
     EXPECT_EQ(refused["ok"], false);
     EXPECT_EQ(refused["error"]["code"], "unavailable");
-    EXPECT_NE(refused["error"]["message"].get<std::string>().find("max_clients"),
-              std::string::npos);
+    EXPECT_NE(testing::ErrorMessage(refused).find("max_clients"), std::string::npos);
     EXPECT_TRUE(ClosedByServer(c));
     // The two admitted clients are still served.
     EXPECT_TRUE(a.Call({{"op", "ping"}}).ok());
