@@ -32,15 +32,6 @@ void RaiseFileLimit() {
   }
 }
 
-template <typename H>
-Status InitTimer(uv_loop_t* loop, UvHandle<H>& h, void* data) {
-  int rc = uv_timer_init(loop, h.get());
-  if (rc != 0) return Status::Internal(std::string("uv_timer_init: ") + uv_strerror(rc));
-  h.set_initialized();
-  h.get()->data = data;
-  return Status::Ok();
-}
-
 }  // namespace
 
 Daemon::Daemon(Config config, std::string config_path)
@@ -77,7 +68,11 @@ Status Daemon::Start() {
   node_id_ = config_.daemon.node_id.empty() ? HostName() : config_.daemon.node_id;
   if (auto level = ParseLogLevel(config_.log.level)) SetLogLevel(*level);
 
-  jobs_ = std::make_unique<JobTable>(static_cast<size_t>(config_.jobs.retain_finished));
+  bool durable_store = config_.jobs.store == "postgres";
+  // With PostgreSQL the table holds only this node's claimed jobs: results
+  // are read from the database.
+  jobs_ = std::make_unique<JobTable>(
+      durable_store ? 0 : static_cast<size_t>(config_.jobs.retain_finished));
   WorkerLimits limits{config_.workers.min, config_.workers.max,
                       config_.workers.interactive_reserved, config_.workers.max};
   Dispatcher::Hooks hooks;
@@ -86,13 +81,25 @@ Status Daemon::Start() {
     if (UsesBackend(*job)) backend_->OnStart();
   };
   hooks.can_start = [this](const JobRecord& job) {
+    // With PostgreSQL, every running job keeps a write-ring slot for its
+    // result: dispatch pauses while the ring is that full (on_space resumes).
+    if (writer_ && writer_->free_slots() <=
+                       pending_rows_.size() + static_cast<size_t>(dispatcher_->in_flight())) {
+      writer_->NotifyWhenSpace();
+      return false;
+    }
     return !UsesBackend(job) || backend_->AllowRequest();
   };
   hooks.on_finish = [this](const JobPtr& job, WorkOutcome outcome) {
     OnJobFinished(job, std::move(outcome));
   };
   hooks.on_drained = [this] {
-    if (phase_ == Phase::kDraining) FinishShutdown();
+    if (phase_ != Phase::kDraining) return;
+    if (durable()) {
+      DurableDrained();  // the writer's last batch first
+    } else {
+      FinishShutdown();
+    }
   };
   dispatcher_ =
       std::make_unique<Dispatcher>(&loop_, static_cast<size_t>(config_.queues.interactive),
@@ -157,13 +164,20 @@ Status Daemon::Start() {
 
   notifier_ = std::make_unique<Notifier>(&loop_);
   uint64_t wd = notifier_->StartWatchdog();
+  if (durable_store) {
+    // READY=1 once the database answered (or after ready_timeout_s).
+    if (!(st = StartStore()).ok()) return st;
+    if (config_.postgres.ready_timeout_s == 0) MaybeReady("timeout");
+    return Status::Ok();
+  }
   notifier_->Ready();
   notifier_->Status(StatusLine());
-  LOG_NOTICE("digestd %s ready: node %s, socket %s%s, workers %d..%d (pool %d), watchdog %s",
-             DIGESTD_VERSION, node_id_.c_str(),
-             fd >= 0 ? "from systemd" : config_.control.socket.c_str(), fd >= 0 ? "" : "",
-             config_.workers.min, config_.workers.max, pool_size_,
-             wd ? (std::to_string(wd) + " ms").c_str() : "off");
+  LOG_NOTICE(
+      "digestd %s ready: node %s, socket %s, workers %d..%d (pool %d), watchdog %s, "
+      "jobs in memory only ([jobs] store = \"memory\")",
+      DIGESTD_VERSION, node_id_.c_str(), fd >= 0 ? "from systemd" : config_.control.socket.c_str(),
+      config_.workers.min, config_.workers.max, pool_size_,
+      wd ? (std::to_string(wd) + " ms").c_str() : "off");
   return Status::Ok();
 }
 
@@ -183,9 +197,16 @@ void Daemon::Teardown() {
   if (dispatcher_ && dispatcher_->in_flight() > 0) {
     dispatcher_->CancelInFlight();
   }
+  // Let returning work hand its rows over before the writer closes.
+  while (dispatcher_ && dispatcher_->in_flight() > 0 && uv_run(&loop_, UV_RUN_ONCE) != 0) {
+  }
+  CloseStore();
   // Let close callbacks and any returning work run.
   while (uv_run(&loop_, UV_RUN_DEFAULT) != 0) {
   }
+  writer_.reset();
+  store_.reset();
+  pg_.reset();
   control_.reset();
   dispatcher_.reset();
   int rc = uv_loop_close(&loop_);
@@ -206,6 +227,10 @@ bool Daemon::UsesBackend(const JobRecord& job) const {
 }
 
 void Daemon::OnJobFinished(const JobPtr& job, WorkOutcome outcome) {
+  if (durable()) {
+    DurableFinished(job, std::move(outcome));
+    return;
+  }
   bool started = job->state == JobState::kRunning;  // else a failed uv_queue_work
   if (started && UsesBackend(*job)) backend_->OnOutcome(outcome);
   bool busy = outcome.kind == WorkOutcome::Kind::kBusy;
@@ -291,6 +316,9 @@ Status Daemon::Reload(nlohmann::json* changes) {
   config_ = MergeReloadable(config_, fresh);
   backend_->SetConfig(config_.backend);
   ApplyRuntimeConfig();
+  if (writer_) {
+    writer_->SetBatchLimits(config_.writer.batch_rows, config_.writer.batch_ms);
+  }
   for (const auto& line : applied) LOG_NOTICE("reload: %s", line.c_str());
   for (const auto& line : ignored) {
     LOG_WARN("reload: %s needs a restart; keeping the running value", line.c_str());
@@ -310,7 +338,7 @@ void Daemon::ApplyRuntimeConfig() {
                                      config_.workers.interactive_reserved);
   if (!st.ok()) LOG_ERROR("reload: %s", st.message().c_str());
   dispatcher_->SetConfig(std::make_shared<const Config>(config_));
-  jobs_->SetRetention(static_cast<size_t>(config_.jobs.retain_finished));
+  if (!durable()) jobs_->SetRetention(static_cast<size_t>(config_.jobs.retain_finished));
   control_->SetOptions({static_cast<size_t>(config_.control.max_line_bytes),
                         config_.control.max_clients, config_.control.idle_timeout_s});
   uv_timer_set_repeat(status_timer_.get(), config_.daemon.status_interval_ms);
@@ -335,6 +363,10 @@ void Daemon::BeginShutdown(const char* why) {
         static_cast<Daemon*>(t->data)->ForceShutdown("shutdown_grace_s passed");
       },
       static_cast<uint64_t>(config_.daemon.shutdown_grace_s) * 1000, 0);
+  if (durable()) {
+    DurableBeginShutdown();
+    return;
+  }
   // Jobs waiting out a retry backoff would come due after the pills.
   for (const auto& job : delayed_->TakeAll()) {
     if (job->state == JobState::kQueued) {
@@ -347,6 +379,36 @@ void Daemon::BeginShutdown(const char* why) {
 void Daemon::ForceShutdown(const char* why) {
   if (phase_ == Phase::kStopping) return;
   phase_ = Phase::kDraining;
+  if (durable()) {
+    if (writer_draining_) {
+      LOG_WARN(
+          "%s: %zu rows not yet written to PostgreSQL (%s); their jobs' leases expire and "
+          "they run again",
+          why, writer_->depth() + pending_rows_.size(),
+          pg_->up() ? "the database is slow" : "the database is unreachable");
+      FinishShutdown();
+      return;
+    }
+    if (forced_++ > 0) {
+      LOG_WARN(
+          "%s: %d jobs still running after they were aborted; stopping without them (their "
+          "leases expire and they run again)",
+          why, dispatcher_->in_flight());
+      FinishShutdown();
+      return;
+    }
+    DurableBeginShutdown();  // releases whatever is still queued
+    LOG_WARN("%s: aborting %d running jobs; they go back to the queue", why,
+             dispatcher_->in_flight());
+    dispatcher_->CancelInFlight();
+    // Aborted jobs and the writer's last batch get a few seconds more.
+    uv_timer_start(
+        grace_timer_.get(),
+        [](uv_timer_t* t) { static_cast<Daemon*>(t->data)->ForceShutdown("the final flush"); },
+        5000, 0);
+    if (dispatcher_->Drained()) DurableDrained();
+    return;
+  }
   auto queued = dispatcher_->TakeQueued();
   for (const auto& job : queued) {
     if (job->state == JobState::kQueued) {
@@ -387,6 +449,7 @@ void Daemon::FinishShutdown() {
   sighup_.Close();
   status_timer_.Close();
   notifier_->Close();
+  CloseStore();
 }
 
 }  // namespace digestd

@@ -1,17 +1,37 @@
 // Daemon: builds the parts in dependency order (config -> job table ->
-// dispatcher -> control socket -> systemd notification), runs the loop, and
-// tears down in reverse. It holds the lifecycle (running, draining,
-// stopping) and answers the control ops; the mechanisms live in their own
-// modules (dispatch/, control/, jobs/, sys/).
+// dispatcher -> control socket -> PostgreSQL -> systemd notification), runs
+// the loop, and tears down in reverse. It holds the lifecycle (running,
+// draining, stopping) and answers the control ops; the mechanisms live in
+// their own modules (dispatch/, control/, jobs/, store/, sys/).
 //
-// One thread: Run() owns the loop and everything on it.
+// Two stores ([jobs] store). "memory": the JobTable is the only record
+// (ops.cpp). "postgres" (durable.cpp): the table digestd.jobs is the record
+// and the rings hold only jobs this node has claimed from it:
+//   submit  -> a submit row in the write ring; the answer is sent from the
+//              row's callback, after its commit (never before);
+//   refill  -> when a lane's ring falls to [postgres] refill_low_water, a
+//              claim (FOR UPDATE SKIP LOCKED) takes due queued rows, interactive
+//              lane first, at most what the ring can hold;
+//   finish  -> a finish or requeue row under the lease guard; a worker slot
+//              starts only while the write ring has a slot for every job in
+//              flight, so a result always has somewhere to wait;
+//   result  -> read from the table; a wait is woken by NOTIFY digestd_done
+//              (this session LISTENs, so it hears every daemon's commits).
+//   Leases of claimed jobs are renewed in the writer's batches; expired ones
+//   are recovered periodically; at shutdown unstarted claims are released.
+//
+// One thread: Run() owns the loop and everything on it. Ownership: the
+// Daemon owns every part below; the writer and store hold references to the
+// PgConn, so they are destroyed first.
 #pragma once
 
 #include <uv.h>
 
+#include <deque>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <unordered_map>
 #include <unordered_set>
 
 #include "backend/backend_health.h"
@@ -20,6 +40,9 @@
 #include "dispatch/delay_queue.h"
 #include "dispatch/dispatcher.h"
 #include "jobs/job_table.h"
+#include "store/batch_writer.h"
+#include "store/job_store.h"
+#include "store/pg_conn.h"
 #include "sys/notify.h"
 #include "util/uv_handle.h"
 
@@ -42,6 +65,8 @@ class Daemon {
  private:
   enum class Phase { kRunning, kDraining, kStopping };
   struct PendingWait;
+  struct DbWait;
+  struct SubmitBatch;
 
   Status Start();
   void Teardown();
@@ -57,6 +82,14 @@ class Daemon {
   void OpReload(const Request& req, const ControlServer::Reply& reply);
   void OpDrain(const Request& req, const ControlServer::Reply& reply);
 
+  // Checks a submit's shape and every job in it; `specs` gets the jobs (one
+  // for a single submit, then `single` is true).
+  Status CheckSubmit(const Request& req, std::vector<const nlohmann::json*>* specs,
+                     bool* single) const;
+  // A group's status from its parts' counts.
+  static const char* GroupStatusName(size_t total, size_t queued, size_t done, size_t bad,
+                                     size_t terminal);
+  static Status InitTimer(uv_loop_t* loop, UvHandle<uv_timer_t>& h, void* data);
   // Validates one job of a submit and queues it; the JSON answer for it.
   Result<nlohmann::json> SubmitOne(const nlohmann::json& spec, const std::string& where);
   Status CheckJobSpec(const nlohmann::json& spec, const std::string& where) const;
@@ -80,6 +113,40 @@ class Daemon {
   void OnRetryDue(JobPtr job);
   // Gives up a job at shutdown: with no store it cannot wait for a restart.
   void Release(const JobPtr& job, const char* why);
+
+  // The PostgreSQL store (durable.cpp). Loop thread only.
+  bool durable() const { return pg_ != nullptr; }
+  Status StartStore();
+  void OnDbState(bool up, const Status& why);
+  void OnDbReady();
+  void MaybeReady(const char* why);
+  void DurableSubmit(const Request& req, const ControlServer::Reply& reply);
+  void DurableResult(const Request& req, const ControlServer::Reply& reply, std::string key,
+                     std::string group, int64_t wait_ms);
+  void DurableCancel(const Request& req, const ControlServer::Reply& reply, const std::string& key);
+  void CheckDbWait(const std::shared_ptr<DbWait>& wait, bool final);
+  void EndDbWait(const std::shared_ptr<DbWait>& wait);
+  void OnNotify(const std::string& channel, const std::string& payload);
+  void Refill();
+  void OnClaimed(Lane lane, int asked, Result<std::vector<StoredJob>> claimed);
+  void DurableFinished(const JobPtr& job, WorkOutcome outcome);
+  void WriteFinish(const JobPtr& job, JobState state, nlohmann::json result, std::string error);
+  void WriteRequeue(const JobPtr& job, int64_t delay_ms, bool refund, std::string error);
+  void Write(WriteRow row);
+  void FlushPending();
+  void ForgetClaim(const JobPtr& job);
+  void RenewLeases();
+  void OnLeasesLost(std::vector<uint64_t> ids);
+  void Recover(bool startup);
+  void RunRetention();
+  void RefreshBacklog();
+  void DurableBeginShutdown();
+  void DurableDrained();
+  void CloseStore();
+  nlohmann::json StoreStatusJson() const;
+  nlohmann::json StoredJobJson(const StoredJob& job) const;
+  nlohmann::json StoredGroupJson(const std::string& group,
+                                 const std::vector<StoredJob>& parts) const;
 
   uv_loop_t loop_{};
   bool loop_ready_ = false;
@@ -105,6 +172,41 @@ class Daemon {
   UvHandle<uv_timer_t> final_timer_;
   std::unordered_set<std::shared_ptr<PendingWait>> waits_;  // open `result` waits
   uint64_t reloads_ = 0;
+
+  // The PostgreSQL store; all null with [jobs] store = "memory".
+  std::unique_ptr<PgConn> pg_;
+  std::unique_ptr<JobStore> store_;
+  std::unique_ptr<BatchWriter> writer_;
+  bool migrated_ = false;           // the schema is up to date on this database
+  bool migrating_ = false;          // Migrate() sent, not answered
+  bool ready_sent_ = false;         // READY=1 went out
+  uint64_t migrate_retry_at_ = 0;   // uv_now before which a failed migration is not retried
+  bool recovering_ = false;         // a lease recovery is in flight
+  bool retention_running_ = false;  // a retention delete is in flight
+  bool backlog_pending_ = false;    // a backlog count is in flight
+  std::string store_error_;         // the last migration / claim / recovery error
+  bool claiming_[kLaneCount] = {false, false};  // a claim is in flight
+  // Every job this node holds a lease on (in a ring or running), by row id,
+  // until its finish, requeue or release row is queued.
+  std::unordered_map<uint64_t, JobPtr> claimed_;
+  std::deque<WriteRow> pending_rows_;  // rows the full write ring refused; oldest first
+  bool writer_draining_ = false;       // shutdown waits for the writer's last batch
+  int forced_ = 0;                     // ForceShutdown calls with the store
+  Backlog backlog_{};                  // from the table, every backlog_interval_ms
+  int64_t backlog_unix_ms_ = 0;        // when backlog_ was read; 0: not yet
+  uint64_t recovered_ = 0;             // jobs returned to the queue by lease recovery
+  uint64_t crash_failed_ = 0;          // jobs failed for crashing their workers too often
+  uint64_t retention_deleted_ = 0;
+  uint64_t leases_lost_ = 0;
+  uint64_t lease_ignored_ = 0;  // finish rows the lease guard refused
+  std::unordered_map<std::string, std::vector<std::shared_ptr<DbWait>>> key_waits_;
+  std::vector<std::shared_ptr<DbWait>> group_waits_;
+  UvHandle<uv_timer_t> ready_timer_;      // READY=1 without the database, after ready_timeout_s
+  UvHandle<uv_timer_t> refill_timer_;     // polls the table for due jobs
+  UvHandle<uv_timer_t> lease_timer_;      // lease renewals, every lease_s / 3
+  UvHandle<uv_timer_t> recover_timer_;    // expired leases, every recover_interval_s
+  UvHandle<uv_timer_t> retention_timer_;  // finished rows past retention_s
+  UvHandle<uv_timer_t> backlog_timer_;    // backlog counts for status
 };
 
 }  // namespace digestd

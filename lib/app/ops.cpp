@@ -118,6 +118,7 @@ nlohmann::json Daemon::StatusJson() const {
       {"latency", PercentilesJson(jobs_->latency().Compute())},
       {"backend", backend_->ToJson()},
       {"run_time", PercentilesJson(jobs_->run_time().Compute())},
+      {"db", StoreStatusJson()},
       {"control",
        {{"clients", control_->clients()},
         {"accepted", control_->accepted()},
@@ -135,7 +136,13 @@ std::string Daemon::StatusLine() const {
                 dispatcher_->depth(Lane::kInteractive), dispatcher_->capacity(Lane::kInteractive),
                 dispatcher_->depth(Lane::kBackground), dispatcher_->capacity(Lane::kBackground),
                 static_cast<unsigned long long>(c.done), static_cast<unsigned long long>(c.failed));
-  return buf;
+  std::string line = buf;
+  if (durable()) {
+    line += pg_->up() ? (migrated_ ? ", db up" : ", db migrating") : ", db down";
+    line += ", write ring " + std::to_string(writer_->depth()) + "/" +
+            std::to_string(writer_->capacity());
+  }
+  return line;
 }
 
 Status Daemon::CheckJobSpec(const nlohmann::json& spec, const std::string& where) const {
@@ -198,6 +205,33 @@ Result<nlohmann::json> Daemon::SubmitOne(const nlohmann::json& spec, const std::
   return nlohmann::json{{"key", key}, {"status", JobStateName(job->state)}, {"existing", false}};
 }
 
+Status Daemon::CheckSubmit(const Request& req, std::vector<const nlohmann::json*>* specs,
+                           bool* single) const {
+  auto jobs = req.body.find("jobs");
+  if (jobs == req.body.end()) {
+    *single = true;
+    Status st = CheckJobSpec(req.body, "submit");
+    if (st.ok()) specs->push_back(&req.body);
+    return st;
+  }
+  *single = false;
+  if (!jobs->is_array() || jobs->empty()) {
+    return Status::BadRequest("\"jobs\" must be a non-empty array of job objects");
+  }
+  if (jobs->size() > static_cast<size_t>(config_.jobs.max_batch)) {
+    return Status::TooLarge("a batch of " + std::to_string(jobs->size()) +
+                            " jobs is above [jobs] max_batch = " +
+                            std::to_string(config_.jobs.max_batch) + "; split it");
+  }
+  // The whole batch is checked first, so a bad job rejects it before any is queued.
+  for (size_t i = 0; i < jobs->size(); ++i) {
+    Status st = CheckJobSpec((*jobs)[i], "jobs[" + std::to_string(i) + "]");
+    if (!st.ok()) return st;
+    specs->push_back(&(*jobs)[i]);
+  }
+  return Status::Ok();
+}
+
 void Daemon::OpSubmit(const Request& req, const ControlServer::Reply& reply) {
   if (phase_ != Phase::kRunning) {
     reply.Send(
@@ -205,32 +239,23 @@ void Daemon::OpSubmit(const Request& req, const ControlServer::Reply& reply) {
                                               "submit again once it has restarted")));
     return;
   }
-  auto jobs = req.body.find("jobs");
-  if (jobs == req.body.end()) {
+  if (durable()) {
+    DurableSubmit(req, reply);
+    return;
+  }
+  std::vector<const nlohmann::json*> specs;
+  bool single = false;
+  Status checked = CheckSubmit(req, &specs, &single);
+  if (!checked.ok()) {
+    reply.Send(ErrorLine(req.id, checked));
+    return;
+  }
+  if (single) {
     auto one = SubmitOne(req.body, "submit");
     reply.Send(one.ok() ? OkLine(req.id, std::move(one).value()) : ErrorLine(req.id, one.status()));
     return;
   }
-  if (!jobs->is_array() || jobs->empty()) {
-    reply.Send(ErrorLine(req.id, Status::BadRequest("\"jobs\" must be a non-empty array of job "
-                                                    "objects")));
-    return;
-  }
-  if (jobs->size() > static_cast<size_t>(config_.jobs.max_batch)) {
-    reply.Send(
-        ErrorLine(req.id, Status::TooLarge("a batch of " + std::to_string(jobs->size()) +
-                                           " jobs is above [jobs] max_batch = " +
-                                           std::to_string(config_.jobs.max_batch) + "; split it")));
-    return;
-  }
-  // The whole batch is checked first, so a bad job rejects it before any is queued.
-  for (size_t i = 0; i < jobs->size(); ++i) {
-    Status st = CheckJobSpec((*jobs)[i], "jobs[" + std::to_string(i) + "]");
-    if (!st.ok()) {
-      reply.Send(ErrorLine(req.id, st));
-      return;
-    }
-  }
+  auto jobs = req.body.find("jobs");
   nlohmann::json out = nlohmann::json::array();
   size_t accepted = 0;
   for (size_t i = 0; i < jobs->size(); ++i) {
@@ -267,6 +292,15 @@ nlohmann::json Daemon::JobJson(const JobRecord& job) const {
   return j;
 }
 
+const char* Daemon::GroupStatusName(size_t total, size_t queued, size_t done, size_t bad,
+                                    size_t terminal) {
+  return queued == total    ? "pending"
+         : terminal < total ? "in_progress"
+         : done == total    ? "completed"
+         : bad == total     ? "failed"
+                            : "partial";
+}
+
 nlohmann::json Daemon::GroupJson(const std::string& group) const {
   const auto& parts = jobs_->FindGroup(group);
   size_t queued = 0, done = 0, bad = 0, terminal = 0;
@@ -278,13 +312,8 @@ nlohmann::json Daemon::GroupJson(const std::string& group) const {
     if (p->state == JobState::kFailed || p->state == JobState::kCancelled) ++bad;
     if (IsTerminal(p->state)) ++terminal;
   }
-  const char* status = queued == parts.size()    ? "pending"
-                       : terminal < parts.size() ? "in_progress"
-                       : done == parts.size()    ? "completed"
-                       : bad == parts.size()     ? "failed"
-                                                 : "partial";
   return {{"group", group},
-          {"status", status},
+          {"status", GroupStatusName(parts.size(), queued, done, bad, terminal)},
           {"total", parts.size()},
           {"ready", done},
           {"parts", std::move(list)}};
@@ -301,6 +330,10 @@ void Daemon::OpResult(const Request& req, const ControlServer::Reply& reply) {
   }
   if (!st.ok()) {
     reply.Send(ErrorLine(req.id, st));
+    return;
+  }
+  if (durable()) {
+    DurableResult(req, reply, std::move(key), std::move(group), wait_ms);
     return;
   }
   bool is_group = !group.empty();
@@ -380,6 +413,10 @@ void Daemon::OpCancel(const Request& req, const ControlServer::Reply& reply) {
   if (st.ok() && key.empty()) st = Status::BadRequest("cancel needs \"key\"");
   if (!st.ok()) {
     reply.Send(ErrorLine(req.id, st));
+    return;
+  }
+  if (durable()) {
+    DurableCancel(req, reply, key);
     return;
   }
   JobPtr job = jobs_->Find(key);

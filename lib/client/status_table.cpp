@@ -81,6 +81,36 @@ std::string FormatStatus(const nlohmann::json& s) {
                   Ms(Get(s, "latency", "p99_ms", 0.0)).c_str(), count);
     out += line;
   }
+  auto db = s.value("db", nlohmann::json::object());
+  if (db.value("store", "") == "postgres") {
+    auto w = db.value("writer", nlohmann::json::object());
+    auto bl = db.value("backlog", nlohmann::json::object());
+    auto lane = [&](const char* l, const char* f) {
+      return bl.value(l, nlohmann::json::object()).value(f, 0LL);
+    };
+    std::snprintf(line, sizeof line, "db           %s  %s\n", db.value("state", "?").c_str(),
+                  db.value("target", "").c_str());
+    out += line;
+    if (db.value("state", "") != "up" && db.contains("last_error")) {
+      out += "  error      " + db.value("last_error", "") + "\n";
+    }
+    std::snprintf(line, sizeof line,
+                  "  writer     ring %lld / %lld  rows %llu  batches %llu  last commit %s  "
+                  "commits/1000 results %.1f\n",
+                  w.value("depth", 0LL), w.value("capacity", 0LL), w.value("rows_written", 0ULL),
+                  w.value("batches", 0ULL), Ms(w.value("last_commit_ms", 0.0)).c_str(),
+                  w.value("commits_per_1000_results", 0.0));
+    out += line;
+    std::snprintf(line, sizeof line,
+                  "  backlog    interactive %lld queued %lld delayed %lld running   background "
+                  "%lld queued %lld delayed %lld running\n",
+                  lane("interactive", "queued"), lane("interactive", "delayed"),
+                  lane("interactive", "running"), lane("background", "queued"),
+                  lane("background", "delayed"), lane("background", "running"));
+    out += line;
+  } else if (db.value("store", "") == "memory") {
+    out += "db           none: jobs are kept in memory only ([jobs] store = \"memory\")\n";
+  }
   std::snprintf(line, sizeof line, "clients      %llu connected, %llu requests served\n",
                 Get(s, "control", "clients", 0ULL), Get(s, "control", "requests", 0ULL));
   out += line;

@@ -118,6 +118,10 @@ std::string CheckKeepAlive(const std::string& v) {
   return "";
 }
 
+std::string CheckStore(const std::string& v) {
+  return v == "postgres" || v == "memory" ? "" : "\"postgres\" or \"memory\"";
+}
+
 std::string CheckFallback(const std::string& v) {
   return v == "extractive" || v == "placeholder" || v == "none"
              ? ""
@@ -198,6 +202,7 @@ const std::vector<KeyDef>& Defs() {
       STR_KEY("daemon", node_id, daemon.node_id, false, CheckNodeId),
       INT_KEY("daemon", shutdown_grace_s, daemon.shutdown_grace_s, 0, 3600, true),
       INT_KEY("daemon", status_interval_ms, daemon.status_interval_ms, 100, 60000, true),
+      STR_KEY("jobs", store, jobs.store, false, CheckStore),
       INT_KEY("jobs", noop_max_sleep_ms, jobs.noop_max_sleep_ms, 0, 3600000, true),
       INT_KEY("jobs", retain_finished, jobs.retain_finished, 0, 10000000, true),
       INT_KEY("jobs", max_batch, jobs.max_batch, 1, 100000, true),

@@ -42,6 +42,7 @@ struct Config {
     int status_interval_ms = 1000;
   } daemon;
   struct Jobs {
+    std::string store = "postgres";  // "postgres": durable; "memory": lost at exit
     int noop_max_sleep_ms = 60000;
     int retain_finished = 10000;
     int max_batch = 1000;

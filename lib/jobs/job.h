@@ -50,6 +50,13 @@ struct JobRecord {
   Nanos started_at = 0;
   Nanos finished_at = 0;
   int64_t submitted_unix_ms = 0;
+  // With the PostgreSQL store: the row's id, the lease this node holds on it
+  // (JobStore's lease guard) and its max_attempts.
+  uint64_t row_id = 0;
+  int64_t lease_token = 0;
+  int max_attempts = 0;
+  bool user_cancelled = false;  // a `cancel` asked for it (not a shutdown)
+  bool lease_lost = false;      // another claim holds the row now: drop the outcome
   // Set by the loop thread to ask a running job to stop; read by its worker.
   std::shared_ptr<std::atomic<bool>> cancel = std::make_shared<std::atomic<bool>>(false);
 };

@@ -57,6 +57,26 @@ void JobTable::Forget(const JobPtr& job) {
   --counters_.submitted;
 }
 
+void JobTable::Adopt(const JobPtr& job) {
+  if (JobPtr old = Find(job->key)) Drop(old);
+  by_key_[job->key] = job;
+  if (!job->group.empty()) by_group_[job->group].push_back(job);
+}
+
+void JobTable::Drop(const JobPtr& job) {
+  auto it = by_key_.find(job->key);
+  if (it != by_key_.end() && it->second == job) by_key_.erase(it);
+  if (!job->group.empty()) {
+    auto g = by_group_.find(job->group);
+    if (g != by_group_.end()) {
+      auto& v = g->second;
+      v.erase(std::remove(v.begin(), v.end(), job), v.end());
+      if (v.empty()) by_group_.erase(g);
+    }
+  }
+  finished_.erase(std::remove(finished_.begin(), finished_.end(), job), finished_.end());
+}
+
 void JobTable::MarkRunning(const JobPtr& job) {
   job->state = JobState::kRunning;
   job->started_at = uv_hrtime();
@@ -99,6 +119,12 @@ void JobTable::MarkRetrying(const JobPtr& job, std::string error, bool refund) {
   job->error = std::move(error);
   if (refund && job->attempts > 0) --job->attempts;
   ++counters_.retried;
+}
+
+void JobTable::MarkReleased(const JobPtr& job) {
+  if (job->state == JobState::kRunning) --counters_.running;
+  job->state = JobState::kQueued;
+  ++counters_.released;
 }
 
 void JobTable::MarkCancelled(const JobPtr& job, const std::string& why) {
@@ -186,7 +212,8 @@ void JobTable::SetRetention(size_t retain_finished) {
 std::string JobTable::NewKey(const std::string& node_id) {
   // Unique per daemon start: node, start time and a sequence number.
   static const int64_t start_ms = UnixMillis();
-  return "auto:" + node_id + ":" + std::to_string(start_ms) + ":" + std::to_string(next_id_);
+  return "auto:" + node_id + ":" + std::to_string(start_ms) + ":" +
+         std::to_string(next_auto_key_++);
 }
 
 }  // namespace digestd

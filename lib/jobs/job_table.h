@@ -48,6 +48,12 @@ class JobTable {
                 nlohmann::json input);
   // Forgets a record that was never acknowledged (its enqueue failed).
   void Forget(const JobPtr& job);
+  // Takes in a record made elsewhere (a job claimed from PostgreSQL),
+  // replacing any record of the same key; counts nothing.
+  void Adopt(const JobPtr& job);
+  // Removes `job` (finished, requeued or released to the table) from the
+  // lookups, counting nothing and firing no waiter.
+  void Drop(const JobPtr& job);
 
   void MarkRunning(const JobPtr& job);
   // Moves a job to its terminal state, records its latency, fires waiters.
@@ -59,7 +65,11 @@ class JobTable {
   void MarkRetrying(const JobPtr& job, std::string error, bool refund);
   // A queued job cancelled before it ran.
   void MarkCancelled(const JobPtr& job, const std::string& why);
+  // A job handed back to the PostgreSQL queue unfinished (released at
+  // shutdown, or its lease lost): counted as released, no longer running.
+  void MarkReleased(const JobPtr& job);
   void NoteDuplicate() { ++counters_.duplicates; }
+  void NoteSubmitted() { ++counters_.submitted; }
   void NoteReleased(size_t n) { counters_.released += n; }
 
   // Registers `fn` to run when `key` is terminal; returns a token for
@@ -86,6 +96,7 @@ class JobTable {
   size_t retain_finished_;
   uint64_t next_id_ = 1;
   uint64_t next_token_ = 1;
+  uint64_t next_auto_key_ = 1;
   std::unordered_map<std::string, JobPtr> by_key_;
   std::unordered_map<std::string, std::vector<JobPtr>> by_group_;
   std::deque<JobPtr> finished_;  // oldest first, for eviction

@@ -155,6 +155,13 @@ class BatchWriter {
   // once, after the commit or with the failure.
   [[nodiscard]] Status Enqueue(WriteRow row);
 
+  // Asks for one on_space call as soon as the ring has a free slot (for a
+  // caller that checked free_slots() instead of being refused).
+  void NotifyWhenSpace() {
+    refused_ = true;
+    MaybeSpace();
+  }
+
   // The leases of the jobs running now: renewed in the next batch (due
   // within batch_ms), replacing any set not yet sent. Jobs finished or
   // requeued meanwhile are left out. Call every lease_s / 3 or so.

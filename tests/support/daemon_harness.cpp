@@ -325,6 +325,12 @@ DaemonProcess::~DaemonProcess() {
   toml::table* control = root["control"].as_table();
   if (control == nullptr) return ::testing::AssertionFailure() << "control is not a table";
   if (!control->contains("socket")) control->insert("socket", socket_path_);
+  // Tests that want PostgreSQL say so ([jobs] store = "postgres" with a
+  // [postgres] conninfo); the rest keep jobs in memory.
+  if (!root.contains("jobs")) root.insert("jobs", toml::table{});
+  toml::table* jobs = root["jobs"].as_table();
+  if (jobs == nullptr) return ::testing::AssertionFailure() << "jobs is not a table";
+  if (!jobs->contains("store")) jobs->insert("store", "memory");
   std::ostringstream out;
   out << root << "\n";
   if (!WriteConfigRaw(out.str())) {

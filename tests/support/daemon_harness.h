@@ -108,7 +108,7 @@ Result<nlohmann::json> CallOnce(const std::string& socket_path, const nlohmann::
 
 struct DaemonOptions {
   // TOML text for the config file. [control] socket is set to the daemon's
-  // socket path unless this text sets it.
+  // socket path unless this text sets it, and [jobs] store to "memory".
   std::string config{};
   // The control socket; empty: "ctl.sock" in the daemon's temp dir.
   std::string socket_path{};

@@ -1,0 +1,957 @@
+// The daemon with [jobs] store = "postgres": submits, claims and refills,
+// results and their waits, lease upkeep, recovery, retention and shutdown.
+// The flow is described in daemon.h; the statements live in store/.
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+
+#include "app/daemon.h"
+#include "backend/backoff.h"
+#include "jobs/summarize_fallback.h"
+#include "obs/log.h"
+#include "store/migrations.h"
+
+namespace digestd {
+
+namespace {
+
+// How often an idle daemon looks in the table for due jobs: retries whose
+// backoff is over and jobs other daemons' clients submitted. A submit to
+// this daemon refills at once.
+constexpr uint64_t kRefillPollMs = 500;
+// Wait before a failed migration is tried again (the connection stayed up:
+// a permission or schema problem the log names).
+constexpr uint64_t kMigrateRetryMs = 5000;
+
+int64_t UnixMillis() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+double Millis(int64_t ms) {
+  return static_cast<double>(ms);
+}
+
+}  // namespace
+
+struct Daemon::SubmitBatch {
+  nlohmann::json id;
+  ControlServer::Reply reply;
+  bool single = false;
+  std::vector<nlohmann::json> answers;
+  std::vector<Status> errors;  // per job; ok when answers[i] is set
+  size_t waiting = 0;
+};
+
+struct Daemon::DbWait : std::enable_shared_from_this<Daemon::DbWait> {
+  Daemon* owner = nullptr;
+  nlohmann::json id;
+  ControlServer::Reply reply;
+  std::string key;  // one of key and group
+  std::string group;
+  UvHandle<uv_timer_t> timer;
+  bool checking = false;  // a lookup is in flight
+  bool recheck = false;   // something finished while it was
+  bool expired = false;   // wait_ms passed: the next answer is final
+  bool ended = false;
+};
+
+Status Daemon::InitTimer(uv_loop_t* loop, UvHandle<uv_timer_t>& h, void* data) {
+  int rc = uv_timer_init(loop, h.get());
+  if (rc != 0) return Status::Internal(std::string("uv_timer_init: ") + uv_strerror(rc));
+  h.set_initialized();
+  h.get()->data = data;
+  return Status::Ok();
+}
+
+Status Daemon::StartStore() {
+  const auto& pc = config_.postgres;
+  if (config_.queues.write <= config_.workers.max) {
+    return Status::InvalidConfig(
+        "[queues] write = " + std::to_string(config_.queues.write) +
+        " must be larger than [workers] max = " + std::to_string(config_.workers.max) +
+        ": every running job keeps a write-ring slot for its result; raise [queues] write");
+  }
+  PgConnOptions po;
+  po.conninfo = pc.conninfo;
+  po.connect_timeout_ms = pc.connect_timeout_s * 1000;
+  po.reconnect_max_ms = pc.reconnect_max_ms;
+  po.query_timeout_ms = pc.query_timeout_s * 1000;
+  pg_ = std::make_unique<PgConn>(&loop_, po);
+  store_ = std::make_unique<JobStore>(*pg_, node_id_);
+  BatchWriterOptions wo;
+  wo.capacity = static_cast<size_t>(config_.queues.write);
+  wo.batch_rows = config_.writer.batch_rows;
+  wo.batch_ms = config_.writer.batch_ms;
+  wo.lease_s = pc.lease_s;
+  wo.submit_reserve = static_cast<size_t>(pool_size_);
+  if (wo.submit_reserve >= wo.capacity) wo.submit_reserve = wo.capacity - 1;
+  BatchWriter::Hooks wh;
+  wh.on_space = [this] {
+    FlushPending();
+    dispatcher_->Kick();
+  };
+  wh.on_leases_lost = [this](std::vector<uint64_t> ids) { OnLeasesLost(std::move(ids)); };
+  writer_ = std::make_unique<BatchWriter>(&loop_, *pg_, *store_, wo, std::move(wh));
+  pg_->SetNotifyHandler([this](const std::string& channel, const std::string& payload) {
+    OnNotify(channel, payload);
+  });
+  pg_->AddStateObserver([this](bool up, const Status& why) { OnDbState(up, why); });
+
+  struct Periodic {
+    UvHandle<uv_timer_t>* timer;
+    uint64_t every_ms;
+    void (*run)(Daemon*);
+  };
+  uint64_t lease_ms = std::max<uint64_t>(1000, static_cast<uint64_t>(pc.lease_s) * 1000 / 3);
+  const Periodic periodic[] = {
+      {&refill_timer_, kRefillPollMs, [](Daemon* d) { d->Refill(); }},
+      {&lease_timer_, lease_ms, [](Daemon* d) { d->RenewLeases(); }},
+      {&recover_timer_, static_cast<uint64_t>(pc.recover_interval_s) * 1000,
+       [](Daemon* d) { d->Recover(false); }},
+      {&retention_timer_, static_cast<uint64_t>(pc.retention_interval_s) * 1000,
+       [](Daemon* d) { d->RunRetention(); }},
+      {&backlog_timer_, static_cast<uint64_t>(pc.backlog_interval_ms),
+       [](Daemon* d) { d->RefreshBacklog(); }},
+  };
+  for (const auto& p : periodic) {
+    Status st = InitTimer(&loop_, *p.timer, this);
+    if (!st.ok()) return st;
+    // The callback is looked up by timer, so a plain function pointer serves.
+    uv_timer_start(
+        p.timer->get(),
+        [](uv_timer_t* t) {
+          auto* self = static_cast<Daemon*>(t->data);
+          if (t == self->refill_timer_.get()) self->Refill();
+          if (t == self->lease_timer_.get()) self->RenewLeases();
+          if (t == self->recover_timer_.get()) self->Recover(false);
+          if (t == self->retention_timer_.get()) self->RunRetention();
+          if (t == self->backlog_timer_.get()) self->RefreshBacklog();
+        },
+        p.every_ms, p.every_ms);
+  }
+  Status st = InitTimer(&loop_, ready_timer_, this);
+  if (!st.ok()) return st;
+  if (pc.ready_timeout_s > 0) {
+    uv_timer_start(
+        ready_timer_.get(),
+        [](uv_timer_t* t) { static_cast<Daemon*>(t->data)->MaybeReady("timeout"); },
+        static_cast<uint64_t>(pc.ready_timeout_s) * 1000, 0);
+  }
+  LOG_INFO("connecting to PostgreSQL %s", pg_->Describe().c_str());
+  pg_->Start();
+  return Status::Ok();
+}
+
+void Daemon::OnDbState(bool up, const Status& why) {
+  if (phase_ == Phase::kStopping) return;  // CloseStore() closed it
+  if (!up) {
+    LOG_WARN(
+        "PostgreSQL %s is unreachable: %s; submits answer unavailable, results wait in the "
+        "write ring, and digestd reconnects by itself",
+        pg_->Describe().c_str(), why.message().c_str());
+    for (bool& c : claiming_) c = false;  // their callbacks ran with Unavailable
+    if (notifier_) notifier_->Status("db down: " + StatusLine());
+    return;
+  }
+  LOG_NOTICE("PostgreSQL %s is up (server %d)", pg_->Describe().c_str(),
+             pg_->state().server_version);
+  // LISTEN belongs to the session: issue it on every new connection.
+  Status st = pg_->Query(PgStatement{std::string("LISTEN ") + kDoneChannel, {}, {}},
+                         [](Result<PgResult> r) {
+                           if (!r.ok()) {
+                             LOG_WARN("LISTEN %s failed: %s; result waits end at their wait_ms",
+                                      kDoneChannel, r.status().message().c_str());
+                           }
+                         });
+  (void)st;  // not up after all: the next up runs this again
+  if (!migrated_) {
+    OnDbReady();
+    return;
+  }
+  Recover(false);
+  Refill();
+  RefreshBacklog();
+}
+
+void Daemon::OnDbReady() {
+  if (migrated_ || migrating_ || !pg_->up()) return;
+  if (migrate_retry_at_ > uv_now(&loop_)) return;
+  migrating_ = true;
+  Status st = Migrate(*pg_, [this](Status result) {
+    migrating_ = false;
+    if (!result.ok()) {
+      store_error_ = result.message();
+      migrate_retry_at_ = uv_now(&loop_) + kMigrateRetryMs;
+      LOG_ERROR(
+          "cannot bring schema digestd up to date on %s: %s; fix the database (the user "
+          "needs CREATE on it) -- digestd tries again every %llu s",
+          pg_->Describe().c_str(), result.message().c_str(),
+          static_cast<unsigned long long>(kMigrateRetryMs / 1000));
+      return;
+    }
+    migrated_ = true;
+    store_error_.clear();
+    LOG_INFO("schema digestd is at version %d", kSchemaVersion);
+    // Jobs this node held when it last stopped go back to the queue first,
+    // before any claim: they were not finished by anyone.
+    Recover(true);
+    Refill();
+    RefreshBacklog();
+    MaybeReady("db");
+  });
+  if (!st.ok()) migrating_ = false;
+}
+
+void Daemon::MaybeReady(const char* why) {
+  if (ready_sent_ || phase_ != Phase::kRunning) return;
+  ready_sent_ = true;
+  ready_timer_.Close();
+  notifier_->Ready();
+  if (std::string(why) == "timeout") {
+    std::string err = pg_->state().last_error;
+    LOG_WARN(
+        "ready without PostgreSQL after [postgres] ready_timeout_s = %d s (%s); submits "
+        "answer unavailable until it answers",
+        config_.postgres.ready_timeout_s, err.empty() ? "no answer yet" : err.c_str());
+    notifier_->Status("waiting for PostgreSQL: " + (err.empty() ? std::string("no answer") : err));
+  } else {
+    notifier_->Status(StatusLine());
+  }
+  LOG_NOTICE("digestd %s ready: node %s, socket %s, workers %d..%d (pool %d), jobs in %s",
+             DIGESTD_VERSION, node_id_.c_str(), config_.control.socket.c_str(), config_.workers.min,
+             config_.workers.max, pool_size_, pg_->Describe().c_str());
+}
+
+// ---------------------------------------------------------------- submit
+
+void Daemon::DurableSubmit(const Request& req, const ControlServer::Reply& reply) {
+  std::vector<const nlohmann::json*> specs;
+  bool single = false;
+  Status st = CheckSubmit(req, &specs, &single);
+  if (!st.ok()) {
+    reply.Send(ErrorLine(req.id, st));
+    return;
+  }
+  if (!migrated_ || !pg_->up()) {
+    std::string err = pg_->state().last_error;
+    reply.Send(ErrorLine(
+        req.id,
+        Status::Unavailable(
+            pg_->up()
+                ? "the job table is not ready yet (schema migration running or "
+                  "failing: " +
+                      (store_error_.empty() ? std::string("in progress") : store_error_) +
+                      "); nothing was accepted, submit again shortly"
+                : "PostgreSQL is unreachable (" + (err.empty() ? std::string("connecting") : err) +
+                      "); nothing was accepted, submit again later")));
+    return;
+  }
+  auto batch = std::make_shared<SubmitBatch>();
+  batch->id = req.id;
+  batch->reply = reply;
+  batch->single = single;
+  batch->answers.resize(specs.size());
+  batch->errors.resize(specs.size());
+  auto finish = [this](const std::shared_ptr<SubmitBatch>& b) {
+    if (b->single) {
+      b->reply.Send(b->errors[0].ok() ? OkLine(b->id, std::move(b->answers[0]))
+                                      : ErrorLine(b->id, b->errors[0]));
+    } else {
+      nlohmann::json out = nlohmann::json::array();
+      size_t accepted = 0;
+      for (size_t i = 0; i < b->answers.size(); ++i) {
+        if (b->errors[i].ok()) {
+          ++accepted;
+          out.push_back(std::move(b->answers[i]));
+        } else {
+          out.push_back({{"key", b->answers[i].value("key", "")},
+                         {"error",
+                          {{"code", std::string(b->errors[i].CodeName())},
+                           {"message", b->errors[i].message()}}}});
+        }
+      }
+      b->reply.Send(OkLine(b->id, {{"jobs", std::move(out)}, {"accepted", accepted}}));
+    }
+    Refill();
+  };
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const nlohmann::json& spec = *specs[i];
+    NewJob job;
+    job.key = spec.value("key", std::string());
+    if (job.key.empty()) job.key = jobs_->NewKey(node_id_);
+    job.group = spec.value("group", std::string());
+    job.kind = spec.value("kind", std::string());
+    job.lane = *ParseLane(spec.value("lane", std::string("background")));
+    auto input = spec.find("input");
+    job.input = std::make_shared<const nlohmann::json>(
+        input == spec.end() ? nlohmann::json::object() : *input);
+    job.max_attempts = config_.backend.max_attempts;
+    std::string key = job.key;
+    batch->answers[i] = {{"key", key}};
+    Status enq = writer_->Enqueue(
+        WriteRow::Submit(std::move(job), [this, batch, i, key, finish](const RowOutcome& o) {
+          if (o.status.ok() && o.inserted.id == 0) {
+            batch->errors[i] = Status::Unavailable(
+                "job " + key + " was deleted (retention) while this submit ran; submit again");
+          } else if (o.status.ok()) {
+            if (o.inserted.created) {
+              jobs_->NoteSubmitted();
+            } else {
+              jobs_->NoteDuplicate();
+            }
+            batch->answers[i] = {{"key", key},
+                                 {"status", JobStateName(o.inserted.status)},
+                                 {"existing", !o.inserted.created}};
+          } else {
+            batch->errors[i] =
+                o.status.code() == Status::Code::kUnavailable
+                    ? Status::Unavailable("job " + key +
+                                          " is not known to be stored: the connection to "
+                                          "PostgreSQL was lost (" +
+                                          o.status.message() +
+                                          "); submit it again (the same key is safe to repeat)")
+                    : o.status;
+          }
+          if (--batch->waiting == 0) finish(batch);
+        }));
+    if (enq.ok()) {
+      ++batch->waiting;
+    } else {
+      batch->errors[i] = enq;
+    }
+  }
+  if (batch->waiting == 0) finish(batch);
+}
+
+// ---------------------------------------------------------------- result
+
+nlohmann::json Daemon::StoredJobJson(const StoredJob& job) const {
+  nlohmann::json j = {{"key", job.key},
+                      {"kind", job.kind},
+                      {"lane", LaneName(job.lane)},
+                      {"status", JobStateName(job.state)},
+                      {"attempts", job.attempts},
+                      {"max_attempts", job.max_attempts},
+                      {"submitted_at_ms", job.created_at_ms}};
+  if (!job.group.empty()) j["group"] = job.group;
+  int64_t now = UnixMillis();
+  int64_t started =
+      job.started_at_ms ? job.started_at_ms : (job.finished_at_ms ? job.finished_at_ms : now);
+  if (job.created_at_ms) j["queued_ms"] = Millis(std::max<int64_t>(0, started - job.created_at_ms));
+  if (job.started_at_ms) {
+    j["run_ms"] = Millis(
+        std::max<int64_t>(0, (job.finished_at_ms ? job.finished_at_ms : now) - job.started_at_ms));
+  }
+  if (job.state == JobState::kRunning && !job.lease_owner.empty()) j["node"] = job.lease_owner;
+  if (job.state == JobState::kQueued && job.run_after_ms > now)
+    j["run_after_ms"] = job.run_after_ms;
+  if (job.state == JobState::kDone) j["result"] = job.result;
+  if (!job.error.empty()) j["error"] = job.error;
+  return j;
+}
+
+nlohmann::json Daemon::StoredGroupJson(const std::string& group,
+                                       const std::vector<StoredJob>& parts) const {
+  size_t queued = 0, done = 0, bad = 0, terminal = 0;
+  nlohmann::json list = nlohmann::json::array();
+  for (const auto& p : parts) {
+    list.push_back(StoredJobJson(p));
+    if (p.state == JobState::kQueued) ++queued;
+    if (p.state == JobState::kDone) ++done;
+    if (p.state == JobState::kFailed || p.state == JobState::kCancelled) ++bad;
+    if (IsTerminal(p.state)) ++terminal;
+  }
+  return {{"group", group},
+          {"status", GroupStatusName(parts.size(), queued, done, bad, terminal)},
+          {"total", parts.size()},
+          {"ready", done},
+          {"parts", std::move(list)}};
+}
+
+void Daemon::DurableResult(const Request& req, const ControlServer::Reply& reply, std::string key,
+                           std::string group, int64_t wait_ms) {
+  auto wait = std::make_shared<DbWait>();
+  wait->owner = this;
+  wait->id = req.id;
+  wait->reply = reply;
+  wait->key = std::move(key);
+  wait->group = std::move(group);
+  if (wait_ms > 0 && phase_ != Phase::kStopping) {
+    // Registered before the first lookup, so a commit that lands while the
+    // lookup is in flight still wakes it (recheck).
+    if (InitTimer(&loop_, wait->timer, wait.get()).ok()) {
+      if (wait->group.empty()) {
+        key_waits_[wait->key].push_back(wait);
+      } else {
+        group_waits_.push_back(wait);
+      }
+      uv_timer_start(
+          wait->timer.get(),
+          [](uv_timer_t* t) {
+            auto* w = static_cast<DbWait*>(t->data);
+            w->owner->CheckDbWait(w->shared_from_this(), /*final=*/true);
+          },
+          static_cast<uint64_t>(wait_ms), 0);
+    } else {
+      wait->expired = true;
+    }
+  } else {
+    wait->expired = true;
+  }
+  CheckDbWait(wait, wait->expired);
+}
+
+void Daemon::CheckDbWait(const std::shared_ptr<DbWait>& wait, bool final) {
+  if (wait->ended) return;
+  if (final) wait->expired = true;
+  if (wait->checking) {
+    wait->recheck = true;
+    return;
+  }
+  wait->checking = true;
+  std::weak_ptr<DbWait> weak = wait;
+  auto failed = [this, weak](const Status& why) {
+    auto w = weak.lock();
+    if (!w || w->ended) return;
+    w->reply.Send(ErrorLine(
+        w->id, Status::Unavailable("cannot read the job from PostgreSQL (" + why.message() +
+                                   "); ask again once digestd status shows db: up")));
+    EndDbWait(w);
+  };
+  Status st;
+  if (wait->group.empty()) {
+    st = store_->Lookup(wait->key, [this, weak, failed](Result<std::optional<StoredJob>> r) {
+      auto w = weak.lock();
+      if (!w || w->ended) return;
+      w->checking = false;
+      if (!r.ok()) return failed(r.status());
+      if (!r->has_value()) {
+        w->reply.Send(
+            ErrorLine(w->id, Status::NotFound("no job with key \"" + w->key +
+                                              "\": never submitted, or finished longer ago than "
+                                              "[postgres] retention_s and deleted")));
+        return EndDbWait(w);
+      }
+      if (IsTerminal((*r)->state) || w->expired) {
+        w->reply.Send(OkLine(w->id, StoredJobJson(**r)));
+        return EndDbWait(w);
+      }
+      if (w->recheck) {
+        w->recheck = false;
+        CheckDbWait(w, false);
+      }
+    });
+  } else {
+    st = store_->LookupGroup(wait->group, [this, weak, failed](Result<std::vector<StoredJob>> r) {
+      auto w = weak.lock();
+      if (!w || w->ended) return;
+      w->checking = false;
+      if (!r.ok()) return failed(r.status());
+      if (r->empty()) {
+        w->reply.Send(ErrorLine(w->id, Status::NotFound("no group \"" + w->group + "\"")));
+        return EndDbWait(w);
+      }
+      bool all =
+          std::all_of(r->begin(), r->end(), [](const StoredJob& j) { return IsTerminal(j.state); });
+      if (all || w->expired) {
+        w->reply.Send(OkLine(w->id, StoredGroupJson(w->group, *r)));
+        return EndDbWait(w);
+      }
+      if (w->recheck) {
+        w->recheck = false;
+        CheckDbWait(w, false);
+      }
+    });
+  }
+  if (!st.ok()) {
+    wait->checking = false;
+    failed(st);
+  }
+}
+
+void Daemon::EndDbWait(const std::shared_ptr<DbWait>& wait) {
+  if (wait->ended) return;
+  wait->ended = true;
+  wait->timer.Close();
+  if (wait->group.empty()) {
+    auto it = key_waits_.find(wait->key);
+    if (it != key_waits_.end()) {
+      auto& v = it->second;
+      v.erase(std::remove(v.begin(), v.end(), wait), v.end());
+      if (v.empty()) key_waits_.erase(it);
+    }
+  } else {
+    group_waits_.erase(std::remove(group_waits_.begin(), group_waits_.end(), wait),
+                       group_waits_.end());
+  }
+}
+
+void Daemon::OnNotify(const std::string& channel, const std::string& payload) {
+  if (channel != kDoneChannel) return;
+  if (!key_waits_.empty()) {
+    auto keys = nlohmann::json::parse(payload, nullptr, /*allow_exceptions=*/false);
+    if (keys.is_array()) {
+      for (const auto& k : keys) {
+        if (!k.is_string()) continue;
+        auto it = key_waits_.find(k.get<std::string>());
+        if (it == key_waits_.end()) continue;
+        auto list = it->second;  // a check may end waits
+        for (const auto& w : list) CheckDbWait(w, false);
+      }
+    }
+  }
+  auto groups = group_waits_;
+  for (const auto& w : groups) CheckDbWait(w, false);
+}
+
+// ---------------------------------------------------------------- cancel
+
+void Daemon::DurableCancel(const Request& req, const ControlServer::Reply& reply,
+                           const std::string& key) {
+  if (JobPtr job = jobs_->Find(key)) {
+    if (job->state == JobState::kQueued) {
+      // Claimed by this node, not started: finish it cancelled here.
+      job->user_cancelled = true;
+      job->state = JobState::kCancelled;
+      FinishRow row{job->row_id,          job->lease_token, job->key,
+                    JobState::kCancelled, nullptr,          "cancelled by request before it ran"};
+      ForgetClaim(job);
+      Write(WriteRow::Finish(std::move(row), [reply, id = req.id, key](const RowOutcome& o) {
+        if (!o.status.ok()) {
+          reply.Send(ErrorLine(id, o.status));
+        } else {
+          reply.Send(OkLine(id, {{"key", key},
+                                 {"status", o.accepted ? "cancelled" : "unknown"},
+                                 {"cancelled", o.accepted}}));
+        }
+      }));
+      return;
+    }
+    if (job->state == JobState::kRunning) {
+      job->user_cancelled = true;
+      job->cancel->store(true, std::memory_order_relaxed);
+      reply.Send(OkLine(req.id, {{"key", key}, {"status", "running"}, {"cancelled", true}}));
+      return;
+    }
+  }
+  if (!migrated_ || !pg_->up()) {
+    reply.Send(ErrorLine(req.id, Status::Unavailable("PostgreSQL is unreachable; cancel again "
+                                                     "once digestd status shows db: up")));
+    return;
+  }
+  Status st = store_->CancelQueued(
+      key, "cancelled by request before it ran", [this, reply, id = req.id, key](Result<bool> r) {
+        if (!r.ok()) {
+          reply.Send(ErrorLine(id, r.status()));
+          return;
+        }
+        if (*r) {
+          reply.Send(OkLine(id, {{"key", key}, {"status", "cancelled"}, {"cancelled", true}}));
+          return;
+        }
+        Status ls = store_->Lookup(key, [reply, id, key](Result<std::optional<StoredJob>> j) {
+          if (!j.ok()) {
+            reply.Send(ErrorLine(id, j.status()));
+          } else if (!j->has_value()) {
+            reply.Send(ErrorLine(id, Status::NotFound("no job with key \"" + key + "\"")));
+          } else {
+            nlohmann::json out = {
+                {"key", key}, {"status", JobStateName((*j)->state)}, {"cancelled", false}};
+            if ((*j)->state == JobState::kRunning) {
+              out["message"] = "running on node " + (*j)->lease_owner + "; cancel it there";
+            }
+            reply.Send(OkLine(id, std::move(out)));
+          }
+        });
+        if (!ls.ok()) reply.Send(ErrorLine(id, ls));
+      });
+  if (!st.ok()) reply.Send(ErrorLine(req.id, st));
+}
+
+// ---------------------------------------------------------------- claims
+
+void Daemon::Refill() {
+  if (!durable()) return;
+  if (!migrated_) {
+    OnDbReady();
+    return;
+  }
+  if (!pg_->up() || phase_ != Phase::kRunning) return;
+  for (Lane lane : {Lane::kInteractive, Lane::kBackground}) {
+    int l = static_cast<int>(lane);
+    if (claiming_[l]) continue;
+    size_t depth = dispatcher_->depth(lane);
+    size_t cap = dispatcher_->capacity(lane);
+    size_t low = std::min<size_t>(static_cast<size_t>(config_.postgres.refill_low_water),
+                                  cap > 0 ? cap - 1 : 0);
+    if (depth > low || depth >= cap) continue;
+    int n = static_cast<int>(
+        std::min<size_t>(cap - depth, static_cast<size_t>(config_.postgres.claim_batch)));
+    Status st = store_->Claim(
+        lane, n, config_.postgres.lease_s,
+        [this, lane, n](Result<std::vector<StoredJob>> r) { OnClaimed(lane, n, std::move(r)); });
+    if (st.ok()) claiming_[l] = true;
+  }
+}
+
+void Daemon::OnClaimed(Lane lane, int asked, Result<std::vector<StoredJob>> claimed) {
+  claiming_[static_cast<int>(lane)] = false;
+  if (!claimed.ok()) {
+    if (claimed.status().code() != Status::Code::kUnavailable) {
+      store_error_ = claimed.status().message();
+      LOG_WARN("claiming %s jobs failed: %s", LaneName(lane).data(),
+               claimed.status().message().c_str());
+    }
+    return;
+  }
+  uint64_t now_ns = uv_hrtime();
+  int64_t now_ms = UnixMillis();
+  for (auto& sj : *claimed) {
+    auto job = std::make_shared<JobRecord>();
+    job->id = sj.id;
+    job->row_id = sj.id;
+    job->key = std::move(sj.key);
+    job->group = std::move(sj.group);
+    job->kind = std::move(sj.kind);
+    job->lane = sj.lane;
+    job->input = std::make_shared<const nlohmann::json>(std::move(sj.input));
+    job->attempts = std::max(0, sj.attempts - 1);  // MarkRunning counts the claim's attempt
+    job->max_attempts = sj.max_attempts;
+    job->lease_token = sj.lease_token;
+    job->error = std::move(sj.error);
+    job->submitted_unix_ms = sj.created_at_ms;
+    int64_t age_ms = std::max<int64_t>(0, now_ms - sj.created_at_ms);
+    job->submitted_at =
+        now_ns - std::min<uint64_t>(now_ns, static_cast<uint64_t>(age_ms) * 1000000);
+    claimed_[job->row_id] = job;
+    jobs_->Adopt(job);
+    if (phase_ != Phase::kRunning || !dispatcher_->Enqueue(job).ok()) {
+      WriteRequeue(job, 0, /*refund=*/true, {});
+      jobs_->MarkReleased(job);
+      ForgetClaim(job);
+    }
+  }
+  if (static_cast<int>(claimed->size()) == asked) Refill();  // more may be due
+}
+
+void Daemon::ForgetClaim(const JobPtr& job) {
+  auto it = claimed_.find(job->row_id);
+  if (it != claimed_.end() && it->second == job) claimed_.erase(it);
+  jobs_->Drop(job);
+}
+
+// ---------------------------------------------------------------- outcomes
+
+void Daemon::DurableFinished(const JobPtr& job, WorkOutcome outcome) {
+  bool started = job->state == JobState::kRunning;  // else a failed uv_queue_work
+  if (started && UsesBackend(*job)) backend_->OnOutcome(outcome);
+  if (job->lease_lost) {
+    LOG_WARN(
+        "job %s: dropped its outcome: this node lost the job's lease (it was recovered "
+        "and may run elsewhere)",
+        job->key.c_str());
+    jobs_->MarkReleased(job);
+    ForgetClaim(job);
+    return;
+  }
+  using Kind = WorkOutcome::Kind;
+  if (outcome.kind == Kind::kCancelled && !job->user_cancelled) {
+    // Aborted by a shutdown: back to the queue without spending the attempt.
+    WriteRequeue(job, 0, /*refund=*/true, {});
+    jobs_->MarkReleased(job);
+    ForgetClaim(job);
+    return;
+  }
+  bool busy = outcome.kind == Kind::kBusy;
+  bool retryable = busy || outcome.kind == Kind::kRetry;
+  if (retryable && started) {
+    if (busy || job->attempts < job->max_attempts) {
+      int retry = busy ? job->busy_retries + 1 : job->attempts;
+      int64_t delay =
+          BackoffDelayMs(retry, config_.backend.backoff_base_ms, config_.backend.backoff_max_ms);
+      LOG_INFO("job %s: %s; retry %d in %lld ms%s", job->key.c_str(), outcome.error.c_str(), retry,
+               static_cast<long long>(delay), busy ? " (busy: no attempt spent)" : "");
+      if (busy) ++job->busy_retries;
+      if (UsesBackend(*job)) backend_->NoteRetry();
+      WriteRequeue(job, delay, busy, outcome.error);
+      jobs_->MarkRetrying(job, std::move(outcome.error), busy);
+      ForgetClaim(job);
+      return;
+    }
+    outcome.error = "gave up after " + std::to_string(job->attempts) +
+                    " attempts ([backend] max_attempts); last error: " + outcome.error;
+  }
+  if (retryable || outcome.kind == Kind::kFailed) {
+    LOG_WARN("job %s (%s) failed: %s", job->key.c_str(), job->kind.c_str(), outcome.error.c_str());
+    nlohmann::json fallback =
+        job->kind == "summarize" ? SummaryFallback(*job->input, config_) : nlohmann::json();
+    if (!fallback.is_null()) {
+      // A summary screen never shows a hole: the fallback is stored as done,
+      // with the reason in error.
+      WriteFinish(job, JobState::kDone, std::move(fallback), outcome.error);
+      WorkOutcome stored = WorkOutcome::Done(nullptr);
+      stored.error = std::move(outcome.error);
+      jobs_->MarkFinished(job, std::move(stored));
+    } else {
+      WriteFinish(job, JobState::kFailed, nullptr, outcome.error);
+      outcome.kind = Kind::kFailed;
+      jobs_->MarkFinished(job, std::move(outcome));
+    }
+  } else if (outcome.kind == Kind::kDone) {
+    WriteFinish(job, JobState::kDone, std::move(outcome.result), outcome.error);
+    outcome.result = nullptr;
+    jobs_->MarkFinished(job, std::move(outcome));
+  } else {  // cancelled on request
+    WriteFinish(job, JobState::kCancelled, nullptr,
+                outcome.error.empty() ? "cancelled by request" : outcome.error);
+    jobs_->MarkFinished(job, std::move(outcome));
+  }
+  ForgetClaim(job);
+}
+
+void Daemon::WriteFinish(const JobPtr& job, JobState state, nlohmann::json result,
+                         std::string error) {
+  FinishRow row{job->row_id, job->lease_token,  job->key,
+                state,       std::move(result), std::move(error)};
+  Write(WriteRow::Finish(std::move(row), [this, key = job->key](const RowOutcome& o) {
+    if (o.status.ok() && !o.accepted) {
+      ++lease_ignored_;
+      LOG_WARN(
+          "job %s: its result was not stored: this node's lease was lost meanwhile (the "
+          "job was recovered and claimed again)",
+          key.c_str());
+    } else if (!o.status.ok()) {
+      LOG_ERROR(
+          "job %s: its result could not be stored: %s; the job runs again once its "
+          "lease expires",
+          key.c_str(), o.status.message().c_str());
+    }
+  }));
+}
+
+void Daemon::WriteRequeue(const JobPtr& job, int64_t delay_ms, bool refund, std::string error) {
+  RequeueRow row{job->row_id, job->lease_token, delay_ms, refund, std::move(error)};
+  Write(WriteRow::Requeue(std::move(row)));
+}
+
+void Daemon::Write(WriteRow row) {
+  if (!pending_rows_.empty() || writer_->free_slots() == 0) {
+    pending_rows_.push_back(std::move(row));
+    writer_->NotifyWhenSpace();
+    return;
+  }
+  Status st = writer_->Enqueue(std::move(row));
+  if (!st.ok()) {
+    LOG_ERROR(
+        "a job's state could not be queued for PostgreSQL: %s; the job runs again once "
+        "its lease expires",
+        st.message().c_str());
+  }
+}
+
+void Daemon::FlushPending() {
+  while (!pending_rows_.empty() && writer_->free_slots() > 0) {
+    WriteRow row = std::move(pending_rows_.front());
+    pending_rows_.pop_front();
+    Status st = writer_->Enqueue(std::move(row));
+    if (!st.ok()) {
+      LOG_ERROR("a job's state could not be queued for PostgreSQL: %s", st.message().c_str());
+    }
+  }
+  if (!pending_rows_.empty()) writer_->NotifyWhenSpace();
+  if (writer_draining_ && pending_rows_.empty()) DurableDrained();
+}
+
+// ---------------------------------------------------------------- upkeep
+
+void Daemon::RenewLeases() {
+  if (!durable() || claimed_.empty()) return;
+  std::vector<LeaseRef> leases;
+  leases.reserve(claimed_.size());
+  for (const auto& [id, job] : claimed_) leases.push_back(LeaseRef{id, job->lease_token});
+  writer_->RenewLeases(std::move(leases));
+}
+
+void Daemon::OnLeasesLost(std::vector<uint64_t> ids) {
+  for (uint64_t id : ids) {
+    auto it = claimed_.find(id);
+    if (it == claimed_.end()) continue;
+    JobPtr job = it->second;
+    ++leases_lost_;
+    job->lease_lost = true;
+    LOG_WARN(
+        "job %s: this node's lease on it was lost (it expired and the job was recovered); "
+        "stopping it here",
+        job->key.c_str());
+    if (job->state == JobState::kQueued) {
+      job->state = JobState::kCancelled;  // the dispatcher skips it
+      jobs_->MarkReleased(job);
+      ForgetClaim(job);
+    } else {
+      job->cancel->store(true, std::memory_order_relaxed);
+      claimed_.erase(it);  // its outcome is dropped on return
+    }
+  }
+}
+
+void Daemon::Recover(bool startup) {
+  if (!durable() || !migrated_ || recovering_) return;
+  Status st = store_->RecoverExpired(startup, [this, startup](Result<RecoverCounts> r) {
+    recovering_ = false;
+    if (!r.ok()) {
+      if (r.status().code() != Status::Code::kUnavailable) {
+        store_error_ = r.status().message();
+        LOG_WARN("lease recovery failed: %s", r.status().message().c_str());
+      }
+      return;
+    }
+    recovered_ += r->requeued;
+    crash_failed_ += r->failed_keys.size();
+    if (r->requeued > 0 || !r->failed_keys.empty()) {
+      LOG_NOTICE("%s: %llu jobs back in the queue, %zu failed after using up their attempts%s",
+                 startup ? "jobs this node held before it restarted" : "expired leases",
+                 static_cast<unsigned long long>(r->requeued), r->failed_keys.size(),
+                 r->failed_keys.empty() ? "" : " (their workers crashed or hung each time)");
+    }
+    if (r->requeued > 0) Refill();
+  });
+  if (st.ok()) recovering_ = true;
+}
+
+void Daemon::RunRetention() {
+  if (!durable() || !migrated_ || retention_running_ || config_.postgres.retention_s <= 0) return;
+  int limit = config_.postgres.retention_batch;
+  Status st = store_->DeleteFinishedOlderThan(
+      config_.postgres.retention_s, limit, [this, limit](Result<uint64_t> r) {
+        retention_running_ = false;
+        if (!r.ok()) {
+          LOG_WARN("retention delete failed: %s", r.status().message().c_str());
+          return;
+        }
+        retention_deleted_ += *r;
+        // Small batches, one after another: short transactions, no bloat.
+        if (*r >= static_cast<uint64_t>(limit) && phase_ == Phase::kRunning) RunRetention();
+      });
+  if (st.ok()) retention_running_ = true;
+}
+
+void Daemon::RefreshBacklog() {
+  if (!durable() || !migrated_ || backlog_pending_) return;
+  Status st = store_->BacklogCounts([this](Result<Backlog> r) {
+    backlog_pending_ = false;
+    if (!r.ok()) return;
+    backlog_ = *r;
+    backlog_unix_ms_ = UnixMillis();
+  });
+  if (st.ok()) backlog_pending_ = true;
+}
+
+// ---------------------------------------------------------------- shutdown
+
+void Daemon::DurableBeginShutdown() {
+  // Claimed but not started: their leases go back to the queue at once, for
+  // the next start or another node; the attempt is given back.
+  auto queued = dispatcher_->TakeQueued();
+  size_t released = 0;
+  for (const auto& job : queued) {
+    if (job->state != JobState::kQueued) continue;
+    WriteRequeue(job, 0, /*refund=*/true, {});
+    jobs_->MarkReleased(job);
+    ForgetClaim(job);
+    ++released;
+  }
+  LOG_NOTICE("released %zu claimed jobs that had not started; %d running jobs may finish", released,
+             dispatcher_->in_flight());
+  dispatcher_->PutPills();  // on_drained follows once nothing runs
+}
+
+void Daemon::DurableDrained() {
+  if (phase_ != Phase::kDraining) return;
+  writer_draining_ = true;
+  if (!pending_rows_.empty()) return;  // FlushPending calls again
+  writer_->Drain([this] {
+    if (!pending_rows_.empty()) return;  // more came; FlushPending drains again
+    LOG_INFO("every result and release is written to PostgreSQL");
+    FinishShutdown();
+  });
+}
+
+void Daemon::CloseStore() {
+  if (!durable()) return;
+  for (auto* t : {&ready_timer_, &refill_timer_, &lease_timer_, &recover_timer_, &retention_timer_,
+                  &backlog_timer_}) {
+    t->Close();
+  }
+  auto keys = key_waits_;
+  for (const auto& [key, list] : keys) {
+    for (const auto& w : list) {
+      w->reply.Send(ErrorLine(w->id, Status::Unavailable("digestd is shutting down; ask again "
+                                                         "once it has restarted")));
+      EndDbWait(w);
+    }
+  }
+  auto groups = group_waits_;
+  for (const auto& w : groups) {
+    w->reply.Send(ErrorLine(
+        w->id, Status::Unavailable("digestd is shutting down; ask again once it has restarted")));
+    EndDbWait(w);
+  }
+  if (writer_) writer_->Close();
+  if (pg_) pg_->Close();
+}
+
+nlohmann::json Daemon::StoreStatusJson() const {
+  if (!durable()) return {{"store", "memory"}};
+  PgConnState cs = pg_->state();
+  BatchWriterStats ws = writer_->stats();
+  nlohmann::json db = {{"store", "postgres"},
+                       {"state", cs.up ? (migrated_ ? "up" : "migrating") : "down"},
+                       {"target", cs.target},
+                       {"server_version", cs.server_version},
+                       {"connects", cs.connects},
+                       {"disconnects", cs.disconnects},
+                       {"schema_version", migrated_ ? kSchemaVersion : 0}};
+  if (!cs.last_error.empty()) {
+    db["last_error"] = cs.last_error;
+    db["last_error_unix_ms"] = cs.last_error_unix_ms;
+  }
+  if (!cs.up && cs.next_attempt_unix_ms) db["next_attempt_unix_ms"] = cs.next_attempt_unix_ms;
+  if (!store_error_.empty()) db["store_error"] = store_error_;
+  nlohmann::json writer = {
+      {"depth", ws.depth},
+      {"capacity", ws.capacity},
+      {"pending", pending_rows_.size()},
+      {"rows_written", ws.rows_written},
+      {"batches", ws.batches},
+      {"submits_written", ws.submits_written},
+      {"results_written", ws.results_written},
+      {"ignored", ws.ignored},
+      {"rejected", ws.rejected},
+      {"failed_batches", ws.failed_batches},
+      {"last_commit_ms", ws.last_commit_ms},
+      {"commits_per_1000_results", ws.commits_per_1000_results},
+      {"row_wait", {{"p50_ms", ws.row_wait.p50_ms}, {"p99_ms", ws.row_wait.p99_ms}}}};
+  if (!ws.last_error.empty()) writer["last_error"] = ws.last_error;
+  db["writer"] = std::move(writer);
+  auto lane = [&](Lane l) {
+    int i = static_cast<int>(l);
+    return nlohmann::json{{"queued", backlog_.queued[i]},
+                          {"delayed", backlog_.delayed[i]},
+                          {"running", backlog_.running[i]}};
+  };
+  db["backlog"] = {{"interactive", lane(Lane::kInteractive)},
+                   {"background", lane(Lane::kBackground)},
+                   {"as_of_unix_ms", backlog_unix_ms_}};
+  db["leases"] = {{"held", claimed_.size()},
+                  {"lost", leases_lost_},
+                  {"results_ignored", lease_ignored_},
+                  {"recovered", recovered_},
+                  {"failed_after_crashes", crash_failed_}};
+  db["retention_deleted"] = retention_deleted_;
+  return db;
+}
+
+}  // namespace digestd
