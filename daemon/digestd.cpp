@@ -6,6 +6,7 @@
 #include <string>
 
 #include "app/daemon.h"
+#include "app/migrate_only.h"
 #include "backend/ollama_client.h"
 #include "config/config.h"
 #include "obs/log.h"
@@ -17,7 +18,7 @@ constexpr const char* kDefaultConfig = "/etc/digestd/digestd.conf";
 void Usage(FILE* out) {
   std::fprintf(out,
                "usage: digestd [--config PATH] [--check-config] [--print-config]\n"
-               "               [--version] [--help]\n"
+               "               [--migrate-only] [--version] [--help]\n"
                "\n"
                "Runs LLM side-work (summaries, embeddings, generations) off the critical path\n"
                "of the apps that submit it over a Unix socket. Always runs in the foreground;\n"
@@ -27,6 +28,8 @@ void Usage(FILE* out) {
                "                   when that file does not exist)\n"
                "  --check-config   validate the config file and exit 0 (valid) or 1\n"
                "  --print-config   print the effective config as TOML and exit\n"
+               "  --migrate-only   create or update schema digestd in [postgres] conninfo\n"
+               "                   and exit 0 (done) or 1\n"
                "  --version        print the version and exit\n"
                "  --help           this text\n",
                kDefaultConfig);
@@ -36,7 +39,7 @@ void Usage(FILE* out) {
 
 int main(int argc, char** argv) {
   std::string config_path;
-  bool check = false, print = false;
+  bool check = false, print = false, migrate_only = false;
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "--config" || a == "-c") {
@@ -51,6 +54,8 @@ int main(int argc, char** argv) {
       check = true;
     } else if (a == "--print-config") {
       print = true;
+    } else if (a == "--migrate-only") {
+      migrate_only = true;
     } else if (a == "--version" || a == "-V") {
       std::printf("digestd %s\n", DIGESTD_VERSION);
       return 0;
@@ -83,6 +88,7 @@ int main(int argc, char** argv) {
     std::fputs(digestd::DumpConfig(config).c_str(), stdout);
     return 0;
   }
+  if (migrate_only) return digestd::RunMigrateOnly(config);
   if (config_path.empty()) {
     LOG_NOTICE("no config file at %s; running on built-in defaults", kDefaultConfig);
   }
