@@ -133,6 +133,8 @@ class Daemon {
   void WriteFinish(const JobPtr& job, JobState state, nlohmann::json result, std::string error);
   void WriteRequeue(const JobPtr& job, int64_t delay_ms, bool refund, std::string error);
   void Write(WriteRow row);
+  Status WriteSubmit(WriteRow row);
+  void FailPendingSubmits(const Status& why);
   void FlushPending();
   void ForgetClaim(const JobPtr& job);
   void RenewLeases();
@@ -190,12 +192,15 @@ class Daemon {
   // until its finish, requeue or release row is queued.
   std::unordered_map<uint64_t, JobPtr> claimed_;
   std::deque<WriteRow> pending_rows_;  // rows the full write ring refused; oldest first
-  bool writer_draining_ = false;       // shutdown waits for the writer's last batch
-  int forced_ = 0;                     // ForceShutdown calls with the store
-  Backlog backlog_{};                  // from the table, every backlog_interval_ms
-  int64_t backlog_unix_ms_ = 0;        // when backlog_ was read; 0: not yet
-  uint64_t recovered_ = 0;             // jobs returned to the queue by lease recovery
-  uint64_t crash_failed_ = 0;          // jobs failed for crashing their workers too often
+  // Submits waiting for write-ring slots (a batch larger than the free
+  // slots); their clients wait for the commit as any submit's do. Bounded.
+  std::deque<WriteRow> pending_submits_;
+  bool writer_draining_ = false;  // shutdown waits for the writer's last batch
+  int forced_ = 0;                // ForceShutdown calls with the store
+  Backlog backlog_{};             // from the table, every backlog_interval_ms
+  int64_t backlog_unix_ms_ = 0;   // when backlog_ was read; 0: not yet
+  uint64_t recovered_ = 0;        // jobs returned to the queue by lease recovery
+  uint64_t crash_failed_ = 0;     // jobs failed for crashing their workers too often
   uint64_t retention_deleted_ = 0;
   uint64_t leases_lost_ = 0;
   uint64_t lease_ignored_ = 0;  // finish rows the lease guard refused

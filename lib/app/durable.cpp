@@ -153,6 +153,9 @@ void Daemon::OnDbState(bool up, const Status& why) {
         "write ring, and digestd reconnects by itself",
         pg_->Describe().c_str(), why.message().c_str());
     for (bool& c : claiming_) c = false;  // their callbacks ran with Unavailable
+    FailPendingSubmits(Status::Unavailable(
+        "PostgreSQL became unreachable (" + why.message() +
+        ") before the job could be stored; nothing was accepted, submit again later"));
     if (notifier_) notifier_->Status("db down: " + StatusLine());
     return;
   }
@@ -171,6 +174,17 @@ void Daemon::OnDbState(bool up, const Status& why) {
     OnDbReady();
     return;
   }
+  // A claim in flight when the connection dropped may have committed with
+  // its answer lost: those jobs run under this node's name but nowhere.
+  std::vector<int64_t> held;
+  held.reserve(claimed_.size());
+  for (const auto& [id, job] : claimed_) held.push_back(job->lease_token);
+  st = store_->ReleaseUnheld(std::move(held), [](Result<uint64_t> r) {
+    if (r.ok() && *r > 0) {
+      LOG_NOTICE("%llu jobs claimed just before the connection dropped went back to the queue",
+                 static_cast<unsigned long long>(*r));
+    }
+  });
   Recover(false);
   Refill();
   RefreshBacklog();
@@ -291,7 +305,7 @@ void Daemon::DurableSubmit(const Request& req, const ControlServer::Reply& reply
     job.max_attempts = config_.backend.max_attempts;
     std::string key = job.key;
     batch->answers[i] = {{"key", key}};
-    Status enq = writer_->Enqueue(
+    Status enq = WriteSubmit(
         WriteRow::Submit(std::move(job), [this, batch, i, key, finish](const RowOutcome& o) {
           if (o.status.ok() && o.inserted.id == 0) {
             batch->errors[i] = Status::Unavailable(
@@ -412,10 +426,9 @@ void Daemon::CheckDbWait(const std::shared_ptr<DbWait>& wait, bool final) {
     return;
   }
   wait->checking = true;
-  std::weak_ptr<DbWait> weak = wait;
-  auto failed = [this, weak](const Status& why) {
-    auto w = weak.lock();
-    if (!w || w->ended) return;
+  // The lookups hold the wait: a wait with wait_ms = 0 has no other owner.
+  auto failed = [this, w = wait](const Status& why) {
+    if (w->ended) return;
     w->reply.Send(ErrorLine(
         w->id, Status::Unavailable("cannot read the job from PostgreSQL (" + why.message() +
                                    "); ask again once digestd status shows db: up")));
@@ -423,9 +436,8 @@ void Daemon::CheckDbWait(const std::shared_ptr<DbWait>& wait, bool final) {
   };
   Status st;
   if (wait->group.empty()) {
-    st = store_->Lookup(wait->key, [this, weak, failed](Result<std::optional<StoredJob>> r) {
-      auto w = weak.lock();
-      if (!w || w->ended) return;
+    st = store_->Lookup(wait->key, [this, w = wait, failed](Result<std::optional<StoredJob>> r) {
+      if (w->ended) return;
       w->checking = false;
       if (!r.ok()) return failed(r.status());
       if (!r->has_value()) {
@@ -445,26 +457,26 @@ void Daemon::CheckDbWait(const std::shared_ptr<DbWait>& wait, bool final) {
       }
     });
   } else {
-    st = store_->LookupGroup(wait->group, [this, weak, failed](Result<std::vector<StoredJob>> r) {
-      auto w = weak.lock();
-      if (!w || w->ended) return;
-      w->checking = false;
-      if (!r.ok()) return failed(r.status());
-      if (r->empty()) {
-        w->reply.Send(ErrorLine(w->id, Status::NotFound("no group \"" + w->group + "\"")));
-        return EndDbWait(w);
-      }
-      bool all =
-          std::all_of(r->begin(), r->end(), [](const StoredJob& j) { return IsTerminal(j.state); });
-      if (all || w->expired) {
-        w->reply.Send(OkLine(w->id, StoredGroupJson(w->group, *r)));
-        return EndDbWait(w);
-      }
-      if (w->recheck) {
-        w->recheck = false;
-        CheckDbWait(w, false);
-      }
-    });
+    st = store_->LookupGroup(
+        wait->group, [this, w = wait, failed](Result<std::vector<StoredJob>> r) {
+          if (w->ended) return;
+          w->checking = false;
+          if (!r.ok()) return failed(r.status());
+          if (r->empty()) {
+            w->reply.Send(ErrorLine(w->id, Status::NotFound("no group \"" + w->group + "\"")));
+            return EndDbWait(w);
+          }
+          bool all = std::all_of(r->begin(), r->end(),
+                                 [](const StoredJob& j) { return IsTerminal(j.state); });
+          if (all || w->expired) {
+            w->reply.Send(OkLine(w->id, StoredGroupJson(w->group, *r)));
+            return EndDbWait(w);
+          }
+          if (w->recheck) {
+            w->recheck = false;
+            CheckDbWait(w, false);
+          }
+        });
   }
   if (!st.ok()) {
     wait->checking = false;
@@ -752,7 +764,33 @@ void Daemon::Write(WriteRow row) {
   }
 }
 
+Status Daemon::WriteSubmit(WriteRow row) {
+  if (pending_submits_.empty() && writer_->submit_free_slots() > 0) {
+    return writer_->Enqueue(std::move(row));
+  }
+  // Four full batches may wait beyond the ring; past that the client is
+  // told to come back, so memory stays bounded.
+  size_t limit = static_cast<size_t>(config_.jobs.max_batch) * 4;
+  if (pending_submits_.size() >= limit) {
+    return Status::QueueFull("the write ring is full and " + std::to_string(limit) +
+                             " more submits wait for it (PostgreSQL is slower than the "
+                             "submits); submit again shortly, or raise [queues] write");
+  }
+  pending_submits_.push_back(std::move(row));
+  writer_->NotifyWhenSpace();
+  return Status::Ok();
+}
+
+void Daemon::FailPendingSubmits(const Status& why) {
+  auto waiting = std::move(pending_submits_);
+  pending_submits_.clear();
+  for (auto& row : waiting) {
+    if (row.done) row.done(RowOutcome{why, true, {}});
+  }
+}
+
 void Daemon::FlushPending() {
+  // Results first: they free worker slots and ring slots alike.
   while (!pending_rows_.empty() && writer_->free_slots() > 0) {
     WriteRow row = std::move(pending_rows_.front());
     pending_rows_.pop_front();
@@ -761,7 +799,14 @@ void Daemon::FlushPending() {
       LOG_ERROR("a job's state could not be queued for PostgreSQL: %s", st.message().c_str());
     }
   }
-  if (!pending_rows_.empty()) writer_->NotifyWhenSpace();
+  while (!pending_submits_.empty() && writer_->submit_free_slots() > 0) {
+    WriteRow row = std::move(pending_submits_.front());
+    pending_submits_.pop_front();
+    RowCallback done = row.done;  // Enqueue consumes the row even when it refuses it
+    Status st = writer_->Enqueue(std::move(row));
+    if (!st.ok() && done) done(RowOutcome{st, true, {}});
+  }
+  if (!pending_rows_.empty() || !pending_submits_.empty()) writer_->NotifyWhenSpace();
   if (writer_draining_ && pending_rows_.empty()) DurableDrained();
 }
 
@@ -899,6 +944,9 @@ void Daemon::CloseStore() {
         w->id, Status::Unavailable("digestd is shutting down; ask again once it has restarted")));
     EndDbWait(w);
   }
+  FailPendingSubmits(
+      Status::Unavailable("digestd is shutting down; submit again once it has "
+                          "restarted"));
   if (writer_) writer_->Close();
   if (pg_) pg_->Close();
 }

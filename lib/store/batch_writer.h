@@ -155,12 +155,10 @@ class BatchWriter {
   // once, after the commit or with the failure.
   [[nodiscard]] Status Enqueue(WriteRow row);
 
-  // Asks for one on_space call as soon as the ring has a free slot (for a
-  // caller that checked free_slots() instead of being refused).
-  void NotifyWhenSpace() {
-    refused_ = true;
-    MaybeSpace();
-  }
+  // Asks for one on_space call when the next batch leaves the ring (for a
+  // caller that checked free_slots() instead of being refused). Never calls
+  // on_space from inside; the ring must hold rows (else there is room).
+  void NotifyWhenSpace() { refused_ = true; }
 
   // The leases of the jobs running now: renewed in the next batch (due
   // within batch_ms), replacing any set not yet sent. Jobs finished or
@@ -184,6 +182,11 @@ class BatchWriter {
   size_t depth() const { return ring_.size(); }
   size_t capacity() const { return options_.capacity; }
   size_t free_slots() const { return options_.capacity - ring_.size(); }
+  // Slots a submit may take now (submit_reserve kept back).
+  size_t submit_free_slots() const {
+    size_t used = ring_.size() + options_.submit_reserve;
+    return used < options_.capacity ? options_.capacity - used : 0;
+  }
   bool flushing() const { return flushing_; }
   BatchWriterStats stats() const;
 

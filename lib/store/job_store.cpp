@@ -101,7 +101,9 @@ PgStatement Stmt(const char* name, std::string sql, std::vector<std::optional<st
 
 // Finish: the UPDATE under the guard in a CTE; the outer query sees the rows
 // as they were before it (one snapshot), so `already` recognises a row this
-// same lease finished in an earlier, committed, attempt.
+// same lease finished in an earlier, committed, attempt. `IN (SELECT ...)`
+// rather than a join with the CTE: it becomes a hashed subplan, where a
+// join rescans the CTE once per row (quadratic in the batch).
 const char* kFinishSql = R"(WITH u AS (
   SELECT * FROM jsonb_to_recordset($2::jsonb)
     AS u(id bigint, token bigint, status text, result jsonb, error text)
@@ -115,9 +117,9 @@ const char* kFinishSql = R"(WITH u AS (
   RETURNING j.id
 )
 SELECT u.id,
-       upd.id IS NOT NULL
+       u.id IN (SELECT id FROM upd)
        OR (j.status = u.status AND j.lease_token = u.token AND j.lease_owner = $1)
-  FROM u LEFT JOIN upd ON upd.id = u.id LEFT JOIN digestd.jobs j ON j.id = u.id)";
+  FROM u LEFT JOIN digestd.jobs j ON j.id = u.id)";
 
 // Requeue: a job back in the queue with the same token (ours, repeated, or a
 // recovery that did the same) counts as accepted.
@@ -137,8 +139,8 @@ const char* kRequeueSql = R"(WITH u AS (
   RETURNING j.id
 )
 SELECT u.id,
-       upd.id IS NOT NULL OR (j.status = 'queued' AND j.lease_token = u.token)
-  FROM u LEFT JOIN upd ON upd.id = u.id LEFT JOIN digestd.jobs j ON j.id = u.id)";
+       u.id IN (SELECT id FROM upd) OR (j.status = 'queued' AND j.lease_token = u.token)
+  FROM u LEFT JOIN digestd.jobs j ON j.id = u.id)";
 
 const char* kRenewSql = R"(UPDATE digestd.jobs j
    SET lease_until = now() + $3::double precision * interval '1 second'
@@ -381,6 +383,24 @@ Status JobStore::RenewLeases(std::vector<LeaseRef> leases, int lease_s,
                      [leases = std::move(leases), done = std::move(done)](Result<PgResult> r) {
                        if (!r.ok()) return done(r.status());
                        done(ParseLost(leases, *r));
+                     });
+}
+
+Status JobStore::ReleaseUnheld(std::vector<int64_t> held, Callback<uint64_t> done) {
+  std::string tokens = "{";
+  for (size_t i = 0; i < held.size(); ++i) {
+    if (i) tokens += ',';
+    tokens += std::to_string(held[i]);
+  }
+  tokens += '}';
+  const char* sql = R"(UPDATE digestd.jobs j
+   SET status = 'queued', attempts = greatest(j.attempts - 1, 0), lease_owner = NULL,
+       lease_until = NULL, run_after = now(), updated_at = now()
+ WHERE j.status = 'running' AND j.lease_owner = $1 AND NOT (j.lease_token = ANY ($2::bigint[])))";
+  return conn_.Query(Stmt("digestd_release_unheld", sql, {node_id_, tokens}),
+                     [done = std::move(done)](Result<PgResult> r) {
+                       if (!r.ok()) return done(r.status());
+                       done(r->Affected());
                      });
 }
 

@@ -172,6 +172,12 @@ class JobStore {
   // attempts are used up (see the rule above); failed keys are NOTIFYed.
   [[nodiscard]] Status RecoverExpired(bool startup, Callback<RecoverCounts> done);
 
+  // After a reconnect: returns to `queued`, giving the attempt back, every
+  // job running under this node's name whose lease token is not in `held` --
+  // claims whose answer was lost with the old connection, so this node never
+  // started them. `done` gets how many. (Node ids must be unique per daemon.)
+  [[nodiscard]] Status ReleaseUnheld(std::vector<int64_t> held, Callback<uint64_t> done);
+
   // The job with `key`; nullopt when there is none.
   [[nodiscard]] Status Lookup(std::string key, Callback<std::optional<StoredJob>> done);
   // Every job of `group` in submit order (at most 10,000); empty when none.
