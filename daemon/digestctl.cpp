@@ -37,7 +37,7 @@ void Usage(FILE* out) {
       "  cancel KEY\n"
       "  workers [--min N] [--max N] [--reserved N]\n"
       "  reload                      re-read the config file (like SIGHUP)\n"
-      "  drain                       finish queued work and stop\n"
+      "  drain                       finish running work and stop\n"
       "\n"
       "The socket is --socket, else $DIGESTD_SOCKET, else /run/digestd/control.sock.\n"
       "Exit status: 0 ok, 1 digestd answered an error, 2 usage, 3 digestd unreachable.\n",

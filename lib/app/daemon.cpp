@@ -342,6 +342,14 @@ void Daemon::ApplyRuntimeConfig() {
   control_->SetOptions({static_cast<size_t>(config_.control.max_line_bytes),
                         config_.control.max_clients, config_.control.idle_timeout_s});
   uv_timer_set_repeat(status_timer_.get(), config_.daemon.status_interval_ms);
+  if (durable()) {
+    // The periodic store tasks take their new intervals from their next run.
+    const auto& pc = config_.postgres;
+    uv_timer_set_repeat(recover_timer_.get(), static_cast<uint64_t>(pc.recover_interval_s) * 1000);
+    uv_timer_set_repeat(retention_timer_.get(),
+                        static_cast<uint64_t>(pc.retention_interval_s) * 1000);
+    uv_timer_set_repeat(backlog_timer_.get(), static_cast<uint64_t>(pc.backlog_interval_ms));
+  }
 }
 
 void Daemon::BeginShutdown(const char* why) {

@@ -350,7 +350,8 @@ std::string WriteConfig(const Options& opt, const std::string& dir, const std::s
       << "[queues]\ninteractive = 200\nbackground = " << opt.ring << "\n\n"
       << "[control]\nsocket = \"" << dir << "/control.sock\"\nmode = \"0600\"\n\n"
       << "[daemon]\nnode_id = \"bench\"\nshutdown_grace_s = 10\n\n"
-      << "[jobs]\nmax_batch = " << opt.max_batch << "\nretain_finished = 10000\n\n"
+      << "[jobs]\nstore = \"" << (opt.conninfo.empty() ? "memory" : "postgres")
+      << "\"\nmax_batch = " << opt.max_batch << "\nretain_finished = 10000\n\n"
       << "[log]\nlevel = \"warning\"\n\n"
       << "[backend]\nurl = \"" << url << "\"\nbreaker_failures = 10000\n";
   if (!opt.conninfo.empty()) {

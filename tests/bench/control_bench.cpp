@@ -506,7 +506,8 @@ std::string WriteConfig(const Options& opt, const std::string& dir, const std::s
       << "[queues]\ninteractive = 200\nbackground = " << BackgroundCapacity(opt) << "\n\n"
       << "[control]\nsocket = \"" << socket << "\"\nmode = \"0600\"\n\n"
       << "[daemon]\nnode_id = \"bench\"\nshutdown_grace_s = 10\n\n"
-      << "[jobs]\nnoop_max_sleep_ms = " << std::max(1000, opt.noop_ms)
+      << "[jobs]\nstore = \"" << (opt.conninfo.empty() ? "memory" : "postgres")
+      << "\"\nnoop_max_sleep_ms = " << std::max(1000, opt.noop_ms)
       << "\nretain_finished = " << kRetainFinished << "\n\n"
       << "[log]\nlevel = \"warning\"\n";
   if (!opt.conninfo.empty()) {
