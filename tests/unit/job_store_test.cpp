@@ -263,6 +263,32 @@ TEST_F(JobStoreTest, StartupRecoveryTakesBackOnlyThisNodesJobs) {
             "0");
 }
 
+TEST_F(JobStoreTest, ReleaseUnheldRequeuesOnlyClaimsThisNodeDoesNotHold) {
+  Insert({Job("u1"), Job("u2"), Job("u3")});
+  JobStore other(ExtraConn(), "node-b");
+  auto mine = Claim(*store_, Lane::kBackground, 2);
+  ASSERT_EQ(mine.size(), 2u);
+  ASSERT_EQ(Claim(other, Lane::kBackground, 1).size(), 1u);
+  // This node kept only the first claim; the second's answer was "lost".
+  auto r = Await<Result<uint64_t>>(
+      loop_, [&](auto cb) { return store_->ReleaseUnheld({mine[0].lease_token}, cb); });
+  ASSERT_TRUE(r && r->ok()) << (r ? r->status().ToString() : "");
+  EXPECT_EQ(r->value(), 1u);
+  auto held = Lookup(mine[0].key);
+  auto lost = Lookup(mine[1].key);
+  EXPECT_EQ(held->state, JobState::kRunning);
+  EXPECT_EQ(lost->state, JobState::kQueued);
+  EXPECT_EQ(lost->attempts, 0) << "a claim that never reached the node spent no attempt";
+  EXPECT_EQ(Scalar("SELECT count(*) FROM digestd.jobs WHERE lease_owner = 'node-b' AND "
+                   "status = 'running'"),
+            "1")
+      << "another node's claim was touched";
+  // Holding nothing releases everything this node has running.
+  auto all = Await<Result<uint64_t>>(loop_, [&](auto cb) { return store_->ReleaseUnheld({}, cb); });
+  ASSERT_TRUE(all && all->ok());
+  EXPECT_EQ(all->value(), 1u);
+}
+
 TEST_F(JobStoreTest, ReleaseGivesTheAttemptBackAndRequeueDelays) {
   Insert({Job("r1"), Job("r2")});
   auto got = Claim(*store_, Lane::kBackground, 2);
