@@ -161,14 +161,25 @@ void Daemon::OnDbState(bool up, const Status& why) {
   }
   LOG_NOTICE("PostgreSQL %s is up (server %d)", pg_->Describe().c_str(),
              pg_->state().server_version);
+  // The job table grows from empty to a large backlog in minutes, faster
+  // than autovacuum's statistics follow; a generic plan cached while it was
+  // small (a sequential scan for the key lookup) would stay. Planning each
+  // execution with the table's current size costs microseconds per batch.
+  Status st = pg_->Query(
+      PgStatement{"SET plan_cache_mode = force_custom_plan", {}, {}}, [](Result<PgResult> r) {
+        if (!r.ok()) {
+          LOG_WARN("SET plan_cache_mode failed: %s", r.status().message().c_str());
+        }
+      });
+  (void)st;
   // LISTEN belongs to the session: issue it on every new connection.
-  Status st = pg_->Query(PgStatement{std::string("LISTEN ") + kDoneChannel, {}, {}},
-                         [](Result<PgResult> r) {
-                           if (!r.ok()) {
-                             LOG_WARN("LISTEN %s failed: %s; result waits end at their wait_ms",
-                                      kDoneChannel, r.status().message().c_str());
-                           }
-                         });
+  st = pg_->Query(PgStatement{std::string("LISTEN ") + kDoneChannel, {}, {}},
+                  [](Result<PgResult> r) {
+                    if (!r.ok()) {
+                      LOG_WARN("LISTEN %s failed: %s; result waits end at their wait_ms",
+                               kDoneChannel, r.status().message().c_str());
+                    }
+                  });
   (void)st;  // not up after all: the next up runs this again
   if (!migrated_) {
     OnDbReady();

@@ -1,0 +1,975 @@
+// durable_bench: the real digestd with its jobs in PostgreSQL ([jobs] store =
+// "postgres", [backend] kind = "extractive", [workers] max = 16), measured
+// from outside in one run against one cluster:
+//
+//   1. durable single-job submits per second ({"op":"submit","kind":"noop",
+//      "key":...}: one line out, one answer back, then the next) from 1 and
+//      from --clients concurrent clients, each a thread with its own
+//      connection, for --seconds each;
+//   2. the same with batch submits of --batch jobs ({"op":"submit","jobs":
+//      [...]}), reported as jobs/s;
+//   3. end to end: --jobs noop jobs (sleep_ms 0) submitted in batches of
+//      --e2e-batch from --e2e-clients clients as fast as they are answered,
+//      timed from the first submit until the last done row is committed
+//      (LISTEN digestd_done on a blocking libpq connection counts the
+//      finished keys; SELECT count(*) FROM digestd.jobs WHERE status =
+//      'done' then confirms the number accepted): jobs/s, CPU microseconds per
+//      job of digestd (/proc/<pid>/stat utime+stime) plus every process of
+//      the cluster (the postmaster from <pg-dir>/data/postmaster.pid, its own
+//      and its reaped children's time, and its live children's; the LISTEN
+//      backend's own time is shown apart and left out), and from digestd's
+//      status the writer's commits per 1,000 results and row wait p50/p99;
+//      then the ratio to reference figures of graphile-worker and pg-boss.
+//
+// A submit is answered only once its row is committed, so every figure is of
+// durable work. Each measurement gets a fresh digestd process (so status
+// counters and CPU belong to it alone) on an emptied table: digestd.jobs is
+// truncated and the cluster checkpointed between them. While submits are
+// measured the 16 slots run the submitted jobs too, as in production.
+//
+// Figures only: nothing is asserted. It exits non-zero only when digestd or
+// PostgreSQL cannot be used, with digestd's log. scripts/bench runs it inside
+// `scripts/pg-throwaway run`. Other load on the machine moves every figure.
+#include <dirent.h>
+#include <fcntl.h>
+#include <libpq-fe.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdarg>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "client/control_client.h"
+
+extern char** environ;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using nlohmann::json;
+
+// Reference figures for no-op jobs on the same class of machine.
+constexpr double kGraphileLow = 12000, kGraphileHigh = 14000, kGraphileUs = 100;
+constexpr double kPgBoss = 10000, kPgBossUs = 175;
+constexpr int kPollMs = 50;       // longest wait for a notification per turn
+constexpr double kStallS = 20;    // no progress for this long ends a run
+constexpr int kAnswerMs = 30000;  // longest wait for one answer
+
+struct Options {
+  std::string digestd = DIGESTD_BIN;
+  double seconds = 3;    // each submit measurement
+  int jobs = 50000;      // end-to-end jobs
+  int clients = 8;       // concurrent clients of the second submit runs
+  int batch = 100;       // jobs per batch submit in phase 2
+  int e2e_clients = 4;   // clients submitting the end-to-end jobs
+  int e2e_batch = 500;   // jobs per batch submit in phase 3
+  std::string conninfo;  // PostgreSQL for digestd and for this program
+  std::string pg_dir;    // pg-throwaway directory; default $DIGESTD_PG_DIR
+  bool keep_tmp = false;
+  // --set overrides of the config: section -> key -> value, written verbatim.
+  std::map<std::string, std::map<std::string, std::string>> set;
+};
+
+std::string g_dir;   // the temp dir (config, digestd.log)
+pid_t g_child = -1;  // the digestd being measured; killed by Die()
+
+[[noreturn]] void Die(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+void Die(const char* fmt, ...) {
+  std::fflush(stdout);
+  std::fprintf(stderr, "durable_bench: ");
+  va_list ap;
+  va_start(ap, fmt);
+  std::vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  std::fprintf(stderr, "\n");
+  if (g_child > 0) kill(g_child, SIGKILL);
+  if (!g_dir.empty())
+    std::fprintf(stderr, "durable_bench: kept %s (config, digestd.log)\n", g_dir.c_str());
+  std::exit(1);
+}
+
+double Seconds(Clock::duration d) {
+  return std::chrono::duration<double>(d).count();
+}
+
+double Ms(Clock::duration d) {
+  return std::chrono::duration<double, std::milli>(d).count();
+}
+
+// Nearest-rank percentiles of a sample, in the sample's unit.
+struct Summary {
+  double p50 = 0, p99 = 0, max = 0;
+};
+
+Summary Summarize(std::vector<double> v) {
+  Summary s;
+  if (v.empty()) return s;
+  std::sort(v.begin(), v.end());
+  auto rank = [&](double p) {
+    return v[std::min(static_cast<size_t>(p * static_cast<double>(v.size())), v.size() - 1)];
+  };
+  s.p50 = rank(0.50);
+  s.p99 = rank(0.99);
+  s.max = v.back();
+  return s;
+}
+
+// A number inside a status answer, by JSON pointer; -1 when absent, so a
+// renamed field shows up as -1 instead of a crash.
+double Field(const json& j, const char* pointer) {
+  try {
+    const json& v = j.at(json::json_pointer(pointer));
+    return v.is_number() ? v.get<double>() : -1;
+  } catch (const json::exception&) {
+    return -1;
+  }
+}
+
+// ------------------------------------------------------------ blocking SQL
+
+class BlockingConn {
+ public:
+  explicit BlockingConn(const std::string& conninfo) : conn_(PQconnectdb(conninfo.c_str())) {
+    if (PQstatus(conn_) != CONNECTION_OK) {
+      Die("cannot connect to PostgreSQL (%s): %s; run under scripts/pg-throwaway run, or pass "
+          "--conninfo",
+          conninfo.c_str(), PQerrorMessage(conn_));
+    }
+    PQsetNoticeProcessor(
+        conn_, [](void*, const char*) {}, nullptr);
+  }
+  ~BlockingConn() { PQfinish(conn_); }
+  BlockingConn(const BlockingConn&) = delete;
+  BlockingConn& operator=(const BlockingConn&) = delete;
+
+  // Runs `sql`; the first field of the first row ("" when none). Dies on an
+  // error.
+  std::string Exec(const std::string& sql) {
+    PGresult* res = PQexec(conn_, sql.c_str());
+    ExecStatusType st = PQresultStatus(res);
+    if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
+      std::string why = PQresultErrorMessage(res);
+      PQclear(res);
+      Die("%s failed: %s", sql.substr(0, 120).c_str(), why.c_str());
+    }
+    std::string out = PQntuples(res) > 0 && PQnfields(res) > 0 ? PQgetvalue(res, 0, 0) : "";
+    PQclear(res);
+    return out;
+  }
+
+  long Count(const std::string& sql) { return std::strtol(Exec(sql).c_str(), nullptr, 10); }
+
+  // After LISTEN digestd_done: waits up to `timeout_ms` for notifications
+  // and returns how many keys their payloads (JSON arrays of finished keys)
+  // carried. Dies when the connection fails.
+  long WaitNotified(int timeout_ms) {
+    pollfd p{PQsocket(conn_), POLLIN, 0};
+    ::poll(&p, 1, timeout_ms);
+    if (PQconsumeInput(conn_) != 1) Die("LISTEN connection: %s", PQerrorMessage(conn_));
+    long keys = 0;
+    while (PGnotify* n = PQnotifies(conn_)) {
+      json a = json::parse(n->extra, nullptr, false);
+      if (a.is_array()) keys += static_cast<long>(a.size());
+      PQfreemem(n);
+    }
+    return keys;
+  }
+
+ private:
+  PGconn* conn_;
+};
+
+// Empties the job table (when digestd has created it) and checkpoints, so
+// every measurement starts from the same state. No digestd runs meanwhile.
+void ResetTable(BlockingConn& c) {
+  c.Exec(
+      "DO $$ BEGIN IF to_regclass('digestd.jobs') IS NOT NULL THEN "
+      "TRUNCATE digestd.jobs; END IF; END $$");
+  c.Exec("CHECKPOINT");
+}
+
+// ------------------------------------------------------------------- CPU
+
+struct ProcStat {
+  long ppid = 0;
+  unsigned long long utime = 0, stime = 0, cutime = 0, cstime = 0;  // clock ticks
+};
+
+std::optional<ProcStat> ReadStat(long pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string text;
+  if (!std::getline(in, text)) return std::nullopt;
+  size_t close = text.rfind(')');
+  if (close == std::string::npos) return std::nullopt;
+  std::istringstream rest(text.substr(close + 2));
+  // Fields 3.. of proc(5): state ppid pgrp session tty_nr tpgid flags minflt
+  // cminflt majflt cmajflt utime stime cutime cstime.
+  ProcStat s;
+  std::string state;
+  long skip = 0;
+  rest >> state >> s.ppid;
+  for (int i = 0; i < 9; ++i) rest >> skip;
+  rest >> s.utime >> s.stime >> s.cutime >> s.cstime;
+  if (!rest) return std::nullopt;
+  return s;
+}
+
+double TicksToUs(unsigned long long ticks) {
+  return static_cast<double>(ticks) * 1e6 / static_cast<double>(sysconf(_SC_CLK_TCK));
+}
+
+// utime+stime of `pid` (all its threads), microseconds; 0 when unreadable.
+double ProcessCpuUs(long pid) {
+  auto s = ReadStat(pid);
+  return s ? TicksToUs(s->utime + s->stime) : 0;
+}
+
+// The cluster's CPU so far, microseconds: the postmaster's own and its reaped
+// children's (cutime+cstime: backends and autovacuum workers that exited),
+// plus its live children's.
+double PostgresCpuUs(long postmaster) {
+  if (postmaster <= 0) return 0;
+  unsigned long long ticks = 0;
+  DIR* d = opendir("/proc");
+  if (d == nullptr) return 0;
+  while (dirent* e = readdir(d)) {
+    char* end = nullptr;
+    long pid = std::strtol(e->d_name, &end, 10);
+    if (end == e->d_name || *end != '\0') continue;
+    auto s = ReadStat(pid);
+    if (!s) continue;
+    if (pid == postmaster) {
+      ticks += s->utime + s->stime + s->cutime + s->cstime;
+    } else if (s->ppid == postmaster) {
+      ticks += s->utime + s->stime;
+    }
+  }
+  closedir(d);
+  return TicksToUs(ticks);
+}
+
+double SelfCpuUs() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  auto us = [](const timeval& tv) { return static_cast<double>(tv.tv_sec) * 1e6 + tv.tv_usec; };
+  return us(ru.ru_utime) + us(ru.ru_stime);
+}
+
+long PostmasterPid(const std::string& pg_dir) {
+  if (pg_dir.empty()) return 0;
+  std::ifstream in(pg_dir + "/data/postmaster.pid");
+  long pid = 0;
+  return in >> pid ? pid : 0;
+}
+
+struct CpuMark {
+  double digestd_us = 0, pg_us = 0, self_us = 0;
+};
+
+CpuMark Cpu(pid_t digestd, long postmaster) {
+  return CpuMark{ProcessCpuUs(digestd), PostgresCpuUs(postmaster), SelfCpuUs()};
+}
+
+// ---------------------------------------------------------------- digestd
+
+std::string DescribeExit(int status) {
+  if (WIFEXITED(status)) return "exit " + std::to_string(WEXITSTATUS(status));
+  if (WIFSIGNALED(status)) return std::string("killed by ") + strsignal(WTERMSIG(status));
+  return "status " + std::to_string(status);
+}
+
+// The last 30 lines of digestd's log, indented.
+std::string LogTail(const std::string& log) {
+  std::ifstream in(log);
+  std::vector<std::string> lines;
+  for (std::string l; std::getline(in, l);) lines.push_back(l);
+  std::string out;
+  for (size_t i = lines.size() > 30 ? lines.size() - 30 : 0; i < lines.size(); ++i) {
+    out += "  " + lines[i] + "\n";
+  }
+  return out.empty() ? "  (empty)\n" : out;
+}
+
+// One digestd process, stderr appended to `log`; killed when destroyed
+// before Stop().
+class Digestd {
+ public:
+  Digestd(const std::string& bin, const std::string& config, const std::string& log,
+          const std::string& socket)
+      : log_(log), socket_(socket) {
+    std::vector<std::string> env;
+    for (char** e = environ; *e != nullptr; ++e) {
+      std::string_view kv(*e);
+      bool drop = false;
+      for (const char* name : {"NOTIFY_SOCKET=", "LISTEN_", "WATCHDOG_",
+                               "JOURNAL_STREAM=", "DIGESTD_SOCKET=", "UV_THREADPOOL_SIZE="}) {
+        drop = drop || kv.rfind(name, 0) == 0;
+      }
+      if (!drop) env.emplace_back(kv);
+    }
+    std::vector<char*> envp;
+    for (auto& s : env) envp.push_back(s.data());
+    envp.push_back(nullptr);
+    std::string arg0 = bin, flag = "--config", path = config;
+    std::vector<char*> argv = {arg0.data(), flag.data(), path.data(), nullptr};
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_addopen(&fa, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, log.c_str(), O_WRONLY | O_CREAT | O_APPEND,
+                                     0644);
+    posix_spawn_file_actions_adddup2(&fa, STDOUT_FILENO, STDERR_FILENO);
+    int rc = posix_spawn(&pid_, bin.c_str(), &fa, nullptr, argv.data(), envp.data());
+    posix_spawn_file_actions_destroy(&fa);
+    if (rc != 0) Die("cannot start %s: %s", bin.c_str(), std::strerror(rc));
+    g_child = pid_;
+  }
+  ~Digestd() {
+    if (pid_ > 0) {
+      kill(pid_, SIGKILL);
+      waitpid(pid_, nullptr, 0);
+      g_child = -1;
+    }
+  }
+  Digestd(const Digestd&) = delete;
+  Digestd& operator=(const Digestd&) = delete;
+
+  pid_t pid() const { return pid_; }
+
+  // Waits until status says the job table is usable (db.state "up"): the
+  // schema is migrated and submits are taken. Dies after 30 s or when
+  // digestd exits.
+  void WaitUp() {
+    auto deadline = Clock::now() + std::chrono::seconds(30);
+    std::string last = "no answer";
+    while (Clock::now() < deadline) {
+      DieIfExited("while starting");
+      digestd::ControlClient c;
+      if (c.Connect(socket_).ok()) {
+        auto st = c.Call(json{{"op", "status"}}, 2000);
+        if (st.ok()) {
+          const json& db = st.value().value("db", json::object());
+          last = db.dump();
+          if (db.value("state", std::string()) == "up") return;
+        }
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    Die("digestd did not report db.state \"up\" within 30 s (last: %s); its log:\n%s",
+        last.substr(0, 400).c_str(), LogTail(log_).c_str());
+  }
+
+  void DieIfExited(const char* when) {
+    int status = 0;
+    if (pid_ > 0 && waitpid(pid_, &status, WNOHANG) == pid_) {
+      pid_ = -1;
+      g_child = -1;
+      Die("digestd ended %s (%s); its log:\n%s", when, DescribeExit(status).c_str(),
+          LogTail(log_).c_str());
+    }
+  }
+
+  json Status() {
+    digestd::ControlClient c;
+    if (!c.Connect(socket_).ok()) Die("cannot connect to %s", socket_.c_str());
+    auto st = c.Call(json{{"op", "status"}}, kAnswerMs);
+    if (!st.ok()) Die("status: %s", st.status().message().c_str());
+    return st.value();
+  }
+
+  // SIGTERM, then waits for the exit (30 s at most); returns how it ended.
+  std::string Stop() {
+    kill(pid_, SIGTERM);
+    auto deadline = Clock::now() + std::chrono::seconds(30);
+    int status = 0;
+    while (waitpid(pid_, &status, WNOHANG) != pid_) {
+      if (Clock::now() > deadline) {
+        Die("digestd did not exit within 30 s of SIGTERM; its log:\n%s", LogTail(log_).c_str());
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    pid_ = -1;
+    g_child = -1;
+    return DescribeExit(status);
+  }
+
+ private:
+  std::string log_, socket_;
+  pid_t pid_ = -1;
+};
+
+// ------------------------------------------------------------ the clients
+
+// What the clients saw, merged over threads.
+struct Tally {
+  long requests = 0, accepted = 0, refused = 0;
+  std::string first_error;  // the first refusal or failure, cut short
+  std::vector<double> latency_ms;
+
+  void Merge(Tally&& t) {
+    requests += t.requests;
+    accepted += t.accepted;
+    refused += t.refused;
+    if (first_error.empty()) first_error = std::move(t.first_error);
+    latency_ms.insert(latency_ms.end(), t.latency_ms.begin(), t.latency_ms.end());
+  }
+};
+
+// Counts the jobs an answer to a submit of `n` jobs accepted (n == 0: a
+// single-job submit) and notes the first refusal. Reads the answer as text:
+// the bench shares two cores with digestd and PostgreSQL, so it parses little.
+void CountAnswer(const std::string& answer, int n, Tally* t) {
+  ++t->requests;
+  long accepted = 0;
+  if (answer.find("\"ok\":true") != std::string::npos) {
+    if (n == 0) {
+      accepted = 1;
+    } else {
+      size_t at = answer.find("\"accepted\":");
+      if (at != std::string::npos) accepted = std::strtol(answer.c_str() + at + 11, nullptr, 10);
+    }
+  }
+  long want = n == 0 ? 1 : n;
+  t->accepted += accepted;
+  if (accepted < want) {
+    t->refused += want - accepted;
+    if (t->first_error.empty()) {
+      size_t at = answer.find("\"error\"");
+      t->first_error = answer.substr(at == std::string::npos ? 0 : at, 300);
+    }
+  }
+}
+
+// A submit of `n` noop jobs keyed <prefix><seq>-0.. (n == 0: one job, the
+// single-job form).
+std::string SubmitLine(const std::string& prefix, long seq, int n, const char* input) {
+  std::string key = prefix + std::to_string(seq);
+  if (n == 0) return R"({"op":"submit","kind":"noop","key":")" + key + "\"" + input + "}";
+  std::string line = R"({"op":"submit","jobs":[)";
+  line.reserve(static_cast<size_t>(n) * 60 + 32);
+  for (int j = 0; j < n; ++j) {
+    if (j > 0) line += ',';
+    line += R"({"kind":"noop","key":")";
+    line += key;
+    line += '-';
+    line += std::to_string(j);
+    line += '"';
+    line += input;
+    line += '}';
+  }
+  line += "]}";
+  return line;
+}
+
+// Sends the lines `next` gives, each once the answer to the last has been
+// read, until `next` returns false or the connection fails (noted in the
+// tally as refused jobs).
+template <typename NextLine>
+void ClientLoop(digestd::ControlClient& c, int n, NextLine next, Tally* t) {
+  std::string line;
+  while (next(&line)) {
+    auto t0 = Clock::now();
+    digestd::Status st = c.SendLine(line);
+    auto answer = st.ok() ? c.ReadLine(kAnswerMs) : digestd::Result<std::string>(st);
+    if (!answer.ok()) {
+      t->refused += n == 0 ? 1 : n;
+      if (t->first_error.empty()) t->first_error = answer.status().message();
+      return;
+    }
+    t->latency_ms.push_back(Ms(Clock::now() - t0));
+    CountAnswer(answer.value(), n, t);
+  }
+}
+
+struct SubmitFigures {
+  int clients = 0, batch = 0;
+  double seconds = 0;
+  Tally tally;
+  CpuMark cpu;           // spent during the run
+  long done_at_end = 0;  // jobs the slots finished meanwhile
+};
+
+// Phases 1 and 2: `clients` threads submit back to back for `seconds`.
+SubmitFigures RunSubmits(const Options& opt, Digestd& d, BlockingConn& sql,
+                         const std::string& socket, long postmaster, int clients, int batch,
+                         const std::string& prefix) {
+  std::atomic<int> connected{0};
+  std::atomic<bool> go{false}, stop{false};
+  std::vector<Tally> tallies(static_cast<size_t>(clients));
+  std::vector<std::thread> threads;
+  for (int i = 0; i < clients; ++i) {
+    threads.emplace_back([&, i] {
+      Tally& t = tallies[static_cast<size_t>(i)];
+      t.latency_ms.reserve(1 << 16);
+      digestd::ControlClient c;
+      digestd::Status st = c.Connect(socket);
+      connected.fetch_add(1);
+      if (!st.ok()) {
+        t.first_error = st.message();
+        return;
+      }
+      while (!go.load()) std::this_thread::yield();
+      std::string mine = prefix + std::to_string(i) + "-";
+      long seq = 0;
+      ClientLoop(
+          c, batch,
+          [&](std::string* line) {
+            if (stop.load(std::memory_order_relaxed)) return false;
+            *line = SubmitLine(mine, seq++, batch, "");
+            return true;
+          },
+          &t);
+    });
+  }
+  while (connected.load() < clients) std::this_thread::yield();
+  SubmitFigures f;
+  f.clients = clients;
+  f.batch = batch;
+  CpuMark before = Cpu(d.pid(), postmaster);
+  auto t0 = Clock::now();
+  go.store(true);
+  std::this_thread::sleep_for(std::chrono::duration<double>(opt.seconds));
+  stop.store(true);
+  for (auto& t : threads) t.join();
+  f.seconds = Seconds(Clock::now() - t0);
+  CpuMark after = Cpu(d.pid(), postmaster);
+  f.cpu = {after.digestd_us - before.digestd_us, after.pg_us - before.pg_us,
+           after.self_us - before.self_us};
+  for (auto& t : tallies) f.tally.Merge(std::move(t));
+  f.done_at_end = sql.Count("SELECT count(*) FROM digestd.jobs WHERE status = 'done'");
+  d.DieIfExited("during the submits");
+  return f;
+}
+
+struct EndToEnd {
+  long target = 0, done = 0;
+  double seconds = 0, submit_seconds = 0;
+  bool stalled = false;
+  std::string stall;  // statuses in the table when it stalled
+  Tally tally;
+  CpuMark cpu;
+  double poller_us = 0;  // the LISTEN backend's CPU, left out of cpu.pg_us
+  json status;           // digestd's status at the end
+};
+
+// Phase 3: opt.jobs jobs in batches; the end is the commit of the last done
+// row: LISTEN digestd_done counts finished keys as their commits are
+// notified, and once they reach the jobs accepted, SELECT count(*) ... WHERE
+// status = 'done' confirms (a count polled every 50 ms instead would cost
+// PostgreSQL ~10 ms a query on 50,000 rows, on the same two cores).
+EndToEnd RunEndToEnd(const Options& opt, Digestd& d, const std::string& socket, long postmaster) {
+  BlockingConn watch(opt.conninfo);
+  long watcher = watch.Count("SELECT pg_backend_pid()");
+  watch.Exec("LISTEN digestd_done");
+  int batches = (opt.jobs + opt.e2e_batch - 1) / opt.e2e_batch;
+  std::vector<std::string> lines;
+  for (int b = 0; b < batches; ++b) {
+    int n = std::min(opt.e2e_batch, opt.jobs - b * opt.e2e_batch);
+    lines.push_back(SubmitLine("e2e-", b, n, R"(,"input":{"sleep_ms":0})"));
+  }
+
+  std::atomic<int> connected{0}, next{0}, finished{0};
+  std::atomic<bool> go{false};
+  std::vector<Tally> tallies(static_cast<size_t>(opt.e2e_clients));
+  std::vector<std::thread> threads;
+  for (int i = 0; i < opt.e2e_clients; ++i) {
+    threads.emplace_back([&, i] {
+      Tally& t = tallies[static_cast<size_t>(i)];
+      digestd::ControlClient c;
+      digestd::Status st = c.Connect(socket);
+      connected.fetch_add(1);
+      if (st.ok()) {
+        while (!go.load()) std::this_thread::yield();
+        ClientLoop(
+            c, opt.e2e_batch,
+            [&](std::string* line) {
+              int b = next.fetch_add(1);
+              if (b >= batches) return false;
+              *line = std::move(lines[static_cast<size_t>(b)]);
+              return true;
+            },
+            &t);
+      } else {
+        t.first_error = st.message();
+      }
+      finished.fetch_add(1);
+    });
+  }
+  while (connected.load() < opt.e2e_clients) std::this_thread::yield();
+
+  EndToEnd r;
+  double watcher0 = ProcessCpuUs(watcher);
+  CpuMark before = Cpu(d.pid(), postmaster), after;
+  auto t0 = Clock::now(), end = t0;
+  go.store(true);
+  auto last_progress = t0;
+  bool submitted = false;
+  long notified = 0;
+  const std::string count_done = "SELECT count(*) FROM digestd.jobs WHERE status = 'done'";
+  for (;;) {
+    long got = watch.WaitNotified(kPollMs);
+    end = Clock::now();
+    if (got > 0) last_progress = end;
+    notified += got;
+    if (!submitted && finished.load() == opt.e2e_clients) {
+      submitted = true;
+      r.submit_seconds = Seconds(end - t0);
+      for (auto& t : threads) t.join();
+      for (auto& t : tallies) r.tally.Merge(std::move(t));
+      r.target = r.tally.accepted;
+    }
+    if (submitted && notified >= r.target) {
+      after = Cpu(d.pid(), postmaster);
+      r.done = watch.Count(count_done);
+      if (r.done >= r.target) break;
+    }
+    if (Seconds(end - last_progress) > kStallS) {
+      r.stalled = true;
+      after = Cpu(d.pid(), postmaster);
+      r.done = watch.Count(count_done);
+      break;
+    }
+    d.DieIfExited("during the end-to-end run");
+  }
+  r.seconds = Seconds(end - t0);
+  r.poller_us = ProcessCpuUs(watcher) - watcher0;
+  r.cpu = {after.digestd_us - before.digestd_us, after.pg_us - before.pg_us - r.poller_us,
+           after.self_us - before.self_us};
+  if (r.stalled) {
+    r.stall = watch.Exec(
+        "SELECT string_agg(status || ' ' || n, ', ') FROM "
+        "(SELECT status, count(*) AS n FROM digestd.jobs GROUP BY status ORDER BY status) s");
+    if (!submitted) {
+      // The submitters are stuck on an answer; their 30 s timeout ends them.
+      for (auto& t : threads) t.join();
+      for (auto& t : tallies) r.tally.Merge(std::move(t));
+      r.target = r.tally.accepted;
+    }
+  }
+  r.status = d.Status();
+  return r;
+}
+
+// ------------------------------------------------------------------ setup
+
+std::string WriteConfig(const Options& opt, const std::string& dir, const std::string& socket) {
+  std::string quoted;
+  for (char ch : opt.conninfo) {
+    if (ch == '"' || ch == '\\') quoted += '\\';
+    quoted += ch;
+  }
+  // The shipped defaults, except what the bench needs; --set overrides.
+  std::map<std::string, std::map<std::string, std::string>> conf = {
+      {"workers", {{"max", "16"}}},
+      {"control", {{"socket", "\"" + socket + "\""}, {"mode", "\"0600\""}}},
+      {"daemon", {{"node_id", "\"durable-bench\""}, {"shutdown_grace_s", "10"}}},
+      {"jobs", {{"store", "\"postgres\""}}},
+      {"log", {{"level", "\"warning\""}}},
+      {"backend", {{"kind", "\"extractive\""}}},
+      {"writer", {{"batch_rows", "50"}, {"batch_ms", "500"}}},
+      {"postgres", {{"conninfo", "\"" + quoted + "\""}}},
+  };
+  for (const auto& [section, keys] : opt.set) {
+    for (const auto& [key, value] : keys) conf[section][key] = value;
+  }
+  std::string path = dir + "/digestd.conf";
+  std::ofstream out(path);
+  out << "# written by durable_bench\n";
+  for (const auto& [section, keys] : conf) {
+    out << "\n[" << section << "]\n";
+    for (const auto& [key, value] : keys) out << key << " = " << value << "\n";
+  }
+  if (!out) Die("cannot write %s", path.c_str());
+  return path;
+}
+
+void Usage(FILE* to) {
+  std::fprintf(
+      to,
+      "usage: durable_bench [flags]   (PostgreSQL from --conninfo or libpq's PG* variables)\n"
+      "\n"
+      "Starts the real digestd with its jobs in PostgreSQL and prints durable submits/s\n"
+      "(single and batched, 1 and N clients) and end-to-end noop jobs/s with CPU per job.\n"
+      "\n"
+      "  --seconds S        duration of each submit measurement (default 3)\n"
+      "  --jobs N           end-to-end jobs (default 50000)\n"
+      "  --clients N        concurrent clients of the second submit runs (default 8)\n"
+      "  --batch N          jobs per batch submit in the batched runs (default 100)\n"
+      "  --e2e-clients N    clients submitting the end-to-end jobs (default 4)\n"
+      "  --e2e-batch N      jobs per batch submit end to end (default 500)\n"
+      "  --digestd PATH     the binary (default %s)\n"
+      "  --conninfo STR     key=value conninfo, for digestd and this program\n"
+      "  --pg-dir DIR       pg-throwaway directory, for the postmaster pid\n"
+      "                     (default $DIGESTD_PG_DIR)\n"
+      "  --set S.K=V        config override, V verbatim: --set writer.batch_rows=500\n"
+      "  --keep-tmp         keep the temp dir (config and digestd's log)\n",
+      DIGESTD_BIN);
+}
+
+Options ParseFlags(int argc, char** argv) {
+  Options o;
+  if (const char* d = std::getenv("DIGESTD_PG_DIR")) o.pg_dir = d;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) {
+        std::fprintf(stderr, "durable_bench: %s needs a value\n", a.c_str());
+        std::exit(2);
+      }
+      return argv[++i];
+    };
+    auto number = [&](double lo, double hi) {
+      std::string v = value();
+      char* end = nullptr;
+      double d = std::strtod(v.c_str(), &end);
+      if (end == v.c_str() || *end != '\0' || d < lo || d > hi) {
+        std::fprintf(stderr, "durable_bench: %s %s: expected a number from %g to %g\n", a.c_str(),
+                     v.c_str(), lo, hi);
+        std::exit(2);
+      }
+      return d;
+    };
+    if (a == "--seconds") {
+      o.seconds = number(0.1, 600);
+    } else if (a == "--jobs") {
+      o.jobs = static_cast<int>(number(1, 10000000));
+    } else if (a == "--clients") {
+      o.clients = static_cast<int>(number(1, 256));
+    } else if (a == "--batch") {
+      o.batch = static_cast<int>(number(1, 100000));
+    } else if (a == "--e2e-clients") {
+      o.e2e_clients = static_cast<int>(number(1, 256));
+    } else if (a == "--e2e-batch") {
+      o.e2e_batch = static_cast<int>(number(1, 100000));
+    } else if (a == "--digestd") {
+      o.digestd = value();
+    } else if (a == "--conninfo") {
+      o.conninfo = value();
+    } else if (a == "--pg-dir") {
+      o.pg_dir = value();
+    } else if (a == "--set") {
+      std::string v = value();
+      size_t dot = v.find('.'), eq = v.find('=');
+      if (dot == std::string::npos || eq == std::string::npos || dot > eq) {
+        std::fprintf(stderr, "durable_bench: --set %s: expected SECTION.KEY=VALUE\n", v.c_str());
+        std::exit(2);
+      }
+      o.set[v.substr(0, dot)][v.substr(dot + 1, eq - dot - 1)] = v.substr(eq + 1);
+    } else if (a == "--keep-tmp") {
+      o.keep_tmp = true;
+    } else if (a == "--help" || a == "-h") {
+      Usage(stdout);
+      std::exit(0);
+    } else {
+      std::fprintf(stderr, "durable_bench: unknown argument '%s'; see --help\n", a.c_str());
+      std::exit(2);
+    }
+  }
+  return o;
+}
+
+// ----------------------------------------------------------------- report
+
+void PrintSubmits(const char* what, const std::vector<SubmitFigures>& runs) {
+  std::printf("%-30s %7s %10s %10s %8s %8s %8s %12s %9s\n", what, "clients", "requests/s", "jobs/s",
+              "p50 ms", "p99 ms", "refused", "CPU us/job", "done");
+  for (const SubmitFigures& f : runs) {
+    Summary l = Summarize(f.tally.latency_ms);
+    double jobs = static_cast<double>(f.tally.accepted);
+    char cpu[48] = "-";
+    if (jobs > 0) {
+      std::snprintf(cpu, sizeof cpu, "%.0f + %.0f", f.cpu.digestd_us / jobs, f.cpu.pg_us / jobs);
+    }
+    std::string label =
+        f.batch == 0 ? "  single-job submit" : "  batch of " + std::to_string(f.batch);
+    std::printf("%-30s %7d %10.0f %10.0f %8.2f %8.2f %8ld %12s %9ld\n", label.c_str(), f.clients,
+                static_cast<double>(f.tally.requests) / f.seconds, jobs / f.seconds, l.p50, l.p99,
+                f.tally.refused, cpu, f.done_at_end);
+    if (!f.tally.first_error.empty()) {
+      std::printf("    first refusal: %s\n", f.tally.first_error.c_str());
+    }
+  }
+}
+
+void PrintEndToEnd(const Options& opt, const EndToEnd& r) {
+  double jobs = static_cast<double>(r.done);
+  double rate = jobs / r.seconds;
+  double d_us = jobs > 0 ? r.cpu.digestd_us / jobs : 0, pg_us = jobs > 0 ? r.cpu.pg_us / jobs : 0;
+  double us = d_us + pg_us;
+  std::printf(
+      "\n3. end to end: %d noop jobs (sleep_ms 0), batches of %d from %d clients, timed from the\n"
+      "   first submit to the commit of the last done row (LISTEN digestd_done, then\n"
+      "   count(*) WHERE status = 'done' confirms)\n",
+      opt.jobs, opt.e2e_batch, opt.e2e_clients);
+  auto label = [](const char* text) { std::printf("  %-40s", text); };
+  label("jobs accepted / done");
+  std::printf("%ld / %ld%s\n", r.target, r.done,
+              r.stalled ? "   STALLED: no progress for 20 s" : "");
+  if (r.stalled) std::printf("  %-40s%s\n", "rows by status at the stall", r.stall.c_str());
+  if (r.tally.refused > 0) {
+    label("refused at submit");
+    std::printf("%ld, first: %s\n", r.tally.refused, r.tally.first_error.c_str());
+  }
+  label("all submits answered after");
+  std::printf("%.2f s (%.0f jobs/s submitted)\n", r.submit_seconds,
+              r.submit_seconds > 0 ? static_cast<double>(r.target) / r.submit_seconds : 0);
+  label("last done row committed after");
+  std::printf("%.2f s\n", r.seconds);
+  label("durable jobs/s, submit to done");
+  std::printf("%.0f\n", rate);
+  label("CPU us/job: digestd + postgres");
+  std::printf("%.1f + %.1f = %.1f\n", d_us, pg_us, us);
+  label("  (not counted: the LISTEN backend)");
+  std::printf("%.1f us/job; this program %.1f us/job\n", jobs > 0 ? r.poller_us / jobs : 0,
+              jobs > 0 ? r.cpu.self_us / jobs : 0);
+  label("writer commits per 1,000 results");
+  std::printf("%.1f\n", Field(r.status, "/db/writer/commits_per_1000_results"));
+  label("writer row wait p50 / p99");
+  std::printf("%.1f / %.1f ms  (last 8192 rows, submits and results)\n",
+              Field(r.status, "/db/writer/row_wait/p50_ms"),
+              Field(r.status, "/db/writer/row_wait/p99_ms"));
+  double batches = Field(r.status, "/db/writer/batches");
+  label("writer transactions, rows per commit");
+  std::printf("%.0f, %.1f (%.0f submits + %.0f results written, %.0f failed batches)\n", batches,
+              batches > 0 ? Field(r.status, "/db/writer/rows_written") / batches : 0,
+              Field(r.status, "/db/writer/submits_written"),
+              Field(r.status, "/db/writer/results_written"),
+              Field(r.status, "/db/writer/failed_batches"));
+
+  std::printf(
+      "\ncomparison (reference figures, same class of machine):\n"
+      "  graphile-worker ~12,000-14,000 no-op jobs/s at ~100 CPU us/job; pg-boss ~10,000 at "
+      "~175 us\n");
+  std::printf("  %-20s %12s %14s %12s %14s\n", "", "jobs/s", "digestd / it", "CPU us/job",
+              "digestd / it");
+  std::printf("  %-20s %12.0f %14s %12.1f %14s\n", "digestd", rate, "", us, "");
+  auto ref = [&](const char* name, double lo, double hi, double ref_us) {
+    char range[32], ratio[32];
+    if (lo == hi) {
+      std::snprintf(range, sizeof range, "%.0f", lo);
+      std::snprintf(ratio, sizeof ratio, "%.2fx", rate / lo);
+    } else {
+      std::snprintf(range, sizeof range, "%.0f-%.0f", lo, hi);
+      std::snprintf(ratio, sizeof ratio, "%.2f-%.2fx", rate / hi, rate / lo);
+    }
+    std::printf("  %-20s %12s %14s %12.0f %13.2fx\n", name, range, ratio, ref_us, us / ref_us);
+  };
+  ref("graphile-worker", kGraphileLow, kGraphileHigh, kGraphileUs);
+  ref("pg-boss", kPgBoss, kPgBoss, kPgBossUs);
+  bool fast = rate >= 2 * kGraphileHigh, lean = us > 0 && us <= kGraphileUs / 2;
+  std::printf(
+      "  goal, 2x graphile-worker's throughput at half its CPU (>= %.0f jobs/s, <= %.0f us/job):\n"
+      "    throughput %s (%.2fx of graphile-worker's best), CPU %s (%.2fx of its CPU/job)\n",
+      2 * kGraphileHigh, kGraphileUs / 2, fast ? "REACHED" : "NOT reached", rate / kGraphileHigh,
+      lean ? "REACHED" : "NOT reached", us / kGraphileUs);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options opt = ParseFlags(argc, argv);
+  signal(SIGPIPE, SIG_IGN);
+  if (access(opt.digestd.c_str(), X_OK) != 0) {
+    Die("%s is not an executable: %s; build digestd first (scripts/bench does)",
+        opt.digestd.c_str(), std::strerror(errno));
+  }
+  BlockingConn sql(opt.conninfo);
+  long postmaster = PostmasterPid(opt.pg_dir);
+  if (postmaster <= 0) {
+    // Same host: the postmaster is the parent of this connection's backend.
+    auto s = ReadStat(sql.Count("SELECT pg_backend_pid()"));
+    postmaster = s ? s->ppid : 0;
+  }
+  std::string version = sql.Exec("SHOW server_version");
+  std::string durability = sql.Exec(
+      "SELECT string_agg(name || '=' || setting, ' ' ORDER BY name) FROM pg_settings "
+      "WHERE name IN ('fsync', 'synchronous_commit', 'full_page_writes')");
+
+  // A short /tmp path: Unix socket paths are limited to 108 bytes.
+  char tmpl[] = "/tmp/dgdurable.XXXXXX";
+  if (mkdtemp(tmpl) == nullptr) Die("mkdtemp: %s", std::strerror(errno));
+  g_dir = tmpl;
+  const std::string socket = g_dir + "/control.sock", log = g_dir + "/digestd.log";
+  const std::string config = WriteConfig(opt, g_dir, socket);
+
+  std::printf("durable_bench: digestd %s, PostgreSQL %s (%s), %u CPUs shared by all\n",
+              opt.digestd.c_str(), version.c_str(), durability.c_str(),
+              std::thread::hardware_concurrency());
+  std::printf("config %s (socket and conninfo not shown):", config.c_str());
+  {
+    std::ifstream in(config);
+    for (std::string l; std::getline(in, l);) {
+      if (l.empty() || l[0] == '#' || l.rfind("conninfo", 0) == 0 || l.rfind("socket", 0) == 0 ||
+          l.rfind("mode", 0) == 0) {
+        continue;
+      }
+      std::printf("%s%s", l[0] == '[' ? "\n  " : " ", l.c_str());
+    }
+  }
+  std::printf("\nCPU: digestd pid + postmaster %ld (%s) and its children\n", postmaster,
+              opt.pg_dir.empty() ? "parent of a backend" : "postmaster.pid");
+  std::fflush(stdout);
+
+  // One fresh digestd per measurement, on an emptied table.
+  std::vector<std::string> exits;
+  auto with_daemon = [&](auto&& measure) {
+    ResetTable(sql);
+    Digestd d(opt.digestd, config, log, socket);
+    d.WaitUp();
+    auto out = measure(d);
+    exits.push_back(d.Stop());
+    return out;
+  };
+  std::vector<SubmitFigures> single, batched;
+  int run = 0;
+  for (int clients : {1, opt.clients}) {
+    single.push_back(with_daemon([&](Digestd& d) {
+      return RunSubmits(opt, d, sql, socket, postmaster, clients, 0,
+                        "s" + std::to_string(run++) + "-");
+    }));
+  }
+  for (int clients : {1, opt.clients}) {
+    batched.push_back(with_daemon([&](Digestd& d) {
+      return RunSubmits(opt, d, sql, socket, postmaster, clients, opt.batch,
+                        "b" + std::to_string(run++) + "-");
+    }));
+  }
+  EndToEnd e2e = with_daemon([&](Digestd& d) { return RunEndToEnd(opt, d, socket, postmaster); });
+  ResetTable(sql);
+
+  std::printf(
+      "\n1-2. durable submits, %.1f s each; a client sends its next request when the last is\n"
+      "     answered (= committed). CPU us/job: digestd + postgres over the run; the 16 slots\n"
+      "     also run the submitted jobs meanwhile (done: finished by the end of the run)\n",
+      opt.seconds);
+  PrintSubmits("1. single-job submits", single);
+  PrintSubmits("2. batch submits", batched);
+  PrintEndToEnd(opt, e2e);
+
+  std::string how;
+  for (const auto& e : exits) how += (how.empty() ? "" : ", ") + e;
+  std::printf("\ndigestd after SIGTERM, per run: %s\n", how.c_str());
+  if (opt.keep_tmp) {
+    std::printf("kept %s (config, digestd.log)\n", g_dir.c_str());
+  } else {
+    std::error_code ec;
+    std::filesystem::remove_all(g_dir, ec);
+  }
+  return 0;
+}
