@@ -79,6 +79,8 @@ Status Daemon::Start() {
   hooks.on_start = [this](const JobPtr& job) {
     jobs_->MarkRunning(job);
     if (UsesBackend(*job)) backend_->OnStart();
+    // The ring just shrank: claim more once it is down to the low-water mark.
+    if (durable()) Refill();
   };
   hooks.can_start = [this](const JobRecord& job) {
     // With PostgreSQL, every running job keeps a write-ring slot for its
@@ -317,7 +319,8 @@ Status Daemon::Reload(nlohmann::json* changes) {
   backend_->SetConfig(config_.backend);
   ApplyRuntimeConfig();
   if (writer_) {
-    writer_->SetBatchLimits(config_.writer.batch_rows, config_.writer.batch_ms);
+    writer_->SetBatchLimits(config_.writer.batch_rows, config_.writer.batch_ms,
+                            config_.writer.max_batch_rows);
   }
   for (const auto& line : applied) LOG_NOTICE("reload: %s", line.c_str());
   for (const auto& line : ignored) {

@@ -85,6 +85,7 @@ Status Daemon::StartStore() {
   wo.capacity = static_cast<size_t>(config_.queues.write);
   wo.batch_rows = config_.writer.batch_rows;
   wo.batch_ms = config_.writer.batch_ms;
+  wo.max_batch_rows = config_.writer.max_batch_rows;
   wo.lease_s = pc.lease_s;
   wo.submit_reserve = static_cast<size_t>(pool_size_);
   if (wo.submit_reserve >= wo.capacity) wo.submit_reserve = wo.capacity - 1;

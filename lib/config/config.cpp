@@ -230,6 +230,7 @@ const std::vector<KeyDef>& Defs() {
       STR_KEY("summarize", system_prompt, summarize.system_prompt, true, CheckSystemPrompt),
       INT_KEY("summarize", num_predict, summarize.num_predict, 16, 131072, true),
       INT_KEY("writer", batch_rows, writer.batch_rows, 1, 10000, true),
+      INT_KEY("writer", max_batch_rows, writer.max_batch_rows, 1, 10000, true),
       INT_KEY("writer", batch_ms, writer.batch_ms, 0, 60000, true),
       STR_KEY("postgres", conninfo, postgres.conninfo, false, CheckConninfo),
       INT_KEY("postgres", lease_s, postgres.lease_s, 5, 86400, false),

@@ -86,8 +86,9 @@ struct Config {
 
   // The batching writer (lib/store/batch_writer.h).
   struct Writer {
-    int batch_rows = 50;  // most rows in one transaction
-    int batch_ms = 500;   // longest a result row waits for its batch to fill
+    int batch_rows = 50;       // most rows in one transaction
+    int batch_ms = 500;        // longest a result row waits for its batch to fill
+    int max_batch_rows = 500;  // most rows a batch takes when more are waiting
   } writer;
   // PostgreSQL (lib/store/).
   struct Postgres {

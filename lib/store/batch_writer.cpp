@@ -102,9 +102,10 @@ void BatchWriter::Drain(std::function<void()> done) {
   Pump();
 }
 
-void BatchWriter::SetBatchLimits(int batch_rows, int batch_ms) {
+void BatchWriter::SetBatchLimits(int batch_rows, int batch_ms, int max_batch_rows) {
   options_.batch_rows = std::max(1, batch_rows);
   options_.batch_ms = std::max(0, batch_ms);
+  options_.max_batch_rows = max_batch_rows;
   Pump();
 }
 
@@ -178,7 +179,8 @@ void BatchWriter::OnTimer() {
 
 void BatchWriter::StartFlush() {
   auto flight = std::make_shared<Flight>();
-  size_t n = std::min(ring_.size(), static_cast<size_t>(options_.batch_rows));
+  size_t cap = static_cast<size_t>(std::max(options_.batch_rows, options_.max_batch_rows));
+  size_t n = std::min(ring_.size(), cap);
   if (isolate_ > 0) n = std::min<size_t>(n, 1);
   std::vector<FinishRow> finishes;
   std::vector<RequeueRow> requeues;

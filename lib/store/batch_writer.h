@@ -16,7 +16,9 @@
 //
 // When a batch is written (the group-commit rule):
 //   1. At most one batch is in flight. It takes the oldest rows of the ring,
-//      at most batch_rows of them (1 while isolating a bad row, see below).
+//      at most max(batch_rows, max_batch_rows) of them -- everything
+//      queued up to that cap, LevelDB's group -- (1 while isolating a bad
+//      row, see below).
 //   2. With nothing in flight, a batch starts as soon as any of these holds:
 //        a. the ring holds batch_rows rows or more;
 //        b. a submit is waiting -- someone waits for its acknowledgement; the
@@ -104,8 +106,11 @@ struct WriteRow {
 struct BatchWriterOptions {
   size_t capacity = 500;  // [queues] write
   int batch_rows = 50;    // [writer] batch_rows
-  int batch_ms = 500;     // [writer] batch_ms
-  int lease_s = 60;       // renewals extend leases to now + lease_s
+  // [writer] max_batch_rows: most rows a batch takes when more than
+  // batch_rows wait as it starts; 0 (or less than batch_rows): batch_rows.
+  int max_batch_rows = 0;
+  int batch_ms = 500;  // [writer] batch_ms
+  int lease_s = 60;    // renewals extend leases to now + lease_s
   // Ring slots submits may not take, kept for the results of jobs in
   // flight (so a finished job can always queue its result).
   size_t submit_reserve = 0;
@@ -176,7 +181,7 @@ class BatchWriter {
   void Close();
 
   // Reload: new batch limits apply from the next batch.
-  void SetBatchLimits(int batch_rows, int batch_ms);
+  void SetBatchLimits(int batch_rows, int batch_ms, int max_batch_rows = 0);
   void SetSubmitReserve(size_t slots) { options_.submit_reserve = slots; }
 
   size_t depth() const { return ring_.size(); }

@@ -99,6 +99,12 @@ PgStatement Stmt(const char* name, std::string sql, std::vector<std::optional<st
   return PgStatement{std::move(sql), std::move(p), name};
 }
 
+// The guard's status test in Finish, Requeue and Renew is written
+// `status || '' = 'running'` so that it cannot match the partial index
+// jobs_lease: these statements name their rows by id and must find them by
+// primary key. jobs_lease collects an entry per claim, dead ones included
+// until vacuum, and a scan of it per batch grows with every job since.
+//
 // Finish: the UPDATE under the guard in a CTE; the outer query sees the rows
 // as they were before it (one snapshot), so `already` recognises a row this
 // same lease finished in an earlier, committed, attempt. `IN (SELECT ...)`
@@ -113,7 +119,7 @@ const char* kFinishSql = R"(WITH u AS (
          finished_at = now(), updated_at = now(), lease_until = NULL
     FROM u
    WHERE j.id = u.id AND j.lease_token = u.token AND j.lease_owner = $1
-     AND j.status = 'running'
+     AND j.status || '' = 'running'
   RETURNING j.id
 )
 SELECT u.id,
@@ -135,7 +141,7 @@ const char* kRequeueSql = R"(WITH u AS (
          lease_owner = NULL, lease_until = NULL, updated_at = now()
     FROM u
    WHERE j.id = u.id AND j.lease_token = u.token AND j.lease_owner = $1
-     AND j.status = 'running'
+     AND j.status || '' = 'running'
   RETURNING j.id
 )
 SELECT u.id,
@@ -146,7 +152,7 @@ const char* kRenewSql = R"(UPDATE digestd.jobs j
    SET lease_until = now() + $3::double precision * interval '1 second'
   FROM jsonb_to_recordset($2::jsonb) AS u(id bigint, token bigint)
  WHERE j.id = u.id AND j.lease_token = u.token AND j.lease_owner = $1
-   AND j.status = 'running'
+   AND j.status || '' = 'running'
 RETURNING j.id)";
 
 const char* kInsertSql =
@@ -326,7 +332,7 @@ Status JobStore::Claim(Lane lane, int n, int lease_s, Callback<std::vector<Store
             ORDER BY q.run_after, q.id
             LIMIT $3
             FOR UPDATE SKIP LOCKED))
-     AND j.status = 'queued'
+     AND j.status || '' = 'queued'
   RETURNING )") + kColumns +
                     R"(
 )
