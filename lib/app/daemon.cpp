@@ -207,7 +207,9 @@ void Daemon::Teardown() {
   while (uv_run(&loop_, UV_RUN_DEFAULT) != 0) {
   }
   writer_.reset();
+  wstore_.reset();
   store_.reset();
+  pgw_.reset();
   pg_.reset();
   control_.reset();
   dispatcher_.reset();
@@ -396,7 +398,7 @@ void Daemon::ForceShutdown(const char* why) {
           "%s: %zu rows not yet written to PostgreSQL (%s); their jobs' leases expire and "
           "they run again",
           why, writer_->depth() + pending_rows_.size(),
-          pg_->up() ? "the database is slow" : "the database is unreachable");
+          pgw_->up() ? "the database is slow" : "the database is unreachable");
       FinishShutdown();
       return;
     }

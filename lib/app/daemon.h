@@ -118,6 +118,7 @@ class Daemon {
   bool durable() const { return pg_ != nullptr; }
   Status StartStore();
   void OnDbState(bool up, const Status& why);
+  void OnWriterDbState(bool up, const Status& why);
   void OnDbReady();
   void MaybeReady(const char* why);
   void DurableSubmit(const Request& req, const ControlServer::Reply& reply);
@@ -137,6 +138,7 @@ class Daemon {
   void FailPendingSubmits(const Status& why);
   void FlushPending();
   void ForgetClaim(const JobPtr& job);
+  void Settle(uint64_t row_id, int64_t token);
   void RenewLeases();
   void OnLeasesLost(std::vector<uint64_t> ids);
   void Recover(bool startup);
@@ -176,8 +178,10 @@ class Daemon {
   uint64_t reloads_ = 0;
 
   // The PostgreSQL store; all null with [jobs] store = "memory".
-  std::unique_ptr<PgConn> pg_;
-  std::unique_ptr<JobStore> store_;
+  std::unique_ptr<PgConn> pg_;        // claims, lookups, LISTEN, upkeep
+  std::unique_ptr<JobStore> store_;   // on pg_
+  std::unique_ptr<PgConn> pgw_;       // the writer's session
+  std::unique_ptr<JobStore> wstore_;  // on pgw_, for the writer's statements
   std::unique_ptr<BatchWriter> writer_;
   bool migrated_ = false;           // the schema is up to date on this database
   bool migrating_ = false;          // Migrate() sent, not answered
@@ -191,6 +195,9 @@ class Daemon {
   // Every job this node holds a lease on (in a ring or running), by row id,
   // until its finish, requeue or release row is queued.
   std::unordered_map<uint64_t, JobPtr> claimed_;
+  // Lease tokens of jobs whose finish or requeue row is queued but not yet
+  // committed, by row id: still this node's until the row lands.
+  std::unordered_map<uint64_t, int64_t> unsettled_;
   std::deque<WriteRow> pending_rows_;  // rows the full write ring refused; oldest first
   // Submits waiting for write-ring slots (a batch larger than the free
   // slots); their clients wait for the commit as any submit's do. Bounded.

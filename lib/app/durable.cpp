@@ -79,8 +79,15 @@ Status Daemon::StartStore() {
   po.connect_timeout_ms = pc.connect_timeout_s * 1000;
   po.reconnect_max_ms = pc.reconnect_max_ms;
   po.query_timeout_ms = pc.query_timeout_s * 1000;
+  // Two sessions: the writer's commits on one, claims, lookups, LISTEN and
+  // upkeep on the other, so a claim never queues behind a batch in flight
+  // and the server works on both at once.
+  po.label = "postgres";
   pg_ = std::make_unique<PgConn>(&loop_, po);
   store_ = std::make_unique<JobStore>(*pg_, node_id_);
+  po.label = "postgres writer";
+  pgw_ = std::make_unique<PgConn>(&loop_, po);
+  wstore_ = std::make_unique<JobStore>(*pgw_, node_id_);
   BatchWriterOptions wo;
   wo.capacity = static_cast<size_t>(config_.queues.write);
   wo.batch_rows = config_.writer.batch_rows;
@@ -95,11 +102,12 @@ Status Daemon::StartStore() {
     dispatcher_->Kick();
   };
   wh.on_leases_lost = [this](std::vector<uint64_t> ids) { OnLeasesLost(std::move(ids)); };
-  writer_ = std::make_unique<BatchWriter>(&loop_, *pg_, *store_, wo, std::move(wh));
+  writer_ = std::make_unique<BatchWriter>(&loop_, *pgw_, *wstore_, wo, std::move(wh));
   pg_->SetNotifyHandler([this](const std::string& channel, const std::string& payload) {
     OnNotify(channel, payload);
   });
   pg_->AddStateObserver([this](bool up, const Status& why) { OnDbState(up, why); });
+  pgw_->AddStateObserver([this](bool up, const Status& why) { OnWriterDbState(up, why); });
 
   struct Periodic {
     UvHandle<uv_timer_t>* timer;
@@ -143,7 +151,37 @@ Status Daemon::StartStore() {
   }
   LOG_INFO("connecting to PostgreSQL %s", pg_->Describe().c_str());
   pg_->Start();
+  pgw_->Start();
   return Status::Ok();
+}
+
+// Plans each statement with the table's current size: the job table grows
+// from empty to a large backlog in minutes, faster than autovacuum's
+// statistics follow, and a generic plan cached while it was small (a
+// sequential scan for the key lookup) would stay.
+static void PlanPerExecution(PgConn& conn) {
+  Status st = conn.Query(
+      PgStatement{"SET plan_cache_mode = force_custom_plan", {}, {}}, [](Result<PgResult> r) {
+        if (!r.ok()) {
+          LOG_WARN("SET plan_cache_mode failed: %s", r.status().message().c_str());
+        }
+      });
+  (void)st;  // not up after all: the next up sets it
+}
+
+void Daemon::OnWriterDbState(bool up, const Status& why) {
+  if (phase_ == Phase::kStopping) return;
+  if (up) {
+    PlanPerExecution(*pgw_);
+    return;
+  }
+  LOG_WARN(
+      "PostgreSQL writer session to %s lost: %s; results wait in the write ring until it "
+      "is back",
+      pgw_->Describe().c_str(), why.message().c_str());
+  FailPendingSubmits(Status::Unavailable(
+      "PostgreSQL became unreachable (" + why.message() +
+      ") before the job could be stored; nothing was accepted, submit again later"));
 }
 
 void Daemon::OnDbState(bool up, const Status& why) {
@@ -154,33 +192,20 @@ void Daemon::OnDbState(bool up, const Status& why) {
         "write ring, and digestd reconnects by itself",
         pg_->Describe().c_str(), why.message().c_str());
     for (bool& c : claiming_) c = false;  // their callbacks ran with Unavailable
-    FailPendingSubmits(Status::Unavailable(
-        "PostgreSQL became unreachable (" + why.message() +
-        ") before the job could be stored; nothing was accepted, submit again later"));
     if (notifier_) notifier_->Status("db down: " + StatusLine());
     return;
   }
   LOG_NOTICE("PostgreSQL %s is up (server %d)", pg_->Describe().c_str(),
              pg_->state().server_version);
-  // The job table grows from empty to a large backlog in minutes, faster
-  // than autovacuum's statistics follow; a generic plan cached while it was
-  // small (a sequential scan for the key lookup) would stay. Planning each
-  // execution with the table's current size costs microseconds per batch.
-  Status st = pg_->Query(
-      PgStatement{"SET plan_cache_mode = force_custom_plan", {}, {}}, [](Result<PgResult> r) {
-        if (!r.ok()) {
-          LOG_WARN("SET plan_cache_mode failed: %s", r.status().message().c_str());
-        }
-      });
-  (void)st;
+  PlanPerExecution(*pg_);
   // LISTEN belongs to the session: issue it on every new connection.
-  st = pg_->Query(PgStatement{std::string("LISTEN ") + kDoneChannel, {}, {}},
-                  [](Result<PgResult> r) {
-                    if (!r.ok()) {
-                      LOG_WARN("LISTEN %s failed: %s; result waits end at their wait_ms",
-                               kDoneChannel, r.status().message().c_str());
-                    }
-                  });
+  Status st = pg_->Query(PgStatement{std::string("LISTEN ") + kDoneChannel, {}, {}},
+                         [](Result<PgResult> r) {
+                           if (!r.ok()) {
+                             LOG_WARN("LISTEN %s failed: %s; result waits end at their wait_ms",
+                                      kDoneChannel, r.status().message().c_str());
+                           }
+                         });
   (void)st;  // not up after all: the next up runs this again
   if (!migrated_) {
     OnDbReady();
@@ -188,9 +213,12 @@ void Daemon::OnDbState(bool up, const Status& why) {
   }
   // A claim in flight when the connection dropped may have committed with
   // its answer lost: those jobs run under this node's name but nowhere.
+  // Jobs whose finish or requeue row still waits in the write ring are held
+  // too: that row settles them.
   std::vector<int64_t> held;
-  held.reserve(claimed_.size());
+  held.reserve(claimed_.size() + unsettled_.size());
   for (const auto& [id, job] : claimed_) held.push_back(job->lease_token);
+  for (const auto& [id, token] : unsettled_) held.push_back(token);
   st = store_->ReleaseUnheld(std::move(held), [](Result<uint64_t> r) {
     if (r.ok() && *r > 0) {
       LOG_NOTICE("%llu jobs claimed just before the connection dropped went back to the queue",
@@ -261,8 +289,8 @@ void Daemon::DurableSubmit(const Request& req, const ControlServer::Reply& reply
     reply.Send(ErrorLine(req.id, st));
     return;
   }
-  if (!migrated_ || !pg_->up()) {
-    std::string err = pg_->state().last_error;
+  if (!migrated_ || !pg_->up() || !pgw_->up()) {
+    std::string err = pg_->up() ? pgw_->state().last_error : pg_->state().last_error;
     reply.Send(ErrorLine(
         req.id,
         Status::Unavailable(
@@ -543,7 +571,10 @@ void Daemon::DurableCancel(const Request& req, const ControlServer::Reply& reply
       FinishRow row{job->row_id,          job->lease_token, job->key,
                     JobState::kCancelled, nullptr,          "cancelled by request before it ran"};
       ForgetClaim(job);
-      Write(WriteRow::Finish(std::move(row), [reply, id = req.id, key](const RowOutcome& o) {
+      unsettled_[job->row_id] = job->lease_token;
+      Write(WriteRow::Finish(std::move(row), [this, reply, id = req.id, key, row_id = job->row_id,
+                                              token = job->lease_token](const RowOutcome& o) {
+        Settle(row_id, token);
         if (!o.status.ok()) {
           reply.Send(ErrorLine(id, o.status));
         } else {
@@ -740,7 +771,10 @@ void Daemon::WriteFinish(const JobPtr& job, JobState state, nlohmann::json resul
                          std::string error) {
   FinishRow row{job->row_id, job->lease_token,  job->key,
                 state,       std::move(result), std::move(error)};
-  Write(WriteRow::Finish(std::move(row), [this, key = job->key](const RowOutcome& o) {
+  unsettled_[job->row_id] = job->lease_token;
+  Write(WriteRow::Finish(std::move(row), [this, key = job->key, id = job->row_id,
+                                          token = job->lease_token](const RowOutcome& o) {
+    Settle(id, token);
     if (o.status.ok() && !o.accepted) {
       ++lease_ignored_;
       LOG_WARN(
@@ -758,7 +792,14 @@ void Daemon::WriteFinish(const JobPtr& job, JobState state, nlohmann::json resul
 
 void Daemon::WriteRequeue(const JobPtr& job, int64_t delay_ms, bool refund, std::string error) {
   RequeueRow row{job->row_id, job->lease_token, delay_ms, refund, std::move(error)};
-  Write(WriteRow::Requeue(std::move(row)));
+  unsettled_[job->row_id] = job->lease_token;
+  Write(WriteRow::Requeue(std::move(row), [this, id = job->row_id, token = job->lease_token](
+                                              const RowOutcome&) { Settle(id, token); }));
+}
+
+void Daemon::Settle(uint64_t row_id, int64_t token) {
+  auto it = unsettled_.find(row_id);
+  if (it != unsettled_.end() && it->second == token) unsettled_.erase(it);
 }
 
 void Daemon::Write(WriteRow row) {
@@ -960,19 +1001,22 @@ void Daemon::CloseStore() {
       Status::Unavailable("digestd is shutting down; submit again once it has "
                           "restarted"));
   if (writer_) writer_->Close();
+  if (pgw_) pgw_->Close();
   if (pg_) pg_->Close();
 }
 
 nlohmann::json Daemon::StoreStatusJson() const {
   if (!durable()) return {{"store", "memory"}};
   PgConnState cs = pg_->state();
+  PgConnState wcs = pgw_->state();
+  if (cs.up && !wcs.up) cs = wcs;  // the session that is down tells why
   BatchWriterStats ws = writer_->stats();
   nlohmann::json db = {{"store", "postgres"},
                        {"state", cs.up ? (migrated_ ? "up" : "migrating") : "down"},
                        {"target", cs.target},
                        {"server_version", cs.server_version},
-                       {"connects", cs.connects},
-                       {"disconnects", cs.disconnects},
+                       {"connects", pg_->state().connects + wcs.connects},
+                       {"disconnects", pg_->state().disconnects + wcs.disconnects},
                        {"schema_version", migrated_ ? kSchemaVersion : 0}};
   if (!cs.last_error.empty()) {
     db["last_error"] = cs.last_error;

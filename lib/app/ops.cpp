@@ -138,7 +138,7 @@ std::string Daemon::StatusLine() const {
                 static_cast<unsigned long long>(c.done), static_cast<unsigned long long>(c.failed));
   std::string line = buf;
   if (durable()) {
-    line += pg_->up() ? (migrated_ ? ", db up" : ", db migrating") : ", db down";
+    line += pg_->up() && pgw_->up() ? (migrated_ ? ", db up" : ", db migrating") : ", db down";
     line += ", write ring " + std::to_string(writer_->depth()) + "/" +
             std::to_string(writer_->capacity());
   }
