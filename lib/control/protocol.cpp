@@ -90,7 +90,10 @@ std::string OkLine(const nlohmann::json& id, nlohmann::json fields) {
   out["ok"] = true;
   if (!id.is_null()) out["id"] = id;
   if (fields.is_object()) {
-    for (auto& [k, v] : fields.items()) out[k] = std::move(v);
+    // "ok" and "id" belong to the framing: a field may never replace them.
+    for (auto& [k, v] : fields.items()) {
+      if (k != "ok" && k != "id") out[k] = std::move(v);
+    }
   }
   std::string line = Dump(out);
   line += '\n';

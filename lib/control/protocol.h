@@ -32,7 +32,8 @@ bool IsMutatingOp(std::string_view op);
 // Parses one line (without its newline).
 ParsedLine ParseRequestLine(std::string_view line);
 
-// {"ok":true,"id":…,…fields} + "\n". `fields` must be an object or null.
+// {"ok":true,"id":…,…fields} + "\n". `fields` must be an object or null;
+// its own "ok" and "id" members are dropped (the framing owns them).
 std::string OkLine(const nlohmann::json& id, nlohmann::json fields);
 // {"ok":false,"id":…,"error":{"code":…,"message":…}} + "\n".
 std::string ErrorLine(const nlohmann::json& id, const Status& status);

@@ -63,7 +63,7 @@ void JobTable::Adopt(const JobPtr& job) {
   if (!job->group.empty()) by_group_[job->group].push_back(job);
 }
 
-void JobTable::Drop(const JobPtr& job) {
+void JobTable::Unlink(const JobPtr& job) {
   auto it = by_key_.find(job->key);
   if (it != by_key_.end() && it->second == job) by_key_.erase(it);
   if (!job->group.empty()) {
@@ -74,6 +74,10 @@ void JobTable::Drop(const JobPtr& job) {
       if (v.empty()) by_group_.erase(g);
     }
   }
+}
+
+void JobTable::Drop(const JobPtr& job) {
+  Unlink(job);
   finished_.erase(std::remove(finished_.begin(), finished_.end(), job), finished_.end());
 }
 
@@ -151,16 +155,7 @@ void JobTable::Evict() {
   while (finished_.size() > retain_finished_) {
     JobPtr old = std::move(finished_.front());
     finished_.pop_front();
-    auto it = by_key_.find(old->key);
-    if (it != by_key_.end() && it->second == old) by_key_.erase(it);
-    if (!old->group.empty()) {
-      auto g = by_group_.find(old->group);
-      if (g != by_group_.end()) {
-        auto& v = g->second;
-        v.erase(std::remove(v.begin(), v.end(), old), v.end());
-        if (v.empty()) by_group_.erase(g);
-      }
-    }
+    Unlink(old);
   }
 }
 

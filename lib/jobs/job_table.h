@@ -90,6 +90,8 @@ class JobTable {
 
  private:
   void Finished(const JobPtr& job);
+  // Removes `job` from the key and group lookups (when it is the one there).
+  void Unlink(const JobPtr& job);
   void Evict();
   void Fire(const std::string& waiter_key);
 

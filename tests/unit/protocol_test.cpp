@@ -110,6 +110,13 @@ TEST(Protocol, CrlfLineEndingIsAccepted) {
   EXPECT_EQ(p.request.id, 3);
 }
 
+TEST(Protocol, FieldsCannotReplaceOkOrId) {
+  json line = ParseResponse(OkLine(json(7), {{"ok", "b1"}, {"id", "other"}, {"pong", true}}));
+  EXPECT_EQ(line["ok"], true);
+  EXPECT_EQ(line["id"], 7);
+  EXPECT_EQ(line["pong"], true);
+}
+
 TEST(Protocol, IdIsEchoedInOkLine) {
   json ok = ParseResponse(OkLine(json("req-1"), {{"pong", true}}));
   EXPECT_EQ(ok["ok"], true);
