@@ -9,6 +9,9 @@
 // and the rings hold only jobs this node has claimed from it:
 //   submit  -> a submit row in the write ring; the answer is sent from the
 //              row's callback, after its commit (never before);
+//              When the lane's last claim found the table empty and its ring
+//              has room, the row is inserted already claimed by this node
+//              and goes straight to the ring (no claim round trip);
 //   refill  -> when a lane's ring falls to [postgres] refill_low_water, a
 //              claim (FOR UPDATE SKIP LOCKED) takes due queued rows, interactive
 //              lane first, at most what the ring can hold;
@@ -138,6 +141,11 @@ class Daemon {
   void FailPendingSubmits(const Status& why);
   void FlushPending();
   void ForgetClaim(const JobPtr& job);
+  // Takes in a job this node holds the lease on: into claimed_, the job
+  // table and its lane's ring (released at once when that fails).
+  void TakeClaim(JobPtr job);
+  void AdoptOwnSubmit(const NewJob& spec, const InsertedJob& row);
+  void ReleaseUnheld();
   void Settle(uint64_t row_id, int64_t token);
   void RenewLeases();
   void OnLeasesLost(std::vector<uint64_t> ids);
@@ -192,6 +200,11 @@ class Daemon {
   bool backlog_pending_ = false;    // a backlog count is in flight
   std::string store_error_;         // the last migration / claim / recovery error
   bool claiming_[kLaneCount] = {false, false};  // a claim is in flight
+  // The lane's last claim found fewer due jobs than it asked for: a submit
+  // to this node may then be inserted already claimed (it jumps no queue).
+  bool lane_dry_[kLaneCount] = {false, false};
+  size_t self_claims_[kLaneCount] = {0, 0};  // such submits in flight
+  bool release_unheld_pending_ = false;      // ReleaseUnheld() once it is safe
   // Every job this node holds a lease on (in a ring or running), by row id,
   // until its finish, requeue or release row is queued.
   std::unordered_map<uint64_t, JobPtr> claimed_;

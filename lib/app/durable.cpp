@@ -213,18 +213,7 @@ void Daemon::OnDbState(bool up, const Status& why) {
   }
   // A claim in flight when the connection dropped may have committed with
   // its answer lost: those jobs run under this node's name but nowhere.
-  // Jobs whose finish or requeue row still waits in the write ring are held
-  // too: that row settles them.
-  std::vector<int64_t> held;
-  held.reserve(claimed_.size() + unsettled_.size());
-  for (const auto& [id, job] : claimed_) held.push_back(job->lease_token);
-  for (const auto& [id, token] : unsettled_) held.push_back(token);
-  st = store_->ReleaseUnheld(std::move(held), [](Result<uint64_t> r) {
-    if (r.ok() && *r > 0) {
-      LOG_NOTICE("%llu jobs claimed just before the connection dropped went back to the queue",
-                 static_cast<unsigned long long>(*r));
-    }
-  });
+  release_unheld_pending_ = true;
   Recover(false);
   Refill();
   RefreshBacklog();
@@ -343,10 +332,32 @@ void Daemon::DurableSubmit(const Request& req, const ControlServer::Reply& reply
     job.input = std::make_shared<const nlohmann::json>(
         input == spec.end() ? nlohmann::json::object() : *input);
     job.max_attempts = config_.backend.max_attempts;
+    // When the lane's table holds nothing due and its ring has room, the
+    // row is created claimed by this node: no claim round trip, no second
+    // row version. Otherwise it waits in the table for a claim.
+    int l = static_cast<int>(job.lane);
+    bool claim = lane_dry_[l] &&
+                 dispatcher_->depth(job.lane) + self_claims_[l] < dispatcher_->capacity(job.lane);
+    if (claim) {
+      job.claim_owner = node_id_;
+      job.lease_s = config_.postgres.lease_s;
+      ++self_claims_[l];
+    } else {
+      lane_dry_[l] = false;
+    }
+    auto own = claim ? std::make_shared<NewJob>(job) : nullptr;
     std::string key = job.key;
     batch->answers[i] = {{"key", key}};
     Status enq = WriteSubmit(
-        WriteRow::Submit(std::move(job), [this, batch, i, key, finish](const RowOutcome& o) {
+        WriteRow::Submit(std::move(job), [this, batch, i, key, finish, own](const RowOutcome& o) {
+          if (own) {
+            --self_claims_[static_cast<int>(own->lane)];
+            if (o.status.ok() && o.inserted.created && o.inserted.lease_token != 0) {
+              AdoptOwnSubmit(*own, o.inserted);
+            } else if (o.status.code() == Status::Code::kUnavailable) {
+              release_unheld_pending_ = true;  // it may have committed, claimed by nobody
+            }
+          }
           if (o.status.ok() && o.inserted.id == 0) {
             batch->errors[i] = Status::Unavailable(
                 "job " + key + " was deleted (retention) while this submit ran; submit again");
@@ -634,7 +645,12 @@ void Daemon::Refill() {
     OnDbReady();
     return;
   }
-  if (!pg_->up() || phase_ != Phase::kRunning) return;
+  if (!pg_->up()) return;
+  if (release_unheld_pending_ && !claiming_[0] && !claiming_[1] && self_claims_[0] == 0 &&
+      self_claims_[1] == 0) {
+    ReleaseUnheld();
+  }
+  if (phase_ != Phase::kRunning) return;
   for (Lane lane : {Lane::kInteractive, Lane::kBackground}) {
     int l = static_cast<int>(lane);
     if (claiming_[l]) continue;
@@ -681,15 +697,64 @@ void Daemon::OnClaimed(Lane lane, int asked, Result<std::vector<StoredJob>> clai
     int64_t age_ms = std::max<int64_t>(0, now_ms - sj.created_at_ms);
     job->submitted_at =
         now_ns - std::min<uint64_t>(now_ns, static_cast<uint64_t>(age_ms) * 1000000);
-    claimed_[job->row_id] = job;
-    jobs_->Adopt(job);
-    if (phase_ != Phase::kRunning || !dispatcher_->Enqueue(job).ok()) {
-      WriteRequeue(job, 0, /*refund=*/true, {});
-      jobs_->MarkReleased(job);
-      ForgetClaim(job);
-    }
+    TakeClaim(std::move(job));
   }
-  if (static_cast<int>(claimed->size()) == asked) Refill();  // more may be due
+  bool full = static_cast<int>(claimed->size()) == asked;
+  lane_dry_[static_cast<int>(lane)] = !full;
+  if (full) Refill();  // more may be due
+}
+
+void Daemon::AdoptOwnSubmit(const NewJob& spec, const InsertedJob& row) {
+  auto job = std::make_shared<JobRecord>();
+  job->id = row.id;
+  job->row_id = row.id;
+  job->key = spec.key;
+  job->group = spec.group;
+  job->kind = spec.kind;
+  job->lane = spec.lane;
+  job->input =
+      spec.input ? spec.input : std::make_shared<const nlohmann::json>(nlohmann::json::object());
+  job->attempts = 0;  // MarkRunning counts the attempt the insert recorded
+  job->max_attempts = spec.max_attempts;
+  job->lease_token = row.lease_token;
+  job->submitted_at = uv_hrtime();
+  job->submitted_unix_ms = UnixMillis();
+  TakeClaim(std::move(job));
+}
+
+void Daemon::TakeClaim(JobPtr job) {
+  claimed_[job->row_id] = job;
+  jobs_->Adopt(job);
+  if (phase_ != Phase::kRunning || !dispatcher_->Enqueue(job).ok()) {
+    WriteRequeue(job, 0, /*refund=*/true, {});
+    jobs_->MarkReleased(job);
+    ForgetClaim(job);
+  }
+}
+
+// Sent only while no claim and no claiming submit is in flight on either
+// session, so every job this node holds is in claimed_ or unsettled_ (and
+// Refill's claims, sent after it on the same session, come after it).
+void Daemon::ReleaseUnheld() {
+  release_unheld_pending_ = false;
+  // Jobs whose finish or requeue row still waits in the write ring are held
+  // too: that row settles them.
+  std::vector<int64_t> held;
+  held.reserve(claimed_.size() + unsettled_.size());
+  for (const auto& [id, job] : claimed_) held.push_back(job->lease_token);
+  for (const auto& [id, token] : unsettled_) held.push_back(token);
+  Status st = store_->ReleaseUnheld(std::move(held), [this](Result<uint64_t> r) {
+    if (!r.ok()) {
+      release_unheld_pending_ = true;  // the next Refill tries again
+      return;
+    }
+    if (*r > 0) {
+      LOG_NOTICE("%llu jobs claimed just before a connection dropped went back to the queue",
+                 static_cast<unsigned long long>(*r));
+      lane_dry_[0] = lane_dry_[1] = false;
+    }
+  });
+  if (!st.ok()) release_unheld_pending_ = true;
 }
 
 void Daemon::ForgetClaim(const JobPtr& job) {
@@ -914,7 +979,10 @@ void Daemon::Recover(bool startup) {
                  static_cast<unsigned long long>(r->requeued), r->failed_keys.size(),
                  r->failed_keys.empty() ? "" : " (their workers crashed or hung each time)");
     }
-    if (r->requeued > 0) Refill();
+    if (r->requeued > 0) {
+      lane_dry_[0] = lane_dry_[1] = false;  // they wait in the table now
+      Refill();
+    }
   });
   if (st.ok()) recovering_ = true;
 }

@@ -155,15 +155,24 @@ const char* kRenewSql = R"(UPDATE digestd.jobs j
    AND j.status || '' = 'running'
 RETURNING j.id)";
 
+// A row with an owner is created claimed, as Claim would leave it.
 const char* kInsertSql =
-    R"(INSERT INTO digestd.jobs (key, group_key, kind, lane, input, max_attempts)
-SELECT t.key, t.group_key, t.kind, t.lane, coalesce(t.input, '{}'::jsonb), t.max_attempts
+    R"(INSERT INTO digestd.jobs (key, group_key, kind, lane, input, max_attempts, status,
+                          attempts, lease_owner, lease_until, lease_token, started_at)
+SELECT t.key, t.group_key, t.kind, t.lane, coalesce(t.input, '{}'::jsonb), t.max_attempts,
+       CASE WHEN t.owner IS NULL THEN 'queued' ELSE 'running' END,
+       CASE WHEN t.owner IS NULL THEN 0 ELSE 1 END,
+       t.owner,
+       CASE WHEN t.owner IS NULL THEN NULL
+            ELSE now() + t.lease_s * interval '1 second' END,
+       CASE WHEN t.owner IS NULL THEN 0 ELSE nextval('digestd.lease_token_seq') END,
+       CASE WHEN t.owner IS NULL THEN NULL ELSE now() END
   FROM jsonb_to_recordset($1::jsonb)
     AS t(ord integer, key text, group_key text, kind text, lane smallint, input jsonb,
-         max_attempts integer)
+         max_attempts integer, owner text, lease_s integer)
  ORDER BY t.ord
 ON CONFLICT (key) DO NOTHING
-RETURNING key)";
+RETURNING key, lease_token)";
 
 // A separate statement, so it takes a fresh snapshot: it also sees a row that
 // a concurrent transaction committed while our INSERT waited on its key.
@@ -195,6 +204,10 @@ std::vector<PgStatement> JobStore::InsertStatements(const std::vector<NewJob>& j
                           {"max_attempts", j.max_attempts}};
     if (!j.group.empty()) row["group_key"] = j.group;
     if (j.input) row["input"] = *j.input;
+    if (!j.claim_owner.empty()) {
+      row["owner"] = j.claim_owner;
+      row["lease_s"] = j.lease_s;
+    }
     rows.push_back(std::move(row));
     keys.push_back(j.key);
   }
@@ -207,8 +220,10 @@ std::vector<PgStatement> JobStore::InsertStatements(const std::vector<NewJob>& j
 Result<std::vector<InsertedJob>> JobStore::ParseInsert(const std::vector<NewJob>& jobs,
                                                        const PgResult& inserted,
                                                        const PgResult& found) {
-  std::unordered_set<std::string> created;
-  for (int i = 0; i < inserted.rows(); ++i) created.emplace(inserted.Text(i, 0));
+  std::unordered_map<std::string, int64_t> created;  // key -> lease token (0: queued)
+  for (int i = 0; i < inserted.rows(); ++i) {
+    created.emplace(std::string(inserted.Text(i, 0)), inserted.Int(i, 1));
+  }
   std::unordered_map<std::string, std::pair<uint64_t, JobState>> rows;
   for (int i = 0; i < found.rows(); ++i) {
     rows.emplace(std::string(found.Text(i, 1)),
@@ -220,7 +235,12 @@ Result<std::vector<InsertedJob>> JobStore::ParseInsert(const std::vector<NewJob>
   for (const auto& j : jobs) {
     InsertedJob r;
     // The first occurrence of a created key made it; later ones found it.
-    r.created = created.erase(j.key) > 0;
+    auto made = created.find(j.key);
+    r.created = made != created.end();
+    if (r.created) {
+      r.lease_token = made->second;
+      created.erase(made);
+    }
     auto it = rows.find(j.key);
     if (it != rows.end()) {
       r.id = it->second.first;

@@ -63,6 +63,12 @@ struct NewJob {
   Lane lane = Lane::kBackground;
   std::shared_ptr<const nlohmann::json> input;  // null: {}
   int max_attempts = 3;
+  // Non-empty: the row is created already claimed by this node (running,
+  // attempt 1, a fresh lease token, lease for lease_s seconds) -- for a
+  // submit that its own daemon can start at once. A key that exists is
+  // left as it is.
+  std::string claim_owner;
+  int lease_s = 0;
 };
 
 // What inserting one NewJob found.
@@ -70,6 +76,7 @@ struct InsertedJob {
   uint64_t id = 0;       // 0: the existing row vanished meanwhile (retention); submit again
   bool created = false;  // false: the key existed and nothing was written
   JobState status = JobState::kQueued;  // the row's status (the existing row's when !created)
+  int64_t lease_token = 0;              // created with claim_owner: the claim's token; else 0
 };
 
 // A job row as read back (Claim, Lookup, LookupGroup).

@@ -136,6 +136,38 @@ TEST_F(DurableE2E, AckedSubmitIsAlreadyCommittedAndRunsToDone) {
   EXPECT_TRUE(d.Stop());
 }
 
+TEST_F(DurableE2E, IdleDaemonInsertsASubmitAlreadyClaimedAndABusyOneQueuesIt) {
+  DaemonProcess d;
+  Knobs k;
+  k.workers_max = 2;
+  ASSERT_TRUE(Start(d, k));
+  Clear();
+  // Once a claim has found the lane empty, a submit is created running
+  // under this node: the answer (read in the same transaction) says so.
+  int n = 0;
+  json a;
+  ASSERT_TRUE(WaitFor([&] {
+    a = Call(d, {{"op", "submit"}, {"kind", "noop"}, {"key", "idle" + std::to_string(n++)}});
+    return a.value("status", "") == "running";
+  })) << a.dump();
+  std::string key = a["key"];
+  EXPECT_TRUE(WaitFor([&] {
+    return Count("key = '" + key +
+                 "' AND status = 'done' AND attempts = 1 AND lease_owner = 'n1'") == "1";
+  }));
+  // A backlog in the table: new submits queue behind it instead of jumping it.
+  ASSERT_TRUE(server()
+                  ->Exec(db(),
+                         "INSERT INTO digestd.jobs (key, kind, input) SELECT 'old' || g, "
+                         "'noop', '{\"sleep_ms\": 200}' FROM generate_series(1, 300) g")
+                  .ok());
+  ASSERT_TRUE(
+      WaitFor([&] { return std::stoi(Count("key LIKE 'old%' AND status <> 'queued'")) > 0; }));
+  json b = Call(d, {{"op", "submit"}, {"kind", "noop"}, {"key", "behind"}});
+  EXPECT_EQ(b["status"], "queued") << b.dump();
+  d.Signal(SIGKILL);
+}
+
 TEST_F(DurableE2E, DuplicateKeyReturnsTheExistingJobAndCreatesNothing) {
   DaemonProcess d;
   ASSERT_TRUE(Start(d));
