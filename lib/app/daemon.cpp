@@ -169,7 +169,7 @@ Status Daemon::Start() {
   if (durable_store) {
     // READY=1 once the database answered (or after ready_timeout_s).
     if (!(st = StartStore()).ok()) return st;
-    if (config_.postgres.ready_timeout_s == 0) MaybeReady("timeout");
+    if (config_.postgres.ready_timeout_s == 0) MaybeReady(/*db_answered=*/false);
     return Status::Ok();
   }
   notifier_->Ready();
@@ -230,34 +230,26 @@ bool Daemon::UsesBackend(const JobRecord& job) const {
   return kind != nullptr && kind->UsesBackend(config_);
 }
 
-void Daemon::OnJobFinished(const JobPtr& job, WorkOutcome outcome) {
-  if (durable()) {
-    DurableFinished(job, std::move(outcome));
-    return;
-  }
-  bool started = job->state == JobState::kRunning;  // else a failed uv_queue_work
-  if (started && UsesBackend(*job)) backend_->OnOutcome(outcome);
+Daemon::Verdict Daemon::Judge(const JobPtr& job, WorkOutcome outcome, bool started,
+                              int max_attempts) {
+  Verdict v;
   bool busy = outcome.kind == WorkOutcome::Kind::kBusy;
   bool retryable = busy || outcome.kind == WorkOutcome::Kind::kRetry;
   if (retryable && started) {
-    if (phase_ != Phase::kRunning || job->cancel->load()) {
-      jobs_->MarkRetrying(job, std::move(outcome.error), /*refund=*/true);
-      Release(job, "released at shutdown while it waited for a retry");
-      return;
-    }
     // A busy backend (429/503) costs no attempt: an overloaded Ollama must
     // not use up a job's retries. Its backoff grows with its own count.
     int retry = busy ? job->busy_retries + 1 : job->attempts;
-    if (busy || job->attempts < config_.backend.max_attempts) {
-      int64_t delay =
+    if (busy || job->attempts < max_attempts) {
+      v.retry = true;
+      v.refund = busy;
+      v.delay_ms =
           BackoffDelayMs(retry, config_.backend.backoff_base_ms, config_.backend.backoff_max_ms);
       LOG_INFO("job %s: %s; retry %d in %lld ms%s", job->key.c_str(), outcome.error.c_str(), retry,
-               static_cast<long long>(delay), busy ? " (busy: no attempt spent)" : "");
+               static_cast<long long>(v.delay_ms), busy ? " (busy: no attempt spent)" : "");
       if (busy) ++job->busy_retries;
-      jobs_->MarkRetrying(job, std::move(outcome.error), busy);
       if (UsesBackend(*job)) backend_->NoteRetry();
-      delayed_->Add(job, static_cast<uint64_t>(delay));
-      return;
+      v.outcome = std::move(outcome);
+      return v;
     }
     outcome.error = "gave up after " + std::to_string(job->attempts) +
                     " attempts ([backend] max_attempts); last error: " + outcome.error;
@@ -265,20 +257,43 @@ void Daemon::OnJobFinished(const JobPtr& job, WorkOutcome outcome) {
   if (retryable || outcome.kind == WorkOutcome::Kind::kFailed) {
     LOG_WARN("job %s (%s) failed: %s", job->key.c_str(), job->kind.c_str(), outcome.error.c_str());
     if (job->kind == "summarize") {
-      // A summary screen never shows a hole: store the configured fallback.
+      // A summary screen never shows a hole: store the configured fallback,
+      // with the reason in error so `result` says why it is one.
       nlohmann::json fallback = SummaryFallback(*job->input, config_);
       if (!fallback.is_null()) {
-        // The error goes in with the result, before MarkFinished answers
-        // the waiting `result` calls, so they too say why it is a fallback.
         WorkOutcome stored = WorkOutcome::Done(std::move(fallback));
         stored.error = std::move(outcome.error);
-        jobs_->MarkFinished(job, std::move(stored));
-        return;
+        v.outcome = std::move(stored);
+        return v;
       }
     }
     outcome.kind = WorkOutcome::Kind::kFailed;
   }
-  jobs_->MarkFinished(job, std::move(outcome));
+  v.outcome = std::move(outcome);
+  return v;
+}
+
+void Daemon::OnJobFinished(const JobPtr& job, WorkOutcome outcome) {
+  if (durable()) {
+    DurableFinished(job, std::move(outcome));
+    return;
+  }
+  bool started = job->state == JobState::kRunning;  // else a failed uv_queue_work
+  if (started && UsesBackend(*job)) backend_->OnOutcome(outcome);
+  bool retryable =
+      outcome.kind == WorkOutcome::Kind::kBusy || outcome.kind == WorkOutcome::Kind::kRetry;
+  if (retryable && started && (phase_ != Phase::kRunning || job->cancel->load())) {
+    jobs_->MarkRetrying(job, std::move(outcome.error), /*refund=*/true);
+    Release(job, "released at shutdown while it waited for a retry");
+    return;
+  }
+  Verdict v = Judge(job, std::move(outcome), started, config_.backend.max_attempts);
+  if (v.retry) {
+    jobs_->MarkRetrying(job, std::move(v.outcome.error), v.refund);
+    delayed_->Add(job, static_cast<uint64_t>(v.delay_ms));
+    return;
+  }
+  jobs_->MarkFinished(job, std::move(v.outcome));
 }
 
 void Daemon::OnRetryDue(JobPtr job) {

@@ -110,6 +110,17 @@ class Daemon {
   // Answers every open `result` wait with the job's current state.
   void AnswerWaits();
   void OnJobFinished(const JobPtr& job, WorkOutcome outcome);
+  // What becomes of a job's outcome, in either store: another attempt after
+  // a backoff (retryable, attempts left; a busy backend's refused no
+  // attempt) or the final outcome, a failed summary replaced by the
+  // configured fallback. `started`: the work really ran.
+  struct Verdict {
+    bool retry = false;
+    int64_t delay_ms = 0;
+    bool refund = false;  // the attempt is given back (busy)
+    WorkOutcome outcome;  // retry: its error; else the final outcome
+  };
+  Verdict Judge(const JobPtr& job, WorkOutcome outcome, bool started, int max_attempts);
   // Whether `job`'s kind calls the LLM backend under the running config.
   bool UsesBackend(const JobRecord& job) const;
   // A job whose retry backoff is over goes back into its lane.
@@ -122,8 +133,11 @@ class Daemon {
   Status StartStore();
   void OnDbState(bool up, const Status& why);
   void OnWriterDbState(bool up, const Status& why);
+  // The store's periodic tasks; `timer` says which one is due.
+  void OnPeriodic(uv_timer_t* timer);
   void OnDbReady();
-  void MaybeReady(const char* why);
+  // Sends READY=1 once: when the database answered, or after ready_timeout_s.
+  void MaybeReady(bool db_answered);
   void DurableSubmit(const Request& req, const ControlServer::Reply& reply);
   void DurableResult(const Request& req, const ControlServer::Reply& reply, std::string key,
                      std::string group, int64_t wait_ms);
@@ -134,7 +148,10 @@ class Daemon {
   void Refill();
   void OnClaimed(Lane lane, int asked, Result<std::vector<StoredJob>> claimed);
   void DurableFinished(const JobPtr& job, WorkOutcome outcome);
-  void WriteFinish(const JobPtr& job, JobState state, nlohmann::json result, std::string error);
+  // Queues the row that ends `job` under its lease; `then` (may be empty)
+  // hears the row's outcome.
+  void WriteFinish(const JobPtr& job, JobState state, nlohmann::json result, std::string error,
+                   RowCallback then = {});
   void WriteRequeue(const JobPtr& job, int64_t delay_ms, bool refund, std::string error);
   void Write(WriteRow row);
   Status WriteSubmit(WriteRow row);

@@ -7,8 +7,6 @@
 #include <chrono>
 
 #include "app/daemon.h"
-#include "backend/backoff.h"
-#include "jobs/summarize_fallback.h"
 #include "obs/log.h"
 #include "store/migrations.h"
 
@@ -109,44 +107,27 @@ Status Daemon::StartStore() {
   pg_->AddStateObserver([this](bool up, const Status& why) { OnDbState(up, why); });
   pgw_->AddStateObserver([this](bool up, const Status& why) { OnWriterDbState(up, why); });
 
-  struct Periodic {
-    UvHandle<uv_timer_t>* timer;
-    uint64_t every_ms;
-    void (*run)(Daemon*);
-  };
   uint64_t lease_ms = std::max<uint64_t>(1000, static_cast<uint64_t>(pc.lease_s) * 1000 / 3);
-  const Periodic periodic[] = {
-      {&refill_timer_, kRefillPollMs, [](Daemon* d) { d->Refill(); }},
-      {&lease_timer_, lease_ms, [](Daemon* d) { d->RenewLeases(); }},
-      {&recover_timer_, static_cast<uint64_t>(pc.recover_interval_s) * 1000,
-       [](Daemon* d) { d->Recover(false); }},
-      {&retention_timer_, static_cast<uint64_t>(pc.retention_interval_s) * 1000,
-       [](Daemon* d) { d->RunRetention(); }},
-      {&backlog_timer_, static_cast<uint64_t>(pc.backlog_interval_ms),
-       [](Daemon* d) { d->RefreshBacklog(); }},
+  const std::pair<UvHandle<uv_timer_t>*, uint64_t> periodic[] = {
+      {&refill_timer_, kRefillPollMs},
+      {&lease_timer_, lease_ms},
+      {&recover_timer_, static_cast<uint64_t>(pc.recover_interval_s) * 1000},
+      {&retention_timer_, static_cast<uint64_t>(pc.retention_interval_s) * 1000},
+      {&backlog_timer_, static_cast<uint64_t>(pc.backlog_interval_ms)},
   };
-  for (const auto& p : periodic) {
-    Status st = InitTimer(&loop_, *p.timer, this);
+  for (const auto& [timer, every_ms] : periodic) {
+    Status st = InitTimer(&loop_, *timer, this);
     if (!st.ok()) return st;
-    // The callback is looked up by timer, so a plain function pointer serves.
     uv_timer_start(
-        p.timer->get(),
-        [](uv_timer_t* t) {
-          auto* self = static_cast<Daemon*>(t->data);
-          if (t == self->refill_timer_.get()) self->Refill();
-          if (t == self->lease_timer_.get()) self->RenewLeases();
-          if (t == self->recover_timer_.get()) self->Recover(false);
-          if (t == self->retention_timer_.get()) self->RunRetention();
-          if (t == self->backlog_timer_.get()) self->RefreshBacklog();
-        },
-        p.every_ms, p.every_ms);
+        timer->get(), [](uv_timer_t* t) { static_cast<Daemon*>(t->data)->OnPeriodic(t); }, every_ms,
+        every_ms);
   }
   Status st = InitTimer(&loop_, ready_timer_, this);
   if (!st.ok()) return st;
   if (pc.ready_timeout_s > 0) {
     uv_timer_start(
         ready_timer_.get(),
-        [](uv_timer_t* t) { static_cast<Daemon*>(t->data)->MaybeReady("timeout"); },
+        [](uv_timer_t* t) { static_cast<Daemon*>(t->data)->MaybeReady(/*db_answered=*/false); },
         static_cast<uint64_t>(pc.ready_timeout_s) * 1000, 0);
   }
   LOG_INFO("connecting to PostgreSQL %s", pg_->Describe().c_str());
@@ -167,6 +148,14 @@ static void PlanPerExecution(PgConn& conn) {
         }
       });
   (void)st;  // not up after all: the next up sets it
+}
+
+void Daemon::OnPeriodic(uv_timer_t* timer) {
+  if (timer == refill_timer_.get()) Refill();
+  if (timer == lease_timer_.get()) RenewLeases();
+  if (timer == recover_timer_.get()) Recover(false);
+  if (timer == retention_timer_.get()) RunRetention();
+  if (timer == backlog_timer_.get()) RefreshBacklog();
 }
 
 void Daemon::OnWriterDbState(bool up, const Status& why) {
@@ -243,17 +232,17 @@ void Daemon::OnDbReady() {
     Recover(true);
     Refill();
     RefreshBacklog();
-    MaybeReady("db");
+    MaybeReady(/*db_answered=*/true);
   });
   if (!st.ok()) migrating_ = false;
 }
 
-void Daemon::MaybeReady(const char* why) {
+void Daemon::MaybeReady(bool db_answered) {
   if (ready_sent_ || phase_ != Phase::kRunning) return;
   ready_sent_ = true;
   ready_timer_.Close();
   notifier_->Ready();
-  if (std::string(why) == "timeout") {
+  if (!db_answered) {
     std::string err = pg_->state().last_error;
     LOG_WARN(
         "ready without PostgreSQL after [postgres] ready_timeout_s = %d s (%s); submits "
@@ -579,21 +568,17 @@ void Daemon::DurableCancel(const Request& req, const ControlServer::Reply& reply
       // Claimed by this node, not started: finish it cancelled here.
       job->user_cancelled = true;
       job->state = JobState::kCancelled;
-      FinishRow row{job->row_id,          job->lease_token, job->key,
-                    JobState::kCancelled, nullptr,          "cancelled by request before it ran"};
       ForgetClaim(job);
-      unsettled_[job->row_id] = job->lease_token;
-      Write(WriteRow::Finish(std::move(row), [this, reply, id = req.id, key, row_id = job->row_id,
-                                              token = job->lease_token](const RowOutcome& o) {
-        Settle(row_id, token);
-        if (!o.status.ok()) {
-          reply.Send(ErrorLine(id, o.status));
-        } else {
-          reply.Send(OkLine(id, {{"key", key},
-                                 {"status", o.accepted ? "cancelled" : "unknown"},
-                                 {"cancelled", o.accepted}}));
-        }
-      }));
+      WriteFinish(job, JobState::kCancelled, nullptr, "cancelled by request before it ran",
+                  [reply, id = req.id, key](const RowOutcome& o) {
+                    if (!o.status.ok()) {
+                      reply.Send(ErrorLine(id, o.status));
+                    } else {
+                      reply.Send(OkLine(id, {{"key", key},
+                                             {"status", o.accepted ? "cancelled" : "unknown"},
+                                             {"cancelled", o.accepted}}));
+                    }
+                  });
       return;
     }
     if (job->state == JobState::kRunning) {
@@ -785,74 +770,50 @@ void Daemon::DurableFinished(const JobPtr& job, WorkOutcome outcome) {
     ForgetClaim(job);
     return;
   }
-  bool busy = outcome.kind == Kind::kBusy;
-  bool retryable = busy || outcome.kind == Kind::kRetry;
-  if (retryable && started) {
-    if (busy || job->attempts < job->max_attempts) {
-      int retry = busy ? job->busy_retries + 1 : job->attempts;
-      int64_t delay =
-          BackoffDelayMs(retry, config_.backend.backoff_base_ms, config_.backend.backoff_max_ms);
-      LOG_INFO("job %s: %s; retry %d in %lld ms%s", job->key.c_str(), outcome.error.c_str(), retry,
-               static_cast<long long>(delay), busy ? " (busy: no attempt spent)" : "");
-      if (busy) ++job->busy_retries;
-      if (UsesBackend(*job)) backend_->NoteRetry();
-      WriteRequeue(job, delay, busy, outcome.error);
-      jobs_->MarkRetrying(job, std::move(outcome.error), busy);
-      ForgetClaim(job);
-      return;
-    }
-    outcome.error = "gave up after " + std::to_string(job->attempts) +
-                    " attempts ([backend] max_attempts); last error: " + outcome.error;
+  Verdict v = Judge(job, std::move(outcome), started, job->max_attempts);
+  if (v.retry) {
+    // The retry waits in the table (run_after), not in this process.
+    WriteRequeue(job, v.delay_ms, v.refund, v.outcome.error);
+    jobs_->MarkRetrying(job, std::move(v.outcome.error), v.refund);
+    ForgetClaim(job);
+    return;
   }
-  if (retryable || outcome.kind == Kind::kFailed) {
-    LOG_WARN("job %s (%s) failed: %s", job->key.c_str(), job->kind.c_str(), outcome.error.c_str());
-    nlohmann::json fallback =
-        job->kind == "summarize" ? SummaryFallback(*job->input, config_) : nlohmann::json();
-    if (!fallback.is_null()) {
-      // A summary screen never shows a hole: the fallback is stored as done,
-      // with the reason in error.
-      WriteFinish(job, JobState::kDone, std::move(fallback), outcome.error);
-      WorkOutcome stored = WorkOutcome::Done(nullptr);
-      stored.error = std::move(outcome.error);
-      jobs_->MarkFinished(job, std::move(stored));
-    } else {
-      WriteFinish(job, JobState::kFailed, nullptr, outcome.error);
-      outcome.kind = Kind::kFailed;
-      jobs_->MarkFinished(job, std::move(outcome));
-    }
-  } else if (outcome.kind == Kind::kDone) {
-    WriteFinish(job, JobState::kDone, std::move(outcome.result), outcome.error);
-    outcome.result = nullptr;
-    jobs_->MarkFinished(job, std::move(outcome));
-  } else {  // cancelled on request
-    WriteFinish(job, JobState::kCancelled, nullptr,
-                outcome.error.empty() ? "cancelled by request" : outcome.error);
-    jobs_->MarkFinished(job, std::move(outcome));
+  JobState state = v.outcome.kind == Kind::kDone     ? JobState::kDone
+                   : v.outcome.kind == Kind::kFailed ? JobState::kFailed
+                                                     : JobState::kCancelled;
+  if (state == JobState::kCancelled && v.outcome.error.empty()) {
+    v.outcome.error = "cancelled by request";
   }
+  // The table keeps the result; the job table only counts.
+  WriteFinish(job, state, std::move(v.outcome.result), v.outcome.error);
+  v.outcome.result = nullptr;
+  jobs_->MarkFinished(job, std::move(v.outcome));
   ForgetClaim(job);
 }
 
 void Daemon::WriteFinish(const JobPtr& job, JobState state, nlohmann::json result,
-                         std::string error) {
+                         std::string error, RowCallback then) {
   FinishRow row{job->row_id, job->lease_token,  job->key,
                 state,       std::move(result), std::move(error)};
   unsettled_[job->row_id] = job->lease_token;
-  Write(WriteRow::Finish(std::move(row), [this, key = job->key, id = job->row_id,
-                                          token = job->lease_token](const RowOutcome& o) {
-    Settle(id, token);
-    if (o.status.ok() && !o.accepted) {
-      ++lease_ignored_;
-      LOG_WARN(
-          "job %s: its result was not stored: this node's lease was lost meanwhile (the "
-          "job was recovered and claimed again)",
-          key.c_str());
-    } else if (!o.status.ok()) {
-      LOG_ERROR(
-          "job %s: its result could not be stored: %s; the job runs again once its "
-          "lease expires",
-          key.c_str(), o.status.message().c_str());
-    }
-  }));
+  Write(WriteRow::Finish(
+      std::move(row), [this, key = job->key, id = job->row_id, token = job->lease_token,
+                       then = std::move(then)](const RowOutcome& o) {
+        Settle(id, token);
+        if (then) then(o);
+        if (o.status.ok() && !o.accepted) {
+          ++lease_ignored_;
+          LOG_WARN(
+              "job %s: its result was not stored: this node's lease was lost meanwhile (the "
+              "job was recovered and claimed again)",
+              key.c_str());
+        } else if (!o.status.ok()) {
+          LOG_ERROR(
+              "job %s: its result could not be stored: %s; the job runs again once its "
+              "lease expires",
+              key.c_str(), o.status.message().c_str());
+        }
+      }));
 }
 
 void Daemon::WriteRequeue(const JobPtr& job, int64_t delay_ms, bool refund, std::string error) {

@@ -58,9 +58,17 @@
 
 #include "client/control_client.h"
 
+#include "proc_cpu.h"
+
 extern char** environ;
 
 namespace {
+
+using digestd::bench::PostgresCpuUs;
+using digestd::bench::PostmasterPid;
+using digestd::bench::ProcessCpuUs;
+using digestd::bench::ReadStat;
+using digestd::bench::SelfCpuUs;
 
 using Clock = std::chrono::steady_clock;
 using nlohmann::json;
@@ -206,78 +214,6 @@ void ResetTable(BlockingConn& c) {
 }
 
 // ------------------------------------------------------------------- CPU
-
-struct ProcStat {
-  long ppid = 0;
-  unsigned long long utime = 0, stime = 0, cutime = 0, cstime = 0;  // clock ticks
-};
-
-std::optional<ProcStat> ReadStat(long pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-  std::string text;
-  if (!std::getline(in, text)) return std::nullopt;
-  size_t close = text.rfind(')');
-  if (close == std::string::npos) return std::nullopt;
-  std::istringstream rest(text.substr(close + 2));
-  // Fields 3.. of proc(5): state ppid pgrp session tty_nr tpgid flags minflt
-  // cminflt majflt cmajflt utime stime cutime cstime.
-  ProcStat s;
-  std::string state;
-  long skip = 0;
-  rest >> state >> s.ppid;
-  for (int i = 0; i < 9; ++i) rest >> skip;
-  rest >> s.utime >> s.stime >> s.cutime >> s.cstime;
-  if (!rest) return std::nullopt;
-  return s;
-}
-
-double TicksToUs(unsigned long long ticks) {
-  return static_cast<double>(ticks) * 1e6 / static_cast<double>(sysconf(_SC_CLK_TCK));
-}
-
-// utime+stime of `pid` (all its threads), microseconds; 0 when unreadable.
-double ProcessCpuUs(long pid) {
-  auto s = ReadStat(pid);
-  return s ? TicksToUs(s->utime + s->stime) : 0;
-}
-
-// The cluster's CPU so far, microseconds: the postmaster's own and its reaped
-// children's (cutime+cstime: backends and autovacuum workers that exited),
-// plus its live children's.
-double PostgresCpuUs(long postmaster) {
-  if (postmaster <= 0) return 0;
-  unsigned long long ticks = 0;
-  DIR* d = opendir("/proc");
-  if (d == nullptr) return 0;
-  while (dirent* e = readdir(d)) {
-    char* end = nullptr;
-    long pid = std::strtol(e->d_name, &end, 10);
-    if (end == e->d_name || *end != '\0') continue;
-    auto s = ReadStat(pid);
-    if (!s) continue;
-    if (pid == postmaster) {
-      ticks += s->utime + s->stime + s->cutime + s->cstime;
-    } else if (s->ppid == postmaster) {
-      ticks += s->utime + s->stime;
-    }
-  }
-  closedir(d);
-  return TicksToUs(ticks);
-}
-
-double SelfCpuUs() {
-  rusage ru{};
-  getrusage(RUSAGE_SELF, &ru);
-  auto us = [](const timeval& tv) { return static_cast<double>(tv.tv_sec) * 1e6 + tv.tv_usec; };
-  return us(ru.ru_utime) + us(ru.ru_stime);
-}
-
-long PostmasterPid(const std::string& pg_dir) {
-  if (pg_dir.empty()) return 0;
-  std::ifstream in(pg_dir + "/data/postmaster.pid");
-  long pid = 0;
-  return in >> pid ? pid : 0;
-}
 
 struct CpuMark {
   double digestd_us = 0, pg_us = 0, self_us = 0;

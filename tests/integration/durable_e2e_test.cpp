@@ -393,15 +393,18 @@ class DurableOutage : public ::testing::Test {
   std::string Count(const std::string& where) {
     return server_->Scalar(db_, "SELECT count(*) FROM digestd.jobs WHERE " + where);
   }
+  ::testing::AssertionResult Start(DaemonProcess& d, const Knobs& k = {}) {
+    DaemonOptions o;
+    o.config = ConfigFor(server_->Conninfo(db_), k);
+    return d.Start(o, 30s);
+  }
   std::unique_ptr<PgServer> server_;
   std::string db_;
 };
 
 TEST_F(DurableOutage, SubmitWhoseCommitNeverCameIsAnsweredUnavailable) {
   DaemonProcess d;
-  DaemonOptions o;
-  o.config = ConfigFor(server_->Conninfo(db_), {});
-  ASSERT_TRUE(d.Start(o, 30s));
+  ASSERT_TRUE(Start(d));
   // digestd's sessions (the writer's and the one for claims); stalling
   // them all stalls the writer's commit whichever it is.
   auto pids = server_->Exec(
@@ -440,11 +443,9 @@ TEST_F(DurableOutage, SubmitWhoseCommitNeverCameIsAnsweredUnavailable) {
 TEST_F(DurableOutage, StartsWithoutTheDatabaseSaysSoAndRecovers) {
   ASSERT_TRUE(server_->Stop().ok());
   DaemonProcess d;
-  DaemonOptions o;
   Knobs k;
   k.ready_timeout_s = 1;
-  o.config = ConfigFor(server_->Conninfo(db_), k);
-  ASSERT_TRUE(d.Start(o, 30s));  // READY=1 after ready_timeout_s
+  ASSERT_TRUE(Start(d, k));  // READY=1 after ready_timeout_s
   EXPECT_TRUE(d.WaitForMessage("STATUS=waiting for PostgreSQL", 5s))
       << testing::ReadTextFile(d.StderrPath());
   json s = Call(d, {{"op", "status"}});
@@ -463,9 +464,7 @@ TEST_F(DurableOutage, StartsWithoutTheDatabaseSaysSoAndRecovers) {
 
 TEST_F(DurableOutage, PostgresRestartMidRunLosesNothing) {
   DaemonProcess d;
-  DaemonOptions o;
-  o.config = ConfigFor(server_->Conninfo(db_), {});
-  ASSERT_TRUE(d.Start(o, 30s));
+  ASSERT_TRUE(Start(d));
   auto keys = Keys("pr:", 800);
   ASSERT_EQ(SubmitAll(d, keys, 20).size(), keys.size());
   ASSERT_TRUE(WaitFor([&] { return std::stoi(Count("status = 'done'")) >= 20; }));
