@@ -162,6 +162,7 @@ void Daemon::OnWriterDbState(bool up, const Status& why) {
   if (phase_ == Phase::kStopping) return;
   if (up) {
     PlanPerExecution(*pgw_);
+    if (migrated_ && pg_->up()) MaybeReady(/*db_answered=*/true);
     return;
   }
   LOG_WARN(
@@ -232,7 +233,9 @@ void Daemon::OnDbReady() {
     Recover(true);
     Refill();
     RefreshBacklog();
-    MaybeReady(/*db_answered=*/true);
+    // Ready once both sessions can serve a submit; the writer's own
+    // "up" calls this when it connects second.
+    if (pgw_->up()) MaybeReady(/*db_answered=*/true);
   });
   if (!st.ok()) migrating_ = false;
 }
@@ -268,17 +271,17 @@ void Daemon::DurableSubmit(const Request& req, const ControlServer::Reply& reply
     return;
   }
   if (!migrated_ || !pg_->up() || !pgw_->up()) {
-    std::string err = pg_->up() ? pgw_->state().last_error : pg_->state().last_error;
-    reply.Send(ErrorLine(
-        req.id,
-        Status::Unavailable(
-            pg_->up()
-                ? "the job table is not ready yet (schema migration running or "
-                  "failing: " +
-                      (store_error_.empty() ? std::string("in progress") : store_error_) +
-                      "); nothing was accepted, submit again shortly"
-                : "PostgreSQL is unreachable (" + (err.empty() ? std::string("connecting") : err) +
-                      "); nothing was accepted, submit again later")));
+    std::string why;
+    if (!pg_->up() || (migrated_ && !pgw_->up())) {
+      std::string err = pg_->up() ? pgw_->state().last_error : pg_->state().last_error;
+      why = "PostgreSQL is unreachable (" + (err.empty() ? std::string("connecting") : err) +
+            "); nothing was accepted, submit again later";
+    } else {
+      why = "the job table is not ready yet (schema migration " +
+            (store_error_.empty() ? std::string("in progress") : "failing: " + store_error_) +
+            "); nothing was accepted, submit again shortly";
+    }
+    reply.Send(ErrorLine(req.id, Status::Unavailable(why)));
     return;
   }
   auto batch = std::make_shared<SubmitBatch>();
