@@ -160,6 +160,10 @@ void Dispatcher::Start(JobPtr job) {
       hooks_.on_finish(job, WorkOutcome::Failed("unknown job kind " + job->kind));
     return;
   }
+  if (job->input && kind->RunsOnLoop(*job->input, *config_)) {
+    RunOnLoop(*kind, std::move(job));
+    return;
+  }
   auto item = std::make_unique<WorkItem>();
   item->owner = this;
   item->kind = kind;
@@ -186,6 +190,26 @@ void Dispatcher::Start(JobPtr job) {
   ++in_flight_lane_[lane];
   ++dispatched_;
   items_.insert(item.release());
+}
+
+void Dispatcher::RunOnLoop(const JobKind& kind, JobPtr job) {
+  WorkContext ctx;
+  ctx.key = job->key;
+  ctx.input = job->input;
+  ctx.cancel = job->cancel;
+  ctx.attempt = job->attempts + 1;
+  ctx.config = config_;
+  if (hooks_.on_start) hooks_.on_start(job);
+  ++dispatched_;
+  ++ran_on_loop_;
+  WorkOutcome outcome;
+  try {
+    outcome =
+        ctx.cancelled() ? WorkOutcome::Cancelled("cancelled before it started") : kind.Run(ctx);
+  } catch (const std::exception& e) {
+    outcome = WorkOutcome::Failed(std::string("internal error: ") + e.what());
+  }
+  if (hooks_.on_finish) hooks_.on_finish(job, std::move(outcome));
 }
 
 void Dispatcher::OnWork(uv_work_t* req) {

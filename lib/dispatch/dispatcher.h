@@ -1,7 +1,10 @@
 // Dispatcher: the two lane rings and the worker slots. On the loop thread it
 // takes the next job (interactive lane first) while fewer than `limit` jobs
 // are in flight, and runs it on libuv's thread pool with uv_queue_work; the
-// outcome comes back on the loop thread in the after-work callback.
+// outcome comes back on the loop thread in the after-work callback. A job
+// whose kind says it cannot block (JobKind::RunsOnLoop: a noop without a
+// sleep) runs on the loop thread in its turn instead, on_start and on_finish
+// called back to back; it holds no slot beyond that call.
 //
 // Reserved slots: background work starts only while in_flight < limit -
 // interactive_reserved, so those slots stay free for the interactive lane
@@ -95,6 +98,7 @@ class Dispatcher {
   int in_flight(Lane lane) const { return in_flight_lane_[static_cast<int>(lane)]; }
   int pool_size() const { return pool_size_; }
   uint64_t dispatched() const { return dispatched_; }
+  uint64_t ran_on_loop() const { return ran_on_loop_; }  // of dispatched()
 
  private:
   struct Entry {
@@ -104,6 +108,7 @@ class Dispatcher {
 
   void Pump();
   void Start(JobPtr job);
+  void RunOnLoop(const JobKind& kind, JobPtr job);
   static void OnWork(uv_work_t* req);
   static void OnAfterWork(uv_work_t* req, int status);
 
@@ -118,6 +123,7 @@ class Dispatcher {
   int in_flight_ = 0;
   int in_flight_lane_[kLaneCount] = {0, 0};
   uint64_t dispatched_ = 0;
+  uint64_t ran_on_loop_ = 0;
   std::shared_ptr<const Config> config_ = std::make_shared<const Config>();
   bool pumping_ = false;
   // Work items queued on the pool and not yet returned; owned here.

@@ -22,6 +22,13 @@ class JobKind {
   virtual Status Validate(const nlohmann::json& input, const Config& config) const = 0;
   // Runs the job. Pool thread: touches only `ctx`; watches ctx.cancelled().
   virtual WorkOutcome Run(const WorkContext& ctx) const = 0;
+  // Whether this job's Run() returns at once without blocking (no sleep, no
+  // I/O): the dispatcher then runs it on the loop thread, in its worker slot's
+  // turn, instead of handing it to a pool thread and back (two thread
+  // wake-ups, which cost more than such a job's work). Loop thread.
+  virtual bool RunsOnLoop(const nlohmann::json& /*input*/, const Config& /*config*/) const {
+    return false;
+  }
   // Whether jobs of this kind call the LLM backend under `config`, so the
   // circuit breaker holds them back while the backend is down.
   virtual bool UsesBackend(const Config& /*config*/) const { return false; }

@@ -1,6 +1,7 @@
 // noop: sleeps `sleep_ms` (capped by [jobs] noop_max_sleep_ms) and returns
 // {"slept_ms": N}. It proves the machinery and measures the daemon's own
 // overhead; the sleep wakes every few milliseconds to honour cancellation.
+// A noop without a sleep runs on the loop thread (RunsOnLoop).
 #include <algorithm>
 #include <chrono>
 #include <thread>
@@ -32,6 +33,11 @@ class NoopKind final : public JobKind {
       }
     }
     return Status::Ok();
+  }
+
+  // sleep_ms 0 (or absent) does nothing: no reason to wake a pool thread.
+  bool RunsOnLoop(const nlohmann::json& input, const Config& /*config*/) const override {
+    return input.value("sleep_ms", int64_t{0}) <= 0;
   }
 
   WorkOutcome Run(const WorkContext& ctx) const override {

@@ -8,9 +8,11 @@
 
 #include <condition_variable>
 #include <cstdlib>
+#include <map>
 #include <mutex>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "../support/daemon_harness.h"
@@ -78,6 +80,30 @@ class BlockingKind final : public JobKind {
   Gate* gate_;
 };
 
+// Records the thread its Run() ran on; RunsOnLoop when input.inline is true.
+class InstantKind final : public JobKind {
+ public:
+  std::string_view name() const override { return "instant"; }
+  Status Validate(const nlohmann::json&, const Config&) const override { return Status::Ok(); }
+  bool RunsOnLoop(const nlohmann::json& input, const Config&) const override {
+    return input.value("inline", false);
+  }
+  WorkOutcome Run(const WorkContext& ctx) const override {
+    std::lock_guard<std::mutex> lock(mu_);
+    ran_on_[std::string(ctx.key)] = std::this_thread::get_id();
+    return WorkOutcome::Done({{"key", std::string(ctx.key)}});
+  }
+  std::thread::id RanOn(const std::string& key) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = ran_on_.find(key);
+    return it == ran_on_.end() ? std::thread::id() : it->second;
+  }
+
+ private:
+  mutable std::mutex mu_;
+  mutable std::map<std::string, std::thread::id> ran_on_;
+};
+
 struct Finished {
   std::string key;
   WorkOutcome::Kind kind;
@@ -91,6 +117,9 @@ class DispatcherTest : public ::testing::Test {
     ASSERT_TRUE(kPoolSized);
     ASSERT_EQ(uv_loop_init(&loop_), 0);
     kinds_.Add(std::make_unique<BlockingKind>(&gate_));
+    auto instant = std::make_unique<InstantKind>();
+    instant_ = instant.get();
+    kinds_.Add(std::move(instant));
   }
 
   void TearDown() override {
@@ -184,6 +213,7 @@ class DispatcherTest : public ::testing::Test {
   uv_loop_t loop_{};
   Gate gate_;
   JobKindRegistry kinds_;
+  const InstantKind* instant_ = nullptr;
   std::unique_ptr<Dispatcher> dispatcher_;
   std::vector<std::string> started_;
   std::vector<Finished> finished_;
@@ -417,6 +447,33 @@ TEST_F(DispatcherTest, UnknownKindFailsWithoutUsingASlot) {
   EXPECT_EQ(dispatcher_->in_flight(), 0);
   SubmitOk("next", Lane::kBackground);
   EXPECT_TRUE(Started("next"));
+}
+
+TEST_F(DispatcherTest, AJobThatCannotBlockRunsOnTheLoopThreadInItsSlotsTurn) {
+  Make(/*max=*/1, /*reserved=*/0);
+  SubmitOk("holder", Lane::kBackground);  // takes the only slot
+  auto inline_job = NewJob("inline", Lane::kBackground, "instant");
+  inline_job->input = std::make_shared<const nlohmann::json>(nlohmann::json{{"inline", true}});
+  ASSERT_TRUE(dispatcher_->Enqueue(inline_job).ok());
+  EXPECT_FALSE(Started("inline")) << "it must wait for a free slot like any job";
+  Release("holder");
+  // Started and finished within the after-work callback that freed the slot.
+  ASSERT_TRUE(Started("inline"));
+  ASSERT_EQ(finished_.back().key, "inline");
+  EXPECT_EQ(finished_.back().kind, WorkOutcome::Kind::kDone);
+  EXPECT_EQ(instant_->RanOn("inline"), std::this_thread::get_id());
+  EXPECT_EQ(dispatcher_->ran_on_loop(), 1u);
+  EXPECT_EQ(dispatcher_->in_flight(), 0);
+
+  // The same kind when it says it may block goes to a pool thread.
+  auto pooled = NewJob("pooled", Lane::kBackground, "instant");
+  ASSERT_TRUE(dispatcher_->Enqueue(pooled).ok());
+  EXPECT_EQ(dispatcher_->in_flight(), 1);
+  ASSERT_TRUE(RunUntil([&] { return finished_.back().key == "pooled"; }));
+  EXPECT_NE(instant_->RanOn("pooled"), std::this_thread::get_id());
+  EXPECT_NE(instant_->RanOn("pooled"), std::thread::id());
+  EXPECT_EQ(dispatcher_->ran_on_loop(), 1u);
+  EXPECT_EQ(dispatcher_->dispatched(), 3u);
 }
 
 }  // namespace

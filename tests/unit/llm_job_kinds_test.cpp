@@ -40,6 +40,16 @@ TEST(LlmJobKinds, AreRegistered) {
   }
 }
 
+// A noop without a sleep has nothing to hand to a pool thread; with one it
+// would block the loop.
+TEST(NoopKind, RunsOnTheLoopOnlyWithoutASleep) {
+  const Config config;
+  EXPECT_TRUE(Kind("noop").RunsOnLoop(json::object(), config));
+  EXPECT_TRUE(Kind("noop").RunsOnLoop({{"sleep_ms", 0}}, config));
+  EXPECT_FALSE(Kind("noop").RunsOnLoop({{"sleep_ms", 1}}, config));
+  EXPECT_FALSE(Kind("summarize").RunsOnLoop({{"text", "Once."}}, config));
+}
+
 TEST(SummarizeValidate, AcceptsTheDocumentedFields) {
   EXPECT_EQ(Check("summarize", {{"text", "Once."}}), "");
   EXPECT_EQ(Check("summarize", {{"text", "Once."},
