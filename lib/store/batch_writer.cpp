@@ -18,9 +18,11 @@ int64_t UnixMs() {
 
 }  // namespace
 
-// What one batch in flight holds, by position in the ring (its first `rows`).
+// One batch in flight: its rows, taken out of the ring (oldest first), and
+// what parsing its answer needs.
 struct BatchWriter::Flight {
   size_t rows = 0;
+  std::deque<Entry> entries;
   std::vector<NewJob> submits;  // keys only, for ParseInsert
   std::vector<uint64_t> finish_ids;
   std::vector<uint64_t> requeue_ids;
@@ -48,7 +50,7 @@ BatchWriter::BatchWriter(uv_loop_t* loop, PgConn& conn, JobStore& store, BatchWr
     if (up) {
       Pump();
     } else {
-      FailSubmits(why, in_flight_);
+      FailSubmits(why);  // those in flight fail with their batch
     }
   });
 }
@@ -70,15 +72,15 @@ Status BatchWriter::Enqueue(WriteRow row) {
           (s.last_error.empty() ? std::string("not connected yet") : s.last_error) +
           "); submit it again later");
     }
-    if (ring_.size() + options_.submit_reserve >= options_.capacity) {
+    if (depth() + options_.submit_reserve >= options_.capacity) {
       refused_ = true;
-      return Status::QueueFull("the write ring is full (" + std::to_string(ring_.size()) + " of " +
+      return Status::QueueFull("the write ring is full (" + std::to_string(depth()) + " of " +
                                std::to_string(options_.capacity) +
                                " rows wait for PostgreSQL); submit again shortly, or raise "
                                "[queues] write");
     }
     ++waiting_submits_;
-  } else if (ring_.size() >= options_.capacity) {
+  } else if (depth() >= options_.capacity) {
     refused_ = true;
     return Status::QueueFull("the write ring is full (" + std::to_string(options_.capacity) +
                              " rows)");
@@ -114,8 +116,15 @@ void BatchWriter::Close() {
   closed_ = true;
   timer_.Close();
   conn_.RemoveStateObserver(observer_);
+  // Oldest first: the batches in flight (their answers are ignored now),
+  // then the ring.
   std::deque<Entry> rows;
-  rows.swap(ring_);
+  for (auto& f : flights_) {
+    for (auto& e : f->entries) rows.push_back(std::move(e));
+  }
+  for (auto& e : ring_) rows.push_back(std::move(e));
+  flights_.clear();
+  ring_.clear();
   in_flight_ = 0;
   waiting_submits_ = 0;
   drain_done_ = nullptr;
@@ -132,6 +141,17 @@ int64_t BatchWriter::DueInMs() const {
   if (ring_.empty() && renewals_.empty()) return -1;
   uint64_t now = uv_now(loop_);
   if (retry_after_ms_ > now) return static_cast<int64_t>(retry_after_ms_ - now);
+  if (!flights_.empty()) {
+    // A batch is in flight: the next one goes beside it only when a full
+    // batch waits (or while draining); otherwise the commit's answer
+    // applies the rules again, so waiting rows share one commit. "Full"
+    // is at most a quarter of the ring: with batch_rows near the ring's
+    // capacity, a whole second batch could never gather.
+    if (failed_since_idle_) return -1;
+    size_t full = std::min(static_cast<size_t>(options_.batch_rows),
+                           std::max<size_t>(1, options_.capacity / 4));
+    return draining_ || ring_.size() >= full ? 0 : -1;
+  }
   if (draining_ || isolate_ > 0 || waiting_submits_ > 0 || options_.batch_ms == 0 ||
       ring_.size() >= static_cast<size_t>(options_.batch_rows)) {
     return 0;
@@ -143,14 +163,22 @@ int64_t BatchWriter::DueInMs() const {
   return due > now ? static_cast<int64_t>(due - now) : 0;
 }
 
+size_t BatchWriter::MaxFlights() const {
+  return isolate_ > 0 ? 1 : static_cast<size_t>(std::max(1, options_.max_flights));
+}
+
+bool BatchWriter::Drained() const {
+  return ring_.empty() && renewals_.empty() && flights_.empty();
+}
+
 void BatchWriter::Pump() {
   if (closed_ || !timer_.initialized()) return;
-  if (flushing_ || !conn_.up()) {
-    uv_timer_stop(timer_.get());
+  if (!conn_.up() || flights_.size() >= MaxFlights()) {
+    uv_timer_stop(timer_.get());  // a commit's answer (or the reconnect) pumps again
     return;
   }
   int64_t due = DueInMs();
-  if (due < 0 && !(draining_ && drain_done_)) {
+  if (due < 0 && !(draining_ && drain_done_ && Drained())) {
     uv_timer_stop(timer_.get());
     return;
   }
@@ -162,13 +190,13 @@ void BatchWriter::Pump() {
 }
 
 void BatchWriter::OnTimer() {
-  if (closed_ || flushing_ || !conn_.up()) return;
+  if (closed_ || !conn_.up() || flights_.size() >= MaxFlights()) return;
   int64_t due = DueInMs();
   if (due == 0) {
     StartFlush();
     return;
   }
-  if (due < 0 && draining_ && drain_done_) {
+  if (due < 0 && draining_ && drain_done_ && Drained()) {
     auto done = std::move(drain_done_);
     drain_done_ = nullptr;
     done();
@@ -180,13 +208,21 @@ void BatchWriter::OnTimer() {
 void BatchWriter::StartFlush() {
   auto flight = std::make_shared<Flight>();
   size_t cap = static_cast<size_t>(std::max(options_.batch_rows, options_.max_batch_rows));
+  // Room for a second batch beside this one: at most half the ring.
+  if (MaxFlights() > 1) cap = std::min(cap, std::max<size_t>(1, options_.capacity / 2));
   size_t n = std::min(ring_.size(), cap);
   if (isolate_ > 0) n = std::min<size_t>(n, 1);
   std::vector<FinishRow> finishes;
   std::vector<RequeueRow> requeues;
   std::vector<NewJob> submits;
   std::vector<std::string> done_keys;
-  std::unordered_set<uint64_t> ended;  // jobs this batch finishes or requeues
+  // Jobs this batch, or one still in flight, finishes or requeues: no
+  // renewal for them (it would find the job ended and call it lost).
+  std::unordered_set<uint64_t> ended;
+  for (const auto& f : flights_) {
+    ended.insert(f->finish_ids.begin(), f->finish_ids.end());
+    ended.insert(f->requeue_ids.begin(), f->requeue_ids.end());
+  }
   size_t batch_submits = 0;
   for (size_t i = 0; i < n; ++i) {
     auto& row = ring_[i].row.row;
@@ -234,20 +270,44 @@ void BatchWriter::StartFlush() {
         OnFlushed(*flight, std::move(result));
       });
   if (!st.ok()) return;  // the connection is down; the up observer pumps again
+  for (size_t i = 0; i < n; ++i) {
+    flight->entries.push_back(std::move(ring_.front()));
+    ring_.pop_front();
+  }
   renewals_.clear();
-  flushing_ = true;
-  in_flight_ = n;
+  flights_.push_back(flight);
+  in_flight_ += n;
   waiting_submits_ -= batch_submits;
+  Pump();  // a second full batch may go beside this one
 }
 
-void BatchWriter::OnFlushed(const Flight& flight, Result<std::vector<PgResult>> result) {
-  flushing_ = false;
-  in_flight_ = 0;
+void BatchWriter::OnFlushed(Flight& flight, Result<std::vector<PgResult>> result) {
+  // Answers come in the order the batches were sent (one connection).
+  std::shared_ptr<Flight> keep;
+  if (!flights_.empty() && flights_.front().get() == &flight) {
+    keep = std::move(flights_.front());
+    flights_.pop_front();
+  }
+  in_flight_ -= std::min(in_flight_, flight.rows);
   uint64_t now_ns = uv_hrtime();
   if (!result.ok()) {
     const Status& st = result.status();
     ++stats_.failed_batches;
     NoteError(st);
+    // The rows go back to the front of the ring, in order: behind the rows
+    // of an earlier batch that failed in the same run, before every row
+    // that waited. No batch starts until every one in flight has answered.
+    failed_since_idle_ = true;
+    auto at = ring_.begin() + static_cast<std::ptrdiff_t>(std::min(returned_, ring_.size()));
+    ring_.insert(at, std::make_move_iterator(flight.entries.begin()),
+                 std::make_move_iterator(flight.entries.end()));
+    returned_ += flight.entries.size();
+    waiting_submits_ += flight.submits.size();
+    flight.entries.clear();
+    if (flights_.empty()) {
+      failed_since_idle_ = false;
+      returned_ = 0;
+    }
     // A newer set of leases, if any, supersedes the one that failed.
     if (renewals_.empty() && !flight.renewals.empty()) {
       renewals_ = flight.renewals;
@@ -259,16 +319,17 @@ void BatchWriter::OnFlushed(const Flight& flight, Result<std::vector<PgResult>> 
         // batch's rows one per transaction.
         LOG_WARN("writer: PostgreSQL refused a batch of %zu rows (%s); writing them one by one",
                  flight.rows, st.message().c_str());
-        isolate_ = flight.rows;
+        isolate_ += flight.rows;
       } else if (flight.rows == 1) {
-        Reject(st);
+        Reject(st);  // isolating: this one row went back to the front
+        if (returned_ > 0) --returned_;
         if (isolate_ > 0) --isolate_;
       }
     } else if (!conn_.up()) {
-      FailSubmits(st, 0);
+      FailSubmits(st);
     } else {
       // The submits' clients hear the error now; the rest waits and retries.
-      FailSubmits(st, 0);
+      FailSubmits(st);
       retry_delay_ms_ = retry_delay_ms_ == 0 ? options_.retry_min_ms
                                              : std::min(retry_delay_ms_ * 2, options_.retry_max_ms);
       retry_after_ms_ = uv_now(loop_) + static_cast<uint64_t>(retry_delay_ms_);
@@ -278,6 +339,10 @@ void BatchWriter::OnFlushed(const Flight& flight, Result<std::vector<PgResult>> 
     MaybeSpace();
     Pump();
     return;
+  }
+  if (flights_.empty()) {
+    failed_since_idle_ = false;
+    returned_ = 0;
   }
   retry_delay_ms_ = 0;
   retry_after_ms_ = 0;
@@ -322,9 +387,7 @@ void BatchWriter::OnFlushed(const Flight& flight, Result<std::vector<PgResult>> 
   std::vector<std::pair<RowCallback, RowOutcome>> calls;
   calls.reserve(flight.rows);
   size_t si = 0, fi = 0, ri = 0;
-  for (size_t i = 0; i < flight.rows && !ring_.empty(); ++i) {
-    Entry e = std::move(ring_.front());
-    ring_.pop_front();
+  for (Entry& e : flight.entries) {
     row_wait_.Record(now_ns - e.enqueued_ns);
     RowOutcome out;
     if (e.row.is_submit()) {
@@ -362,21 +425,24 @@ void BatchWriter::OnFlushed(const Flight& flight, Result<std::vector<PgResult>> 
   Pump();
 }
 
-void BatchWriter::FailSubmits(const Status& why, size_t first) {
+void BatchWriter::FailSubmits(const Status& why) {
   bool any = false;
-  for (size_t i = first; i < ring_.size() && !any; ++i) any = ring_[i].row.is_submit();
+  for (size_t i = 0; i < ring_.size() && !any; ++i) any = ring_[i].row.is_submit();
   if (!any) return;
   std::vector<RowCallback> calls;
   std::deque<Entry> kept;
+  size_t returned_kept = 0;
   for (size_t i = 0; i < ring_.size(); ++i) {
     Entry& e = ring_[i];
-    if (i >= first && e.row.is_submit()) {
+    if (e.row.is_submit()) {
       if (e.row.done) calls.push_back(std::move(e.row.done));
     } else {
+      if (i < returned_) ++returned_kept;
       kept.push_back(std::move(e));
     }
   }
   ring_.swap(kept);
+  returned_ = returned_kept;
   waiting_submits_ = 0;
   if (isolate_ > ring_.size()) isolate_ = ring_.size();
   Status st = why.code() == Status::Code::kUnavailable
@@ -417,16 +483,17 @@ void BatchWriter::NoteError(const Status& why) {
 
 void BatchWriter::MaybeSpace() {
   if (!refused_ || closed_) return;
-  if (ring_.size() >= options_.capacity) return;
+  if (depth() >= options_.capacity) return;
   refused_ = false;
   if (hooks_.on_space) hooks_.on_space();
 }
 
 BatchWriterStats BatchWriter::stats() const {
   BatchWriterStats s = stats_;
-  s.depth = ring_.size();
+  s.depth = depth();
   s.capacity = options_.capacity;
-  s.flushing = flushing_;
+  s.flushing = !flights_.empty();
+  s.batches_in_flight = flights_.size();
   s.commits_per_1000_results = stats_.results_written == 0
                                    ? 0
                                    : 1000.0 * static_cast<double>(batches_with_results_) /

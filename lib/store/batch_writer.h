@@ -1,7 +1,8 @@
 // BatchWriter: every write of job state goes through one bounded write ring
 // and leaves it in batches, one transaction per batch, modelled on LevelDB's
 // BuildBatchGroup: gather what is queued up to a cap, write it as one unit,
-// keep one flush in flight, remember the background error for `status`.
+// remember the background error for `status`; and, like a pipelined log
+// writer, let a second full batch go while the first one commits.
 //
 // Rows: submits (INSERT ... ON CONFLICT (key) DO NOTHING, then a lookup of
 // the keys), finishes (done / failed / cancelled with the result or error)
@@ -15,10 +16,14 @@
 // time.
 //
 // When a batch is written (the group-commit rule):
-//   1. At most one batch is in flight. It takes the oldest rows of the ring,
-//      at most max(batch_rows, max_batch_rows) of them -- everything
-//      queued up to that cap, LevelDB's group -- (1 while isolating a bad
-//      row, see below).
+//   1. A batch takes the oldest rows of the ring, at most
+//      max(batch_rows, max_batch_rows) of them and at most half the ring's
+//      capacity (so a second batch has room) -- everything queued up to
+//      that cap, LevelDB's group -- (1 while isolating a bad row, see below).
+//      Up to max_flights batches (2) are in flight at once on the one
+//      connection (its pipeline): the server runs the second while this
+//      process reads the first one's answer and builds the third, so
+//      neither waits for the other under load.
 //   2. With nothing in flight, a batch starts as soon as any of these holds:
 //        a. the ring holds batch_rows rows or more;
 //        b. a submit is waiting -- someone waits for its acknowledgement; the
@@ -27,8 +32,11 @@
 //           one commit;
 //        c. the oldest waiting row (or lease renewal) has waited batch_ms;
 //        d. Drain() was called, or batch_ms is 0.
-//   3. Rows that arrive while a batch is in flight wait for it; when it
-//      commits, rule 2 is applied at once. So an idle writer commits a lone
+//   3. Rows that arrive while a batch is in flight wait for it, unless a
+//      full batch (batch_rows, but at most a quarter of the ring's capacity)
+//      gathers meanwhile (or Drain() was called):
+//      that one goes at once, beside it. When a commit is answered, the
+//      rules are applied again at once. So an idle writer commits a lone
 //      submit at once, under load one commit serves every submit that arrived
 //      during the previous one, and a submit waits for at most one commit in
 //      flight plus its own. Results (finish rows) alone wait up to batch_ms
@@ -41,6 +49,8 @@
 //     (the row may or may not have committed; a client that submits the same
 //     key again gets the existing job), and new submits are refused with
 //     Unavailable until the connection is back, so an ack is never a lie.
+//   * A failed batch's rows go back to the front of the ring, in order;
+//     no batch starts until every batch in flight has answered.
 //   * The server rejected the data (BadRequest, e.g. a key holding a NUL):
 //     the rows of the failed batch are written again one per transaction;
 //     the row that fails alone is dropped and its callback gets the error.
@@ -116,12 +126,14 @@ struct BatchWriterOptions {
   size_t submit_reserve = 0;
   int retry_min_ms = 100;  // backoff after a failed batch, connection up
   int retry_max_ms = 5000;
+  int max_flights = 2;  // batches in flight at once (1: one at a time)
 };
 
 struct BatchWriterStats {
-  size_t depth = 0;  // rows in the ring, the batch in flight included
+  size_t depth = 0;  // rows in the ring, the batches in flight included
   size_t capacity = 0;
   bool flushing = false;
+  size_t batches_in_flight = 0;
   uint64_t rows_written = 0;  // rows committed
   uint64_t batches = 0;       // transactions committed
   uint64_t submits_written = 0;
@@ -184,15 +196,18 @@ class BatchWriter {
   void SetBatchLimits(int batch_rows, int batch_ms, int max_batch_rows = 0);
   void SetSubmitReserve(size_t slots) { options_.submit_reserve = slots; }
 
-  size_t depth() const { return ring_.size(); }
+  // Rows held: waiting in the ring and in the batches in flight.
+  size_t depth() const { return ring_.size() + in_flight_; }
   size_t capacity() const { return options_.capacity; }
-  size_t free_slots() const { return options_.capacity - ring_.size(); }
+  size_t free_slots() const {
+    return depth() < options_.capacity ? options_.capacity - depth() : 0;
+  }
   // Slots a submit may take now (submit_reserve kept back).
   size_t submit_free_slots() const {
-    size_t used = ring_.size() + options_.submit_reserve;
+    size_t used = depth() + options_.submit_reserve;
     return used < options_.capacity ? options_.capacity - used : 0;
   }
-  bool flushing() const { return flushing_; }
+  bool flushing() const { return !flights_.empty(); }
   BatchWriterStats stats() const;
 
  private:
@@ -204,11 +219,14 @@ class BatchWriter {
   struct Flight;
 
   int64_t DueInMs() const;
+  size_t MaxFlights() const;
+  bool Drained() const;  // nothing waits, nothing in flight
   void Pump();
   void OnTimer();
   void StartFlush();
-  void OnFlushed(const Flight& flight, Result<std::vector<PgResult>> result);
-  void FailSubmits(const Status& why, size_t first);
+  void OnFlushed(Flight& flight, Result<std::vector<PgResult>> result);
+  // Every submit waiting in the ring gets `why` (none is in flight's).
+  void FailSubmits(const Status& why);
   void Reject(const Status& why);
   void NoteError(const Status& why);
   void MaybeSpace();
@@ -220,10 +238,13 @@ class BatchWriter {
   Hooks hooks_;
   UvHandle<uv_timer_t> timer_;
   uint64_t observer_ = 0;
-  std::deque<Entry> ring_;  // oldest first; the first in_flight_ rows are being written
-  size_t in_flight_ = 0;
-  bool flushing_ = false;
-  size_t waiting_submits_ = 0;      // submits in the ring not in flight
+  std::deque<Entry> ring_;  // rows waiting, oldest first (not those in flight)
+  // Batches sent and not yet answered, oldest first; each owns its rows.
+  std::deque<std::shared_ptr<Flight>> flights_;
+  size_t in_flight_ = 0;            // rows in flights_
+  bool failed_since_idle_ = false;  // a batch failed while others were in flight
+  size_t returned_ = 0;             // rows at the ring's front that came back from those
+  size_t waiting_submits_ = 0;      // submits in the ring
   std::vector<LeaseRef> renewals_;  // the next set to renew
   uint64_t renewals_since_ms_ = 0;
   size_t isolate_ = 0;  // rows still to write one per transaction

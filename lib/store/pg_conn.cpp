@@ -642,6 +642,11 @@ void PgConn::DeliverNotifies() {
   }
 }
 
+size_t PgConn::units_in_flight() const {
+  return static_cast<size_t>(
+      std::count_if(units_.begin(), units_.end(), [](const Unit& u) { return !u.internal; }));
+}
+
 Status PgConn::Send(std::vector<PgStatement> statements, UnitCallback done) {
   if (phase_ != Phase::kUp) {
     std::string why = last_error_.empty() ? "not connected yet" : last_error_;
@@ -652,21 +657,42 @@ Status PgConn::Send(std::vector<PgStatement> statements, UnitCallback done) {
   unit.done = std::move(done);
   unit.sent_ms = uv_now(loop_);
   std::string failure;
+  // New prepared statements go first, in a unit of their own (their own
+  // Sync): inside the statements' unit, an earlier statement's failure
+  // would skip the prepare while units sent after this one already count
+  // on the name.
+  Unit prep;
+  prep.internal = true;
+  prep.sent_ms = unit.sent_ms;
+  for (const auto& s : statements) {
+    if (s.name.empty() || prepared_.count(s.name) > 0) continue;
+    if (PQsendPrepare(conn_, s.name.c_str(), s.sql.c_str(), static_cast<int>(s.params.size()),
+                      nullptr) == 0) {
+      failure = PQerrorMessage(conn_);
+      break;
+    }
+    prepared_.insert(s.name);
+    prep.cmds.push_back({CmdKind::kPrepare, s.name});
+  }
+  if (!prep.cmds.empty()) {
+    if (failure.empty() && PQpipelineSync(conn_) == 0) failure = PQerrorMessage(conn_);
+    prep.done = [label = options_.label](Result<std::vector<PgResult>> r) {
+      if (!r.ok()) {
+        LOG_ERROR("%s: preparing a statement failed: %s", label.c_str(),
+                  r.status().message().c_str());
+      }
+    };
+    if (units_.empty()) last_progress_ms_ = prep.sent_ms;
+    units_.push_back(std::move(prep));
+  }
   std::vector<const char*> values;
   for (const auto& s : statements) {
+    if (!failure.empty()) break;
     values.clear();
     for (const auto& p : s.params) values.push_back(p ? p->c_str() : nullptr);
     int n = static_cast<int>(values.size());
     int ok;
     if (!s.name.empty()) {
-      if (prepared_.count(s.name) == 0) {
-        if (PQsendPrepare(conn_, s.name.c_str(), s.sql.c_str(), n, nullptr) == 0) {
-          failure = PQerrorMessage(conn_);
-          break;
-        }
-        prepared_.insert(s.name);
-        unit.cmds.push_back({CmdKind::kPrepare, s.name});
-      }
       ok = PQsendQueryPrepared(conn_, s.name.c_str(), n, values.data(), nullptr, nullptr, 0);
     } else {
       ok = PQsendQueryParams(conn_, s.sql.c_str(), n, nullptr, values.data(), nullptr, nullptr, 0);
@@ -795,7 +821,7 @@ PgConnState PgConn::state() const {
   s.server_version = up() ? PQserverVersion(conn_) : 0;
   s.connects = connects_;
   s.disconnects = disconnects_;
-  s.units_in_flight = units_.size();
+  s.units_in_flight = units_in_flight();
   return s;
 }
 

@@ -15,9 +15,10 @@
 // the order they were sent (FIFO).
 //
 // Prepared statements. A statement with a non-empty `name` is prepared
-// (PQsendPrepare) the first time it is used on a session, in the same
-// pipeline, and executed by name from then on; after a reconnect it is
-// prepared again. Statements without a name use PQsendQueryParams.
+// (PQsendPrepare) the first time it is used on a session, in a unit of its
+// own sent just ahead (so a failure in the unit that uses it cannot skip the
+// prepare that later units count on), and executed by name from then on;
+// after a reconnect it is prepared again. Statements without a name use PQsendQueryParams.
 //
 // Failures. A server error fails the unit it belongs to; the connection
 // stays up. A lost connection (or Close()) fails every unit in flight with
@@ -168,7 +169,8 @@ class PgConn {
 
   bool up() const { return phase_ == Phase::kUp; }
   bool closed() const { return phase_ == Phase::kClosed; }
-  size_t units_in_flight() const { return units_.size(); }
+  // Units sent by callers and not yet answered (internal prepares not counted).
+  size_t units_in_flight() const;
   PgConnState state() const;
   // The connection target without secrets, for messages.
   const std::string& Describe() const { return target_; }
@@ -182,6 +184,7 @@ class PgConn {
   };
   struct Unit {
     std::vector<Cmd> cmds;  // every command sent, prepares included
+    bool internal = false;  // prepares sent ahead of a caller's unit
     size_t next_cmd = 0;    // the command whose results come next
     bool cmd_has_result = false;
     std::vector<PgResult> results;

@@ -9,9 +9,10 @@
 //   (b) BatchWriter finishing N claimed jobs (inserted and claimed by SQL
 //       beforehand, not timed) with the same result, the write ring kept full
 //       (refilled from the on_space hook): rows/s and the ratio writer/COPY
-//       (the target is >= 0.5), at batch_rows 50 (the default), 500 with the
-//       default ring of 500, and 500 with a ring of 1000 (one batch queued
-//       while one is in flight); batch_ms 500 throughout.
+//       (the target is >= 0.5), at batch_rows 50 (the default) with one
+//       batch in flight at a time and with two (the writer's default, the
+//       second sent while the first commits), 500 with the default ring of
+//       500, and 500 with a ring of 1000; batch_ms 500 throughout.
 //   (c) commits per 1,000 results (BatchWriterStats).
 //   (d) a row's wait from Enqueue to its commit, p50/p99
 //       (BatchWriterStats::row_wait, its last 8192 rows), at full load and
@@ -334,11 +335,12 @@ class LoopRig {
 // (b)-(e) BatchWriter finishing `jobs`. `rate` 0: the ring kept full;
 // otherwise rows are enqueued at `rate` rows/s.
 Figures RunWriter(LoopRig& rig, const std::vector<Claimed>& jobs, const nlohmann::json& result,
-                  int batch_rows, size_t capacity, double rate, long postmaster,
-                  std::string label) {
+                  int batch_rows, size_t capacity, double rate, long postmaster, std::string label,
+                  int max_flights = BatchWriterOptions{}.max_flights) {
   BatchWriterOptions o;
   o.capacity = capacity;
   o.batch_rows = batch_rows;
+  o.max_flights = max_flights;
   o.batch_ms = 500;
   size_t next = 0, committed = 0, bad = 0;
   std::string bad_why;
@@ -420,9 +422,9 @@ Figures RunWriter(LoopRig& rig, const std::vector<Claimed>& jobs, const nlohmann
 // ------------------------------------------------------------ the report
 
 void PrintTable(const std::vector<Figures>& rows, double copy_rate) {
-  std::printf("\n%-40s %9s %11s %8s %9s %9s   %s\n", "", "rows/s", "writer/COPY", "commits",
+  std::printf("\n%-46s %9s %11s %8s %9s %9s   %s\n", "", "rows/s", "writer/COPY", "commits",
               "wait p50", "wait p99", "CPU us/row: bench + postgres = total");
-  std::printf("%-40s %9s %11s %8s %9s %9s\n", "", "", "", "per 1k", "ms", "ms");
+  std::printf("%-46s %9s %11s %8s %9s %9s\n", "", "", "", "per 1k", "ms", "ms");
   for (const auto& f : rows) {
     double rate = f.rows / f.seconds;
     char ratio[16] = "-", commits[16] = "-", p50[16] = "-", p99[16] = "-";
@@ -432,7 +434,7 @@ void PrintTable(const std::vector<Figures>& rows, double copy_rate) {
       std::snprintf(p50, sizeof p50, "%.1f", f.wait->p50_ms);
       std::snprintf(p99, sizeof p99, "%.1f", f.wait->p99_ms);
     }
-    std::printf("%-40s %9.0f %11s %8s %9s %9s   %6.1f + %6.1f = %6.1f\n", f.label.c_str(), rate,
+    std::printf("%-46s %9.0f %11s %8s %9s %9s   %6.1f + %6.1f = %6.1f\n", f.label.c_str(), rate,
                 ratio, commits, p50, p99, f.self_us, f.pg_us, f.self_us + f.pg_us);
   }
 }
@@ -537,13 +539,17 @@ int main(int argc, char** argv) {
     struct Full {
       int batch_rows;
       size_t capacity;
+      int max_flights;
     };
-    for (Full f : {Full{50, 500}, Full{500, 500}, Full{500, 1000}}) {
+    const int two = BatchWriterOptions{}.max_flights;
+    for (Full f :
+         {Full{50, 500, 1}, Full{50, 500, two}, Full{500, 500, two}, Full{500, 1000, two}}) {
       auto jobs = PrepareJobs(setup, "full" + std::to_string(f.batch_rows), opt.rows);
       char label[80];
-      std::snprintf(label, sizeof label, "writer batch_rows %d, ring %zu", f.batch_rows,
-                    f.capacity);
-      rows.push_back(RunWriter(rig, jobs, result, f.batch_rows, f.capacity, 0, postmaster, label));
+      std::snprintf(label, sizeof label, "writer batch_rows %d, ring %zu%s", f.batch_rows,
+                    f.capacity, f.max_flights == 1 ? ", 1 in flight" : "");
+      rows.push_back(RunWriter(rig, jobs, result, f.batch_rows, f.capacity, 0, postmaster, label,
+                               f.max_flights));
     }
     for (double rate : opt.light_rates) {
       int n = std::max(1, static_cast<int>(rate * opt.light_s));

@@ -206,6 +206,109 @@ TEST_F(BatchWriterTest, SubmitsOfOneTurnShareOneCommitAndLaterOnesTheNext) {
   other.Close();
 }
 
+// Holds a transaction open on another session for `hold_s` seconds after
+// running `sql` in it (to take a lock the writer's batch will wait on).
+void HoldOnAnotherSession(TestLoop& loop, PgConn& other, const std::string& sql, double hold_s,
+                          bool* done) {
+  other.Start();
+  ASSERT_TRUE(loop.RunUntil([&] { return other.up(); }));
+  std::vector<PgStatement> hold;
+  hold.push_back({sql, {}, {}});
+  hold.push_back({"SELECT pg_sleep(" + std::to_string(hold_s) + ")", {}, {}});
+  ASSERT_TRUE(other
+                  .Send(std::move(hold),
+                        [done](Result<std::vector<PgResult>> r) {
+                          EXPECT_TRUE(r.ok()) << r.status().ToString();
+                          *done = true;
+                        })
+                  .ok());
+  loop.RunFor(milliseconds(300));
+}
+
+TEST_F(BatchWriterTest, ASecondFullBatchGoesWhileTheFirstCommitsAndAThirdWaits) {
+  TestLoop loop;
+  Rig rig(loop, conninfo(), Opts(10, 60000, 100));
+  ASSERT_TRUE(rig.ok);
+  std::vector<std::string> acked;
+  auto submit = [&](const std::string& key) {
+    ASSERT_TRUE(rig.writer
+                    ->Enqueue(WriteRow::Submit(Job(key),
+                                               [&, key](const RowOutcome& o) {
+                                                 EXPECT_TRUE(o.status.ok()) << key;
+                                                 acked.push_back(key);
+                                               }))
+                    .ok());
+  };
+  // The first batch inserts key a0, which another session inserted and
+  // holds uncommitted: it waits for that transaction.
+  PgConn other(loop.get(), {conninfo()});
+  bool held = false;
+  HoldOnAnotherSession(loop, other, "INSERT INTO digestd.jobs (key, kind) VALUES ('a0', 'noop')",
+                       1.5, &held);
+  ASSERT_FALSE(held);
+  for (int i = 0; i < 10; ++i) submit("a" + std::to_string(i));
+  ASSERT_TRUE(loop.RunUntil([&] { return rig.writer->stats().batches_in_flight == 1; }));
+  // A full batch gathers while the first waits: it is sent beside it.
+  for (int i = 0; i < 10; ++i) submit("b" + std::to_string(i));
+  ASSERT_TRUE(loop.RunUntil([&] { return rig.writer->stats().batches_in_flight == 2; }))
+      << "the second full batch waited for the first commit";
+  // A third full batch waits: two in flight at most.
+  for (int i = 0; i < 10; ++i) submit("c" + std::to_string(i));
+  loop.RunFor(milliseconds(200));
+  EXPECT_EQ(rig.writer->stats().batches_in_flight, 2u);
+  EXPECT_EQ(rig.writer->depth(), 30u);
+  EXPECT_TRUE(acked.empty());
+  ASSERT_TRUE(loop.RunUntil([&] { return acked.size() == 30 && held; }));
+  // Answered in the order the batches were sent, each batch in ring order.
+  for (size_t i = 0; i < acked.size(); ++i) {
+    EXPECT_EQ(acked[i], std::string(1, static_cast<char>('a' + i / 10)) + std::to_string(i % 10));
+  }
+  EXPECT_EQ(rig.writer->stats().batches, 3u);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM digestd.jobs"), "30");
+  other.Close();
+}
+
+TEST_F(BatchWriterTest, ABatchThatFailsWhileTheNextIsInFlightIsWrittenAgainAfterIt) {
+  TestLoop loop;
+  Rig rig(loop, conninfo(), Opts(10, 60000, 100));
+  ASSERT_TRUE(rig.ok);
+  auto jobs = rig.Claimed("f", 20);
+  ASSERT_EQ(jobs.size(), 20u);
+  // Another session locks f0's row: the first batch (f0..f9) waits on it.
+  PgConn other(loop.get(), {conninfo()});
+  bool held = false;
+  HoldOnAnotherSession(loop, other, "SELECT id FROM digestd.jobs WHERE key = 'f0' FOR UPDATE", 1.5,
+                       &held);
+  std::vector<std::string> done;
+  for (const auto& j : jobs) {
+    ASSERT_TRUE(rig.writer
+                    ->Enqueue(WriteRow::Finish(DoneRow(j),
+                                               [&, key = j.key](const RowOutcome& o) {
+                                                 EXPECT_TRUE(o.status.ok() && o.accepted) << key;
+                                                 done.push_back(key);
+                                               }))
+                    .ok());
+  }
+  ASSERT_TRUE(loop.RunUntil([&] { return rig.writer->stats().batches_in_flight == 2; }));
+  // Cancel the statement that waits: the first batch fails, the second
+  // (f10..f19, no lock in its way) commits, then the first is written again.
+  ASSERT_TRUE(loop.RunUntil([&] {
+    return Scalar(
+               "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND "
+               "datname = current_database()") == "1";
+  }));
+  EXPECT_EQ(Scalar("SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE wait_event_type = "
+                   "'Lock' AND datname = current_database()"),
+            "t");
+  ASSERT_TRUE(loop.RunUntil([&] { return done.size() == 20 && held; }));
+  for (size_t i = 0; i < 10; ++i) EXPECT_EQ(done[i], "f" + std::to_string(i + 10));
+  for (size_t i = 10; i < 20; ++i) EXPECT_EQ(done[i], "f" + std::to_string(i - 10));
+  EXPECT_EQ(rig.writer->stats().failed_batches, 1u);
+  EXPECT_EQ(rig.writer->depth(), 0u);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM digestd.jobs WHERE status = 'done'"), "20");
+  other.Close();
+}
+
 TEST_F(BatchWriterTest, RepeatedWritesAreIdempotent) {
   TestLoop loop;
   Rig rig(loop, conninfo(), Opts(50, 0));
@@ -392,8 +495,7 @@ TEST_F(BatchWriterTest, AFullRingRefusesRowsAndSaysWhenThereIsRoom) {
   EXPECT_EQ(rig.writer->depth(), 5u);
   // A full ring (5 >= batch_rows? no: 50) is written after Drain.
   rig.writer->Drain([] {});
-  ASSERT_TRUE(loop.RunUntil([&] { return space == 1; }));
-  EXPECT_EQ(rig.writer->depth(), 0u);
+  ASSERT_TRUE(loop.RunUntil([&] { return space == 1 && rig.writer->depth() == 0; }));
   EXPECT_EQ(rig.writer->stats().ignored, 5u) << "no such jobs: every guard says no";
 }
 

@@ -73,6 +73,40 @@ TEST_F(PgConnTest, PipelinedUnitsAnswerInOrder) {
   conn.Close();
 }
 
+// A unit fails before its first use of a named statement; the unit sent
+// right behind it (before any answer) uses the same name and must find it
+// prepared.
+TEST_F(PgConnTest, AFailureBeforeAFirstUseDoesNotUnprepareItForTheNextUnit) {
+  TestLoop loop;
+  PgConn conn(loop.get(), {conninfo()});
+  conn.Start();
+  ASSERT_TRUE(loop.RunUntil([&] { return conn.up(); }));
+  std::vector<PgStatement> first;
+  first.push_back(Sql("SELECT 1 / 0", {}));
+  first.push_back(Sql("SELECT $1::bigint * 2", {"1"}, "double"));
+  std::optional<Status> first_status;
+  ASSERT_TRUE(conn.Send(std::move(first),
+                        [&](Result<std::vector<PgResult>> r) { first_status = r.status(); })
+                  .ok());
+  std::optional<int64_t> second;
+  std::string second_error;
+  ASSERT_TRUE(conn.Query(Sql("SELECT $1::bigint * 2", {"21"}, "double"),
+                         [&](QueryResult r) {
+                           if (r.ok()) {
+                             second = r->Int(0, 0);
+                           } else {
+                             second_error = r.status().ToString();
+                             second = -1;
+                           }
+                         })
+                  .ok());
+  EXPECT_EQ(conn.units_in_flight(), 2u);
+  ASSERT_TRUE(loop.RunUntil([&] { return first_status && second; }));
+  EXPECT_FALSE(first_status->ok());
+  EXPECT_EQ(*second, 42) << second_error;
+  conn.Close();
+}
+
 TEST_F(PgConnTest, UnitIsOneTransactionAndAFailureRollsBackOnlyItsUnit) {
   TestLoop loop;
   PgConn conn(loop.get(), {conninfo()});
