@@ -80,7 +80,10 @@ Status Daemon::Start() {
     jobs_->MarkRunning(job);
     if (UsesBackend(*job)) backend_->OnStart();
     // The ring just shrank: claim more once it is down to the low-water mark.
-    if (durable()) Refill();
+    if (durable()) {
+      pace_[static_cast<int>(job->lane)].Started();
+      Refill();
+    }
   };
   hooks.can_start = [this](const JobRecord& job) {
     // With PostgreSQL, every running job keeps a write-ring slot for its

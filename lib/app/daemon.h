@@ -40,6 +40,7 @@
 #include "backend/backend_health.h"
 #include "config/config.h"
 #include "control/control_server.h"
+#include "dispatch/claim_pace.h"
 #include "dispatch/delay_queue.h"
 #include "dispatch/dispatcher.h"
 #include "jobs/job_table.h"
@@ -221,6 +222,7 @@ class Daemon {
   // to this node may then be inserted already claimed (it jumps no queue).
   bool lane_dry_[kLaneCount] = {false, false};
   size_t self_claims_[kLaneCount] = {0, 0};  // such submits in flight
+  ClaimPace pace_[kLaneCount];               // claim sizes from each lane's start rate
   bool release_unheld_pending_ = false;      // ReleaseUnheld() once it is safe
   // Every job this node holds a lease on (in a ring or running), by row id,
   // until its finish, requeue or release row is queued.

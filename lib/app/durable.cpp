@@ -641,14 +641,14 @@ void Daemon::Refill() {
   if (phase_ != Phase::kRunning) return;
   for (Lane lane : {Lane::kInteractive, Lane::kBackground}) {
     int l = static_cast<int>(lane);
+    pace_[l].Measure(uv_now(&loop_));
     if (claiming_[l]) continue;
     size_t depth = dispatcher_->depth(lane);
     size_t cap = dispatcher_->capacity(lane);
-    size_t low = std::min<size_t>(static_cast<size_t>(config_.postgres.refill_low_water),
-                                  cap > 0 ? cap - 1 : 0);
+    ClaimSize size = pace_[l].Size(config_.postgres.claim_batch, config_.postgres.refill_low_water);
+    size_t low = std::min(size.low_water, cap > 0 ? cap - 1 : 0);
     if (depth > low || depth >= cap) continue;
-    int n = static_cast<int>(
-        std::min<size_t>(cap - depth, static_cast<size_t>(config_.postgres.claim_batch)));
+    int n = static_cast<int>(std::min(cap - depth, size.batch));
     Status st = store_->Claim(
         lane, n, config_.postgres.lease_s,
         [this, lane, n](Result<std::vector<StoredJob>> r) { OnClaimed(lane, n, std::move(r)); });

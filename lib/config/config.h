@@ -98,7 +98,7 @@ struct Config {
     int retention_batch = 1000;      // most rows one retention delete removes
     int retention_interval_s = 60;   // how often the retention task runs
     int recover_interval_s = 15;     // how often expired leases are returned to the queue
-    int claim_batch = 50;            // most jobs one claim query takes
+    int claim_batch = 200;           // most jobs one claim query takes
     int refill_low_water = 50;       // a lane's ring is refilled when its depth falls to this
     int connect_timeout_s = 10;      // a connection attempt that takes longer fails
     int query_timeout_s = 60;        // no answer for this long drops the connection; 0: never
