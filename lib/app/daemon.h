@@ -146,7 +146,9 @@ class Daemon {
   void CheckDbWait(const std::shared_ptr<DbWait>& wait, bool final);
   void EndDbWait(const std::shared_ptr<DbWait>& wait);
   void OnNotify(const std::string& channel, const std::string& payload);
-  void Refill();
+  // Claims for lanes at their low water; `poll`: also lanes whose last
+  // claim came back short (the periodic look for due retries).
+  void Refill(bool poll = false);
   void OnClaimed(Lane lane, int asked, Result<std::vector<StoredJob>> claimed);
   void DurableFinished(const JobPtr& job, WorkOutcome outcome);
   // Queues the row that ends `job` under its lease; `then` (may be empty)
@@ -239,6 +241,9 @@ class Daemon {
   Backlog backlog_{};             // from the table, every backlog_interval_ms
   int64_t backlog_unix_ms_ = 0;   // when backlog_ was read; 0: not yet
   uint64_t recovered_ = 0;        // jobs returned to the queue by lease recovery
+  uint64_t claims_sent_ = 0;      // claim queries sent
+  uint64_t claims_empty_ = 0;     // of those, answered with no job
+  uint64_t claimed_jobs_ = 0;     // jobs they took
   uint64_t crash_failed_ = 0;     // jobs failed for crashing their workers too often
   uint64_t retention_deleted_ = 0;
   uint64_t leases_lost_ = 0;

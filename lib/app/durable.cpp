@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 
 #include "app/daemon.h"
 #include "obs/log.h"
@@ -151,7 +152,7 @@ static void PlanPerExecution(PgConn& conn) {
 }
 
 void Daemon::OnPeriodic(uv_timer_t* timer) {
-  if (timer == refill_timer_.get()) Refill();
+  if (timer == refill_timer_.get()) Refill(/*poll=*/true);
   if (timer == lease_timer_.get()) RenewLeases();
   if (timer == recover_timer_.get()) Recover(false);
   if (timer == retention_timer_.get()) RunRetention();
@@ -205,7 +206,7 @@ void Daemon::OnDbState(bool up, const Status& why) {
   // its answer lost: those jobs run under this node's name but nowhere.
   release_unheld_pending_ = true;
   Recover(false);
-  Refill();
+  Refill(/*poll=*/true);
   RefreshBacklog();
 }
 
@@ -231,7 +232,7 @@ void Daemon::OnDbReady() {
     // Jobs this node held when it last stopped go back to the queue first,
     // before any claim: they were not finished by anyone.
     Recover(true);
-    Refill();
+    Refill(/*poll=*/true);
     RefreshBacklog();
     // Ready once both sessions can serve a submit; the writer's own
     // "up" calls this when it connects second.
@@ -627,7 +628,7 @@ void Daemon::DurableCancel(const Request& req, const ControlServer::Reply& reply
 
 // ---------------------------------------------------------------- claims
 
-void Daemon::Refill() {
+void Daemon::Refill(bool poll) {
   if (!durable()) return;
   if (!migrated_) {
     OnDbReady();
@@ -643,16 +644,26 @@ void Daemon::Refill() {
     int l = static_cast<int>(lane);
     pace_[l].Measure(uv_now(&loop_));
     if (claiming_[l]) continue;
+    // The lane's last claim found the table empty: nothing to claim until a
+    // submit or requeue lands there (they clear the flag) or the poll looks
+    // for due retries and other nodes' jobs. An empty claim costs a planned
+    // query on the claims session.
+    if (lane_dry_[l] && !poll) continue;
     size_t depth = dispatcher_->depth(lane);
     size_t cap = dispatcher_->capacity(lane);
     ClaimSize size = pace_[l].Size(config_.postgres.claim_batch, config_.postgres.refill_low_water);
-    size_t low = std::min(size.low_water, cap > 0 ? cap - 1 : 0);
+    // At most half the ring: a claim then always has room for half a ring
+    // of jobs, never a handful (each claim costs about the same to plan).
+    size_t low = std::min(size.low_water, cap / 2);
     if (depth > low || depth >= cap) continue;
     int n = static_cast<int>(std::min(cap - depth, size.batch));
     Status st = store_->Claim(
         lane, n, config_.postgres.lease_s,
         [this, lane, n](Result<std::vector<StoredJob>> r) { OnClaimed(lane, n, std::move(r)); });
-    if (st.ok()) claiming_[l] = true;
+    if (st.ok()) {
+      claiming_[l] = true;
+      ++claims_sent_;
+    }
   }
 }
 
@@ -687,6 +698,8 @@ void Daemon::OnClaimed(Lane lane, int asked, Result<std::vector<StoredJob>> clai
         now_ns - std::min<uint64_t>(now_ns, static_cast<uint64_t>(age_ms) * 1000000);
     TakeClaim(std::move(job));
   }
+  claimed_jobs_ += claimed->size();
+  if (claimed->empty()) ++claims_empty_;
   bool full = static_cast<int>(claimed->size()) == asked;
   lane_dry_[static_cast<int>(lane)] = !full;
   if (full) Refill();  // more may be due
@@ -822,8 +835,15 @@ void Daemon::WriteFinish(const JobPtr& job, JobState state, nlohmann::json resul
 void Daemon::WriteRequeue(const JobPtr& job, int64_t delay_ms, bool refund, std::string error) {
   RequeueRow row{job->row_id, job->lease_token, delay_ms, refund, std::move(error)};
   unsettled_[job->row_id] = job->lease_token;
-  Write(WriteRow::Requeue(std::move(row), [this, id = job->row_id, token = job->lease_token](
-                                              const RowOutcome&) { Settle(id, token); }));
+  Write(WriteRow::Requeue(std::move(row),
+                          [this, id = job->row_id, token = job->lease_token,
+                           lane = static_cast<int>(job->lane), delay_ms](const RowOutcome& o) {
+                            Settle(id, token);
+                            // Due again at once: the next refill looks (a delayed one waits
+                            // for the refill poll).
+                            if (o.status.ok() && o.accepted && delay_ms <= 0)
+                              lane_dry_[lane] = false;
+                          }));
 }
 
 void Daemon::Settle(uint64_t row_id, int64_t token) {
@@ -1086,6 +1106,17 @@ nlohmann::json Daemon::StoreStatusJson() const {
                   {"results_ignored", lease_ignored_},
                   {"recovered", recovered_},
                   {"failed_after_crashes", crash_failed_}};
+  auto pace = [&](Lane l) {
+    const ClaimPace& p = pace_[static_cast<int>(l)];
+    ClaimSize size = p.Size(config_.postgres.claim_batch, config_.postgres.refill_low_water);
+    return nlohmann::json{{"start_rate_per_s", std::round(p.rate() * 10) / 10},
+                          {"claim_size", size.batch}};
+  };
+  db["claims"] = {{"sent", claims_sent_},
+                  {"empty", claims_empty_},
+                  {"jobs", claimed_jobs_},
+                  {"interactive", pace(Lane::kInteractive)},
+                  {"background", pace(Lane::kBackground)}};
   db["retention_deleted"] = retention_deleted_;
   return db;
 }

@@ -108,6 +108,20 @@ std::string FormatStatus(const nlohmann::json& s) {
                   lane("interactive", "running"), lane("background", "queued"),
                   lane("background", "delayed"), lane("background", "running"));
     out += line;
+    if (db.contains("claims")) {
+      auto c = db.value("claims", nlohmann::json::object());
+      auto pace = [&](const char* l, const char* f) {
+        return c.value(l, nlohmann::json::object()).value(f, 0.0);
+      };
+      std::snprintf(line, sizeof line,
+                    "  claims     %llu sent (%llu empty), %llu jobs; per claim now: interactive "
+                    "%.0f, background %.0f (starts/s %.1f, %.1f)\n",
+                    c.value("sent", 0ULL), c.value("empty", 0ULL), c.value("jobs", 0ULL),
+                    pace("interactive", "claim_size"), pace("background", "claim_size"),
+                    pace("interactive", "start_rate_per_s"),
+                    pace("background", "start_rate_per_s"));
+      out += line;
+    }
   } else if (db.value("store", "") == "memory") {
     out += "db           none: jobs are kept in memory only ([jobs] store = \"memory\")\n";
   }

@@ -292,6 +292,40 @@ TEST_F(DurableE2E, HundredThousandJobBacklogStaysInTheTableNotInMemory) {
   EXPECT_EQ(Count("status = 'queued'"), "100001");
 }
 
+// Every job start looks at both lanes' refill; a lane whose last claim came
+// back empty is not claimed from again until work for it arrives (or the
+// 500 ms poll), so a busy background lane does not keep sending empty claims
+// for the idle interactive one.
+TEST_F(DurableE2E, AnEmptyLaneIsNotClaimedFromAtEveryJobStart) {
+  Clear();
+  DaemonProcess d;
+  Knobs k;
+  k.workers_max = 8;
+  ASSERT_TRUE(Start(d, k));
+  auto keys = Keys("pace:", 400);
+  ASSERT_EQ(SubmitAll(d, keys, /*sleep_ms=*/10, 400).size(), 400u);
+  ASSERT_TRUE(WaitCount("status = 'done' AND key LIKE 'pace:%'", 400));
+  json s = Call(d, {{"op", "status"}});
+  const json& claims = s["db"]["claims"];
+  std::printf("%s\n", claims.dump().c_str());
+  // (The submits that found the lane empty were created claimed.)
+  EXPECT_GT(claims["jobs"].get<int64_t>(), 0) << claims.dump();
+  EXPECT_LE(claims["jobs"].get<int64_t>(), 400) << claims.dump();
+  // 400 starts: at most the claims that took jobs, a few that found a
+  // lane empty, and the polls of a run of about 0.6 s.
+  EXPECT_LE(claims["empty"].get<int64_t>(), 12) << claims.dump();
+  EXPECT_LE(claims["sent"].get<int64_t>(), 40) << claims.dump();
+  EXPECT_GT(claims["background"]["start_rate_per_s"].get<double>(), 0) << claims.dump();
+  // digestctl status shows the db block with the claims line.
+  testing::ProcessOutput table =
+      testing::RunProcess({DIGESTCTL_BIN, "--socket", d.SocketPath(), "status"});
+  ASSERT_TRUE(table.status.has_value());
+  for (const char* word : {"db ", "writer", "backlog", "claims", "sent", "empty"}) {
+    EXPECT_NE(table.out.find(word), std::string::npos) << word << " not in:\n" << table.out;
+  }
+  EXPECT_TRUE(d.Stop());
+}
+
 TEST_F(DurableE2E, ShutdownUnderLoadReleasesUnstartedJobsAndLosesNothing) {
   Clear();
   auto keys = Keys("sd:", 400);
