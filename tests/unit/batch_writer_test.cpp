@@ -244,7 +244,7 @@ TEST_F(BatchWriterTest, ASecondFullBatchGoesWhileTheFirstCommitsAndAThirdWaits) 
   PgConn other(loop.get(), {conninfo()});
   bool held = false;
   HoldOnAnotherSession(loop, other, "INSERT INTO digestd.jobs (key, kind) VALUES ('a0', 'noop')",
-                       1.5, &held);
+                       3.0, &held);
   ASSERT_FALSE(held);
   for (int i = 0; i < 10; ++i) submit("a" + std::to_string(i));
   ASSERT_TRUE(loop.RunUntil([&] { return rig.writer->stats().batches_in_flight == 1; }));
@@ -277,7 +277,7 @@ TEST_F(BatchWriterTest, ABatchThatFailsWhileTheNextIsInFlightIsWrittenAgainAfter
   // Another session locks f0's row: the first batch (f0..f9) waits on it.
   PgConn other(loop.get(), {conninfo()});
   bool held = false;
-  HoldOnAnotherSession(loop, other, "SELECT id FROM digestd.jobs WHERE key = 'f0' FOR UPDATE", 1.5,
+  HoldOnAnotherSession(loop, other, "SELECT id FROM digestd.jobs WHERE key = 'f0' FOR UPDATE", 3.0,
                        &held);
   std::vector<std::string> done;
   for (const auto& j : jobs) {
