@@ -167,11 +167,7 @@ void Dispatcher::Start(JobPtr job) {
   auto item = std::make_unique<WorkItem>();
   item->owner = this;
   item->kind = kind;
-  item->ctx.key = job->key;
-  item->ctx.input = job->input;
-  item->ctx.cancel = job->cancel;
-  item->ctx.attempt = job->attempts + 1;
-  item->ctx.config = config_;
+  item->ctx = ContextFor(*job);
   item->req.data = item.get();
   item->job = std::move(job);
   int lane = static_cast<int>(item->job->lane);
@@ -192,37 +188,36 @@ void Dispatcher::Start(JobPtr job) {
   items_.insert(item.release());
 }
 
-void Dispatcher::RunOnLoop(const JobKind& kind, JobPtr job) {
+WorkContext Dispatcher::ContextFor(const JobRecord& job) const {
   WorkContext ctx;
-  ctx.key = job->key;
-  ctx.input = job->input;
-  ctx.cancel = job->cancel;
-  ctx.attempt = job->attempts + 1;
+  ctx.key = job.key;
+  ctx.input = job.input;
+  ctx.cancel = job.cancel;
+  ctx.attempt = job.attempts + 1;
   ctx.config = config_;
+  return ctx;
+}
+
+WorkOutcome Dispatcher::RunGuarded(const JobKind& kind, const WorkContext& ctx) {
+  try {
+    if (ctx.cancelled()) return WorkOutcome::Cancelled("cancelled before it started");
+    return kind.Run(ctx);
+  } catch (const std::exception& e) {
+    return WorkOutcome::Failed(std::string("internal error: ") + e.what());
+  }
+}
+
+void Dispatcher::RunOnLoop(const JobKind& kind, JobPtr job) {
+  WorkContext ctx = ContextFor(*job);
   if (hooks_.on_start) hooks_.on_start(job);
   ++dispatched_;
   ++ran_on_loop_;
-  WorkOutcome outcome;
-  try {
-    outcome =
-        ctx.cancelled() ? WorkOutcome::Cancelled("cancelled before it started") : kind.Run(ctx);
-  } catch (const std::exception& e) {
-    outcome = WorkOutcome::Failed(std::string("internal error: ") + e.what());
-  }
-  if (hooks_.on_finish) hooks_.on_finish(job, std::move(outcome));
+  if (hooks_.on_finish) hooks_.on_finish(job, RunGuarded(kind, ctx));
 }
 
 void Dispatcher::OnWork(uv_work_t* req) {
   auto* item = static_cast<WorkItem*>(req->data);
-  try {
-    if (item->ctx.cancelled()) {
-      item->outcome = WorkOutcome::Cancelled("cancelled before it started");
-    } else {
-      item->outcome = item->kind->Run(item->ctx);
-    }
-  } catch (const std::exception& e) {
-    item->outcome = WorkOutcome::Failed(std::string("internal error: ") + e.what());
-  }
+  item->outcome = RunGuarded(*item->kind, item->ctx);
 }
 
 void Dispatcher::OnAfterWork(uv_work_t* req, int status) {

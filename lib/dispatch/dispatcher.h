@@ -109,6 +109,10 @@ class Dispatcher {
   void Pump();
   void Start(JobPtr job);
   void RunOnLoop(const JobKind& kind, JobPtr job);
+  WorkContext ContextFor(const JobRecord& job) const;
+  // kind.Run(ctx), or Cancelled when ctx was cancelled before it began;
+  // an exception becomes Failed. Any thread.
+  static WorkOutcome RunGuarded(const JobKind& kind, const WorkContext& ctx);
   static void OnWork(uv_work_t* req);
   static void OnAfterWork(uv_work_t* req, int status);
 

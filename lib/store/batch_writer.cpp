@@ -322,7 +322,6 @@ void BatchWriter::OnFlushed(Flight& flight, Result<std::vector<PgResult>> result
         isolate_ += flight.rows;
       } else if (flight.rows == 1) {
         Reject(st);  // isolating: this one row went back to the front
-        if (returned_ > 0) --returned_;
         if (isolate_ > 0) --isolate_;
       }
     } else if (!conn_.up()) {
