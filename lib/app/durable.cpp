@@ -10,6 +10,7 @@
 #include "app/daemon.h"
 #include "obs/log.h"
 #include "store/migrations.h"
+#include "util/json_parse.h"
 
 namespace digestd {
 
@@ -548,7 +549,7 @@ void Daemon::EndDbWait(const std::shared_ptr<DbWait>& wait) {
 void Daemon::OnNotify(const std::string& channel, const std::string& payload) {
   if (channel != kDoneChannel) return;
   if (!key_waits_.empty()) {
-    auto keys = nlohmann::json::parse(payload, nullptr, /*allow_exceptions=*/false);
+    auto keys = TryParseJsonBounded(payload);
     if (keys.is_array()) {
       for (const auto& k : keys) {
         if (!k.is_string()) continue;

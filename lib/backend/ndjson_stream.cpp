@@ -4,40 +4,13 @@
 #include <cstdint>
 #include <nlohmann/json.hpp>
 
+#include "util/json_parse.h"
+
 namespace digestd {
 
 namespace {
 
 using json = nlohmann::json;
-
-// nlohmann's parser is iterative, but destroying a deeply nested value is
-// not in every version; untrusted lines deeper than this are refused before
-// parsing.
-constexpr int kMaxDepth = 64;
-
-bool TooDeep(std::string_view line) {
-  int depth = 0;
-  bool in_string = false;
-  bool escaped = false;
-  for (char c : line) {
-    if (in_string) {
-      if (escaped) {
-        escaped = false;
-      } else if (c == '\\') {
-        escaped = true;
-      } else if (c == '"') {
-        in_string = false;
-      }
-    } else if (c == '"') {
-      in_string = true;
-    } else if (c == '[' || c == '{') {
-      if (++depth > kMaxDepth) return true;
-    } else if (c == ']' || c == '}') {
-      --depth;
-    }
-  }
-  return false;
-}
 
 // Length of the valid UTF-8 sequence at s[i], or 0 when it is invalid or cut.
 size_t Utf8SequenceLength(std::string_view s, size_t i) {
@@ -198,9 +171,14 @@ void NdjsonStream::Line(std::string_view line) {
   auto malformed = [&](std::string_view what) {
     Fail(Failure::kMalformed, "Ollama sent " + std::string(what) + ": " + Excerpt(line));
   };
-  if (TooDeep(line)) return malformed("a line nested too deeply");
-  json j = json::parse(line, nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) return malformed("a line that is not JSON");
+  json j;
+  try {
+    j = ParseJsonBounded(line);
+  } catch (const JsonTooDeep&) {
+    return malformed("a line nested too deeply");
+  } catch (const json::exception&) {
+    return malformed("a line that is not JSON");
+  }
   if (!j.is_object()) return malformed("a line that is not a JSON object");
 
   if (auto err = j.find("error"); err != j.end()) {

@@ -7,6 +7,8 @@
 #include <mutex>
 #include <optional>
 
+#include "util/json_parse.h"
+
 namespace digestd {
 
 namespace {
@@ -191,7 +193,7 @@ std::string Seconds(std::chrono::milliseconds ms) {
 
 // The message of a non-200 answer: `error` from a JSON body, else the text.
 std::string ErrorBodyMessage(const std::string& body) {
-  json j = json::parse(body, nullptr, /*allow_exceptions=*/false);
+  json j = TryParseJsonBounded(body);
   if (j.is_object()) {
     auto e = j.find("error");
     if (e != j.end()) {
@@ -533,7 +535,7 @@ EmbedResult OllamaClient::Embed(const json& request, const std::atomic<bool>* ca
     r.embeddings.clear();
     return r;
   };
-  json j = json::parse(t.body, nullptr, /*allow_exceptions=*/false);
+  json j = TryParseJsonBounded(t.body);
   if (j.is_discarded() || !j.is_object()) return bad("not a JSON object: " + Excerpt(t.body));
   auto emb = j.find("embeddings");
   if (emb == j.end() || !emb->is_array()) return bad("no \"embeddings\" array");

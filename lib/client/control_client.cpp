@@ -9,6 +9,8 @@
 #include <chrono>
 #include <cstring>
 
+#include "util/json_parse.h"
+
 namespace digestd {
 
 std::string ResolveSocketPath(const std::string& flag) {
@@ -114,7 +116,7 @@ Result<nlohmann::json> ControlClient::Call(const nlohmann::json& request, int ti
   if (!st.ok()) return st;
   auto line = ReadLine(timeout_ms);
   if (!line.ok()) return line.status();
-  auto j = nlohmann::json::parse(line.value(), nullptr, false);
+  auto j = TryParseJsonBounded(line.value());
   if (j.is_discarded() || !j.is_object()) {
     return Status::Internal("digestd sent an answer that is not a JSON object: " +
                             line.value().substr(0, 200));

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "util/json_parse.h"
+
 namespace digestd {
 
 namespace {
@@ -28,7 +30,12 @@ ParsedLine ParseRequestLine(std::string_view line) {
   if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
   nlohmann::json j;
   try {
-    j = nlohmann::json::parse(line);
+    j = ParseJsonBounded(line);
+  } catch (const JsonTooDeep& e) {
+    out.status = Status::BadRequest(
+        "the request nests objects and arrays deeper than " + std::to_string(e.max_depth()) +
+        " levels; flatten it (input.format schemas and options rarely need more than 10)");
+    return out;
   } catch (const nlohmann::json::exception& e) {
     // parse_error for bad syntax or UTF-8, out_of_range for a number such as
     // 1e400: both are the client's mistake, never the daemon's end.

@@ -3,6 +3,8 @@
 #include <unordered_map>
 #include <unordered_set>
 
+#include "util/json_parse.h"
+
 namespace digestd {
 
 namespace {
@@ -62,7 +64,7 @@ std::string Text(std::string s) {
 
 nlohmann::json ParseJsonField(std::string_view text) {
   if (text.empty()) return nullptr;
-  nlohmann::json j = nlohmann::json::parse(text, nullptr, false);
+  nlohmann::json j = TryParseJsonBounded(text);
   return j.is_discarded() ? nlohmann::json(nullptr) : j;
 }
 

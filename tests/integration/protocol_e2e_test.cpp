@@ -356,6 +356,37 @@ TEST_F(ProtocolE2E, ResultOfAnUnknownKeyIsNotFound) {
   ExpectError(Call({{"op", "result"}}), "bad_request", "key");
 }
 
+// One request line of 80,000 nested objects used to kill the daemon
+// (SIGSEGV in a recursive walk of the parsed value). With the shipped
+// max_line_bytes it reaches the parser whole, is refused, and every other
+// client is still served.
+TEST(ProtocolE2EHostile, DeeplyNestedRequestGetsBadRequestAndTheDaemonLives) {
+  DaemonProcess daemon;
+  ASSERT_TRUE(daemon.Start({.config = "[backend]\nkind = \"ollama\"\n"
+                                      "url = \"http://127.0.0.1:9\"\n"}));
+  std::string deep;
+  for (int i = 0; i < 80000; ++i) deep += "{\"a\":";
+  deep += "1" + std::string(80000, '}');
+  for (const char* kind : {"generate", "noop"}) {
+    ControlClient client;
+    ASSERT_TRUE(client.Connect(daemon.SocketPath()).ok());
+    std::string line = std::string(R"({"op":"submit","id":"deep","kind":")") + kind +
+                       R"(","key":"x","input":{"prompt":"x","format":)" + deep + "}}";
+    ASSERT_TRUE(client.SendLine(line).ok());
+    auto answer = client.ReadLine(20000);
+    ASSERT_TRUE(answer.ok()) << answer.status().ToString() << "\n" << daemon.StderrText();
+    json j = json::parse(answer.value());
+    ExpectError(j, "bad_request", "deeper than 64 levels");
+  }
+  auto ping = daemon.Call({{"op", "ping"}});
+  ASSERT_TRUE(ping.ok()) << ping.status().ToString() << "\n" << daemon.StderrText();
+  EXPECT_EQ(ping.value()["pong"], true);
+  auto missing = daemon.Call({{"op", "result"}, {"key", "x"}});
+  ASSERT_TRUE(missing.ok());
+  EXPECT_EQ(testing::ErrorCode(missing.value()), "not_found") << missing.value().dump();
+  EXPECT_TRUE(daemon.Stop());
+}
+
 TEST(ProtocolE2ECancel, CancelOfAQueuedJob) {
   DaemonProcess daemon;
   ASSERT_TRUE(daemon.Start({.config = "[workers]\nmin = 1\nmax = 1\ninteractive_reserved = 0\n"}));

@@ -48,6 +48,30 @@ TEST(Protocol, NotJsonIsBadRequest) {
   ExpectRejected("", Status::Code::kBadRequest, "JSON");
 }
 
+// A line of 80,000 nested objects once parsed fine and then overflowed the
+// stack in the first walk over it (a size check that dumped the value).
+TEST(Protocol, NestingDeeperThanTheBoundIsBadRequestBeforeAnythingWalksIt) {
+  std::string deep;
+  for (int i = 0; i < 80000; ++i) deep += "{\"a\":";
+  deep += "1";
+  deep += std::string(80000, '}');
+  std::string line =
+      R"({"op":"submit","kind":"generate","key":"x","input":{"prompt":"x","format":)" + deep + "}}";
+  ExpectRejected(line, Status::Code::kBadRequest, "deeper than 64 levels");
+  std::string arrays =
+      R"({"op":"ping","pad":)" + std::string(200000, '[') + std::string(200000, ']') + "}";
+  ExpectRejected(arrays, Status::Code::kBadRequest, "deeper than 64 levels");
+}
+
+TEST(Protocol, NestingUpToTheBoundIsAccepted) {
+  // The request object is level 1; 63 more levels of "pad" make 64.
+  std::string pad = std::string(63, '[') + std::string(63, ']');
+  ParsedLine p = ParseRequestLine(R"({"op":"ping","pad":)" + pad + "}");
+  EXPECT_TRUE(p.status.ok()) << p.status.ToString();
+  std::string over = std::string(64, '[') + std::string(64, ']');
+  ExpectRejected(R"({"op":"ping","pad":)" + over + "}", Status::Code::kBadRequest, "deeper");
+}
+
 TEST(Protocol, NotAnObjectIsBadRequest) {
   ExpectRejected("[1,2,3]", Status::Code::kBadRequest, "not an object");
   ExpectRejected("\"ping\"", Status::Code::kBadRequest, "not an object");
