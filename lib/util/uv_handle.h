@@ -9,6 +9,9 @@
 #include <uv.h>
 
 #include <memory>
+#include <string>
+
+#include "util/status.h"
 
 namespace digestd {
 
@@ -46,5 +49,15 @@ class UvHandle {
   std::unique_ptr<H> handle_;
   bool initialized_ = false;
 };
+
+// Initialises `timer` on `loop` with `data` as its handle data. On failure
+// the handle stays uninitialised (Close() frees it) and the Status says why.
+[[nodiscard]] inline Status InitTimer(uv_loop_t* loop, UvHandle<uv_timer_t>& timer, void* data) {
+  int rc = uv_timer_init(loop, timer.get());
+  if (rc != 0) return Status::Internal(std::string("uv_timer_init: ") + uv_strerror(rc));
+  timer.set_initialized();
+  timer.get()->data = data;
+  return Status::Ok();
+}
 
 }  // namespace digestd

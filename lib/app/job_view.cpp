@@ -1,0 +1,136 @@
+#include "app/job_view.h"
+
+#include <algorithm>
+
+namespace digestd {
+
+namespace {
+
+double NanosToMillis(uint64_t nanos) {
+  return static_cast<double>(nanos) / 1e6;
+}
+
+}  // namespace
+
+JobView ViewOf(const JobRecord& job, Nanos now, int max_attempts) {
+  JobView v;
+  v.key = job.key;
+  v.group = job.group;
+  v.kind = job.kind;
+  v.lane = job.lane;
+  v.state = job.state;
+  v.attempts = job.attempts;
+  v.max_attempts = job.max_attempts > 0 ? job.max_attempts : max_attempts;
+  v.busy_retries = job.busy_retries;
+  v.submitted_unix_ms = job.submitted_unix_ms;
+  Nanos started = job.started_at ? job.started_at : (job.finished_at ? job.finished_at : now);
+  v.queued_ms = NanosToMillis(started > job.submitted_at ? started - job.submitted_at : 0);
+  if (job.started_at) {
+    Nanos end = job.finished_at ? job.finished_at : now;
+    v.run_ms = NanosToMillis(end > job.started_at ? end - job.started_at : 0);
+  }
+  if (job.state == JobState::kDone) v.result = job.result;
+  v.error = job.error;
+  return v;
+}
+
+JobView ViewOf(const StoredJob& job, int64_t now_unix_ms) {
+  JobView v;
+  v.key = job.key;
+  v.group = job.group;
+  v.kind = job.kind;
+  v.lane = job.lane;
+  v.state = job.state;
+  v.attempts = job.attempts;
+  v.max_attempts = job.max_attempts;
+  v.submitted_unix_ms = job.created_at_ms;
+  int64_t started = job.started_at_ms ? job.started_at_ms
+                                      : (job.finished_at_ms ? job.finished_at_ms : now_unix_ms);
+  if (job.created_at_ms) {
+    v.queued_ms = static_cast<double>(std::max<int64_t>(0, started - job.created_at_ms));
+  }
+  if (job.started_at_ms) {
+    int64_t end = job.finished_at_ms ? job.finished_at_ms : now_unix_ms;
+    v.run_ms = static_cast<double>(std::max<int64_t>(0, end - job.started_at_ms));
+  }
+  if (job.state == JobState::kRunning) v.node = job.lease_owner;
+  if (job.state == JobState::kQueued && job.run_after_ms > now_unix_ms) {
+    v.run_after_unix_ms = job.run_after_ms;
+  }
+  if (job.state == JobState::kDone) v.result = job.result;
+  v.error = job.error;
+  return v;
+}
+
+nlohmann::json JobJson(const JobView& job) {
+  nlohmann::json j = {{"key", job.key},
+                      {"kind", job.kind},
+                      {"lane", LaneName(job.lane)},
+                      {"status", JobStateName(job.state)},
+                      {"attempts", job.attempts},
+                      {"max_attempts", job.max_attempts},
+                      {"submitted_at_ms", job.submitted_unix_ms}};
+  if (job.busy_retries) j["busy_retries"] = *job.busy_retries;
+  if (!job.group.empty()) j["group"] = job.group;
+  if (job.queued_ms) j["queued_ms"] = *job.queued_ms;
+  if (job.run_ms) j["run_ms"] = *job.run_ms;
+  if (!job.node.empty()) j["node"] = job.node;
+  if (job.run_after_unix_ms) j["run_after_ms"] = job.run_after_unix_ms;
+  if (job.state == JobState::kDone) j["result"] = job.result;
+  if (!job.error.empty()) j["error"] = job.error;
+  return j;
+}
+
+const char* GroupStatusName(const std::vector<JobView>& parts) {
+  size_t queued = 0, done = 0, bad = 0, terminal = 0;
+  for (const auto& p : parts) {
+    if (p.state == JobState::kQueued) ++queued;
+    if (p.state == JobState::kDone) ++done;
+    if (p.state == JobState::kFailed || p.state == JobState::kCancelled) ++bad;
+    if (IsTerminal(p.state)) ++terminal;
+  }
+  size_t total = parts.size();
+  return queued == total    ? "pending"
+         : terminal < total ? "in_progress"
+         : done == total    ? "completed"
+         : bad == total     ? "failed"
+                            : "partial";
+}
+
+nlohmann::json GroupJson(const std::string& group, const std::vector<JobView>& parts) {
+  nlohmann::json list = nlohmann::json::array();
+  size_t done = 0;
+  for (const auto& p : parts) {
+    list.push_back(JobJson(p));
+    if (p.state == JobState::kDone) ++done;
+  }
+  return {{"group", group},
+          {"status", GroupStatusName(parts)},
+          {"total", parts.size()},
+          {"ready", done},
+          {"parts", std::move(list)}};
+}
+
+nlohmann::json SubmitAnswerJson(const std::string& key, JobState state, bool existing) {
+  return {{"key", key}, {"status", JobStateName(state)}, {"existing", existing}};
+}
+
+nlohmann::json BatchAnswerJson(std::vector<nlohmann::json> answers,
+                               const std::vector<Status>& errors) {
+  nlohmann::json out = nlohmann::json::array();
+  size_t accepted = 0;
+  for (size_t i = 0; i < answers.size(); ++i) {
+    if (errors[i].ok()) {
+      ++accepted;
+      out.push_back(std::move(answers[i]));
+    } else {
+      out.push_back(
+          {{"key", answers[i].value("key", "")},
+           {"error",
+            {{"code", std::string(errors[i].CodeName())}, {"message", errors[i].message()}}}});
+    }
+  }
+  return {{"jobs", std::move(out)}, {"accepted", accepted}};
+}
+
+}  // namespace digestd

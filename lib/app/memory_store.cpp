@@ -1,0 +1,245 @@
+#include "app/memory_store.h"
+
+#include <algorithm>
+
+#include "app/job_view.h"
+#include "app/outcome_policy.h"
+#include "app/submit_spec.h"
+#include "obs/log.h"
+
+namespace digestd {
+
+struct MemoryStore::PendingWait {
+  UvHandle<uv_timer_t> timer;
+  uint64_t token = 0;
+  std::function<void()> answer;  // sends the current state, once
+};
+
+MemoryStore::MemoryStore(StoreEnv env) : env_(std::move(env)) {}
+
+MemoryStore::~MemoryStore() = default;
+
+Status MemoryStore::Start() {
+  env_.jobs->SetRetention(static_cast<size_t>(env_.config->jobs.retain_finished));
+  delayed_ = std::make_unique<DelayQueue>(env_.loop, [this](JobPtr job) { OnRetryDue(job); });
+  env_.ready(/*store_answered=*/true);
+  return Status::Ok();
+}
+
+nlohmann::json MemoryStore::View(const JobRecord& job) const {
+  return JobJson(ViewOf(job, uv_hrtime(), env_.config->backend.max_attempts));
+}
+
+Result<nlohmann::json> MemoryStore::SubmitOne(const nlohmann::json& spec) {
+  std::string key = SpecKey(spec);
+  if (key.empty()) key = env_.jobs->NewKey(env_.node_id);
+  if (JobPtr existing = env_.jobs->Find(key)) {
+    env_.jobs->NoteDuplicate();
+    return SubmitAnswerJson(key, existing->state, /*existing=*/true);
+  }
+  JobPtr job =
+      env_.jobs->Create(key, SpecGroup(spec), SpecKind(spec), SpecLane(spec), SpecInput(spec));
+  Status st = env_.dispatcher->Enqueue(job);
+  if (!st.ok()) {
+    env_.jobs->Forget(job);
+    return st;
+  }
+  return SubmitAnswerJson(key, job->state, /*existing=*/false);
+}
+
+void MemoryStore::Submit(const Request& req, std::vector<const nlohmann::json*> specs, bool single,
+                         const ControlServer::Reply& reply) {
+  if (single) {
+    auto one = SubmitOne(*specs[0]);
+    reply.Send(one.ok() ? OkLine(req.id, std::move(one).value()) : ErrorLine(req.id, one.status()));
+    return;
+  }
+  std::vector<nlohmann::json> answers(specs.size());
+  std::vector<Status> errors(specs.size());
+  for (size_t i = 0; i < specs.size(); ++i) {
+    auto one = SubmitOne(*specs[i]);
+    if (one.ok()) {
+      answers[i] = std::move(one).value();
+    } else {
+      answers[i] = {{"key", SpecKey(*specs[i])}};
+      errors[i] = one.status();
+    }
+  }
+  reply.Send(OkLine(req.id, BatchAnswerJson(std::move(answers), errors)));
+}
+
+void MemoryStore::GetResult(const Request& req, ResultQuery query,
+                            const ControlServer::Reply& reply) {
+  JobTable& jobs = *env_.jobs;
+  bool is_group = !query.group.empty();
+  auto answer = [this, id = req.id, key = query.key, group = query.group, is_group, reply]() {
+    if (is_group) {
+      const auto& parts = env_.jobs->FindGroup(group);
+      if (parts.empty()) {
+        reply.Send(ErrorLine(id, Status::NotFound("no group \"" + group + "\"")));
+        return;
+      }
+      std::vector<JobView> views;
+      views.reserve(parts.size());
+      Nanos now = uv_hrtime();
+      for (const auto& p : parts) {
+        views.push_back(ViewOf(*p, now, env_.config->backend.max_attempts));
+      }
+      reply.Send(OkLine(id, GroupJson(group, views)));
+      return;
+    }
+    JobPtr job = env_.jobs->Find(key);
+    if (!job) {
+      reply.Send(
+          ErrorLine(id, Status::NotFound("no job with key \"" + key +
+                                         "\": never submitted, or finished and evicted past [jobs] "
+                                         "retain_finished")));
+    } else {
+      reply.Send(OkLine(id, View(*job)));
+    }
+  };
+  bool ready;
+  if (is_group) {
+    const auto& parts = jobs.FindGroup(query.group);
+    ready = parts.empty() || std::all_of(parts.begin(), parts.end(),
+                                         [](const JobPtr& j) { return IsTerminal(j->state); });
+  } else {
+    JobPtr job = jobs.Find(query.key);
+    ready = !job || IsTerminal(job->state);
+  }
+  if (ready || query.wait_ms == 0 || *env_.phase == Phase::kStopping) {
+    answer();
+    return;
+  }
+  auto wait = std::make_shared<PendingWait>();
+  std::weak_ptr<PendingWait> weak = wait;
+  wait->answer = [this, weak, answer]() {
+    auto w = weak.lock();
+    if (!w) return;
+    env_.jobs->RemoveWaiter(w->token);
+    w->timer.Close();
+    waits_.erase(w);  // may free `w`'s owner entry; `w` keeps it alive here
+    answer();
+  };
+  auto fire = [weak]() {
+    if (auto w = weak.lock()) w->answer();
+  };
+  wait->token = is_group ? jobs.WaitGroup(query.group, fire) : jobs.WaitJob(query.key, fire);
+  if (uv_timer_init(env_.loop, wait->timer.get()) != 0) {
+    jobs.RemoveWaiter(wait->token);
+    answer();
+    return;
+  }
+  wait->timer.set_initialized();
+  wait->timer.get()->data = wait.get();
+  uv_timer_start(
+      wait->timer.get(),
+      [](uv_timer_t* t) {
+        auto* w = static_cast<PendingWait*>(t->data);
+        auto keep = w->answer;  // answer() releases the wait
+        keep();
+      },
+      static_cast<uint64_t>(query.wait_ms), 0);
+  waits_.insert(std::move(wait));
+}
+
+void MemoryStore::AnswerWaits() {
+  auto all = waits_;
+  for (const auto& w : all) w->answer();
+  waits_.clear();
+}
+
+void MemoryStore::Cancel(const Request& req, const std::string& key,
+                         const ControlServer::Reply& reply) {
+  JobPtr job = env_.jobs->Find(key);
+  if (!job) {
+    reply.Send(ErrorLine(req.id, Status::NotFound("no job with key \"" + key + "\"")));
+    return;
+  }
+  bool cancelled = false;
+  if (job->state == JobState::kQueued) {
+    env_.jobs->MarkCancelled(job, "cancelled by request before it ran");
+    cancelled = true;
+  } else if (job->state == JobState::kRunning) {
+    job->user_cancelled = true;
+    job->cancel->store(true, std::memory_order_relaxed);
+    cancelled = true;
+  }
+  reply.Send(OkLine(
+      req.id, {{"key", key}, {"status", JobStateName(job->state)}, {"cancelled", cancelled}}));
+}
+
+void MemoryStore::OnJobFinished(const JobPtr& job, WorkOutcome outcome) {
+  const Config& config = *env_.config;
+  // False only for a job the dispatcher could not start at all (its kind
+  // is unknown): on_start has not run for it.
+  bool started = job->state == JobState::kRunning;
+  if (started && UsesBackend(*job, config)) env_.backend->OnOutcome(outcome);
+  bool retryable =
+      outcome.kind == WorkOutcome::Kind::kBusy || outcome.kind == WorkOutcome::Kind::kRetry;
+  if (retryable && started && (*env_.phase != Phase::kRunning || job->cancel->load())) {
+    env_.jobs->MarkRetrying(job, std::move(outcome.error), /*refund=*/true);
+    Release(job, "released at shutdown while it waited for a retry");
+    return;
+  }
+  Verdict v =
+      Judge(*job, std::move(outcome), started, config.backend.max_attempts, config, *env_.backend);
+  if (v.retry) {
+    env_.jobs->MarkRetrying(job, std::move(v.outcome.error), v.refund);
+    delayed_->Add(job, static_cast<uint64_t>(v.delay_ms));
+    return;
+  }
+  env_.jobs->MarkFinished(job, std::move(v.outcome));
+}
+
+void MemoryStore::OnRetryDue(JobPtr job) {
+  if (job->state != JobState::kQueued) return;  // cancelled while it waited
+  Status st = env_.dispatcher->Enqueue(job);
+  if (st.code() == Status::Code::kQueueFull) {
+    delayed_->Add(std::move(job), 1000);  // its lane is full; try again shortly
+  } else if (!st.ok()) {
+    Release(job, "released at shutdown while it waited for a retry");
+  }
+}
+
+void MemoryStore::Release(const JobPtr& job, const char* why) {
+  env_.jobs->MarkCancelled(job, why);
+  env_.jobs->NoteReleased(1);
+}
+
+void MemoryStore::BeginShutdown() {
+  // Jobs waiting out a retry backoff would come due after the pills.
+  for (const auto& job : delayed_->TakeAll()) {
+    if (job->state == JobState::kQueued) {
+      Release(job, "released at shutdown while it waited for a retry");
+    }
+  }
+  env_.dispatcher->PutPills();  // may finish the shutdown at once when idle
+}
+
+uint64_t MemoryStore::ForceShutdown(const char* why) {
+  Dispatcher& dispatcher = *env_.dispatcher;
+  auto queued = dispatcher.TakeQueued();
+  for (const auto& job : queued) {
+    if (job->state == JobState::kQueued) {
+      env_.jobs->MarkCancelled(job, "not run: digestd shut down before its turn");
+    }
+  }
+  env_.jobs->NoteReleased(queued.size());
+  LOG_WARN("%s: stopping now; %d running jobs aborted, %zu queued jobs released", why,
+           dispatcher.in_flight(), queued.size());
+  dispatcher.CancelInFlight();
+  if (dispatcher.Drained()) env_.drained();  // else on_drained finishes it
+  return 0;
+}
+
+void MemoryStore::Close() {
+  AnswerWaits();
+  if (delayed_) delayed_->Close();
+}
+
+void MemoryStore::ApplyConfig() {
+  env_.jobs->SetRetention(static_cast<size_t>(env_.config->jobs.retain_finished));
+}
+
+}  // namespace digestd

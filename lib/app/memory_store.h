@@ -1,0 +1,64 @@
+// MemoryStore: [jobs] store = "memory". The JobTable is the only record of
+// jobs: a submit is queued in its lane's ring at once, a retry waits out its
+// backoff in a DelayQueue, `result` waits on the table's waiters, and
+// finished jobs are kept for `result` up to [jobs] retain_finished. Nothing
+// survives a restart; at shutdown, jobs that cannot finish are cancelled
+// with a reason ("released").
+//
+// Loop thread only. Owns its DelayQueue and open `result` waits; everything
+// in StoreEnv is the Daemon's.
+#pragma once
+
+#include <memory>
+#include <unordered_set>
+
+#include "app/store.h"
+#include "dispatch/delay_queue.h"
+#include "util/uv_handle.h"
+
+namespace digestd {
+
+class MemoryStore final : public Store {
+ public:
+  explicit MemoryStore(StoreEnv env);
+  ~MemoryStore() override;
+
+  Status Start() override;
+  std::string Describe() const override {
+    return "jobs in memory only ([jobs] store = \"memory\")";
+  }
+  void Submit(const Request& req, std::vector<const nlohmann::json*> specs, bool single,
+              const ControlServer::Reply& reply) override;
+  void GetResult(const Request& req, ResultQuery query, const ControlServer::Reply& reply) override;
+  void Cancel(const Request& req, const std::string& key,
+              const ControlServer::Reply& reply) override;
+  void OnJobStarted(const JobPtr&) override {}
+  bool MayStart(const JobRecord&) override { return true; }
+  void OnJobFinished(const JobPtr& job, WorkOutcome outcome) override;
+  void BeginShutdown() override;
+  uint64_t ForceShutdown(const char* why) override;
+  void OnDrained() override { env_.drained(); }
+  void Close() override;
+  void ApplyConfig() override;
+  nlohmann::json StatusJson() const override { return {{"store", "memory"}}; }
+  size_t waiting_retry() const override { return delayed_ ? delayed_->size() : 0; }
+  std::string StatusSuffix() const override { return ""; }
+
+ private:
+  struct PendingWait;
+
+  Result<nlohmann::json> SubmitOne(const nlohmann::json& spec);
+  // A job whose retry backoff is over goes back into its lane.
+  void OnRetryDue(JobPtr job);
+  // Gives up a job at shutdown: with no store it cannot wait for a restart.
+  void Release(const JobPtr& job, const char* why);
+  // Answers every open `result` wait with the job's current state.
+  void AnswerWaits();
+  nlohmann::json View(const JobRecord& job) const;
+
+  StoreEnv env_;
+  std::unique_ptr<DelayQueue> delayed_;                     // jobs waiting out a retry backoff
+  std::unordered_set<std::shared_ptr<PendingWait>> waits_;  // open `result` waits
+};
+
+}  // namespace digestd

@@ -1,0 +1,484 @@
+// PgStore: submits, results and their waits, cancels, and the rows that end
+// a job's attempt. The flow is described in pg_store.h.
+#include <algorithm>
+
+#include "app/job_view.h"
+#include "app/outcome_policy.h"
+#include "app/pg_store.h"
+#include "app/submit_spec.h"
+#include "obs/log.h"
+#include "util/clock.h"
+#include "util/json_parse.h"
+
+namespace digestd {
+
+struct PgStore::SubmitBatch {
+  nlohmann::json id;
+  ControlServer::Reply reply;
+  bool single = false;
+  std::vector<nlohmann::json> answers;
+  std::vector<Status> errors;  // per job; ok when answers[i] is set
+  size_t waiting = 0;
+};
+
+// ---------------------------------------------------------------- submit
+
+std::string PgStore::UnavailableReason() const {
+  if (!pg_->up() || (migrated_ && !pgw_->up())) {
+    std::string err = pg_->up() ? pgw_->state().last_error : pg_->state().last_error;
+    return "PostgreSQL is unreachable (" + (err.empty() ? std::string("connecting") : err) +
+           "); nothing was accepted, submit again later";
+  }
+  return "the job table is not ready yet (schema migration " +
+         (store_error_.empty() ? std::string("in progress") : "failing: " + store_error_) +
+         "); nothing was accepted, submit again shortly";
+}
+
+void PgStore::Submit(const Request& req, std::vector<const nlohmann::json*> specs, bool single,
+                     const ControlServer::Reply& reply) {
+  if (!migrated_ || !pg_->up() || !pgw_->up()) {
+    reply.Send(ErrorLine(req.id, Status::Unavailable(UnavailableReason())));
+    return;
+  }
+  auto batch = std::make_shared<SubmitBatch>();
+  batch->id = req.id;
+  batch->reply = reply;
+  batch->single = single;
+  batch->answers.resize(specs.size());
+  batch->errors.resize(specs.size());
+  auto finish = [this](const std::shared_ptr<SubmitBatch>& b) {
+    if (b->single) {
+      b->reply.Send(b->errors[0].ok() ? OkLine(b->id, std::move(b->answers[0]))
+                                      : ErrorLine(b->id, b->errors[0]));
+    } else {
+      b->reply.Send(OkLine(b->id, BatchAnswerJson(std::move(b->answers), b->errors)));
+    }
+    Refill();
+  };
+  const Config& cfg = config();
+  for (size_t i = 0; i < specs.size(); ++i) {
+    const nlohmann::json& spec = *specs[i];
+    NewJob job;
+    job.key = SpecKey(spec);
+    if (job.key.empty()) job.key = env_.jobs->NewKey(env_.node_id);
+    job.group = SpecGroup(spec);
+    job.kind = SpecKind(spec);
+    job.lane = SpecLane(spec);
+    job.input = std::make_shared<const nlohmann::json>(SpecInput(spec));
+    job.max_attempts = cfg.backend.max_attempts;
+    // When the lane's table holds nothing due and its ring has room, the
+    // row is created claimed by this node: no claim round trip, no second
+    // row version. Otherwise it waits in the table for a claim.
+    bool claim = book_.TrySelfClaim(job.lane, env_.dispatcher->depth(job.lane),
+                                    env_.dispatcher->capacity(job.lane));
+    if (claim) {
+      job.claim_owner = env_.node_id;
+      job.lease_s = cfg.postgres.lease_s;
+    }
+    auto own = claim ? std::make_shared<NewJob>(job) : nullptr;
+    std::string key = job.key;
+    batch->answers[i] = {{"key", key}};
+    Status enq = WriteSubmit(
+        WriteRow::Submit(std::move(job), [this, batch, i, key, finish, own](const RowOutcome& o) {
+          if (own) {
+            bool adopted = o.status.ok() && o.inserted.created && o.inserted.lease_token != 0;
+            // Unavailable: it may have committed, claimed by nobody.
+            book_.SelfClaimAnswered(own->lane, o.status.code() == Status::Code::kUnavailable);
+            if (adopted) AdoptOwnSubmit(*own, o.inserted);
+          }
+          if (o.status.ok() && o.inserted.id == 0) {
+            batch->errors[i] = Status::Unavailable(
+                "job " + key + " was deleted (retention) while this submit ran; submit again");
+          } else if (o.status.ok()) {
+            if (o.inserted.created) {
+              env_.jobs->NoteSubmitted();
+            } else {
+              env_.jobs->NoteDuplicate();
+            }
+            batch->answers[i] = SubmitAnswerJson(key, o.inserted.status, !o.inserted.created);
+          } else {
+            batch->errors[i] =
+                o.status.code() == Status::Code::kUnavailable
+                    ? Status::Unavailable("job " + key +
+                                          " is not known to be stored: the connection to "
+                                          "PostgreSQL was lost (" +
+                                          o.status.message() +
+                                          "); submit it again (the same key is safe to repeat)")
+                    : o.status;
+          }
+          if (--batch->waiting == 0) finish(batch);
+        }));
+    if (enq.ok()) {
+      ++batch->waiting;
+    } else {
+      batch->errors[i] = enq;
+    }
+  }
+  if (batch->waiting == 0) finish(batch);
+}
+
+// ---------------------------------------------------------------- result
+
+void PgStore::GetResult(const Request& req, ResultQuery query, const ControlServer::Reply& reply) {
+  auto wait = std::make_shared<DbWait>();
+  wait->owner = this;
+  wait->id = req.id;
+  wait->reply = reply;
+  wait->key = std::move(query.key);
+  wait->group = std::move(query.group);
+  wait->expired = true;
+  if (query.wait_ms > 0 && phase() != Phase::kStopping) {
+    // Registered before the first lookup, so a commit that lands while the
+    // lookup is in flight still wakes it (recheck).
+    int rc = uv_timer_init(env_.loop, wait->timer.get());
+    if (rc == 0) {
+      wait->timer.set_initialized();
+      wait->timer.get()->data = wait.get();
+      wait->expired = false;
+      if (wait->group.empty()) {
+        key_waits_[wait->key].push_back(wait);
+      } else {
+        group_waits_.push_back(wait);
+      }
+      uv_timer_start(
+          wait->timer.get(),
+          [](uv_timer_t* t) {
+            auto* w = static_cast<DbWait*>(t->data);
+            w->owner->CheckDbWait(w->shared_from_this(), /*final=*/true);
+          },
+          static_cast<uint64_t>(query.wait_ms), 0);
+    }
+  }
+  CheckDbWait(wait, wait->expired);
+}
+
+void PgStore::CheckDbWait(const std::shared_ptr<DbWait>& wait, bool final) {
+  if (wait->ended) return;
+  if (final) wait->expired = true;
+  if (wait->checking) {
+    wait->recheck = true;
+    return;
+  }
+  wait->checking = true;
+  // The lookups hold the wait: a wait with wait_ms = 0 has no other owner.
+  auto failed = [this, w = wait](const Status& why) {
+    if (w->ended) return;
+    w->reply.Send(ErrorLine(
+        w->id, Status::Unavailable("cannot read the job from PostgreSQL (" + why.message() +
+                                   "); ask again once digestd status shows db: up")));
+    EndDbWait(w);
+  };
+  Status st;
+  if (wait->group.empty()) {
+    st = store_->Lookup(wait->key, [this, w = wait, failed](Result<std::optional<StoredJob>> r) {
+      if (w->ended) return;
+      w->checking = false;
+      if (!r.ok()) return failed(r.status());
+      if (!r->has_value()) {
+        w->reply.Send(
+            ErrorLine(w->id, Status::NotFound("no job with key \"" + w->key +
+                                              "\": never submitted, or finished longer ago than "
+                                              "[postgres] retention_s and deleted")));
+        return EndDbWait(w);
+      }
+      if (IsTerminal((*r)->state) || w->expired) {
+        w->reply.Send(OkLine(w->id, JobJson(ViewOf(**r, UnixMillis()))));
+        return EndDbWait(w);
+      }
+      if (w->recheck) {
+        w->recheck = false;
+        CheckDbWait(w, false);
+      }
+    });
+  } else {
+    st = store_->LookupGroup(
+        wait->group, [this, w = wait, failed](Result<std::vector<StoredJob>> r) {
+          if (w->ended) return;
+          w->checking = false;
+          if (!r.ok()) return failed(r.status());
+          if (r->empty()) {
+            w->reply.Send(ErrorLine(w->id, Status::NotFound("no group \"" + w->group + "\"")));
+            return EndDbWait(w);
+          }
+          bool all = std::all_of(r->begin(), r->end(),
+                                 [](const StoredJob& j) { return IsTerminal(j.state); });
+          if (all || w->expired) {
+            int64_t now = UnixMillis();
+            std::vector<JobView> views;
+            views.reserve(r->size());
+            for (const auto& p : *r) views.push_back(ViewOf(p, now));
+            w->reply.Send(OkLine(w->id, GroupJson(w->group, views)));
+            return EndDbWait(w);
+          }
+          if (w->recheck) {
+            w->recheck = false;
+            CheckDbWait(w, false);
+          }
+        });
+  }
+  if (!st.ok()) {
+    wait->checking = false;
+    failed(st);
+  }
+}
+
+void PgStore::EndDbWait(const std::shared_ptr<DbWait>& wait) {
+  if (wait->ended) return;
+  wait->ended = true;
+  wait->timer.Close();
+  if (wait->group.empty()) {
+    auto it = key_waits_.find(wait->key);
+    if (it != key_waits_.end()) {
+      auto& v = it->second;
+      v.erase(std::remove(v.begin(), v.end(), wait), v.end());
+      if (v.empty()) key_waits_.erase(it);
+    }
+  } else {
+    group_waits_.erase(std::remove(group_waits_.begin(), group_waits_.end(), wait),
+                       group_waits_.end());
+  }
+}
+
+void PgStore::OnNotify(const std::string& channel, const std::string& payload) {
+  if (channel != kDoneChannel) return;
+  if (!key_waits_.empty()) {
+    auto keys = TryParseJsonBounded(payload);
+    if (keys.is_array()) {
+      for (const auto& k : keys) {
+        if (!k.is_string()) continue;
+        auto it = key_waits_.find(k.get<std::string>());
+        if (it == key_waits_.end()) continue;
+        auto list = it->second;  // a check may end waits
+        for (const auto& w : list) CheckDbWait(w, false);
+      }
+    }
+  }
+  auto groups = group_waits_;
+  for (const auto& w : groups) CheckDbWait(w, false);
+}
+
+// ---------------------------------------------------------------- cancel
+
+void PgStore::Cancel(const Request& req, const std::string& key,
+                     const ControlServer::Reply& reply) {
+  if (JobPtr job = env_.jobs->Find(key)) {
+    if (job->state == JobState::kQueued) {
+      // Claimed by this node, not started: finish it cancelled here.
+      job->user_cancelled = true;
+      job->state = JobState::kCancelled;
+      ForgetClaim(job);
+      WriteFinish(job, JobState::kCancelled, nullptr, "cancelled by request before it ran",
+                  [reply, id = req.id, key](const RowOutcome& o) {
+                    if (!o.status.ok()) {
+                      reply.Send(ErrorLine(id, o.status));
+                    } else {
+                      reply.Send(OkLine(id, {{"key", key},
+                                             {"status", o.accepted ? "cancelled" : "unknown"},
+                                             {"cancelled", o.accepted}}));
+                    }
+                  });
+      return;
+    }
+    if (job->state == JobState::kRunning) {
+      job->user_cancelled = true;
+      job->cancel->store(true, std::memory_order_relaxed);
+      reply.Send(OkLine(req.id, {{"key", key}, {"status", "running"}, {"cancelled", true}}));
+      return;
+    }
+  }
+  if (!migrated_ || !pg_->up()) {
+    reply.Send(ErrorLine(req.id, Status::Unavailable("PostgreSQL is unreachable; cancel again "
+                                                     "once digestd status shows db: up")));
+    return;
+  }
+  Status st = store_->CancelQueued(
+      key, "cancelled by request before it ran", [this, reply, id = req.id, key](Result<bool> r) {
+        if (!r.ok()) {
+          reply.Send(ErrorLine(id, r.status()));
+          return;
+        }
+        if (*r) {
+          reply.Send(OkLine(id, {{"key", key}, {"status", "cancelled"}, {"cancelled", true}}));
+          return;
+        }
+        Status ls = store_->Lookup(key, [reply, id, key](Result<std::optional<StoredJob>> j) {
+          if (!j.ok()) {
+            reply.Send(ErrorLine(id, j.status()));
+          } else if (!j->has_value()) {
+            reply.Send(ErrorLine(id, Status::NotFound("no job with key \"" + key + "\"")));
+          } else {
+            nlohmann::json out = {
+                {"key", key}, {"status", JobStateName((*j)->state)}, {"cancelled", false}};
+            if ((*j)->state == JobState::kRunning) {
+              out["message"] = "running on node " + (*j)->lease_owner + "; cancel it there";
+            }
+            reply.Send(OkLine(id, std::move(out)));
+          }
+        });
+        if (!ls.ok()) reply.Send(ErrorLine(id, ls));
+      });
+  if (!st.ok()) reply.Send(ErrorLine(req.id, st));
+}
+
+// ---------------------------------------------------------------- outcomes
+
+void PgStore::OnJobStarted(const JobPtr& job) {
+  // The ring just shrank: claim more once it is down to the low-water mark.
+  pace_[static_cast<int>(job->lane)].Started();
+  Refill();
+}
+
+bool PgStore::MayStart(const JobRecord&) {
+  // Every running job keeps a write-ring slot for its result: dispatch
+  // pauses while the ring is that full (on_space resumes).
+  if (writer_->free_slots() <=
+      pending_rows_.size() + static_cast<size_t>(env_.dispatcher->in_flight())) {
+    writer_->NotifyWhenSpace();
+    return false;
+  }
+  return true;
+}
+
+void PgStore::OnJobFinished(const JobPtr& job, WorkOutcome outcome) {
+  const Config& cfg = config();
+  // False only for a job the dispatcher could not start at all (its kind
+  // is unknown): on_start has not run for it.
+  bool started = job->state == JobState::kRunning;
+  if (started && UsesBackend(*job, cfg)) env_.backend->OnOutcome(outcome);
+  if (job->lease_lost) {
+    LOG_WARN(
+        "job %s: dropped its outcome: this node lost the job's lease (it was recovered "
+        "and may run elsewhere)",
+        job->key.c_str());
+    env_.jobs->MarkReleased(job);
+    ForgetClaim(job);
+    return;
+  }
+  using Kind = WorkOutcome::Kind;
+  if (outcome.kind == Kind::kCancelled && !job->user_cancelled) {
+    // Aborted by a shutdown: back to the queue without spending the attempt.
+    WriteRequeue(job, 0, /*refund=*/true, {});
+    env_.jobs->MarkReleased(job);
+    ForgetClaim(job);
+    return;
+  }
+  Verdict v = Judge(*job, std::move(outcome), started, job->max_attempts, cfg, *env_.backend);
+  if (v.retry) {
+    // The retry waits in the table (run_after), not in this process.
+    WriteRequeue(job, v.delay_ms, v.refund, v.outcome.error);
+    env_.jobs->MarkRetrying(job, std::move(v.outcome.error), v.refund);
+    ForgetClaim(job);
+    return;
+  }
+  JobState state = v.outcome.kind == Kind::kDone     ? JobState::kDone
+                   : v.outcome.kind == Kind::kFailed ? JobState::kFailed
+                                                     : JobState::kCancelled;
+  if (state == JobState::kCancelled && v.outcome.error.empty()) {
+    v.outcome.error = "cancelled by request";
+  }
+  // The table keeps the result; the job table only counts.
+  WriteFinish(job, state, std::move(v.outcome.result), v.outcome.error);
+  v.outcome.result = nullptr;
+  env_.jobs->MarkFinished(job, std::move(v.outcome));
+  ForgetClaim(job);
+}
+
+void PgStore::WriteFinish(const JobPtr& job, JobState state, nlohmann::json result,
+                          std::string error, RowCallback then) {
+  FinishRow row{job->row_id, job->lease_token,  job->key,
+                state,       std::move(result), std::move(error)};
+  book_.Unsettle(job->row_id, job->lease_token);
+  Write(WriteRow::Finish(
+      std::move(row), [this, key = job->key, id = job->row_id, token = job->lease_token,
+                       then = std::move(then)](const RowOutcome& o) {
+        book_.Settle(id, token);
+        if (then) then(o);
+        if (o.status.ok() && !o.accepted) {
+          ++lease_ignored_;
+          LOG_WARN(
+              "job %s: its result was not stored: this node's lease was lost meanwhile (the "
+              "job was recovered and claimed again)",
+              key.c_str());
+        } else if (!o.status.ok()) {
+          LOG_ERROR(
+              "job %s: its result could not be stored: %s; the job runs again once its "
+              "lease expires",
+              key.c_str(), o.status.message().c_str());
+        }
+      }));
+}
+
+void PgStore::WriteRequeue(const JobPtr& job, int64_t delay_ms, bool refund, std::string error) {
+  RequeueRow row{job->row_id, job->lease_token, delay_ms, refund, std::move(error)};
+  book_.Unsettle(job->row_id, job->lease_token);
+  Write(WriteRow::Requeue(std::move(row), [this, id = job->row_id, token = job->lease_token,
+                                           lane = job->lane, delay_ms](const RowOutcome& o) {
+    book_.Settle(id, token);
+    // Due again at once: the next refill looks (a delayed one waits for the
+    // refill poll).
+    if (o.status.ok() && o.accepted && delay_ms <= 0) book_.MarkDue(lane);
+  }));
+}
+
+void PgStore::Write(WriteRow row) {
+  if (!pending_rows_.empty() || writer_->free_slots() == 0) {
+    pending_rows_.push_back(std::move(row));
+    writer_->NotifyWhenSpace();
+    return;
+  }
+  Status st = writer_->Enqueue(std::move(row));
+  if (!st.ok()) {
+    LOG_ERROR(
+        "a job's state could not be queued for PostgreSQL: %s; the job runs again once "
+        "its lease expires",
+        st.message().c_str());
+  }
+}
+
+Status PgStore::WriteSubmit(WriteRow row) {
+  if (pending_submits_.empty() && writer_->submit_free_slots() > 0) {
+    return writer_->Enqueue(std::move(row));
+  }
+  // Four full batches may wait beyond the ring; past that the client is
+  // told to come back, so memory stays bounded.
+  size_t limit = static_cast<size_t>(config().jobs.max_batch) * 4;
+  if (pending_submits_.size() >= limit) {
+    return Status::QueueFull("the write ring is full and " + std::to_string(limit) +
+                             " more submits wait for it (PostgreSQL is slower than the "
+                             "submits); submit again shortly, or raise [queues] write");
+  }
+  pending_submits_.push_back(std::move(row));
+  writer_->NotifyWhenSpace();
+  return Status::Ok();
+}
+
+void PgStore::FailPendingSubmits(const Status& why) {
+  auto waiting = std::move(pending_submits_);
+  pending_submits_.clear();
+  for (auto& row : waiting) {
+    if (row.done) row.done(RowOutcome{why, true, {}});
+  }
+}
+
+void PgStore::FlushPending() {
+  // Results first: they free worker slots and ring slots alike.
+  while (!pending_rows_.empty() && writer_->free_slots() > 0) {
+    WriteRow row = std::move(pending_rows_.front());
+    pending_rows_.pop_front();
+    Status st = writer_->Enqueue(std::move(row));
+    if (!st.ok()) {
+      LOG_ERROR("a job's state could not be queued for PostgreSQL: %s", st.message().c_str());
+    }
+  }
+  while (!pending_submits_.empty() && writer_->submit_free_slots() > 0) {
+    WriteRow row = std::move(pending_submits_.front());
+    pending_submits_.pop_front();
+    RowCallback done = row.done;  // Enqueue consumes the row even when it refuses it
+    Status st = writer_->Enqueue(std::move(row));
+    if (!st.ok() && done) done(RowOutcome{st, true, {}});
+  }
+  if (!pending_rows_.empty() || !pending_submits_.empty()) writer_->NotifyWhenSpace();
+  if (writer_draining_ && pending_rows_.empty()) Drained();
+}
+
+}  // namespace digestd

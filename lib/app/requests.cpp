@@ -1,0 +1,207 @@
+// The control requests: checking each one and routing it to the store or the
+// daemon's lifecycle, and the status the daemon reports.
+#include <unistd.h>
+
+#include <algorithm>
+
+#include "app/daemon.h"
+#include "app/submit_spec.h"
+#include "obs/log.h"
+
+namespace digestd {
+
+namespace {
+
+nlohmann::json PercentilesJson(const Percentiles& p) {
+  return {{"count", p.count},
+          {"p50_ms", p.p50_ms},
+          {"p95_ms", p.p95_ms},
+          {"p99_ms", p.p99_ms},
+          {"max_ms", p.max_ms}};
+}
+
+}  // namespace
+
+void Daemon::Handle(Request req, const PeerCred& peer, ControlServer::Reply reply) {
+  if (IsMutatingOp(req.op) && !Allowed(peer)) {
+    reply.Send(
+        ErrorLine(req.id, Status::Forbidden("uid " + std::to_string(peer.uid) + " (gid " +
+                                            std::to_string(peer.gid) + ") may not use \"" + req.op +
+                                            "\"; add it to [control] allow_uids or allow_gids")));
+    return;
+  }
+  if (req.op == "ping") {
+    reply.Send(OkLine(req.id, {{"pong", true}}));
+  } else if (req.op == "status") {
+    reply.Send(OkLine(req.id, StatusJson()));
+  } else if (req.op == "submit") {
+    OpSubmit(req, reply);
+  } else if (req.op == "result") {
+    OpResult(req, reply);
+  } else if (req.op == "cancel") {
+    OpCancel(req, reply);
+  } else if (req.op == "workers") {
+    OpWorkers(req, reply);
+  } else if (req.op == "reload") {
+    OpReload(req, reply);
+  } else if (req.op == "drain") {
+    OpDrain(req, reply);
+  } else {
+    reply.Send(ErrorLine(req.id, Status::UnknownOp("unknown op \"" + req.op + "\"")));
+  }
+}
+
+bool Daemon::Allowed(const PeerCred& peer) const {
+  const auto& uids = config_.control.allow_uids;
+  const auto& gids = config_.control.allow_gids;
+  if (uids.empty() && gids.empty()) return true;  // the socket's mode decides
+  if (!peer.known) return false;
+  if (peer.uid == 0 || peer.uid == geteuid()) return true;
+  return std::find(uids.begin(), uids.end(), static_cast<int64_t>(peer.uid)) != uids.end() ||
+         std::find(gids.begin(), gids.end(), static_cast<int64_t>(peer.gid)) != gids.end();
+}
+
+nlohmann::json Daemon::StatusJson() const {
+  const auto& c = jobs_->counters();
+  const auto& w = dispatcher_->limits();
+  const char* state = phase_ == Phase::kRunning    ? "running"
+                      : phase_ == Phase::kDraining ? "draining"
+                                                   : "stopping";
+  auto lane = [&](Lane l) {
+    return nlohmann::json{{"depth", dispatcher_->depth(l)},
+                          {"capacity", dispatcher_->capacity(l)},
+                          {"running", dispatcher_->in_flight(l)}};
+  };
+  return {
+      {"version", DIGESTD_VERSION},
+      {"pid", static_cast<int64_t>(getpid())},
+      {"node_id", node_id_},
+      {"state", state},
+      {"uptime_s", static_cast<double>(uv_hrtime() - started_at_) / 1e9},
+      {"config", config_path_.empty() ? "(built-in defaults)" : config_path_},
+      {"reloads", reloads_},
+      {"workers",
+       {{"limit", w.limit},
+        {"min", w.min},
+        {"max", w.max},
+        {"busy", dispatcher_->in_flight()},
+        {"reserved", w.interactive_reserved},
+        {"pool", pool_size_}}},
+      {"queues",
+       {{"interactive", lane(Lane::kInteractive)}, {"background", lane(Lane::kBackground)}}},
+      {"jobs",
+       {{"submitted", c.submitted},
+        {"duplicates", c.duplicates},
+        {"running", c.running},
+        {"done", c.done},
+        {"failed", c.failed},
+        {"cancelled", c.cancelled},
+        {"released", c.released},
+        {"retried", c.retried},
+        {"waiting_retry", store_->waiting_retry()},
+        {"known", jobs_->size()}}},
+      {"latency", PercentilesJson(jobs_->latency().Compute())},
+      {"backend", backend_->ToJson()},
+      {"run_time", PercentilesJson(jobs_->run_time().Compute())},
+      {"db", store_->StatusJson()},
+      {"control",
+       {{"clients", control_->clients()},
+        {"accepted", control_->accepted()},
+        {"requests", control_->requests()},
+        {"rejected", control_->rejected()}}},
+  };
+}
+
+std::string Daemon::StatusLine() const {
+  const auto& c = jobs_->counters();
+  char buf[256];
+  std::snprintf(buf, sizeof(buf),
+                "busy %d/%d, interactive %zu/%zu, background %zu/%zu, done %llu, failed %llu",
+                dispatcher_->in_flight(), dispatcher_->limits().limit,
+                dispatcher_->depth(Lane::kInteractive), dispatcher_->capacity(Lane::kInteractive),
+                dispatcher_->depth(Lane::kBackground), dispatcher_->capacity(Lane::kBackground),
+                static_cast<unsigned long long>(c.done), static_cast<unsigned long long>(c.failed));
+  return buf + store_->StatusSuffix();
+}
+
+void Daemon::OpSubmit(const Request& req, const ControlServer::Reply& reply) {
+  if (phase_ != Phase::kRunning) {
+    reply.Send(
+        ErrorLine(req.id, Status::Unavailable("digestd is shutting down and accepts no new jobs; "
+                                              "submit again once it has restarted")));
+    return;
+  }
+  std::vector<const nlohmann::json*> specs;
+  bool single = false;
+  Status checked = CheckSubmit(req, config_, &specs, &single);
+  if (!checked.ok()) {
+    reply.Send(ErrorLine(req.id, checked));
+    return;
+  }
+  store_->Submit(req, std::move(specs), single, reply);
+}
+
+void Daemon::OpResult(const Request& req, const ControlServer::Reply& reply) {
+  ResultQuery q;
+  Status st = GetString(req.body, "key", &q.key, kMaxKeyBytes);
+  if (st.ok()) st = GetString(req.body, "group", &q.group, kMaxKeyBytes);
+  if (st.ok()) st = GetInt(req.body, "wait_ms", &q.wait_ms, 0, kMaxWaitMs);
+  if (st.ok() && q.key.empty() == q.group.empty()) {
+    st = Status::BadRequest("result needs exactly one of \"key\" or \"group\"");
+  }
+  if (!st.ok()) {
+    reply.Send(ErrorLine(req.id, st));
+    return;
+  }
+  store_->GetResult(req, std::move(q), reply);
+}
+
+void Daemon::OpCancel(const Request& req, const ControlServer::Reply& reply) {
+  std::string key;
+  Status st = GetString(req.body, "key", &key, kMaxKeyBytes);
+  if (st.ok() && key.empty()) st = Status::BadRequest("cancel needs \"key\"");
+  if (!st.ok()) {
+    reply.Send(ErrorLine(req.id, st));
+    return;
+  }
+  store_->Cancel(req, key, reply);
+}
+
+void Daemon::OpWorkers(const Request& req, const ControlServer::Reply& reply) {
+  const auto& cur = dispatcher_->limits();
+  int64_t min = cur.min, max = cur.max, reserved = cur.interactive_reserved;
+  Status st = GetInt(req.body, "min", &min, 1, 1024);
+  if (st.ok()) st = GetInt(req.body, "max", &max, 1, 1024);
+  if (st.ok()) st = GetInt(req.body, "reserved", &reserved, 0, 1023);
+  if (st.ok()) {
+    st = dispatcher_->SetLimits(static_cast<int>(min), static_cast<int>(max),
+                                static_cast<int>(reserved));
+  }
+  if (!st.ok()) {
+    reply.Send(ErrorLine(req.id, st));
+    return;
+  }
+  const auto& w = dispatcher_->limits();
+  LOG_NOTICE("workers: limit %d, min %d, max %d, reserved %d (set over the control socket)",
+             w.limit, w.min, w.max, w.interactive_reserved);
+  reply.Send(OkLine(
+      req.id,
+      {{"limit", w.limit}, {"min", w.min}, {"max", w.max}, {"reserved", w.interactive_reserved}}));
+}
+
+void Daemon::OpReload(const Request& req, const ControlServer::Reply& reply) {
+  nlohmann::json changes = nlohmann::json::object();
+  Status st = Reload(&changes);
+  reply.Send(st.ok() ? OkLine(req.id, std::move(changes)) : ErrorLine(req.id, st));
+}
+
+void Daemon::OpDrain(const Request& req, const ControlServer::Reply& reply) {
+  nlohmann::json out = {
+      {"draining", true},
+      {"queued", dispatcher_->depth(Lane::kInteractive) + dispatcher_->depth(Lane::kBackground)},
+      {"running", dispatcher_->in_flight()}};
+  reply.Send(OkLine(req.id, std::move(out)));
+  if (phase_ == Phase::kRunning) BeginShutdown("drain requested");
+}
+
+}  // namespace digestd

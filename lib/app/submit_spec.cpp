@@ -1,0 +1,96 @@
+#include "app/submit_spec.h"
+
+#include <algorithm>
+#include <iterator>
+
+#include "jobs/job_kind.h"
+
+namespace digestd {
+
+Status CheckJobSpec(const nlohmann::json& spec, const std::string& where, const Config& config) {
+  if (!spec.is_object()) return Status::BadRequest(where + " must be an object");
+  static const char* kFields[] = {"op", "id", "kind", "key", "group", "lane", "input"};
+  for (const auto& [k, v] : spec.items()) {
+    if (std::find_if(std::begin(kFields), std::end(kFields),
+                     [&](const char* f) { return k == f; }) == std::end(kFields)) {
+      return Status::BadRequest(where + "." + k +
+                                " is not a submit field; use kind, key, group, lane, input");
+    }
+  }
+  std::string kind, key, group, lane = "background";
+  auto prefix = [&](Status st) {
+    return st.ok() ? st : Status::BadRequest(where + ": " + st.message());
+  };
+  Status st = prefix(GetString(spec, "kind", &kind));
+  if (!st.ok()) return st;
+  if (kind.empty()) {
+    return Status::BadRequest(
+        where + ": \"kind\" is required; known kinds: " + JobKindRegistry::Global().Names());
+  }
+  const JobKind* k = JobKindRegistry::Global().Find(kind);
+  if (k == nullptr) {
+    return Status::BadRequest(where + ": unknown kind \"" + kind +
+                              "\"; known kinds: " + JobKindRegistry::Global().Names());
+  }
+  if (!(st = prefix(GetString(spec, "key", &key, kMaxKeyBytes))).ok()) return st;
+  if (!(st = prefix(GetString(spec, "group", &group, kMaxKeyBytes))).ok()) return st;
+  if (!(st = prefix(GetString(spec, "lane", &lane, 32))).ok()) return st;
+  if (!ParseLane(lane)) {
+    return Status::BadRequest(where + ": \"lane\" must be \"interactive\" or \"background\"");
+  }
+  static const nlohmann::json kEmpty = nlohmann::json::object();
+  auto input = spec.find("input");
+  st = k->Validate(input == spec.end() ? kEmpty : *input, config);
+  if (!st.ok()) return Status::BadRequest(where + ": " + st.message());
+  return Status::Ok();
+}
+
+Status CheckSubmit(const Request& req, const Config& config,
+                   std::vector<const nlohmann::json*>* specs, bool* single) {
+  auto jobs = req.body.find("jobs");
+  if (jobs == req.body.end()) {
+    *single = true;
+    Status st = CheckJobSpec(req.body, "submit", config);
+    if (st.ok()) specs->push_back(&req.body);
+    return st;
+  }
+  *single = false;
+  if (!jobs->is_array() || jobs->empty()) {
+    return Status::BadRequest("\"jobs\" must be a non-empty array of job objects");
+  }
+  if (jobs->size() > static_cast<size_t>(config.jobs.max_batch)) {
+    return Status::TooLarge("a batch of " + std::to_string(jobs->size()) +
+                            " jobs is above [jobs] max_batch = " +
+                            std::to_string(config.jobs.max_batch) + "; split it");
+  }
+  // The whole batch is checked first, so a bad job rejects it before any is queued.
+  for (size_t i = 0; i < jobs->size(); ++i) {
+    Status st = CheckJobSpec((*jobs)[i], "jobs[" + std::to_string(i) + "]", config);
+    if (!st.ok()) return st;
+    specs->push_back(&(*jobs)[i]);
+  }
+  return Status::Ok();
+}
+
+std::string SpecKey(const nlohmann::json& spec) {
+  return spec.value("key", std::string());
+}
+
+std::string SpecGroup(const nlohmann::json& spec) {
+  return spec.value("group", std::string());
+}
+
+std::string SpecKind(const nlohmann::json& spec) {
+  return spec.value("kind", std::string());
+}
+
+Lane SpecLane(const nlohmann::json& spec) {
+  return ParseLane(spec.value("lane", std::string("background"))).value_or(Lane::kBackground);
+}
+
+nlohmann::json SpecInput(const nlohmann::json& spec) {
+  auto input = spec.find("input");
+  return input == spec.end() ? nlohmann::json::object() : *input;
+}
+
+}  // namespace digestd

@@ -1,0 +1,39 @@
+// Checking a `submit` request before anything is queued: the request's shape
+// (one job, or "jobs": [...] up to [jobs] max_batch) and every job in it
+// (known fields, kind, key, group, lane, and the kind's own input check).
+// A batch with one bad job is rejected whole.
+//
+// Pure functions of the request and the config; any thread (the request
+// fuzzer calls them).
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "config/config.h"
+#include "control/protocol.h"
+#include "jobs/job.h"
+#include "util/status.h"
+
+namespace digestd {
+
+inline constexpr size_t kMaxKeyBytes = 512;  // key and group
+inline constexpr int64_t kMaxWaitMs = 300000;
+
+// Checks one job object; `where` names it in messages ("submit", "jobs[3]").
+Status CheckJobSpec(const nlohmann::json& spec, const std::string& where, const Config& config);
+
+// Checks a submit request. On success `specs` points into req.body at each
+// job, and `single` says whether it was a one-job submit.
+Status CheckSubmit(const Request& req, const Config& config,
+                   std::vector<const nlohmann::json*>* specs, bool* single);
+
+// The fields of a checked job spec, with their defaults.
+std::string SpecKey(const nlohmann::json& spec);
+std::string SpecGroup(const nlohmann::json& spec);
+std::string SpecKind(const nlohmann::json& spec);
+Lane SpecLane(const nlohmann::json& spec);
+nlohmann::json SpecInput(const nlohmann::json& spec);  // {} when absent
+
+}  // namespace digestd
