@@ -30,8 +30,10 @@ struct JobCounters {
   uint64_t done = 0;
   uint64_t failed = 0;
   uint64_t cancelled = 0;
-  uint64_t released = 0;  // queued jobs given up at a forced shutdown
-  uint64_t retried = 0;   // attempts that ended in a retry
+  // Given up unfinished: handed back to the PostgreSQL queue (shutdown, a
+  // lost lease), or cancelled at shutdown with the memory store.
+  uint64_t released = 0;
+  uint64_t retried = 0;  // attempts that ended in a retry
 };
 
 class JobTable {
