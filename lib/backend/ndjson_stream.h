@@ -1,5 +1,6 @@
 // NdjsonStream: an incremental parser for the NDJSON body Ollama streams from
-// /api/generate and /api/chat (ollama-api.md §1, §2, §5).
+// /api/generate and /api/chat (the stream's shape: docs/operations.md,
+// "What digestd relies on about Ollama").
 //
 // Feed() takes the body in whatever pieces the network delivers: a piece may
 // end inside a line or inside a multi-byte UTF-8 character, because only

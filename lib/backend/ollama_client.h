@@ -1,13 +1,14 @@
 // OllamaClient: the HTTP client for Ollama's native API over libcurl
-// (ollama-api.md is the reference for every status, body and failure mode
-// handled here).
+// (docs/operations.md, "Ollama", lists the answers it expects and how it
+// classifies them).
 //
 //   Generate()  POST /api/generate, streamed NDJSON
 //   Chat()      POST /api/chat, streamed NDJSON
 //   Embed()     POST /api/embed, one JSON object
 //   Probe()     a one-token generation with a short deadline, for the
 //               circuit breaker: it proves that inference works, which
-//               /api/version does not (ollama-api.md §4, §8.7)
+//               /api/version does not (it keeps answering while
+//               generation hangs)
 //
 // Threads: every call blocks until the answer is complete, so call it only
 // from pool threads (inside uv_queue_work), never from the loop thread. Each
@@ -148,9 +149,10 @@ class OllamaClient {
 };
 
 // Sets what every request to this server must carry the same way, so Ollama
-// never reloads a model between requests (ollama-api.md §1 "Reload trap"):
-// `keep_alive` when [backend] keep_alive is not empty, and options.num_ctx
-// when [backend] num_ctx > 0, replacing any value already in `request`.
+// never reloads a model between requests (it reloads one whenever a request
+// asks for different load-time options, such as num_ctx): `keep_alive` when
+// [backend] keep_alive is not empty, and options.num_ctx when [backend]
+// num_ctx > 0, replacing any value already in `request`.
 void ApplyServerOptions(const Config::Backend& backend, nlohmann::json* request);
 
 }  // namespace digestd

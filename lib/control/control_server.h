@@ -4,7 +4,7 @@
 // per request in request order, even when a later request is answered first
 // (a `result` with wait_ms stays in line until it has its answer).
 //
-// Limits (DESIGN.md invariant 7): a line longer than max_line_bytes gets a
+// Limits (docs/protocol.md, "Limits"): a line longer than max_line_bytes gets a
 // too_large error and the connection is closed; a client that pipelines too
 // much without reading stops being read until its answers drain; a client
 // silent for idle_timeout_s is closed.

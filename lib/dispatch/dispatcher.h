@@ -8,16 +8,18 @@
 //
 // Reserved slots: background work starts only while in_flight < limit -
 // interactive_reserved, so those slots stay free for the interactive lane
-// (DESIGN.md invariant 5).
+// (docs/architecture.md, "Lanes and worker slots").
 //
 // Poison pills: PutPills() appends a pill to each ring; everything queued
-// before a pill is still dispatched, nothing after it (invariant 6).
+// before a pill is still dispatched, nothing after it (docs/architecture.md,
+// "Shutdown").
 //
 // Threads: every method is loop-thread only. A running job's pool thread sees
 // only its WorkContext. Ownership: the rings hold JobPtr references to records
 // that the JobTable owns; the Dispatcher owns its in-flight work items until
-// their after-work callback has run. Destroy it only after Idle() is true (the
-// loop must have run every after-work callback).
+// their after-work callback has run. Destroy it only once in_flight() is 0:
+// CancelInFlight(), then run the loop until every after-work callback has
+// run (the destructor cannot wait for work still on the pool).
 #pragma once
 
 #include <uv.h>

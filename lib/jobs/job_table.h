@@ -1,9 +1,12 @@
 // JobTable: the jobs this daemon knows, by key and by group, with the
 // counters and latency samples `status` reports, and the waiters of `result`
-// calls. Until jobs are stored in PostgreSQL this table is the only record:
-// queued and running jobs stay until they finish; finished ones are kept for
+// calls. With [jobs] store = "memory" this table is the only record: queued
+// and running jobs stay until they finish; finished ones are kept for
 // `result` up to `retain_finished`, oldest evicted first, so memory stays
-// bounded (rings bound the queued, worker slots the running).
+// bounded (rings bound the queued, worker slots the running). With
+// "postgres" the table digestd.jobs is the record: this table holds only the
+// jobs this node has claimed (Adopt), each dropped (Drop) once its finish,
+// requeue or release row is queued, and keeps no finished jobs.
 //
 // Loop thread only. Owns every JobRecord (shared with rings and work items).
 #pragma once
@@ -27,8 +30,10 @@ struct JobCounters {
   uint64_t done = 0;
   uint64_t failed = 0;
   uint64_t cancelled = 0;
-  uint64_t released = 0;  // queued jobs given up at a forced shutdown
-  uint64_t retried = 0;   // attempts that ended in a retry
+  // Given up unfinished: handed back to the PostgreSQL queue (shutdown, a
+  // lost lease), or cancelled at shutdown with the memory store.
+  uint64_t released = 0;
+  uint64_t retried = 0;  // attempts that ended in a retry
 };
 
 class JobTable {

@@ -1,5 +1,6 @@
 // The summary stored when a summarize job fails for good, so a summary
-// screen never shows a hole ([summarize] fallback, DESIGN.md "Job kinds").
+// screen never shows a hole ([summarize] fallback, docs/protocol.md,
+// "Job kinds").
 #pragma once
 
 #include <nlohmann/json.hpp>

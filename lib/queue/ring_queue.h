@@ -1,6 +1,7 @@
 // RingQueue<T>: a bounded FIFO over a fixed array. Capacity is set once;
 // Push fails when the ring is full instead of growing, which is what keeps
-// digestd's memory bounded whatever the backlog (DESIGN.md invariant 3).
+// digestd's memory bounded whatever the backlog (docs/architecture.md,
+// "Bounded memory").
 //
 // Not thread-safe: one owner, the loop thread. Elements are owned by the ring
 // between Push and Pop.

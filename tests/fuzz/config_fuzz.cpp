@@ -1,8 +1,8 @@
 // Fuzzes the config loader with arbitrary text. A config file is untrusted
-// input (DESIGN.md invariant 7): ParseConfig must answer with a Config or an
-// InvalidConfig status that names the file, never throw or crash. A config
-// it accepts must survive the round trip through DumpConfig (what
-// `digestd --print-config` prints) unchanged.
+// input: ParseConfig must answer with a Config or an InvalidConfig status
+// that names the file, never throw or crash. A config it accepts must
+// survive the round trip through DumpConfig (what `digestd --print-config`
+// prints) unchanged.
 //
 // An invariant that does not hold calls abort(), which libFuzzer reports as
 // a crash with the input that caused it.

@@ -2,7 +2,7 @@
 // builders with whatever it returns. Every line a client sends reaches
 // ParseRequestLine on the loop thread, outside any try block, so it must
 // never throw or crash, and what it hands back must always make a valid
-// one-line response (DESIGN.md invariant 7).
+// one-line response (docs/protocol.md, "Limits").
 //
 // An invariant that does not hold calls abort(), which libFuzzer reports as
 // a crash with the input that caused it.

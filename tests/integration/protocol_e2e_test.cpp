@@ -1,8 +1,8 @@
 // The control protocol against the real digestd binary: every kind of bad
 // input from issue 2 gets a clear error (or a clean close) and the daemon
-// keeps serving; the ops that exist behave as DESIGN.md says. Each test ends
-// with a clean SIGTERM shutdown (exit 0), which under the sanitizer build is
-// also the leak check.
+// keeps serving; the ops that exist behave as docs/protocol.md says. Each
+// test ends with a clean SIGTERM shutdown (exit 0), which under the sanitizer
+// build is also the leak check.
 #include <fcntl.h>
 #include <grp.h>
 #include <sys/resource.h>

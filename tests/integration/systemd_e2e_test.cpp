@@ -2,7 +2,10 @@
 // NOTIFY_SOCKET datagram socket and reads what the daemon sends (READY,
 // STATUS, WATCHDOG, RELOADING, STOPPING), and hands it a listening socket the
 // way socket activation does, both through the real systemd-socket-activate
-// and by passing fd 3 itself (tooling.md sections 2 and 3).
+// and by passing fd 3 itself. None of this needs systemd as PID 1:
+// sd_notify only writes to NOTIFY_SOCKET, and systemd-socket-activate execs
+// its program in place (so LISTEN_PID matches) on the first connection,
+// passing on only the environment variables named with -E.
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/un.h>

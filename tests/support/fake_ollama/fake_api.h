@@ -5,9 +5,10 @@
 // Handle() does all waiting that happens before the first byte (queueing,
 // model load, latency, first-byte stall, the first token's delay) in the
 // calling thread, so nothing, not even the status line, reaches the client
-// until the first chunk exists (ollama-api.md §0). The rest of a stream is
-// produced by ApiReply::stream, one chunk per Next() call, with the
-// per-token delays paid inside Next().
+// until the first chunk exists, as Ollama does (docs/operations.md, "Ollama",
+// the first-byte timeout). The rest of a stream is produced by
+// ApiReply::stream, one chunk per Next() call, with the per-token delays paid
+// inside Next().
 //
 // Endpoints: POST /api/generate, /api/chat, /api/embed, /api/embeddings;
 // GET|HEAD /api/tags, /api/ps, /api/version, /. Anything else: 404

@@ -1,7 +1,8 @@
 // FakeOllama: an in-process fake of the Ollama HTTP server for digestd's
-// integration tests and benchmarks. It speaks the API described in
-// /work/shared/ollama-api.md closely enough that a client cannot tell it from
-// the real server, plus a control API for tests:
+// integration tests and benchmarks. It speaks Ollama's native API (the
+// behaviour docs/operations.md, "Ollama", lists: streams, error bodies, busy
+// answers, model loads) closely enough that a client cannot tell it from the
+// real server, plus a control API for tests:
 //
 //   GET  /_fake/stats     counters (see FakeStats) as JSON
 //   GET  /_fake/settings  current Settings as JSON

@@ -1,7 +1,8 @@
 // FakeScheduler: the fake Ollama's model-load and slot model.
 //
-// This is a deliberate simplification of Ollama's server/sched.go
-// (ollama-api.md §6 and §9):
+// This is a deliberate simplification of Ollama's server/sched.go (what a
+// client sees of it: docs/operations.md, "What digestd relies on about
+// Ollama"):
 //  * One scheduler for all models: `parallel` slots in total, handed out in
 //    strict FIFO order. (Real Ollama: NUM_PARALLEL slots per loaded model.)
 //  * Every request that cannot start at once (its model is loading or must be
@@ -9,7 +10,8 @@
 //    "queued"; when `max_queue` requests are already queued, a new one is
 //    rejected at once (the caller answers 503). Real Ollama caps only the
 //    requests that need a (re)load and never 503s on a warm model; capping
-//    all waiters is the approximation ollama-api.md §9 allows.
+//    all waiters is a fair approximation for testing a client, which must
+//    handle a fast 503 the same way either way.
 //  * Loads: the first request for a model, the first after its keep-alive
 //    expired, or one whose num_ctx (0 = kDefaultNumCtx) differs from the
 //    loaded one pays `load_ms`; other
