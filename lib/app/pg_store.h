@@ -1,7 +1,7 @@
 // PgStore: [jobs] store = "postgres", the shipped default. The table
 // digestd.jobs is the record of every job; this node's rings hold only the
-// jobs it has claimed from it. The flow (docs/architecture.md, "The data
-// path of a job"):
+// jobs it has claimed from it. The flow (docs/architecture.md, "The life
+// of a job"):
 //   submit  -> a submit row in the write ring; the answer is sent from the
 //              row's callback, after its commit (never before). While the
 //              lane's last claim found nothing due and its ring has room, the

@@ -2,7 +2,7 @@
 // reads or changes jobs, and every job event from the dispatcher, goes
 // through this interface; the Daemon never asks which store it has.
 //
-// Two implementations (docs/architecture.md, "Stores"):
+// Two implementations (docs/architecture.md, "The two stores"):
 //   * PgStore (pg_store.h): the shipped default. The table digestd.jobs is
 //     the record; this node's rings hold only the jobs it has claimed.
 //   * MemoryStore (memory_store.h): the JobTable is the only record. A quick
