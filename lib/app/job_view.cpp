@@ -115,22 +115,44 @@ nlohmann::json SubmitAnswerJson(const std::string& key, JobState state, bool exi
   return {{"key", key}, {"status", JobStateName(state)}, {"existing", existing}};
 }
 
-nlohmann::json BatchAnswerJson(std::vector<nlohmann::json> answers,
-                               const std::vector<Status>& errors) {
+std::string BatchAnswerLine(const nlohmann::json& id, std::vector<nlohmann::json> answers,
+                            const std::vector<Status>& errors) {
   nlohmann::json out = nlohmann::json::array();
   size_t accepted = 0;
+  const Status* first = nullptr;
+  size_t first_index = 0;
+  bool one_code = true;
   for (size_t i = 0; i < answers.size(); ++i) {
     if (errors[i].ok()) {
       ++accepted;
       out.push_back(std::move(answers[i]));
-    } else {
-      out.push_back(
-          {{"key", answers[i].value("key", "")},
-           {"error",
-            {{"code", std::string(errors[i].CodeName())}, {"message", errors[i].message()}}}});
+      continue;
     }
+    if (first == nullptr) {
+      first = &errors[i];
+      first_index = i;
+    } else if (errors[i].code() != first->code()) {
+      one_code = false;
+    }
+    out.push_back(
+        {{"key", answers[i].value("key", "")},
+         {"error",
+          {{"code", std::string(errors[i].CodeName())}, {"message", errors[i].message()}}}});
   }
-  return {{"jobs", std::move(out)}, {"accepted", accepted}};
+  size_t failed = answers.size() - accepted;
+  nlohmann::json fields = {{"jobs", std::move(out)}, {"accepted", accepted}, {"failed", failed}};
+  if (accepted > 0 || first == nullptr) return OkLine(id, std::move(fields));
+  std::string message = "none of the " + std::to_string(answers.size()) +
+                        " jobs was accepted; jobs[" + std::to_string(first_index) +
+                        "]: " + first->message() +
+                        (one_code ? "" : " (the others failed for other reasons: see \"jobs\")");
+  Status st = first->code() == Status::Code::kQueueFull     ? Status::QueueFull(message)
+              : first->code() == Status::Code::kUnavailable ? Status::Unavailable(message)
+              : first->code() == Status::Code::kBadRequest  ? Status::BadRequest(message)
+              : first->code() == Status::Code::kTooLarge    ? Status::TooLarge(message)
+                                                            : Status::Internal(message);
+  if (!one_code) st = Status::Internal(message);
+  return ErrorLine(id, st, std::move(fields));
 }
 
 }  // namespace digestd

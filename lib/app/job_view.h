@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "control/protocol.h"
 #include "jobs/job.h"
 #include "store/job_store.h"
 #include "util/status.h"
@@ -54,10 +55,13 @@ nlohmann::json GroupJson(const std::string& group, const std::vector<JobView>& p
 // One job's line in a submit answer: {"key","status","existing"}.
 nlohmann::json SubmitAnswerJson(const std::string& key, JobState state, bool existing);
 
-// The answer to a batch submit: every job's answer or error in order, and
-// how many were accepted. `answers[i]` is used when `errors[i]` is ok, else
-// only its "key".
-nlohmann::json BatchAnswerJson(std::vector<nlohmann::json> answers,
-                               const std::vector<Status>& errors);
+// The answer line to a batch submit: every job's answer or error, in order,
+// with "accepted" and "failed" counts. `answers[i]` is used when `errors[i]`
+// is ok, else only its "key". When at least one job was accepted the answer
+// is ok:true (a client checks "failed"); when none was, it is ok:false with
+// the jobs' shared error code (the first one's when they differ), a message
+// naming the first failure, and the same "jobs" list.
+std::string BatchAnswerLine(const nlohmann::json& id, std::vector<nlohmann::json> answers,
+                            const std::vector<Status>& errors);
 
 }  // namespace digestd

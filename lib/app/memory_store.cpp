@@ -65,7 +65,7 @@ void MemoryStore::Submit(const Request& req, std::vector<const nlohmann::json*> 
       errors[i] = one.status();
     }
   }
-  reply.Send(OkLine(req.id, BatchAnswerJson(std::move(answers), errors)));
+  reply.Send(BatchAnswerLine(req.id, std::move(answers), errors));
 }
 
 void MemoryStore::GetResult(const Request& req, ResultQuery query,

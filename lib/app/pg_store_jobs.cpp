@@ -51,7 +51,7 @@ void PgStore::Submit(const Request& req, std::vector<const nlohmann::json*> spec
       b->reply.Send(b->errors[0].ok() ? OkLine(b->id, std::move(b->answers[0]))
                                       : ErrorLine(b->id, b->errors[0]));
     } else {
-      b->reply.Send(OkLine(b->id, BatchAnswerJson(std::move(b->answers), b->errors)));
+      b->reply.Send(BatchAnswerLine(b->id, std::move(b->answers), b->errors));
     }
     Refill();
   };

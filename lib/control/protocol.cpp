@@ -108,10 +108,19 @@ std::string OkLine(const nlohmann::json& id, nlohmann::json fields) {
 }
 
 std::string ErrorLine(const nlohmann::json& id, const Status& status) {
+  return ErrorLine(id, status, nullptr);
+}
+
+std::string ErrorLine(const nlohmann::json& id, const Status& status, nlohmann::json fields) {
   nlohmann::json out = nlohmann::json::object();
   out["ok"] = false;
   if (!id.is_null()) out["id"] = id;
   out["error"] = {{"code", std::string(status.CodeName())}, {"message", status.message()}};
+  if (fields.is_object()) {
+    for (auto& [k, v] : fields.items()) {
+      if (k != "ok" && k != "id" && k != "error") out[k] = std::move(v);
+    }
+  }
   std::string line = Dump(out);
   line += '\n';
   return line;

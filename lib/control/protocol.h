@@ -37,6 +37,9 @@ ParsedLine ParseRequestLine(std::string_view line);
 std::string OkLine(const nlohmann::json& id, nlohmann::json fields);
 // {"ok":false,"id":…,"error":{"code":…,"message":…}} + "\n".
 std::string ErrorLine(const nlohmann::json& id, const Status& status);
+// The same with more fields beside "error" (a batch's per-job answers);
+// `fields`' own "ok", "id" and "error" members are dropped.
+std::string ErrorLine(const nlohmann::json& id, const Status& status, nlohmann::json fields);
 
 // Typed field access for op handlers: each returns BadRequest naming the
 // field when it is present with the wrong type, and leaves `out` unchanged

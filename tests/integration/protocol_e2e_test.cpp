@@ -387,6 +387,49 @@ TEST(ProtocolE2EHostile, DeeplyNestedRequestGetsBadRequestAndTheDaemonLives) {
   EXPECT_TRUE(daemon.Stop());
 }
 
+// A batch that stored nothing must not read as a success to a client that
+// checks only "ok" (it used to answer ok:true, accepted:0).
+TEST(ProtocolE2EBatch, ABatchWithNoJobAcceptedIsAnErrorListingEveryJob) {
+  DaemonProcess daemon;
+  ASSERT_TRUE(daemon.Start({.config = "[workers]\nmin = 1\nmax = 1\ninteractive_reserved = 0\n"
+                                      "[queues]\nbackground = 2\n"}));
+  auto call = [&](const json& request) {
+    auto answer = daemon.Call(request);
+    EXPECT_TRUE(answer.ok()) << answer.status().ToString();
+    return answer.ok() ? answer.value() : json(nullptr);
+  };
+  ASSERT_EQ(call({{"op", "submit"},
+                  {"kind", "noop"},
+                  {"key", "blocker"},
+                  {"input", {{"sleep_ms", 60000}}}})["ok"],
+            true);
+  ASSERT_TRUE(WaitFor([&] { return call({{"op", "status"}})["jobs"]["running"] == 1; }));
+  json fill = call({{"op", "submit"},
+                    {"jobs",
+                     {{{"kind", "noop"}, {"key", "q1"}},
+                      {{"kind", "noop"}, {"key", "q2"}},
+                      {{"kind", "noop"}, {"key", "q3"}}}}});
+  EXPECT_EQ(fill["ok"], true) << fill.dump();
+  EXPECT_EQ(fill["accepted"], 2) << fill.dump();
+  EXPECT_EQ(fill["failed"], 1) << fill.dump();
+  EXPECT_EQ(fill["jobs"][2]["error"]["code"], "queue_full") << fill.dump();
+
+  json none =
+      call({{"op", "submit"},
+            {"id", "b2"},
+            {"jobs", {{{"kind", "noop"}, {"key", "r1"}}, {{"kind", "noop"}, {"key", "r2"}}}}});
+  ExpectError(none, "queue_full", "none of the 2 jobs was accepted");
+  EXPECT_EQ(none["id"], "b2");
+  EXPECT_EQ(none["accepted"], 0) << none.dump();
+  EXPECT_EQ(none["failed"], 2) << none.dump();
+  ASSERT_EQ(none["jobs"].size(), 2u) << none.dump();
+  EXPECT_EQ(none["jobs"][1]["key"], "r2");
+  EXPECT_EQ(none["jobs"][1]["error"]["code"], "queue_full");
+  EXPECT_EQ(testing::ErrorCode(call({{"op", "result"}, {"key", "r1"}})), "not_found");
+  EXPECT_EQ(call({{"op", "cancel"}, {"key", "blocker"}})["ok"], true);
+  EXPECT_TRUE(daemon.Stop());
+}
+
 TEST(ProtocolE2ECancel, CancelOfAQueuedJob) {
   DaemonProcess daemon;
   ASSERT_TRUE(daemon.Start({.config = "[workers]\nmin = 1\nmax = 1\ninteractive_reserved = 0\n"}));
