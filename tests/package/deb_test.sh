@@ -124,7 +124,7 @@ rc=0
 setpriv --reuid=65534 --regid=65534 --clear-groups -- /usr/bin/digestctl ping >/dev/null 2>&1 || rc=$?
 [ "$rc" = 3 ] || fail "a user outside group digestd got exit $rc from digestctl ping, not 3"
 as_member submit noop --key pkg-test --input '{"sleep_ms":10}' >/dev/null
-as_member result pkg-test --wait 10s | grep -q done || fail "the noop job did not finish"
+as_member result pkg-test --wait 10s | grep -q ' done ' || fail "the noop job did not finish"
 as_member status | grep -q . || fail "digestctl status printed nothing"
 as_member drain >/dev/null
 wait "$daemon_pid" || { cat "$tmp/digestd.log" >&2; fail "digestd did not exit 0 after drain"; }
