@@ -32,6 +32,15 @@ class JobKind {
   // Whether jobs of this kind call the LLM backend under `config`, so the
   // circuit breaker holds them back while the backend is down.
   virtual bool UsesBackend(const Config& /*config*/) const { return false; }
+  // The result stored instead of a failure when a job of this kind fails for
+  // good (a fatal error, or its last attempt spent); null: store the failure.
+  // The caller keeps the failure's text beside it, so `result` says why the
+  // job holds a stand-in. Loop thread. Must not block, must not throw, for
+  // any `input` (it may be unvalidated).
+  virtual nlohmann::json FinalFailureResult(const nlohmann::json& /*input*/,
+                                            const Config& /*config*/) const {
+    return nullptr;
+  }
 };
 
 // The kinds compiled into this binary. Populated before main() runs by

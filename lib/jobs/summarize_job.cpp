@@ -8,8 +8,8 @@
 // must end) and think: false (a thinking model would otherwise spend its
 // tokens thinking). done_reason "length" is stored as truncated: true. With
 // kind = "extractive" the summary is the leading sentences of the text.
-// The fallback on final failure is SummaryFallback (summarize_fallback.h),
-// applied by the caller.
+// On final failure the job stores SummaryFallback (summarize_fallback.h)
+// instead, through FinalFailureResult, so a summary screen never shows a hole.
 #include <algorithm>
 
 #include "backend/ollama_client.h"
@@ -30,6 +30,12 @@ class SummarizeKind final : public JobKind {
   std::string_view name() const override { return "summarize"; }
 
   bool UsesBackend(const Config& config) const override { return config.backend.kind == "ollama"; }
+
+  // [summarize] fallback: the leading sentences, the placeholder, or null.
+  nlohmann::json FinalFailureResult(const nlohmann::json& input,
+                                    const Config& config) const override {
+    return SummaryFallback(input, config);
+  }
 
   Status Validate(const nlohmann::json& input, const Config& config) const override {
     Status st = CheckInputFields(input, {"text", "title", "context", "max_words", "model"}, kUsage);
