@@ -249,7 +249,12 @@ Status Daemon::Reload(nlohmann::json* changes) {
   }
   auto applied = DiffConfig(config_, fresh, true);
   auto ignored = DiffConfig(config_, fresh, false);
-  config_ = MergeReloadable(config_, fresh);
+  auto merged = MergeForReload(config_, fresh, config_path_);
+  if (!merged.ok()) {
+    notifier_->Ready();
+    return merged.status();
+  }
+  config_ = std::move(merged).value();
   backend_->SetConfig(config_.backend);
   ApplyRuntimeConfig();
   for (const auto& line : applied) LOG_NOTICE("reload: %s", line.c_str());

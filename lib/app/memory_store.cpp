@@ -5,6 +5,7 @@
 #include "app/job_view.h"
 #include "app/outcome_policy.h"
 #include "app/submit_spec.h"
+#include "jobs/llm_job.h"
 #include "obs/log.h"
 
 namespace digestd {
@@ -174,7 +175,7 @@ void MemoryStore::OnJobFinished(const JobPtr& job, WorkOutcome outcome) {
   // False only for a job the dispatcher could not start at all (its kind
   // is unknown): on_start has not run for it.
   bool started = job->state == JobState::kRunning;
-  if (started && UsesBackend(*job, config)) env_.backend->OnOutcome(outcome);
+  if (started && UsesBackend(*job, config)) env_.backend->OnOutcome(CallStatusOf(outcome));
   bool retryable =
       outcome.kind == WorkOutcome::Kind::kBusy || outcome.kind == WorkOutcome::Kind::kRetry;
   if (retryable && started && (*env_.phase != Phase::kRunning || job->cancel->load())) {

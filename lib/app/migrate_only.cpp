@@ -61,7 +61,12 @@ int RunMigrateOnly(const Config& config) {
           },
           ms, 0);
     }
-    conn.Start();
+    if (!conn.init_status().ok()) {
+      LOG_ERROR("cannot start: %s", conn.init_status().message().c_str());
+      finish(1);
+    } else {
+      conn.Start();
+    }
     uv_run(&loop, UV_RUN_DEFAULT);
     if (code == 2) {
       std::string err = conn.state().last_error;

@@ -64,6 +64,9 @@ Status PgStore::Start() {
   po.label = "postgres writer";
   pgw_ = std::make_unique<PgConn>(env_.loop, po);
   wstore_ = std::make_unique<JobStore>(*pgw_, env_.node_id);
+  for (const PgConn* conn : {pg_.get(), pgw_.get()}) {
+    if (!conn->init_status().ok()) return conn->init_status();
+  }
   BatchWriterOptions wo;
   wo.capacity = static_cast<size_t>(cfg.queues.write);
   wo.batch_rows = cfg.writer.batch_rows;
@@ -79,6 +82,7 @@ Status PgStore::Start() {
   };
   wh.on_leases_lost = [this](std::vector<uint64_t> ids) { OnLeasesLost(std::move(ids)); };
   writer_ = std::make_unique<BatchWriter>(env_.loop, *pgw_, *wstore_, wo, std::move(wh));
+  if (!writer_->init_status().ok()) return writer_->init_status();
   pg_->SetNotifyHandler([this](const std::string& channel, const std::string& payload) {
     OnNotify(channel, payload);
   });

@@ -6,6 +6,7 @@
 #include "app/outcome_policy.h"
 #include "app/pg_store.h"
 #include "app/submit_spec.h"
+#include "jobs/llm_job.h"
 #include "obs/log.h"
 #include "util/clock.h"
 #include "util/json_parse.h"
@@ -344,7 +345,7 @@ void PgStore::OnJobFinished(const JobPtr& job, WorkOutcome outcome) {
   // False only for a job the dispatcher could not start at all (its kind
   // is unknown): on_start has not run for it.
   bool started = job->state == JobState::kRunning;
-  if (started && UsesBackend(*job, cfg)) env_.backend->OnOutcome(outcome);
+  if (started && UsesBackend(*job, cfg)) env_.backend->OnOutcome(CallStatusOf(outcome));
   if (job->lease_lost) {
     LOG_WARN(
         "job %s: dropped its outcome: this node lost the job's lease (it was recovered "

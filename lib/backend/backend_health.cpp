@@ -51,24 +51,24 @@ void BackendHealth::SetConfig(const Config::Backend& backend) {
   breaker_.SetOptions(BreakerOptions(backend));
 }
 
-void BackendHealth::OnOutcome(const WorkOutcome& outcome) {
+void BackendHealth::OnOutcome(const CallStatus& call) {
   if (in_flight_ > 0) --in_flight_;
   ++requests_;
-  if (outcome.backend_ns > 0) latency_.Record(outcome.backend_ns);
+  if (call.elapsed.count() > 0) latency_.Record(static_cast<uint64_t>(call.elapsed.count()));
   bool was_allowed = breaker_.AllowRequest();
-  switch (outcome.kind) {
-    case WorkOutcome::Kind::kDone:
-    case WorkOutcome::Kind::kFailed:  // a fatal answer: the server is up
+  switch (call.cls) {
+    case CallClass::kOk:
+    case CallClass::kFatal:  // a fatal answer: the server is up
       breaker_.RecordSuccess();
       break;
-    case WorkOutcome::Kind::kBusy:
+    case CallClass::kBusy:
       ++busy_;  // handled by backoff, not by the breaker
       break;
-    case WorkOutcome::Kind::kRetry:
+    case CallClass::kRetryable:
       ++failures_;
-      breaker_.RecordFailure(outcome.error);
+      breaker_.RecordFailure(call.error);
       break;
-    case WorkOutcome::Kind::kCancelled:
+    case CallClass::kCancelled:
       break;
   }
   if (was_allowed && !breaker_.AllowRequest()) {

@@ -5,6 +5,15 @@
 // keeps the backend's figures for `status`: requests in flight, retries,
 // busy answers and latency percentiles from real samples.
 //
+// It is fed the backend's own classification of each call (CallStatus, from
+// ollama_client.h), not a job's WorkOutcome: jobs/ sits above backend/ (the
+// LLM job kinds call OllamaClient), so backend/ includes nothing from jobs/.
+// The caller that holds a job's outcome converts it on the way in
+// (CallStatusOf in jobs/llm_job.h, the inverse of OutcomeOf). Moving this
+// class to dispatch/ would have broken the cycle too, but it would put the
+// breaker's bookkeeping away from the breaker and the probe, which are
+// backend concerns.
+//
 // Loop thread only; the probe's pool thread sees only a copy of the backend
 // config. Close() before the loop closes; the probe, if running, finishes
 // and is then discarded.
@@ -12,13 +21,14 @@
 
 #include <uv.h>
 
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
 
 #include "backend/circuit_breaker.h"
+#include "backend/ollama_client.h"
 #include "config/config.h"
-#include "jobs/job.h"
 #include "obs/latency_window.h"
 #include "util/uv_handle.h"
 
@@ -41,8 +51,12 @@ class BackendHealth {
   bool AllowRequest() const { return breaker_.AllowRequest(); }
 
   void OnStart() { ++in_flight_; }
-  // A backend job's attempt ended with `outcome`.
-  void OnOutcome(const WorkOutcome& outcome);
+  // A backend job's attempt (begun with OnStart) ended as `call` says:
+  // kOk and kFatal count as answers (the server is up), kRetryable toward
+  // opening the breaker, kBusy as a busy answer (left to the job's backoff),
+  // kCancelled not toward the breaker. call.elapsed, when non-zero, is a
+  // latency sample; call.error names the failure in the breaker's reason.
+  void OnOutcome(const CallStatus& call);
   void NoteRetry() { ++retries_; }
 
   nlohmann::json ToJson() const;

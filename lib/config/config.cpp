@@ -380,13 +380,14 @@ std::string SyntaxErrorContext(std::string_view text, size_t line) {
   return " near \"" + std::string(here.substr(0, 80)) + "\"";
 }
 
-// Checks that involve more than one key; `root` gives line numbers.
-Status CrossCheck(const Config& c, const toml::table& root, std::string_view origin) {
-  auto line_of = [&](std::string_view section, std::string_view key) {
-    const toml::node* n = root.at_path(std::string(section) + "." + std::string(key)).node();
-    if (n == nullptr) n = root.at_path(section).node();
-    return n ? Where(origin, *n) : std::string(origin);
-  };
+// "file:line" of a key (or of its section when the key is not in the file;
+// just "file" when neither is, or when no file is at hand).
+using WhereOf = std::function<std::string(std::string_view section, std::string_view key)>;
+
+// Checks that involve more than one key. `reload`: `c` is a running config
+// with a re-read file's reloadable keys merged in (MergeForReload), so a key
+// that needs a restart holds its running value and the advice says so.
+Status CrossCheck(const Config& c, const WhereOf& line_of, bool reload) {
   if (c.workers.min > c.workers.max) {
     return Status::InvalidConfig(line_of("workers", "min") +
                                  ": [workers] min = " + std::to_string(c.workers.min) +
@@ -418,6 +419,23 @@ Status CrossCheck(const Config& c, const toml::table& root, std::string_view ori
         ": [summarize] num_predict = " + std::to_string(c.summarize.num_predict) +
         " is smaller than max_words = " + std::to_string(c.summarize.max_words) +
         "; a word takes one or more tokens, so allow about twice max_words");
+  }
+  // With PostgreSQL, every running job keeps a write-ring slot for its
+  // result (so a finished job can always queue it): the ring must hold more
+  // rows than there can be running jobs, or digestd cannot start.
+  if (c.jobs.store == "postgres" && c.queues.write <= c.workers.max) {
+    const std::string why = ": every running job keeps a write-ring slot for its result";
+    if (reload) {
+      return Status::InvalidConfig(
+          line_of("workers", "max") + ": [workers] max = " + std::to_string(c.workers.max) +
+          " must be smaller than the running [queues] write = " + std::to_string(c.queues.write) +
+          why + "; lower [workers] max, or raise [queues] write and restart digestd ([queues] " +
+          "write needs a restart)");
+    }
+    return Status::InvalidConfig(
+        line_of("queues", "write") + ": [queues] write = " + std::to_string(c.queues.write) +
+        " must be larger than [workers] max = " + std::to_string(c.workers.max) + why +
+        "; raise [queues] write");
   }
   return Status::Ok();
 }
@@ -469,7 +487,15 @@ Result<Config> ParseConfig(std::string_view text, std::string_view origin) {
       if (!st.ok()) return st;
     }
   }
-  Status st = CrossCheck(config, root, origin);
+  auto line_of = [&](std::string_view section, std::string_view key) {
+    const toml::node* n = root.at_path(std::string(section) + "." + std::string(key)).node();
+    // [queues] write left at its default: the rule broke where max was set.
+    if (n == nullptr && section == "queues" && key == "write")
+      n = root.at_path("workers.max").node();
+    if (n == nullptr) n = root.at_path(section).node();
+    return n ? Where(origin, *n) : std::string(origin);
+  };
+  Status st = CrossCheck(config, line_of, /*reload=*/false);
   if (!st.ok()) return st;
   config.source = std::string(origin);
   return config;
@@ -550,6 +576,16 @@ Config MergeReloadable(const Config& running, const Config& fresh) {
     }
   }
   return out;
+}
+
+Result<Config> MergeForReload(const Config& running, const Config& fresh, std::string_view origin) {
+  Config merged = MergeReloadable(running, fresh);
+  // Line numbers would point into the re-read file, whose restart-only keys
+  // are not the ones in force: name the file alone.
+  auto line_of = [&](std::string_view, std::string_view) { return std::string(origin); };
+  Status st = CrossCheck(merged, line_of, /*reload=*/true);
+  if (!st.ok()) return st;
+  return merged;
 }
 
 std::string DumpConfig(const Config& config) {

@@ -123,6 +123,14 @@ const std::vector<ConfigKeySpec>& ConfigKeys();
 
 // Parses TOML text. `origin` names the file in messages ("digestd.conf").
 // Errors read "digestd.conf:14: [workers] min = 20 is larger than max = 16".
+// Besides each key's own type and range, the rules that tie keys together
+// are checked, so a config that passes (`digestd --check-config`) can start:
+//   [workers] min <= max; interactive_reserved < max;
+//   [backend] backoff_base_ms <= backoff_max_ms,
+//             first_byte_timeout_s <= request_timeout_s;
+//   [summarize] num_predict >= max_words;
+//   with [jobs] store = "postgres": [queues] write > [workers] max (every
+//   running job keeps a write-ring slot for its result).
 Result<Config> ParseConfig(std::string_view text, std::string_view origin);
 
 // Reads and parses `path`.
@@ -140,6 +148,14 @@ std::vector<std::string> DiffConfig(const Config& before, const Config& after, b
 // `running` with every reloadable key taken from `fresh`; keys that need a
 // restart keep their running values.
 Config MergeReloadable(const Config& running, const Config& fresh);
+
+// What a reload applies: MergeReloadable(running, fresh), refused when the
+// result breaks a rule of ParseConfig. `fresh` passed those rules on its own,
+// but its keys that need a restart are replaced by the running values, which
+// its reloadable keys may not fit: a [workers] max raised to the running
+// [queues] write or past it. Errors name `origin` (the file re-read) and say
+// what to change; on error nothing should be applied.
+Result<Config> MergeForReload(const Config& running, const Config& fresh, std::string_view origin);
 
 // The whole config as a TOML document (`digestd --print-config`).
 std::string DumpConfig(const Config& config);

@@ -1,6 +1,7 @@
 #include "dispatch/dispatcher.h"
 
 #include <algorithm>
+#include <cassert>
 
 #include "obs/log.h"
 
@@ -8,8 +9,8 @@ namespace digestd {
 
 struct Dispatcher::WorkItem {
   uv_work_t req{};
-  Dispatcher* owner = nullptr;
-  JobPtr job;  // loop thread only: never read in OnWork
+  Dispatcher* owner = nullptr;  // null once detached by ~Dispatcher; loop thread only
+  JobPtr job;                   // loop thread only: never read in OnWork
   const JobKind* kind = nullptr;
   WorkContext ctx;      // all the pool thread may touch
   WorkOutcome outcome;  // written by the pool thread, read after work
@@ -29,9 +30,17 @@ Dispatcher::Dispatcher(uv_loop_t* loop, size_t interactive_capacity, size_t back
 }
 
 Dispatcher::~Dispatcher() {
-  // Items still queued on the pool would call back into a dead object.
-  if (!items_.empty()) {
-    LOG_ERROR("dispatcher destroyed with %zu jobs in flight", items_.size());
+  if (items_.empty()) return;
+  LOG_ERROR(
+      "dispatcher destroyed with %zu jobs in flight; their outcomes are lost (a bug: run the "
+      "loop until in_flight() is 0 first)",
+      items_.size());
+  assert(items_.empty() && "Dispatcher destroyed with work in flight");
+  // Items still on the pool would call back into a dead object: detach them.
+  for (WorkItem* item : items_) {
+    item->ctx.cancel->store(true, std::memory_order_relaxed);
+    uv_cancel(reinterpret_cast<uv_req_t*>(&item->req));  // fails harmlessly once running
+    item->owner = nullptr;
   }
 }
 
@@ -223,6 +232,7 @@ void Dispatcher::OnWork(uv_work_t* req) {
 void Dispatcher::OnAfterWork(uv_work_t* req, int status) {
   std::unique_ptr<WorkItem> item(static_cast<WorkItem*>(req->data));
   Dispatcher* self = item->owner;
+  if (self == nullptr) return;  // detached by the destructor: only free the item
   self->items_.erase(item.get());
   --self->in_flight_;
   --self->in_flight_lane_[static_cast<int>(item->job->lane)];

@@ -17,9 +17,18 @@
 // Threads: every method is loop-thread only. A running job's pool thread sees
 // only its WorkContext. Ownership: the rings hold JobPtr references to records
 // that the JobTable owns; the Dispatcher owns its in-flight work items until
-// their after-work callback has run. Destroy it only once in_flight() is 0:
-// CancelInFlight(), then run the loop until every after-work callback has
-// run (the destructor cannot wait for work still on the pool).
+// their after-work callback has run.
+//
+// Destruction: destroy it only when in_flight() is 0 -- after Drained(), or
+// after CancelInFlight() and running the loop until every outcome is back --
+// because every started job's outcome must reach on_finish. Destroying it
+// with work in flight is a programming error: debug builds abort (assert);
+// release builds log an error, cancel that work and detach it, so each late
+// after-work callback only frees its own item and never touches the dead
+// Dispatcher: memory stays safe, those outcomes are lost. (Cancelling and
+// draining inside the destructor was not chosen: draining means running the
+// loop, which a destructor called from a loop callback must not do, and it
+// would block for as long as the slowest job runs.)
 #pragma once
 
 #include <uv.h>

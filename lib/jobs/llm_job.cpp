@@ -94,6 +94,30 @@ WorkOutcome OutcomeOf(const CallStatus& status, nlohmann::json result) {
   return out;
 }
 
+CallStatus CallStatusOf(const WorkOutcome& outcome) {
+  CallStatus call;
+  switch (outcome.kind) {
+    case WorkOutcome::Kind::kDone:
+      call.cls = CallClass::kOk;
+      break;
+    case WorkOutcome::Kind::kBusy:
+      call.cls = CallClass::kBusy;
+      break;
+    case WorkOutcome::Kind::kRetry:
+      call.cls = CallClass::kRetryable;
+      break;
+    case WorkOutcome::Kind::kFailed:
+      call.cls = CallClass::kFatal;
+      break;
+    case WorkOutcome::Kind::kCancelled:
+      call.cls = CallClass::kCancelled;
+      break;
+  }
+  call.error = outcome.error;
+  call.elapsed = std::chrono::nanoseconds(static_cast<int64_t>(outcome.backend_ns));
+  return call;
+}
+
 nlohmann::json ResultMeta(const GenerationMetrics& metrics, const CallStatus& status,
                           const std::string& done_reason) {
   nlohmann::json meta = {

@@ -1,6 +1,7 @@
 // What the LLM job kinds (summarize_job.cpp, generate_job.cpp,
 // embed_job.cpp) share: input checks whose errors name the offending field,
-// and the translation of a backend call into a WorkOutcome and result meta.
+// and the translation of a backend call into a WorkOutcome (and back) and
+// result meta.
 // Pure functions; any thread.
 #pragma once
 
@@ -39,6 +40,11 @@ std::string StringField(const nlohmann::json& input, std::string_view field,
 // cancelled -> Cancelled; errors carry `status.error`, and backend_ns is
 // the request's wall time (status.elapsed).
 WorkOutcome OutcomeOf(const CallStatus& status, nlohmann::json result);
+
+// The inverse, for the backend's health figures (BackendHealth::OnOutcome):
+// Done -> ok, Busy -> busy, Retry -> retryable, Failed -> fatal, Cancelled
+// -> cancelled; error and elapsed (backend_ns) carried over, http_status 0.
+CallStatus CallStatusOf(const WorkOutcome& outcome);
 
 // {"prompt_eval_count","eval_count","total_duration_ms","load_duration_ms",
 //  "request_ms","done_reason"}: Ollama's counters (0 when it omitted them),

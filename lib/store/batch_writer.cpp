@@ -40,7 +40,11 @@ BatchWriter::BatchWriter(uv_loop_t* loop, PgConn& conn, JobStore& store, BatchWr
       row_wait_(8192) {
   if (options_.capacity == 0) options_.capacity = 1;
   if (options_.batch_rows < 1) options_.batch_rows = 1;
-  if (uv_timer_init(loop_, timer_.get()) == 0) {
+  if (int rc = uv_timer_init(loop_, timer_.get()); rc != 0) {
+    // Without its timer no batch would ever start: refuse rows instead.
+    init_status_ = Status::Internal("the PostgreSQL writer cannot run: uv_timer_init failed (" +
+                                    std::string(uv_strerror(rc)) + "); restart digestd");
+  } else {
     timer_.set_initialized();
     timer_.get()->data = this;
   }
@@ -61,6 +65,7 @@ BatchWriter::~BatchWriter() {
 }
 
 Status BatchWriter::Enqueue(WriteRow row) {
+  if (!init_status_.ok()) return init_status_;
   if (closed_) {
     return Status::Unavailable("digestd is shutting down and writes nothing more");
   }
@@ -100,6 +105,10 @@ void BatchWriter::RenewLeases(std::vector<LeaseRef> leases) {
 
 void BatchWriter::Drain(std::function<void()> done) {
   draining_ = true;
+  if (!init_status_.ok()) {
+    if (done) done();  // it never held a row (see init_status())
+    return;
+  }
   drain_done_ = std::move(done);
   Pump();
 }

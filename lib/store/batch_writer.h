@@ -159,17 +159,27 @@ class BatchWriter {
     std::function<void(std::vector<uint64_t> ids)> on_leases_lost;
   };
 
+  // Check init_status() before use.
   BatchWriter(uv_loop_t* loop, PgConn& conn, JobStore& store, BatchWriterOptions options,
               Hooks hooks);
   ~BatchWriter();
   BatchWriter(const BatchWriter&) = delete;
   BatchWriter& operator=(const BatchWriter&) = delete;
 
+  // Ok, or why the constructor could not set the writer up (its libuv timer
+  // failed to initialise; Internal). Check it right after construction and
+  // treat a failure as fatal at start: such a writer writes nothing --
+  // Enqueue() refuses every row with this status, and Drain() calls `done`
+  // at once, since it never holds a row. It stays safe to Close() and
+  // destroy.
+  [[nodiscard]] const Status& init_status() const { return init_status_; }
+
   // Queues `row` for a coming batch. QueueFull when the ring is full (for a
   // submit: when fewer than submit_reserve slots would remain);
   // Unavailable for a submit while the connection is down, and for any row
-  // after Close(). On failure `row.done` is never called; otherwise exactly
-  // once, after the commit or with the failure.
+  // after Close(); init_status() when that is not ok. On failure `row.done`
+  // is never called; otherwise exactly once, after the commit or with the
+  // failure.
   [[nodiscard]] Status Enqueue(WriteRow row);
 
   // Asks for one on_space call when the next batch leaves the ring (for a
@@ -185,7 +195,8 @@ class BatchWriter {
   // Writes everything queued now, without waiting for batch_ms, and from
   // then on every row at once (shutdown). `done` runs once the ring is empty
   // and nothing is in flight -- which waits for a reconnect if the
-  // connection is down. A second call replaces `done`.
+  // connection is down. A second call replaces `done`. (Inside this call
+  // only when init_status() is not ok.)
   void Drain(std::function<void()> done);
 
   // Stops the writer: every row still in the ring gets Unavailable. The
@@ -234,6 +245,7 @@ class BatchWriter {
   uv_loop_t* loop_;
   PgConn& conn_;
   JobStore& store_;
+  Status init_status_;  // set by the constructor only
   BatchWriterOptions options_;
   Hooks hooks_;
   UvHandle<uv_timer_t> timer_;

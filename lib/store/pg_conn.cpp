@@ -160,10 +160,19 @@ struct PgConn::Resolve {
 
 PgConn::PgConn(uv_loop_t* loop, PgConnOptions options) : loop_(loop), options_(std::move(options)) {
   for (auto* t : {&retry_timer_, &deadline_timer_}) {
-    if (uv_timer_init(loop_, t->get()) == 0) {
-      t->set_initialized();
-      t->get()->data = this;
+    int rc = uv_timer_init(loop_, t->get());
+    if (rc != 0) {
+      // Without its timers the connection could neither time out nor
+      // reconnect: refuse to work rather than hang later.
+      if (init_status_.ok()) {
+        init_status_ = Status::Internal(options_.label + ": uv_timer_init failed (" +
+                                        std::string(uv_strerror(rc)) +
+                                        "); the connection cannot run; restart digestd");
+      }
+      continue;
     }
+    t->set_initialized();
+    t->get()->data = this;
   }
   char* err = nullptr;
   PQconninfoOption* opts = PQconninfoParse(options_.conninfo.c_str(), &err);
@@ -245,6 +254,12 @@ PgConn::~PgConn() {
 
 void PgConn::Start() {
   if (phase_ != Phase::kIdle) return;
+  if (!init_status_.ok()) {
+    // Never connects; status shows why.
+    last_error_ = init_status_.message();
+    last_error_unix_ms_ = UnixMs();
+    return;
+  }
   BeginAttempt();
 }
 

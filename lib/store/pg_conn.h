@@ -136,11 +136,20 @@ class PgConn {
   // LISTEN notifications: channel and payload.
   using NotifyHandler = std::function<void(const std::string& channel, const std::string& payload)>;
 
+  // Check init_status() before use.
   PgConn(uv_loop_t* loop, PgConnOptions options);
   // Closes (see Close()).
   ~PgConn();
   PgConn(const PgConn&) = delete;
   PgConn& operator=(const PgConn&) = delete;
+
+  // Ok, or why the constructor could not set the connection up (a libuv
+  // timer failed to initialise; Internal, naming the label). Check it right
+  // after construction and treat a failure as fatal at start: such a
+  // connection never connects (Start() only records the error for state()),
+  // so Send() answers Unavailable for good. The object stays safe to Close()
+  // and destroy.
+  [[nodiscard]] const Status& init_status() const { return init_status_; }
 
   // Starts connecting; from then on the connection is kept open, reconnecting
   // with backoff, until Close(). Idempotent.
@@ -224,6 +233,7 @@ class PgConn {
   std::string resolve_host_;          // the one host name to resolve first; ""
   std::vector<std::string> secrets_;  // the password(s), scrubbed from messages
   std::string target_;
+  Status init_status_;  // set by the constructor only
 
   Phase phase_ = Phase::kIdle;
   PGconn* conn_ = nullptr;

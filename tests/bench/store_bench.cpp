@@ -278,6 +278,7 @@ class LoopRig {
     po.conninfo = conninfo;
     po.label = "store_bench";
     conn_ = std::make_unique<PgConn>(&loop_, po);
+    if (!conn_->init_status().ok()) Die("%s", conn_->init_status().ToString().c_str());
     store_ = std::make_unique<digestd::JobStore>(*conn_, kNode);
     conn_->Start();
     if (!RunUntil([&] { return conn_->up(); }, 20)) {
@@ -348,6 +349,7 @@ Figures RunWriter(LoopRig& rig, const std::vector<Claimed>& jobs, const nlohmann
   BatchWriter::Hooks hooks;
   hooks.on_space = [&] { feed(); };
   BatchWriter writer(rig.loop(), rig.conn(), rig.store(), o, std::move(hooks));
+  if (!writer.init_status().ok()) Die("%s", writer.init_status().ToString().c_str());
   auto on_row = [&](const RowOutcome& out) {
     ++committed;
     if (!out.status.ok() || !out.accepted) {

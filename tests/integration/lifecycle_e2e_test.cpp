@@ -414,6 +414,8 @@ TEST(LifecycleE2E, CheckConfigExitsOneWithAOneLineError) {
       {"[workers]\nmin = 2\nmax = = 4\n", ":3:", "max"},      // syntax error
       {"[wrokers]\nmin = 2\n", ":1:", "wrokers"},             // unknown section
       {"[workers]\nmin = 9\nmax = 3\n", ":2:", "min"},        // min > max
+      // A write ring no larger than max: the daemon could not start.
+      {"[workers]\nmax = 8\n[queues]\nwrite = 8\n", ":4:", "[queues] write"},
   };
   int n = 0;
   for (const auto& c : cases) {

@@ -300,6 +300,8 @@ void TestLoop::RunFor(std::chrono::milliseconds ms) {
 }
 
 ::testing::AssertionResult ConnectAndMigrate(TestLoop& loop, PgConn& conn) {
+  if (!conn.init_status().ok())
+    return ::testing::AssertionFailure() << conn.init_status().ToString();
   conn.Start();
   if (!loop.RunUntil([&] { return conn.up(); })) {
     return ::testing::AssertionFailure()

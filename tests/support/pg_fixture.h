@@ -126,7 +126,8 @@ std::optional<T> Await(TestLoop& loop, Start start) {
   return out;
 }
 
-// Starts `conn`, waits until it is up, and migrates schema digestd.
+// Checks `conn`'s init_status(), starts it, waits until it is up, and
+// migrates schema digestd.
 ::testing::AssertionResult ConnectAndMigrate(TestLoop& loop, PgConn& conn);
 
 }  // namespace digestd::testing

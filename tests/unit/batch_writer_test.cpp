@@ -42,6 +42,7 @@ struct Rig {
     ok = ConnectAndMigrate(loop, *conn);
     store = std::make_unique<JobStore>(*conn, "node-a");
     writer = std::make_unique<BatchWriter>(loop.get(), *conn, *store, o, std::move(hooks));
+    EXPECT_TRUE(writer->init_status().ok()) << writer->init_status().ToString();
   }
   ~Rig() {
     writer->Close();

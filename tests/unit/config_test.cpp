@@ -157,6 +157,67 @@ TEST(Config, ReservedAtOrAboveMaxIsAnError) {
   EXPECT_TRUE(ParseConfig("[workers]\nmin = 1\nmax = 4\ninteractive_reserved = 3\n", kOrigin).ok());
 }
 
+TEST(Config, WriteRingNotLargerThanMaxIsAnErrorWithPostgres) {
+  // Every running job keeps a write-ring slot: write = max cannot start.
+  std::string msg = ErrorOf("[workers]\nmax = 16\n[queues]\nwrite = 10\n");
+  ExpectOneLineNaming(msg, "digestd.conf:4:", "[queues] write = 10");
+  EXPECT_NE(msg.find("must be larger than [workers] max = 16"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("raise [queues] write"), std::string::npos) << msg;
+  ExpectOneLineNaming(ErrorOf("[workers]\nmax = 16\n[queues]\nwrite = 16\n"),
+                      "digestd.conf:4:", "[queues] write = 16");
+  // Only max in the file: the message points at max.
+  ExpectOneLineNaming(ErrorOf("[workers]\nmax = 600\n"), "digestd.conf:2:", "[queues] write = 500");
+  ExpectOneLineNaming(ErrorOf("[jobs]\nstore = \"postgres\"\n[queues]\nwrite = 16\n"),
+                      "digestd.conf:4:", "[workers] max = 16");
+
+  auto one_more = ParseConfig("[workers]\nmax = 16\n[queues]\nwrite = 17\n", kOrigin);
+  EXPECT_TRUE(one_more.ok()) << one_more.status().message();
+}
+
+TEST(Config, WriteRingIsNotCheckedWithTheMemoryStore) {
+  // The memory store has no write ring.
+  auto c = ParseConfig("[jobs]\nstore = \"memory\"\n[workers]\nmax = 16\n[queues]\nwrite = 1\n",
+                       kOrigin);
+  EXPECT_TRUE(c.ok()) << c.status().message();
+}
+
+TEST(Config, MergeForReloadRefusesAMaxTheRunningWriteRingCannotHold) {
+  auto running = ParseConfig("[workers]\nmax = 16\n[queues]\nwrite = 18\n", "running");
+  ASSERT_TRUE(running.ok()) << running.status().message();
+  // Valid on its own (write = 100), but write needs a restart: 18 stays.
+  auto fresh = ParseConfig("[workers]\nmax = 18\n[queues]\nwrite = 100\n", "digestd.conf");
+  ASSERT_TRUE(fresh.ok()) << fresh.status().message();
+  auto merged = MergeForReload(*running, *fresh, "digestd.conf");
+  ASSERT_FALSE(merged.ok());
+  EXPECT_EQ(merged.status().code(), Status::Code::kInvalidConfig);
+  const std::string& msg = merged.status().message();
+  ExpectOneLineNaming(msg, "digestd.conf:", "[workers] max = 18");
+  EXPECT_NE(msg.find("running [queues] write = 18"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("restart"), std::string::npos) << msg;
+
+  // A max the running ring holds is applied, and write keeps its running value.
+  auto fits = ParseConfig("[workers]\nmax = 17\n[queues]\nwrite = 100\n", "digestd.conf");
+  ASSERT_TRUE(fits.ok()) << fits.status().message();
+  auto applied = MergeForReload(*running, *fits, "digestd.conf");
+  ASSERT_TRUE(applied.ok()) << applied.status().message();
+  EXPECT_EQ(applied->workers.max, 17);
+  EXPECT_EQ(applied->queues.write, 18);
+  EXPECT_TRUE(DiffConfig(MergeReloadable(*running, *fits), *applied, true).empty());
+  EXPECT_TRUE(DiffConfig(MergeReloadable(*running, *fits), *applied, false).empty());
+}
+
+TEST(Config, MergeForReloadIgnoresTheWriteRingWithTheMemoryStore) {
+  auto running =
+      ParseConfig("[jobs]\nstore = \"memory\"\n[workers]\nmax = 4\n[queues]\nwrite = 4\n", "r");
+  ASSERT_TRUE(running.ok()) << running.status().message();
+  auto fresh =
+      ParseConfig("[jobs]\nstore = \"memory\"\n[workers]\nmax = 8\n[queues]\nwrite = 4\n", "f");
+  ASSERT_TRUE(fresh.ok()) << fresh.status().message();
+  auto merged = MergeForReload(*running, *fresh, "f");
+  ASSERT_TRUE(merged.ok()) << merged.status().message();
+  EXPECT_EQ(merged->workers.max, 8);
+}
+
 TEST(Config, LoadConfigFileNamesAMissingFile) {
   auto result = LoadConfigFile("/nonexistent/digestd.conf");
   ASSERT_FALSE(result.ok());

@@ -428,6 +428,34 @@ TEST_F(DispatcherTest, CancelInFlightCancelsRunningAndPoolQueuedWork) {
   EXPECT_EQ(dispatcher_->in_flight(), 0);
 }
 
+// Destroying a Dispatcher with work in flight breaks its contract: debug
+// builds abort; release builds cancel and detach the work, so the late
+// after-work callbacks free their items without touching the dead object.
+TEST_F(DispatcherTest, DestroyedWithWorkInFlightCancelsAndDetachesIt) {
+  // Eight in flight on four pool threads: four block in Run, four wait in
+  // libuv's queue (their after-work comes with UV_ECANCELED).
+  Make(/*max=*/kPoolSize, /*reserved=*/0);
+  std::vector<JobPtr> jobs;
+  for (int i = 0; i < kPoolSize; ++i) {
+    jobs.push_back(NewJob("j" + std::to_string(i), Lane::kBackground));
+    ASSERT_TRUE(dispatcher_->Enqueue(jobs.back()).ok());
+  }
+  ASSERT_TRUE(testing::WaitFor([&] { return gate_.entered() == kPoolThreads; }));
+#ifndef NDEBUG
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_DEATH(dispatcher_.reset(), "work in flight");
+  (void)jobs;
+#else
+  dispatcher_.reset();
+  for (const auto& job : jobs) EXPECT_TRUE(job->cancel->load()) << job->key << " not cancelled";
+  gate_.Wake();  // the blocked jobs see their cancel flags and return
+  // Every after-work callback runs (the loop ends when none is left), and
+  // none reaches the hooks of the destroyed Dispatcher.
+  uv_run(&loop_, UV_RUN_DEFAULT);
+  EXPECT_TRUE(finished_.empty()) << finished_.size() << " outcomes reached a dead dispatcher";
+#endif
+}
+
 TEST_F(DispatcherTest, JobCancelledWhileQueuedIsSkipped) {
   Make(/*max=*/1, /*reserved=*/0);
   SubmitOk("a", Lane::kBackground);

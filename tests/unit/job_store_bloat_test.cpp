@@ -127,6 +127,7 @@ TEST_F(JobStoreBloatTest, SizeAfter200kJobsIsWithinTwiceTheSizeAfter50k) {
   // The daemon's defaults: a ring of 500, batches of 50, batch_ms 500.
   auto writer = std::make_unique<BatchWriter>(loop.get(), *conn, store, BatchWriterOptions{},
                                               BatchWriter::Hooks{});
+  ASSERT_TRUE(writer->init_status().ok()) << writer->init_status().ToString();
   const auto input =
       std::make_shared<const nlohmann::json>(nlohmann::json{{"text", std::string(200, 't')}});
 

@@ -227,6 +227,35 @@ TEST(SummaryFallback, SurvivesInputItNeverValidated) {
   EXPECT_EQ(SummaryFallback({{"text", 7}, {"max_words", "x"}}, config)["summary"], "n/a");
 }
 
+TEST(FinalFailureResult, SummarizeStoresTheConfiguredFallback) {
+  const JobKind& summarize = Kind("summarize");
+  Config config;
+  const json input = {{"text", "One two. Three four. Five six."}, {"max_words", 4}};
+  for (const char* fallback : {"extractive", "placeholder", "none"}) {
+    config.summarize.fallback = fallback;
+    EXPECT_EQ(summarize.FinalFailureResult(input, config), SummaryFallback(input, config))
+        << fallback;
+  }
+  config.summarize.fallback = "extractive";
+  json r = summarize.FinalFailureResult(input, config);
+  EXPECT_EQ(r["summary"], "One two. Three four.");
+  EXPECT_EQ(r["fallback"], true);
+  config.summarize.fallback = "none";
+  EXPECT_TRUE(summarize.FinalFailureResult(input, config).is_null());
+  // Input that never passed Validate still gets a stand-in, never a throw.
+  config.summarize.fallback = "placeholder";
+  config.summarize.placeholder_text = "n/a";
+  EXPECT_EQ(summarize.FinalFailureResult(json::array(), config)["summary"], "n/a");
+}
+
+TEST(FinalFailureResult, OtherKindsStoreTheFailure) {
+  Config config;
+  config.summarize.fallback = "placeholder";  // a summarize setting: no other kind uses it
+  for (const char* name : {"generate", "embed", "noop"}) {
+    EXPECT_TRUE(Kind(name).FinalFailureResult({{"text", "x"}}, config).is_null()) << name;
+  }
+}
+
 TEST(BackendConfig, KeysParseAndAreChecked) {
   auto ok = ParseConfig(
       "[backend]\nkind = \"extractive\"\nurl = \"http://gpu.local:11434\"\nnum_ctx = 0\n"

@@ -33,6 +33,7 @@ PgStatement Sql(std::string sql, std::vector<std::optional<std::string>> params 
 TEST_F(PgConnTest, ConnectsAndRunsAParameterisedQuery) {
   TestLoop loop;
   PgConn conn(loop.get(), {conninfo()});
+  ASSERT_TRUE(conn.init_status().ok()) << conn.init_status().ToString();
   conn.Start();
   ASSERT_TRUE(loop.RunUntil([&] { return conn.up(); })) << conn.state().last_error;
   EXPECT_GT(conn.state().server_version, 100000);
