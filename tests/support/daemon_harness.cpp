@@ -13,17 +13,17 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <toml++/toml.h>
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
-#include <toml++/toml.h>
 
 #include "client/control_client.h"
 
-extern char **environ;
+extern char** environ;
 
 namespace digestd::testing {
 
@@ -33,43 +33,39 @@ namespace {
 constexpr int kListenFdsStart = 3;
 
 // Variables the daemon must not inherit from whatever ran the tests.
-constexpr const char *kScrubbed[] = {
-    "NOTIFY_SOCKET", "LISTEN_FDS",   "LISTEN_PID",     "LISTEN_FDNAMES",
-    "WATCHDOG_USEC", "WATCHDOG_PID", "JOURNAL_STREAM", "DIGESTD_SOCKET"};
+constexpr const char* kScrubbed[] = {"NOTIFY_SOCKET",  "LISTEN_FDS",    "LISTEN_PID",
+                                     "LISTEN_FDNAMES", "WATCHDOG_USEC", "WATCHDOG_PID",
+                                     "JOURNAL_STREAM", "DIGESTD_SOCKET"};
 
-bool Scrubbed(const char *entry) {
-  for (const char *name : kScrubbed) {
+bool Scrubbed(const char* entry) {
+  for (const char* name : kScrubbed) {
     size_t n = std::strlen(name);
-    if (std::strncmp(entry, name, n) == 0 && entry[n] == '=')
-      return true;
+    if (std::strncmp(entry, name, n) == 0 && entry[n] == '=') return true;
   }
   return false;
 }
 
 // The environment for a child: ours without the scrubbed variables, plus
 // `extra`, in storage that outlives the fork.
-std::vector<std::string> ChildEnv(const std::vector<std::string> &extra) {
+std::vector<std::string> ChildEnv(const std::vector<std::string>& extra) {
   std::vector<std::string> out;
-  for (char **e = environ; *e != nullptr; ++e) {
-    if (!Scrubbed(*e))
-      out.emplace_back(*e);
+  for (char** e = environ; *e != nullptr; ++e) {
+    if (!Scrubbed(*e)) out.emplace_back(*e);
   }
-  for (const auto &e : extra)
-    out.push_back(e);
+  for (const auto& e : extra) out.push_back(e);
   return out;
 }
 
-std::vector<char *> Pointers(std::vector<std::string> &strings) {
-  std::vector<char *> out;
-  for (auto &s : strings)
-    out.push_back(s.data());
+std::vector<char*> Pointers(std::vector<std::string>& strings) {
+  std::vector<char*> out;
+  for (auto& s : strings) out.push_back(s.data());
   out.push_back(nullptr);
   return out;
 }
 
 // Writes `value` in decimal after `prefix` into `buf`; async-signal-safe, for
 // use between fork and exec.
-void FormatPid(char *buf, size_t prefix_len, pid_t value) {
+void FormatPid(char* buf, size_t prefix_len, pid_t value) {
   char digits[16];
   int n = 0;
   auto v = static_cast<unsigned long>(value);
@@ -77,15 +73,14 @@ void FormatPid(char *buf, size_t prefix_len, pid_t value) {
     digits[n++] = static_cast<char>('0' + v % 10);
     v /= 10;
   } while (v != 0);
-  char *p = buf + prefix_len;
-  while (n > 0)
-    *p++ = digits[--n];
+  char* p = buf + prefix_len;
+  while (n > 0) *p++ = digits[--n];
   *p = '\0';
 }
 
-void ChildFail(const char *what) {
+void ChildFail(const char* what) {
   // Async-signal-safe: write(2) only.
-  const char *why = std::strerror(errno);
+  const char* why = std::strerror(errno);
   ssize_t ignored = write(STDERR_FILENO, what, std::strlen(what));
   ignored = write(STDERR_FILENO, ": ", 2);
   ignored = write(STDERR_FILENO, why, std::strlen(why));
@@ -104,13 +99,13 @@ std::optional<ExitStatus> Reap(pid_t pid, std::chrono::milliseconds timeout) {
           out = ExitStatus{status};
           return true;
         }
-        return r < 0; // not our child (already reaped): stop waiting
+        return r < 0;  // not our child (already reaped): stop waiting
       },
       timeout);
   return out;
 }
 
-} // namespace
+}  // namespace
 
 TempDir::TempDir() {
   char tmpl[] = "/tmp/dgt.XXXXXX";
@@ -122,8 +117,7 @@ TempDir::TempDir() {
 }
 
 TempDir::~TempDir() {
-  if (path_.empty())
-    return;
+  if (path_.empty()) return;
   std::error_code ec;
   std::filesystem::remove_all(path_, ec);
 }
@@ -132,31 +126,28 @@ std::string TempDir::File(std::string_view name) const {
   return path_ + "/" + std::string(name);
 }
 
-std::string ReadTextFile(const std::string &path) {
+std::string ReadTextFile(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
-  if (!in)
-    return "";
+  if (!in) return "";
   std::ostringstream buf;
   buf << in.rdbuf();
   return buf.str();
 }
 
-bool WriteTextFile(const std::string &path, std::string_view text) {
+bool WriteTextFile(const std::string& path, std::string_view text) {
   // Write a new file and rename it over the old one, so a daemon reading the
   // file (on SIGHUP) never sees half of it.
   std::string tmp = path + ".tmp";
   {
     std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out)
-      return false;
+    if (!out) return false;
     out.write(text.data(), static_cast<std::streamsize>(text.size()));
-    if (!out)
-      return false;
+    if (!out) return false;
   }
   return std::rename(tmp.c_str(), path.c_str()) == 0;
 }
 
-bool PathExists(const std::string &path) {
+bool PathExists(const std::string& path) {
   struct stat st {};
   return lstat(path.c_str(), &st) == 0;
 }
@@ -166,44 +157,46 @@ std::vector<std::string> SplitLines(std::string_view text) {
   while (!text.empty()) {
     size_t nl = text.find('\n');
     out.emplace_back(text.substr(0, nl));
-    if (nl == std::string_view::npos)
-      break;
+    if (nl == std::string_view::npos) break;
     text.remove_prefix(nl + 1);
   }
   return out;
 }
 
-std::string FindProgram(const std::string &name) {
-  if (name.find('/') != std::string::npos)
-    return name;
-  const char *path = std::getenv("PATH");
+std::string FindProgram(const std::string& name) {
+  if (name.find('/') != std::string::npos) return name;
+  const char* path = std::getenv("PATH");
   std::string dirs = path != nullptr ? path : "/usr/local/bin:/usr/bin:/bin";
   std::istringstream in(dirs);
   std::string dir;
   while (std::getline(in, dir, ':')) {
     std::string candidate = (dir.empty() ? "." : dir) + "/" + name;
-    if (access(candidate.c_str(), X_OK) == 0)
-      return candidate;
+    if (access(candidate.c_str(), X_OK) == 0) return candidate;
   }
   return "";
 }
 
-bool ExitStatus::exited() const { return WIFEXITED(raw); }
-int ExitStatus::code() const { return WEXITSTATUS(raw); }
-bool ExitStatus::signaled() const { return WIFSIGNALED(raw); }
-int ExitStatus::signal() const { return WTERMSIG(raw); }
+bool ExitStatus::exited() const {
+  return WIFEXITED(raw);
+}
+int ExitStatus::code() const {
+  return WEXITSTATUS(raw);
+}
+bool ExitStatus::signaled() const {
+  return WIFSIGNALED(raw);
+}
+int ExitStatus::signal() const {
+  return WTERMSIG(raw);
+}
 
 std::string ExitStatus::ToString() const {
-  if (exited())
-    return "exit " + std::to_string(code());
-  if (signaled())
-    return "killed by signal " + std::to_string(signal());
+  if (exited()) return "exit " + std::to_string(code());
+  if (signaled()) return "killed by signal " + std::to_string(signal());
   return "status " + std::to_string(raw);
 }
 
-ProcessOutput RunProcess(const std::vector<std::string> &argv,
-                         std::chrono::milliseconds timeout,
-                         const std::vector<std::string> &env, int uid) {
+ProcessOutput RunProcess(const std::vector<std::string>& argv, std::chrono::milliseconds timeout,
+                         const std::vector<std::string>& env, int uid) {
   ProcessOutput result;
   TempDir dir;
   std::string out_path = dir.File("out");
@@ -217,14 +210,11 @@ ProcessOutput RunProcess(const std::vector<std::string> &argv,
   auto arg_ptrs = Pointers(args);
   auto env_strings = ChildEnv(env);
   auto env_ptrs = Pointers(env_strings);
-  int out_fd =
-      open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  int err_fd =
-      open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  int out_fd = open(out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  int err_fd = open(err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
   if (out_fd < 0 || err_fd < 0 || null_fd < 0) {
-    result.err =
-        std::string("cannot open capture files: ") + std::strerror(errno);
+    result.err = std::string("cannot open capture files: ") + std::strerror(errno);
     return result;
   }
   pid_t pid = fork();
@@ -234,8 +224,8 @@ ProcessOutput RunProcess(const std::vector<std::string> &argv,
         dup2(err_fd, STDERR_FILENO) < 0) {
       ChildFail("dup2");
     }
-    if (uid >= 0 && (setgid(static_cast<gid_t>(uid)) != 0 ||
-                     setuid(static_cast<uid_t>(uid)) != 0)) {
+    if (uid >= 0 &&
+        (setgid(static_cast<gid_t>(uid)) != 0 || setuid(static_cast<uid_t>(uid)) != 0)) {
       ChildFail("setuid");
     }
     execve(arg_ptrs[0], arg_ptrs.data(), env_ptrs.data());
@@ -258,13 +248,39 @@ ProcessOutput RunProcess(const std::vector<std::string> &argv,
   return result;
 }
 
+int BindUnixSocket(const std::string& path, bool listen) {
+  sockaddr_un addr{};
+  if (path.size() >= sizeof(addr.sun_path)) {
+    errno = ENAMETOOLONG;
+    return -1;
+  }
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+      (listen && ::listen(fd, 128) != 0)) {
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return -1;
+  }
+  return fd;
+}
+
+bool MakeStaleSocket(const std::string& path) {
+  int fd = BindUnixSocket(path, false);
+  if (fd < 0) return false;
+  close(fd);
+  return true;
+}
+
 int UnreadBytes(int fd) {
   int n = 0;
   return ioctl(fd, SIOCOUTQ, &n) == 0 ? n : -1;
 }
 
-Status SendByteByByte(int fd, std::string_view data,
-                      std::chrono::milliseconds timeout) {
+Status SendByteByByte(int fd, std::string_view data, std::chrono::milliseconds timeout) {
   for (char c : data) {
     if (send(fd, &c, 1, MSG_NOSIGNAL) != 1) {
       return Status::IoError(std::string("send: ") + std::strerror(errno));
@@ -277,32 +293,33 @@ Status SendByteByByte(int fd, std::string_view data,
 }
 
 namespace {
-std::string ErrorField(const nlohmann::json &answer, const char *field) {
-  if (!answer.is_object())
-    return "";
+std::string ErrorField(const nlohmann::json& answer, const char* field) {
+  if (!answer.is_object()) return "";
   auto error = answer.find("error");
-  if (error == answer.end() || !error->is_object())
-    return "";
+  if (error == answer.end() || !error->is_object()) return "";
   auto value = error->find(field);
-  return value != error->end() && value->is_string() ? value->get<std::string>()
-                                                     : "";
+  return value != error->end() && value->is_string() ? value->get<std::string>() : "";
 }
-} // namespace
+}  // namespace
 
-std::string ErrorCode(const nlohmann::json &answer) {
+std::string ErrorCode(const nlohmann::json& answer) {
   return ErrorField(answer, "code");
 }
-std::string ErrorMessage(const nlohmann::json &answer) {
+std::string ErrorMessage(const nlohmann::json& answer) {
   return ErrorField(answer, "message");
 }
 
-Result<nlohmann::json> CallOnce(const std::string &socket_path,
-                                const nlohmann::json &request, int timeout_ms) {
+Result<nlohmann::json> CallOnce(const std::string& socket_path, const nlohmann::json& request,
+                                int timeout_ms) {
   ControlClient client;
   Status st = client.Connect(socket_path);
-  if (!st.ok())
-    return st;
+  if (!st.ok()) return st;
   return client.Call(request, timeout_ms);
+}
+
+std::string WorkersConfig(int min, int max, int interactive_reserved) {
+  return "[workers]\nmin = " + std::to_string(min) + "\nmax = " + std::to_string(max) +
+         "\ninteractive_reserved = " + std::to_string(interactive_reserved) + "\n";
 }
 
 DaemonProcess::DaemonProcess() = default;
@@ -311,44 +328,32 @@ DaemonProcess::~DaemonProcess() {
   if (pid_ > 0 && !exit_) {
     kill(pid_, SIGKILL);
     int status = 0;
-    if (waitpid(pid_, &status, 0) == pid_)
-      exit_ = ExitStatus{status};
+    if (waitpid(pid_, &status, 0) == pid_) exit_ = ExitStatus{status};
   }
   StopReader();
 }
 
-::testing::AssertionResult
-DaemonProcess::Failure(const std::string &what) const {
-  return ::testing::AssertionFailure() << what << "\n--- digestd stderr ---\n"
-                                       << StderrText();
+::testing::AssertionResult DaemonProcess::Failure(const std::string& what) const {
+  return ::testing::AssertionFailure() << what << "\n--- digestd stderr ---\n" << StderrText();
 }
 
-::testing::AssertionResult
-DaemonProcess::WriteConfig(const std::string &toml_text) {
+::testing::AssertionResult DaemonProcess::WriteConfig(const std::string& toml_text) {
   toml::table root;
   try {
-    root = toml::parse(std::string_view(toml_text),
-                       std::string_view("test config"));
-  } catch (const toml::parse_error &e) {
-    return ::testing::AssertionFailure()
-           << "the test's config is not TOML: " << e.description();
+    root = toml::parse(std::string_view(toml_text), std::string_view("test config"));
+  } catch (const toml::parse_error& e) {
+    return ::testing::AssertionFailure() << "the test's config is not TOML: " << e.description();
   }
-  if (!root.contains("control"))
-    root.insert("control", toml::table{});
-  toml::table *control = root["control"].as_table();
-  if (control == nullptr)
-    return ::testing::AssertionFailure() << "control is not a table";
-  if (!control->contains("socket"))
-    control->insert("socket", socket_path_);
+  if (!root.contains("control")) root.insert("control", toml::table{});
+  toml::table* control = root["control"].as_table();
+  if (control == nullptr) return ::testing::AssertionFailure() << "control is not a table";
+  if (!control->contains("socket")) control->insert("socket", socket_path_);
   // Tests that want PostgreSQL say so ([jobs] store = "postgres" with a
   // [postgres] conninfo); the rest keep jobs in memory.
-  if (!root.contains("jobs"))
-    root.insert("jobs", toml::table{});
-  toml::table *jobs = root["jobs"].as_table();
-  if (jobs == nullptr)
-    return ::testing::AssertionFailure() << "jobs is not a table";
-  if (!jobs->contains("store"))
-    jobs->insert("store", "memory");
+  if (!root.contains("jobs")) root.insert("jobs", toml::table{});
+  toml::table* jobs = root["jobs"].as_table();
+  if (jobs == nullptr) return ::testing::AssertionFailure() << "jobs is not a table";
+  if (!jobs->contains("store")) jobs->insert("store", "memory");
   std::ostringstream out;
   out << root << "\n";
   if (!WriteConfigRaw(out.str())) {
@@ -357,28 +362,24 @@ DaemonProcess::WriteConfig(const std::string &toml_text) {
   return ::testing::AssertionSuccess();
 }
 
-bool DaemonProcess::WriteConfigRaw(const std::string &text) {
+bool DaemonProcess::WriteConfigRaw(const std::string& text) {
   return WriteTextFile(config_path_, text);
 }
 
 bool DaemonProcess::BindNotifySocket(bool pass_cred) {
   notify_path_ = dir_.File("notify.sock");
   notify_fd_ = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-  if (notify_fd_ < 0)
-    return false;
+  if (notify_fd_ < 0) return false;
   sockaddr_un addr{};
   addr.sun_family = AF_UNIX;
   std::strncpy(addr.sun_path, notify_path_.c_str(), sizeof(addr.sun_path) - 1);
-  if (bind(notify_fd_, reinterpret_cast<sockaddr *>(&addr), sizeof(addr)) != 0)
-    return false;
+  if (bind(notify_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) return false;
   if (pass_cred) {
     int one = 1;
-    if (setsockopt(notify_fd_, SOL_SOCKET, SO_PASSCRED, &one, sizeof(one)) != 0)
-      return false;
+    if (setsockopt(notify_fd_, SOL_SOCKET, SO_PASSCRED, &one, sizeof(one)) != 0) return false;
   }
   stop_fd_ = eventfd(0, EFD_CLOEXEC);
-  if (stop_fd_ < 0)
-    return false;
+  if (stop_fd_ < 0) return false;
   reader_ = std::thread([this] { ReadNotifications(); });
   return true;
 }
@@ -390,8 +391,7 @@ void DaemonProcess::ReadNotifications() {
     pollfd fds[2] = {{notify_fd_, POLLIN, 0}, {stop_fd_, POLLIN, 0}};
     int rc = poll(fds, 2, -1);
     if (rc < 0) {
-      if (errno == EINTR)
-        continue;
+      if (errno == EINTR) continue;
       return;
     }
     if (fds[0].revents & POLLIN) {
@@ -402,11 +402,9 @@ void DaemonProcess::ReadNotifications() {
       msg.msg_control = control;
       msg.msg_controllen = sizeof(control);
       ssize_t n = recvmsg(notify_fd_, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
-      if (n < 0)
-        continue;
+      if (n < 0) continue;
       pid_t sender = 0;
-      for (cmsghdr *c = CMSG_FIRSTHDR(&msg); c != nullptr;
-           c = CMSG_NXTHDR(&msg, c)) {
+      for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
         if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_CREDENTIALS) {
           ucred cred{};
           std::memcpy(&cred, CMSG_DATA(c), sizeof(cred));
@@ -422,15 +420,12 @@ void DaemonProcess::ReadNotifications() {
         }
       }
       std::lock_guard<std::mutex> lock(mu_);
-      for (auto &line :
-           SplitLines(std::string_view(buf, static_cast<size_t>(n)))) {
-        if (!line.empty())
-          messages_.push_back({std::move(line), sender});
+      for (auto& line : SplitLines(std::string_view(buf, static_cast<size_t>(n)))) {
+        if (!line.empty()) messages_.push_back({std::move(line), sender});
       }
       cv_.notify_all();
     }
-    if (fds[1].revents & POLLIN)
-      return;
+    if (fds[1].revents & POLLIN) return;
   }
 }
 
@@ -441,43 +436,34 @@ void DaemonProcess::StopReader() {
     (void)ignored;
     reader_.join();
   }
-  if (notify_fd_ >= 0)
-    close(notify_fd_);
-  if (stop_fd_ >= 0)
-    close(stop_fd_);
+  if (notify_fd_ >= 0) close(notify_fd_);
+  if (stop_fd_ >= 0) close(stop_fd_);
   notify_fd_ = stop_fd_ = -1;
 }
 
-::testing::AssertionResult
-DaemonProcess::Start(DaemonOptions options, std::chrono::milliseconds timeout) {
-  if (pid_ > 0)
-    return ::testing::AssertionFailure() << "Start() called twice";
-  if (dir_.path().empty())
-    return ::testing::AssertionFailure() << "no temp dir";
-  socket_path_ =
-      options.socket_path.empty() ? dir_.File("ctl.sock") : options.socket_path;
+::testing::AssertionResult DaemonProcess::Start(DaemonOptions options,
+                                                std::chrono::milliseconds timeout) {
+  if (pid_ > 0) return ::testing::AssertionFailure() << "Start() called twice";
+  if (dir_.path().empty()) return ::testing::AssertionFailure() << "no temp dir";
+  socket_path_ = options.socket_path.empty() ? dir_.File("ctl.sock") : options.socket_path;
   config_path_ = dir_.File("digestd.conf");
-  if (auto written = WriteConfig(options.config); !written)
-    return written;
+  if (auto written = WriteConfig(options.config); !written) return written;
   if (!BindNotifySocket(options.pass_cred)) {
     return ::testing::AssertionFailure()
            << "cannot set up the notify socket: " << std::strerror(errno);
   }
 
   std::vector<std::string> argv;
-  for (const auto &w : options.wrapper)
-    argv.push_back(w);
+  for (const auto& w : options.wrapper) argv.push_back(w);
   if (!argv.empty()) {
     std::string found = FindProgram(argv[0]);
-    if (found.empty())
-      return ::testing::AssertionFailure() << argv[0] << " is not installed";
+    if (found.empty()) return ::testing::AssertionFailure() << argv[0] << " is not installed";
     argv[0] = found;
   }
   argv.push_back(DIGESTD_BIN);
   argv.push_back("--config");
   argv.push_back(config_path_);
-  for (const auto &a : options.args)
-    argv.push_back(a);
+  for (const auto& a : options.args) argv.push_back(a);
   auto arg_ptrs = Pointers(argv);
 
   std::vector<std::string> extra = options.env;
@@ -497,35 +483,30 @@ DaemonProcess::Start(DaemonOptions options, std::chrono::milliseconds timeout) {
   constexpr const char kListenPid[] = "LISTEN_PID=";
   std::string listen_pid(sizeof(kListenPid) + 16, '\0');
   std::memcpy(listen_pid.data(), kListenPid, sizeof(kListenPid) - 1);
-  if (options.listen_fd >= 0)
-    env_strings.push_back(listen_pid);
+  if (options.listen_fd >= 0) env_strings.push_back(listen_pid);
   auto env_ptrs = Pointers(env_strings);
-  char *listen_pid_buf =
-      options.listen_fd >= 0 ? env_ptrs[env_ptrs.size() - 2] : nullptr;
+  char* listen_pid_buf = options.listen_fd >= 0 ? env_ptrs[env_ptrs.size() - 2] : nullptr;
 
-  int err_fd = open(StderrPath().c_str(),
-                    O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  int out_fd = open(dir_.File("stdout.log").c_str(),
-                    O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  int err_fd = open(StderrPath().c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  int out_fd =
+      open(dir_.File("stdout.log").c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   int null_fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
   if (err_fd < 0 || out_fd < 0 || null_fd < 0) {
-    return ::testing::AssertionFailure()
-           << "cannot open log files: " << std::strerror(errno);
+    return ::testing::AssertionFailure() << "cannot open log files: " << std::strerror(errno);
   }
   int listen_fd = options.listen_fd;
 
   pid_t pid = fork();
   if (pid == 0) {
     // Only async-signal-safe calls from here to exec: the test is threaded.
-    prctl(PR_SET_PDEATHSIG, SIGKILL); // never outlive a crashed test
+    prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive a crashed test
     if (dup2(null_fd, STDIN_FILENO) < 0 || dup2(out_fd, STDOUT_FILENO) < 0 ||
         dup2(err_fd, STDERR_FILENO) < 0) {
       ChildFail("dup2");
     }
     if (listen_fd >= 0) {
       if (listen_fd == kListenFdsStart) {
-        if (fcntl(listen_fd, F_SETFD, 0) != 0)
-          ChildFail("fcntl");
+        if (fcntl(listen_fd, F_SETFD, 0) != 0) ChildFail("fcntl");
       } else if (dup2(listen_fd, kListenFdsStart) < 0) {
         ChildFail("dup2 listen fd");
       }
@@ -537,58 +518,45 @@ DaemonProcess::Start(DaemonOptions options, std::chrono::milliseconds timeout) {
   close(err_fd);
   close(out_fd);
   close(null_fd);
-  if (pid < 0)
-    return ::testing::AssertionFailure() << "fork: " << std::strerror(errno);
+  if (pid < 0) return ::testing::AssertionFailure() << "fork: " << std::strerror(errno);
   pid_ = pid;
 
-  if (!options.wait_ready)
-    return ::testing::AssertionSuccess();
+  if (!options.wait_ready) return ::testing::AssertionSuccess();
   bool ready = false;
   auto deadline = std::chrono::steady_clock::now() + timeout;
   while (!ready && std::chrono::steady_clock::now() < deadline) {
     // Wake now and then to notice a daemon that died before READY=1.
-    ready =
-        WaitForMessage("READY=1", std::chrono::milliseconds(100)).has_value();
+    ready = WaitForMessage("READY=1", std::chrono::milliseconds(100)).has_value();
     if (!ready && !Running()) {
-      return Failure("digestd exited before READY=1 (" + exit_->ToString() +
-                     ")");
+      return Failure("digestd exited before READY=1 (" + exit_->ToString() + ")");
     }
   }
-  if (!ready)
-    return Failure("no READY=1 within the deadline");
+  if (!ready) return Failure("no READY=1 within the deadline");
   return ::testing::AssertionSuccess();
 }
 
 void DaemonProcess::Signal(int signum) {
-  if (pid_ > 0 && !exit_)
-    kill(pid_, signum);
+  if (pid_ > 0 && !exit_) kill(pid_, signum);
 }
 
-::testing::AssertionResult
-DaemonProcess::Stop(std::chrono::milliseconds timeout) {
+::testing::AssertionResult DaemonProcess::Stop(std::chrono::milliseconds timeout) {
   Signal(SIGTERM);
   auto status = WaitExit(timeout);
-  if (!status)
-    return Failure("digestd did not exit after SIGTERM");
+  if (!status) return Failure("digestd did not exit after SIGTERM");
   if (!status->exited() || status->code() != 0) {
-    return Failure("digestd ended with " + status->ToString() +
-                   " after SIGTERM");
+    return Failure("digestd ended with " + status->ToString() + " after SIGTERM");
   }
   return ::testing::AssertionSuccess();
 }
 
-std::optional<ExitStatus>
-DaemonProcess::WaitExit(std::chrono::milliseconds timeout) {
-  if (pid_ <= 0)
-    return std::nullopt;
-  if (!exit_)
-    exit_ = Reap(pid_, timeout);
+std::optional<ExitStatus> DaemonProcess::WaitExit(std::chrono::milliseconds timeout) {
+  if (pid_ <= 0) return std::nullopt;
+  if (!exit_) exit_ = Reap(pid_, timeout);
   return exit_;
 }
 
 bool DaemonProcess::Running() {
-  if (pid_ <= 0 || exit_)
-    return false;
+  if (pid_ <= 0 || exit_) return false;
   int status = 0;
   if (waitpid(pid_, &status, WNOHANG) == pid_) {
     exit_ = ExitStatus{status};
@@ -597,12 +565,12 @@ bool DaemonProcess::Running() {
   return true;
 }
 
-std::string DaemonProcess::WaitForLog(const std::string &needle,
+std::string DaemonProcess::WaitForLog(const std::string& needle,
                                       std::chrono::milliseconds timeout) {
   std::string found;
   WaitFor(
       [&] {
-        for (const auto &line : SplitLines(StderrText())) {
+        for (const auto& line : SplitLines(StderrText())) {
           if (line.find(needle) != std::string::npos) {
             found = line;
             return true;
@@ -617,8 +585,7 @@ std::string DaemonProcess::WaitForLog(const std::string &needle,
 std::vector<std::string> DaemonProcess::Messages() const {
   std::lock_guard<std::mutex> lock(mu_);
   std::vector<std::string> out;
-  for (const auto &m : messages_)
-    out.push_back(m.line);
+  for (const auto& m : messages_) out.push_back(m.line);
   return out;
 }
 
@@ -627,17 +594,16 @@ std::vector<NotifyMessage> DaemonProcess::NotifyMessages() const {
   return messages_;
 }
 
-size_t DaemonProcess::CountMessages(const std::string &prefix) const {
+size_t DaemonProcess::CountMessages(const std::string& prefix) const {
   std::lock_guard<std::mutex> lock(mu_);
   size_t n = 0;
-  for (const auto &m : messages_)
-    n += m.line.rfind(prefix, 0) == 0 ? 1 : 0;
+  for (const auto& m : messages_) n += m.line.rfind(prefix, 0) == 0 ? 1 : 0;
   return n;
 }
 
-std::optional<size_t>
-DaemonProcess::WaitForMessage(const std::string &prefix,
-                              std::chrono::milliseconds timeout, size_t from) {
+std::optional<size_t> DaemonProcess::WaitForMessage(const std::string& prefix,
+                                                    std::chrono::milliseconds timeout,
+                                                    size_t from) {
   std::unique_lock<std::mutex> lock(mu_);
   std::optional<size_t> found;
   cv_.wait_for(lock, timeout, [&] {
@@ -652,9 +618,26 @@ DaemonProcess::WaitForMessage(const std::string &prefix,
   return found;
 }
 
-Result<nlohmann::json> DaemonProcess::Call(const nlohmann::json &request,
-                                           int timeout_ms) const {
+Result<nlohmann::json> DaemonProcess::Call(const nlohmann::json& request, int timeout_ms) const {
   return CallOnce(socket_path_, request, timeout_ms);
 }
 
-} // namespace digestd::testing
+nlohmann::json DaemonProcess::CallOk(const nlohmann::json& request, int timeout_ms) const {
+  auto answer = Call(request, timeout_ms);
+  EXPECT_TRUE(answer.ok()) << request.dump() << ": " << answer.status().ToString();
+  if (!answer.ok()) return nullptr;
+  EXPECT_EQ(answer.value()["ok"], true) << request.dump() << " -> " << answer.value().dump();
+  return answer.value();
+}
+
+void DaemonProcess::SubmitNoop(const std::string& key, int sleep_ms,
+                               const std::string& lane) const {
+  nlohmann::json answer = CallOk({{"op", "submit"},
+                                  {"kind", "noop"},
+                                  {"key", key},
+                                  {"lane", lane},
+                                  {"input", {{"sleep_ms", sleep_ms}}}});
+  EXPECT_EQ(answer["existing"], false) << answer.dump();
+}
+
+}  // namespace digestd::testing
