@@ -3,18 +3,13 @@
 #include <uv.h>
 
 #include <algorithm>
-#include <chrono>
+
+#include "util/clock.h"
 
 namespace digestd {
 
 namespace {
 const std::vector<JobPtr> kNoJobs;
-
-int64_t UnixMillis() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 }  // namespace
 
 JobPtr JobTable::Find(const std::string& key) const {

@@ -1,22 +1,12 @@
 #include "store/batch_writer.h"
 
 #include <algorithm>
-#include <chrono>
 #include <unordered_set>
 
 #include "obs/log.h"
+#include "util/clock.h"
 
 namespace digestd {
-
-namespace {
-
-int64_t UnixMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
-}  // namespace
 
 // One batch in flight: its rows, taken out of the ring (oldest first), and
 // what parsing its answer needs.
@@ -486,7 +476,7 @@ void BatchWriter::Reject(const Status& why) {
 
 void BatchWriter::NoteError(const Status& why) {
   stats_.last_error = why.message();
-  stats_.last_error_unix_ms = UnixMs();
+  stats_.last_error_unix_ms = UnixMillis();
 }
 
 void BatchWriter::MaybeSpace() {

@@ -6,22 +6,16 @@
 #include <algorithm>
 #include <cctype>
 #include <charconv>
-#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <random>
 
 #include "obs/log.h"
+#include "util/clock.h"
 
 namespace digestd {
 
 namespace {
-
-int64_t UnixMs() {
-  return std::chrono::duration_cast<std::chrono::milliseconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
 
 std::string Trim(std::string s) {
   while (!s.empty() && (s.back() == '\n' || s.back() == ' ' || s.back() == '\r')) s.pop_back();
@@ -405,7 +399,7 @@ void PgConn::AttemptFailed(const std::string& why) {
   phase_ = Phase::kWaiting;
   ++failures_;
   last_error_ = Redact(OneLine(why));
-  last_error_unix_ms_ = UnixMs();
+  last_error_unix_ms_ = UnixMillis();
   ScheduleRetry();
   LOG_WARN("%s: cannot connect to %s: %s; retrying in %lld ms", options_.label.c_str(),
            target_.c_str(), last_error_.c_str(),
@@ -429,7 +423,7 @@ void PgConn::Lost(const std::string& why) {
     ++failures_;
   }
   last_error_ = Redact(OneLine(why));
-  last_error_unix_ms_ = UnixMs();
+  last_error_unix_ms_ = UnixMillis();
   ScheduleRetry();
   LOG_WARN("%s: lost the connection to %s: %s; reconnecting", options_.label.c_str(),
            target_.c_str(), last_error_.c_str());
@@ -448,7 +442,7 @@ void PgConn::ScheduleRetry() {
   static thread_local std::minstd_rand rng(std::random_device{}());
   delay = delay / 2 + (delay > 1 ? rng() % (delay / 2 + 1) : 0);
   if (failures_ == 0) delay = 0;  // a connection that was up: try again at once
-  next_attempt_unix_ms_ = UnixMs() + static_cast<int64_t>(delay);
+  next_attempt_unix_ms_ = UnixMillis() + static_cast<int64_t>(delay);
   ArmTimer(retry_timer_, delay,
            [](uv_timer_t* t) { static_cast<PgConn*>(t->data)->BeginAttempt(); });
 }

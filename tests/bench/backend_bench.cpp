@@ -21,22 +21,13 @@
 // Figures only: nothing is asserted. Exits non-zero only when a process
 // cannot be started or stops answering.
 #include <curl/curl.h>
-#include <fcntl.h>
-#include <poll.h>
 #include <signal.h>
-#include <spawn.h>
-#include <sys/socket.h>
-#include <sys/un.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
-#include <atomic>
 #include <chrono>
 #include <cstdarg>
 #include <cstdio>
-#include <cstdlib>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <optional>
@@ -45,140 +36,44 @@
 #include <thread>
 #include <vector>
 
-#include "client/control_client.h"
-
-extern char** environ;
+#include "../support/wait.h"
+#include "bench_support.h"
+#include "proc_cpu.h"
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-using nlohmann::json;
+using namespace digestd::bench;
 
 struct Options {
-  std::string digestd = DIGESTD_BIN;
-  std::string fake = FAKE_OLLAMA_BIN;
-  long jobs = 5000;        // phase 1
-  long fast_jobs = 20000;  // phase 2
-  int capacity = 4;        // C: fake slots = digestd worker slots in phase 1
-  int latency_ms = 50;     // L: per request in phase 1
-  int tokens = 8;          // streamed tokens per generation
-  int fast_slots = 16;     // phase 2 slots on both sides
-  int max_batch = 1000;    // jobs per submit ([jobs] max_batch)
-  int ring = 2000;         // [queues] background
+  std::string digestd;
+  std::string fake;
+  long jobs = 0;         // phase 1
+  long fast_jobs = 0;    // phase 2
+  int capacity = 0;      // C: fake slots = digestd worker slots in phase 1
+  int latency_ms = 0;    // L: per request in phase 1
+  int tokens = 0;        // streamed tokens per generation
+  int fast_slots = 0;    // phase 2 slots on both sides
+  int max_batch = 1000;  // jobs per submit ([jobs] max_batch)
+  int ring = 2000;       // [queues] background
   bool phase1 = true;
   bool phase2 = true;
   std::vector<std::string> wrapper;  // command digestd runs under
-  double ready_timeout_s = 10;
+  double ready_timeout_s = 0;
   std::string perf_record;  // perf.data path for phase 2; empty: none
   std::string conninfo;     // [postgres] conninfo; empty: left out
   bool keep_tmp = false;
 };
 
-std::vector<pid_t> g_children;  // killed by Die()
-
-[[noreturn]] void Die(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
-void Die(const char* fmt, ...) {
-  std::fflush(stdout);
-  std::fprintf(stderr, "backend_bench: ");
-  va_list ap;
-  va_start(ap, fmt);
-  std::vfprintf(stderr, fmt, ap);
-  va_end(ap);
-  std::fprintf(stderr, "\n");
-  for (pid_t p : g_children) kill(p, SIGKILL);
-  std::exit(1);
-}
-
-double Seconds(Clock::duration d) {
-  return std::chrono::duration<double>(d).count();
-}
-
-// A number inside a JSON answer by JSON pointer; -1 when absent.
-double Field(const json& j, const char* pointer) {
-  try {
-    const json& v = j.at(json::json_pointer(pointer));
-    return v.is_number() ? v.get<double>() : -1;
-  } catch (const json::exception&) {
-    return -1;
-  }
-}
-
-// utime + stime of `pid` (all its threads) in seconds, from /proc/PID/stat.
+// utime + stime of `pid` (all its threads) in seconds.
 struct Cpu {
   double user = 0, sys = 0;
   double total() const { return user + sys; }
 };
 Cpu ProcCpu(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
-  std::string line;
-  std::getline(in, line);
-  size_t close = line.rfind(')');
-  if (close == std::string::npos) return {};
-  std::istringstream rest(line.substr(close + 2));
-  std::string field;
-  std::vector<std::string> f;  // f[0] is field 3 (state)
-  while (rest >> field) f.push_back(field);
-  if (f.size() < 13) return {};
+  auto stat = ReadStat(pid);
+  if (!stat) return {};
   const double tick = static_cast<double>(sysconf(_SC_CLK_TCK));
-  return {std::stod(f[11]) / tick, std::stod(f[12]) / tick};  // fields 14 and 15
-}
-
-bool WaitExit(pid_t pid, double seconds, int* status) {
-  auto deadline = Clock::now() + std::chrono::duration<double>(seconds);
-  while (Clock::now() < deadline) {
-    pid_t r = waitpid(pid, status, WNOHANG);
-    if (r == pid || (r < 0 && errno != EINTR)) return r == pid;
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  return false;
-}
-
-pid_t Spawn(const std::vector<std::string>& args, const std::vector<std::string>& extra_env,
-            const std::string& log) {
-  std::vector<std::string> env;
-  for (char** e = environ; *e != nullptr; ++e) {
-    std::string_view kv(*e);
-    bool drop = false;
-    for (const char* name : {"NOTIFY_SOCKET=", "LISTEN_", "WATCHDOG_",
-                             "JOURNAL_STREAM=", "DIGESTD_SOCKET=", "UV_THREADPOOL_SIZE="}) {
-      drop = drop || kv.rfind(name, 0) == 0;
-    }
-    if (!drop) env.emplace_back(kv);
-  }
-  env.insert(env.end(), extra_env.begin(), extra_env.end());
-  std::vector<char*> envp, argv;
-  for (auto& s : env) envp.push_back(s.data());
-  envp.push_back(nullptr);
-  std::vector<std::string> a = args;
-  for (auto& s : a) argv.push_back(s.data());
-  argv.push_back(nullptr);
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_addopen(&fa, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, log.c_str(), O_WRONLY | O_CREAT | O_APPEND,
-                                   0644);
-  posix_spawn_file_actions_adddup2(&fa, STDOUT_FILENO, STDERR_FILENO);
-  pid_t pid = -1;
-  int rc = posix_spawnp(&pid, argv[0], &fa, nullptr, argv.data(), envp.data());
-  posix_spawn_file_actions_destroy(&fa);
-  if (rc != 0) Die("cannot start %s: %s", args[0].c_str(), std::strerror(rc));
-  g_children.push_back(pid);
-  return pid;
-}
-
-void Forget(pid_t pid) {
-  g_children.erase(std::remove(g_children.begin(), g_children.end(), pid), g_children.end());
-}
-
-std::string Tail(const std::string& path) {
-  std::ifstream in(path);
-  std::vector<std::string> lines;
-  for (std::string l; std::getline(in, l);) lines.push_back(l);
-  std::string out;
-  for (size_t i = lines.size() > 20 ? lines.size() - 20 : 0; i < lines.size(); ++i) {
-    out += "  " + lines[i] + "\n";
-  }
-  return out;
+  return {static_cast<double>(stat->utime) / tick, static_cast<double>(stat->stime) / tick};
 }
 
 size_t AppendBody(char* data, size_t size, size_t n, void* user) {
@@ -205,33 +100,31 @@ json HttpGetJson(const std::string& url) {
 // The fake Ollama as a child process.
 class Fake {
  public:
-  Fake(const Options& opt, const std::string& dir, int parallel, int latency_ms) {
-    const std::string port_file = dir + "/fake.port";
+  Fake(const Options& opt, const BenchDir& dir, int parallel, int latency_ms)
+      : log_(dir.File("fake.log")) {
+    const std::string port_file = dir.File("fake.port");
     std::filesystem::remove(port_file);
     pid_ = Spawn({opt.fake, "--port", "0", "--port-file", port_file, "--parallel",
                   std::to_string(parallel), "--latency-ms", std::to_string(latency_ms), "--tokens",
                   std::to_string(opt.tokens), "--max-queue", "100000"},
-                 {}, dir + "/fake.log");
-    auto deadline = Clock::now() + std::chrono::seconds(10);
-    while (!std::filesystem::exists(port_file)) {
-      int status = 0;
-      if (waitpid(pid_, &status, WNOHANG) == pid_ || Clock::now() > deadline) {
-        Die("fake_ollama did not start; its log:\n%s", Tail(dir + "/fake.log").c_str());
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+                 {}, log_);
+    std::optional<int> exited;
+    bool up = digestd::testing::WaitFor(
+        [&] {
+          if (std::filesystem::exists(port_file)) return true;
+          exited = WaitExit(pid_, Clock::duration::zero());
+          return exited.has_value();
+        },
+        std::chrono::seconds(10), std::chrono::milliseconds(5));
+    if (!up || exited) {
+      Die("fake_ollama did not start (%s); its log:\n%s",
+          exited ? DescribeExit(*exited).c_str() : "no port file within 10 s",
+          LogTail(log_, 20).c_str());
     }
     std::ifstream in(port_file);
     in >> port_;
   }
-  ~Fake() {
-    kill(pid_, SIGTERM);
-    int status = 0;
-    if (!WaitExit(pid_, 10, &status)) {
-      kill(pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-    }
-    Forget(pid_);
-  }
+  ~Fake() { StopChild(pid_, SIGTERM, std::chrono::seconds(10)); }
   Fake(const Fake&) = delete;
   Fake& operator=(const Fake&) = delete;
 
@@ -239,136 +132,25 @@ class Fake {
   json Stats() const { return HttpGetJson(url() + "/_fake/stats"); }
 
  private:
+  std::string log_;
   pid_t pid_ = -1;
   int port_ = 0;
 };
 
-// The NOTIFY_SOCKET, drained by a thread once READY=1 has arrived.
-class Notify {
- public:
-  explicit Notify(const std::string& path) : path_(path) {
-    fd_ = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    std::snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", path.c_str());
-    if (fd_ < 0 || bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-      Die("cannot bind %s: %s", path.c_str(), std::strerror(errno));
-    }
-  }
-  ~Notify() {
-    stop_ = true;
-    if (drainer_.joinable()) drainer_.join();
-    close(fd_);
-  }
-  Notify(const Notify&) = delete;
-  Notify& operator=(const Notify&) = delete;
-
-  const std::string& path() const { return path_; }
-
-  bool WaitReady(double seconds) {
-    auto deadline = Clock::now() + std::chrono::duration<double>(seconds);
-    while (Clock::now() < deadline) {
-      pollfd p{fd_, POLLIN, 0};
-      if (poll(&p, 1, 100) <= 0) continue;
-      char buf[4096];
-      ssize_t n = recv(fd_, buf, sizeof(buf), 0);
-      if (n > 0 &&
-          std::string_view(buf, static_cast<size_t>(n)).find("READY=1") != std::string_view::npos) {
-        drainer_ = std::thread([this] {
-          char b[4096];
-          while (!stop_) {
-            while (recv(fd_, b, sizeof(b), MSG_DONTWAIT) > 0) {
-            }
-            std::this_thread::sleep_for(std::chrono::milliseconds(50));
-          }
-        });
-        return true;
-      }
-    }
-    return false;
-  }
-
- private:
-  std::string path_;
-  int fd_ = -1;
-  std::atomic<bool> stop_{false};
-  std::thread drainer_;
-};
-
-// One digestd, started with its config and stopped with SIGTERM.
-class Daemon {
- public:
-  Daemon(const Options& opt, const std::string& dir, const std::string& config, Notify* notify)
-      : log_(dir + "/digestd.log") {
-    std::vector<std::string> args = opt.wrapper;
-    args.push_back(opt.digestd);
-    args.push_back("--config");
-    args.push_back(config);
-    pid_ = Spawn(args, {"NOTIFY_SOCKET=" + notify->path()}, log_);
-    if (!notify->WaitReady(opt.ready_timeout_s)) {
-      Die("digestd sent no READY=1 within %.0f s; its log:\n%s", opt.ready_timeout_s,
-          Tail(log_).c_str());
-    }
-  }
-  ~Daemon() {
-    if (pid_ > 0) {
-      kill(pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-      Forget(pid_);
-    }
-  }
-  Daemon(const Daemon&) = delete;
-  Daemon& operator=(const Daemon&) = delete;
-
-  pid_t pid() const { return pid_; }
-
-  // SIGTERM; the exit status text.
-  std::string Stop(double timeout_s) {
-    kill(pid_, SIGTERM);
-    int status = 0;
-    if (!WaitExit(pid_, timeout_s, &status)) {
-      Die("digestd did not exit within %.0f s of SIGTERM; its log:\n%s", timeout_s,
-          Tail(log_).c_str());
-    }
-    Forget(pid_);
-    pid_ = -1;
-    if (WIFEXITED(status)) return "exit " + std::to_string(WEXITSTATUS(status));
-    return std::string("killed by ") + strsignal(WTERMSIG(status));
-  }
-
- private:
-  std::string log_;
-  pid_t pid_ = -1;
-};
-
-std::string WriteConfig(const Options& opt, const std::string& dir, const std::string& name,
-                        int slots, const std::string& url) {
-  const std::string path = dir + "/" + name + ".conf";
-  std::ofstream out(path);
-  out << "# written by backend_bench\n"
-      << "[workers]\nmin = 1\nmax = " << slots << "\ninteractive_reserved = 0\n\n"
-      << "[queues]\ninteractive = 200\nbackground = " << opt.ring << "\n\n"
-      << "[control]\nsocket = \"" << dir << "/control.sock\"\nmode = \"0600\"\n\n"
-      << "[daemon]\nnode_id = \"bench\"\nshutdown_grace_s = 10\n\n"
-      << "[jobs]\nstore = \"" << (opt.conninfo.empty() ? "memory" : "postgres")
-      << "\"\nmax_batch = " << opt.max_batch << "\nretain_finished = 10000\n\n"
-      << "[log]\nlevel = \"warning\"\n\n"
-      << "[backend]\nurl = \"" << url << "\"\nbreaker_failures = 10000\n";
-  if (!opt.conninfo.empty()) {
-    out << "\n[postgres]\nconninfo = " << json(opt.conninfo).dump() << "\n";
-  }
-  if (!out) Die("cannot write %s", path.c_str());
-  return path;
-}
-
-json CallOk(digestd::ControlClient& c, const json& request) {
-  auto answer = c.Call(request, 30000);
-  if (!answer.ok()) Die("%s", answer.status().message().c_str());
-  if (!answer.value().value("ok", false)) {
-    Die("digestd refused %s: %s", request.dump().substr(0, 80).c_str(),
-        answer.value().dump().substr(0, 300).c_str());
-  }
-  return std::move(answer).value();
+std::string WriteConfig(const Options& opt, const BenchDir& dir, const std::string& name, int slots,
+                        const std::string& url) {
+  ConfigFile conf = DaemonConfig(dir.File("control.sock"), "bench");
+  conf.Set("workers", "min", "1");
+  conf.Set("workers", "max", std::to_string(slots));
+  conf.Set("workers", "interactive_reserved", "0");
+  conf.Set("queues", "interactive", "200");
+  conf.Set("queues", "background", std::to_string(opt.ring));
+  conf.Set("jobs", "max_batch", std::to_string(opt.max_batch));
+  conf.Set("jobs", "retain_finished", "10000");
+  conf.SetString("backend", "url", url);
+  conf.Set("backend", "breaker_failures", "10000");
+  if (!opt.conninfo.empty()) UsePostgres(conf, opt.conninfo);
+  return conf.Write(dir.File(name + ".conf"));
 }
 
 struct Run {
@@ -387,10 +169,11 @@ struct Run {
 // the end is seen within a few milliseconds.
 Run Feed(const Options& opt, const std::string& socket, pid_t pid, long n, double poll_s) {
   digestd::ControlClient c;
-  if (digestd::Status st = c.Connect(socket); !st.ok()) Die("%s", st.message().c_str());
+  Connect(c, socket);
+  const std::string status = R"({"op":"status"})";
   Run r;
   r.jobs = n;
-  json base = CallOk(c, {{"op", "status"}});
+  json base = CallJson(c, status);
   const double done0 = Field(base, "/jobs/done"), failed0 = Field(base, "/jobs/failed");
   long submitted = 0;
   const Cpu cpu0 = ProcCpu(pid);
@@ -410,12 +193,7 @@ Run Feed(const Options& opt, const std::string& socket, pid_t pid, long n, doubl
                  std::to_string(submitted + i) + R"("}})";
       }
       batch += "]}";
-      if (digestd::Status s = c.SendLine(batch); !s.ok()) Die("%s", s.message().c_str());
-      auto line = c.ReadLine(30000);
-      if (!line.ok()) Die("%s", line.status().message().c_str());
-      json answer = json::parse(line.value(), nullptr, false);
-      if (!answer.value("ok", false))
-        Die("submit refused: %s", line.value().substr(0, 300).c_str());
+      json answer = CallJson(c, batch);
       submitted += static_cast<long>(Field(answer, "/accepted"));
       ++r.submits;
     }
@@ -426,7 +204,7 @@ Run Feed(const Options& opt, const std::string& socket, pid_t pid, long n, doubl
       wait = std::clamp((static_cast<double>(n) - finished) / rate / 2, 0.002, poll_s);
     }
     std::this_thread::sleep_for(std::chrono::duration<double>(wait));
-    st = CallOk(c, {{"op", "status"}});
+    st = CallJson(c, status);
     ++r.status_calls;
   }
   r.seconds = Seconds(Clock::now() - t0);
@@ -475,97 +253,47 @@ std::vector<std::string> SplitWords(const std::string& s) {
   return out;
 }
 
-void Usage(FILE* out) {
-  std::fprintf(
-      out,
-      "usage: backend_bench [--jobs N] [--fast-jobs N] [--capacity C] [--latency-ms L]\n"
-      "                     [--fast-slots S] [--tokens N] [--only capacity|fast]\n"
-      "                     [--wrapper CMD] [--ready-timeout S] [--perf-record FILE]\n"
-      "                     [--digestd PATH] [--fake PATH] [--conninfo STR] [--keep-tmp]\n"
-      "\n"
-      "Runs the real digestd against fake_ollama and prints throughput and CPU per job.\n"
-      "\n"
-      "  --jobs N           jobs in the capacity-bound run (default 5000)\n"
-      "  --fast-jobs N      jobs in the 0 ms run (default 20000)\n"
-      "  --capacity C       fake slots = worker slots in the capacity-bound run (default 4)\n"
-      "  --latency-ms L     time per request in the capacity-bound run (default 50)\n"
-      "  --fast-slots S     slots on both sides in the 0 ms run (default 16)\n"
-      "  --tokens N         streamed tokens per generation (default 8)\n"
-      "  --only WHICH       run only the capacity-bound or only the fast run\n"
-      "  --wrapper CMD      run digestd under CMD (split at spaces), e.g. valgrind\n"
-      "  --ready-timeout S  wait for READY=1 (default 10; raise it under a wrapper)\n"
-      "  --perf-record F    attach perf record to digestd during the 0 ms run\n"
-      "  --digestd PATH     the daemon (default %s)\n"
-      "  --fake PATH        the fake (default %s)\n"
-      "  --conninfo STR     [postgres] conninfo for digestd (default: none written)\n"
-      "  --keep-tmp         keep the temp dir (configs, logs)\n",
-      DIGESTD_BIN, FAKE_OLLAMA_BIN);
-}
-
 Options ParseFlags(int argc, char** argv) {
+  Flags flags(
+      "backend_bench",
+      "Runs the real digestd against fake_ollama and prints throughput and CPU per job.",
+      {
+          {"jobs", "N", "jobs in the capacity-bound run", "5000"},
+          {"fast-jobs", "N", "jobs in the 0 ms run", "20000"},
+          {"capacity", "C", "fake slots = worker slots in the capacity-bound run", "4"},
+          {"latency-ms", "L", "time per request in the capacity-bound run", "50"},
+          {"fast-slots", "S", "slots on both sides in the 0 ms run", "16"},
+          {"tokens", "N", "streamed tokens per generation", "8"},
+          {"only", "WHICH", "run only the capacity-bound (capacity) or the 0 ms run (fast)"},
+          {"wrapper", "CMD", "run digestd under CMD (split at spaces), e.g. valgrind"},
+          {"ready-timeout", "S", "wait for READY=1; raise it under a wrapper", "10"},
+          {"perf-record", "FILE", "attach perf record to digestd during the 0 ms run"},
+          {"digestd", "PATH", "the daemon", DIGESTD_BIN},
+          {"fake", "PATH", "the fake", FAKE_OLLAMA_BIN},
+          {"conninfo", "STR", "[postgres] conninfo for digestd (default: none written)"},
+          {"keep-tmp", "", "keep the temp dir (configs, logs)"},
+      });
+  flags.Parse(argc, argv);
   Options o;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) {
-        std::fprintf(stderr, "backend_bench: %s needs a value\n", a.c_str());
-        std::exit(2);
-      }
-      return argv[++i];
-    };
-    auto number = [&](long lo, long hi) {
-      std::string v = value();
-      char* end = nullptr;
-      long n = std::strtol(v.c_str(), &end, 10);
-      if (end == v.c_str() || *end != '\0' || n < lo || n > hi) {
-        std::fprintf(stderr, "backend_bench: %s %s: expected an integer from %ld to %ld\n",
-                     a.c_str(), v.c_str(), lo, hi);
-        std::exit(2);
-      }
-      return n;
-    };
-    if (a == "--jobs") {
-      o.jobs = number(1, 10000000);
-    } else if (a == "--fast-jobs") {
-      o.fast_jobs = number(1, 10000000);
-    } else if (a == "--capacity") {
-      o.capacity = static_cast<int>(number(1, 256));
-    } else if (a == "--latency-ms") {
-      o.latency_ms = static_cast<int>(number(1, 60000));
-    } else if (a == "--fast-slots") {
-      o.fast_slots = static_cast<int>(number(1, 256));
-    } else if (a == "--tokens") {
-      o.tokens = static_cast<int>(number(1, 100000));
-    } else if (a == "--only") {
-      std::string w = value();
-      if (w != "capacity" && w != "fast") {
-        std::fprintf(stderr, "backend_bench: --only takes capacity or fast\n");
-        std::exit(2);
-      }
-      o.phase1 = w == "capacity";
-      o.phase2 = w == "fast";
-    } else if (a == "--wrapper") {
-      o.wrapper = SplitWords(value());
-    } else if (a == "--ready-timeout") {
-      o.ready_timeout_s = static_cast<double>(number(1, 3600));
-    } else if (a == "--perf-record") {
-      o.perf_record = value();
-    } else if (a == "--digestd") {
-      o.digestd = value();
-    } else if (a == "--fake") {
-      o.fake = value();
-    } else if (a == "--conninfo") {
-      o.conninfo = value();
-    } else if (a == "--keep-tmp") {
-      o.keep_tmp = true;
-    } else if (a == "--help" || a == "-h") {
-      Usage(stdout);
-      std::exit(0);
-    } else {
-      std::fprintf(stderr, "backend_bench: unknown argument '%s'; see --help\n", a.c_str());
-      std::exit(2);
-    }
+  o.jobs = flags.Integer("jobs", 1, 10000000);
+  o.fast_jobs = flags.Integer("fast-jobs", 1, 10000000);
+  o.capacity = static_cast<int>(flags.Integer("capacity", 1, 256));
+  o.latency_ms = static_cast<int>(flags.Integer("latency-ms", 1, 60000));
+  o.fast_slots = static_cast<int>(flags.Integer("fast-slots", 1, 256));
+  o.tokens = static_cast<int>(flags.Integer("tokens", 1, 100000));
+  if (flags.Has("only")) {
+    std::string w = flags.String("only");
+    if (w != "capacity" && w != "fast") flags.UsageError("--only takes capacity or fast");
+    o.phase1 = w == "capacity";
+    o.phase2 = w == "fast";
   }
+  o.wrapper = SplitWords(flags.String("wrapper"));
+  o.ready_timeout_s = static_cast<double>(flags.Integer("ready-timeout", 1, 3600));
+  o.perf_record = flags.String("perf-record");
+  o.digestd = flags.String("digestd");
+  o.fake = flags.String("fake");
+  o.conninfo = flags.String("conninfo");
+  o.keep_tmp = flags.Has("keep-tmp");
   o.ring = std::max(o.ring, o.max_batch);
   return o;
 }
@@ -576,17 +304,25 @@ int main(int argc, char** argv) {
   Options opt = ParseFlags(argc, argv);
   signal(SIGPIPE, SIG_IGN);
   curl_global_init(CURL_GLOBAL_DEFAULT);
-  for (const std::string& bin : {opt.digestd, opt.fake}) {
-    if (access(bin.c_str(), X_OK) != 0) {
-      Die("%s is not an executable: %s; build it first (scripts/bench does)", bin.c_str(),
-          std::strerror(errno));
-    }
-  }
-  char tmpl[] = "/tmp/dgbbench.XXXXXX";  // short: Unix socket paths are limited
-  if (mkdtemp(tmpl) == nullptr) Die("mkdtemp: %s", std::strerror(errno));
-  const std::string dir = tmpl;
-  const std::string socket = dir + "/control.sock";
+  RequireExecutable(opt.digestd);
+  RequireExecutable(opt.fake);
+  BenchDir dir("dgbbench");
+  const std::string socket = dir.File("control.sock");
   const bool wrapped = !opt.wrapper.empty();
+  NotifySocket notify(dir.File("notify.sock"));
+  // digestd for one phase, with that phase's config.
+  auto daemon = [&](const std::string& config) {
+    DaemonOptions o;
+    o.binary = opt.digestd;
+    o.config = config;
+    o.socket = socket;
+    o.log = dir.File("digestd.log");
+    o.wrapper = opt.wrapper;
+    o.notify = &notify;
+    o.ready_timeout = std::chrono::duration_cast<Clock::duration>(
+        std::chrono::duration<double>(opt.ready_timeout_s));
+    return o;
+  };
 
   std::printf("digestd backend benchmark: %s against %s, %u CPUs%s\n", opt.digestd.c_str(),
               opt.fake.c_str(), std::thread::hardware_concurrency(),
@@ -594,14 +330,14 @@ int main(int argc, char** argv) {
 
   if (opt.phase1) {
     Fake fake(opt, dir, opt.capacity, opt.latency_ms);
-    Notify notify(dir + "/notify1.sock");
-    Daemon d(opt, dir, WriteConfig(opt, dir, "capacity", opt.capacity, fake.url()), &notify);
+    Daemon d(daemon(WriteConfig(opt, dir, "capacity", opt.capacity, fake.url())));
+    d.Start();
     const double ideal = opt.capacity * 1000.0 / opt.latency_ms;
     // The ring holds ring/ideal seconds of work: poll a few times within that.
     const double poll_s = std::clamp(opt.ring / ideal / 8, 0.01, 0.25);
     Run r = Feed(opt, socket, d.pid(), opt.jobs, poll_s);
     json fs = fake.Stats();
-    std::string exit = d.Stop(60);
+    std::string exit = DescribeExit(d.Stop(std::chrono::seconds(60)).status);
     std::printf(
         "\n1. capacity-bound: fake C = %d slots, L = %d ms per request (%d tokens); "
         "[workers] max = %d\n",
@@ -614,24 +350,19 @@ int main(int argc, char** argv) {
 
   if (opt.phase2) {
     Fake fake(opt, dir, opt.fast_slots, 0);
-    Notify notify(dir + "/notify2.sock");
-    Daemon d(opt, dir, WriteConfig(opt, dir, "fast", opt.fast_slots, fake.url()), &notify);
+    Daemon d(daemon(WriteConfig(opt, dir, "fast", opt.fast_slots, fake.url())));
+    d.Start();
     pid_t perf = -1;
     if (!opt.perf_record.empty()) {
       perf = Spawn(
           {"perf", "record", "-F", "999", "-o", opt.perf_record, "-p", std::to_string(d.pid())}, {},
-          dir + "/perf.log");
+          dir.File("perf.log"));
       std::this_thread::sleep_for(std::chrono::milliseconds(500));  // let perf attach
     }
     Run r = Feed(opt, socket, d.pid(), opt.fast_jobs, 0.02);
-    if (perf > 0) {
-      kill(perf, SIGINT);
-      int status = 0;
-      if (!WaitExit(perf, 60, &status)) kill(perf, SIGKILL);
-      Forget(perf);
-    }
+    if (perf > 0) StopChild(perf, SIGINT, std::chrono::seconds(60));
     json fs = fake.Stats();
-    std::string exit = d.Stop(wrapped ? 600 : 60);
+    std::string exit = DescribeExit(d.Stop(std::chrono::seconds(wrapped ? 600 : 60)).status);
     std::printf(
         "\n2. daemon-bound: fake with 0 ms per request (%d tokens), C = %d; "
         "[workers] max = %d\n",
@@ -641,12 +372,7 @@ int main(int argc, char** argv) {
     if (perf > 0) Line("perf record", "%s", opt.perf_record.c_str());
   }
 
-  if (opt.keep_tmp) {
-    std::printf("\nkept %s (configs, digestd.log, fake.log)\n", dir.c_str());
-  } else {
-    std::error_code ec;
-    std::filesystem::remove_all(dir, ec);
-  }
+  dir.Finish(opt.keep_tmp, "configs, digestd.log, fake.log");
   curl_global_cleanup();
   return 0;
 }

@@ -30,48 +30,27 @@
 // Figures only: nothing is asserted. It exits non-zero only when digestd or
 // PostgreSQL cannot be used, with digestd's log. scripts/bench runs it inside
 // `scripts/pg-throwaway run`. Other load on the machine moves every figure.
-#include <dirent.h>
-#include <fcntl.h>
 #include <libpq-fe.h>
 #include <poll.h>
 #include <signal.h>
-#include <spawn.h>
-#include <sys/resource.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
-#include <filesystem>
 #include <fstream>
-#include <map>
-#include <optional>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
-#include "client/control_client.h"
-
+#include "bench_support.h"
 #include "proc_cpu.h"
-
-extern char** environ;
 
 namespace {
 
-using digestd::bench::PostgresCpuUs;
-using digestd::bench::PostmasterPid;
-using digestd::bench::ProcessCpuUs;
-using digestd::bench::ReadStat;
-using digestd::bench::SelfCpuUs;
-
-using Clock = std::chrono::steady_clock;
-using nlohmann::json;
+using namespace digestd::bench;
 
 // Reference figures for no-op jobs on the same class of machine.
 constexpr double kGraphileLow = 12000, kGraphileHigh = 14000, kGraphileUs = 100;
@@ -81,132 +60,40 @@ constexpr double kStallS = 20;    // no progress for this long ends a run
 constexpr int kAnswerMs = 30000;  // longest wait for one answer
 
 struct Options {
-  std::string digestd = DIGESTD_BIN;
-  double seconds = 3;    // each submit measurement
-  int jobs = 50000;      // end-to-end jobs
-  int clients = 8;       // concurrent clients of the second submit runs
-  int batch = 100;       // jobs per batch submit in phase 2
-  int e2e_clients = 4;   // clients submitting the end-to-end jobs
-  int e2e_batch = 500;   // jobs per batch submit in phase 3
+  std::string digestd;
+  double seconds = 0;    // each submit measurement
+  int jobs = 0;          // end-to-end jobs
+  int clients = 0;       // concurrent clients of the second submit runs
+  int batch = 0;         // jobs per batch submit in phase 2
+  int e2e_clients = 0;   // clients submitting the end-to-end jobs
+  int e2e_batch = 0;     // jobs per batch submit in phase 3
   std::string conninfo;  // PostgreSQL for digestd and for this program
   std::string pg_dir;    // pg-throwaway directory; default $DIGESTD_PG_DIR
   bool keep_tmp = false;
-  // --set overrides of the config: section -> key -> value, written verbatim.
-  std::map<std::string, std::map<std::string, std::string>> set;
+  std::vector<std::string> set;  // --set SECTION.KEY=VALUE config overrides
 };
-
-std::string g_dir;   // the temp dir (config, digestd.log)
-pid_t g_child = -1;  // the digestd being measured; killed by Die()
-
-[[noreturn]] void Die(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
-void Die(const char* fmt, ...) {
-  std::fflush(stdout);
-  std::fprintf(stderr, "durable_bench: ");
-  va_list ap;
-  va_start(ap, fmt);
-  std::vfprintf(stderr, fmt, ap);
-  va_end(ap);
-  std::fprintf(stderr, "\n");
-  if (g_child > 0) kill(g_child, SIGKILL);
-  if (!g_dir.empty())
-    std::fprintf(stderr, "durable_bench: kept %s (config, digestd.log)\n", g_dir.c_str());
-  std::exit(1);
-}
-
-double Seconds(Clock::duration d) {
-  return std::chrono::duration<double>(d).count();
-}
-
-double Ms(Clock::duration d) {
-  return std::chrono::duration<double, std::milli>(d).count();
-}
-
-// Nearest-rank percentiles of a sample, in the sample's unit.
-struct Summary {
-  double p50 = 0, p99 = 0, max = 0;
-};
-
-Summary Summarize(std::vector<double> v) {
-  Summary s;
-  if (v.empty()) return s;
-  std::sort(v.begin(), v.end());
-  auto rank = [&](double p) {
-    return v[std::min(static_cast<size_t>(p * static_cast<double>(v.size())), v.size() - 1)];
-  };
-  s.p50 = rank(0.50);
-  s.p99 = rank(0.99);
-  s.max = v.back();
-  return s;
-}
-
-// A number inside a status answer, by JSON pointer; -1 when absent, so a
-// renamed field shows up as -1 instead of a crash.
-double Field(const json& j, const char* pointer) {
-  try {
-    const json& v = j.at(json::json_pointer(pointer));
-    return v.is_number() ? v.get<double>() : -1;
-  } catch (const json::exception&) {
-    return -1;
-  }
-}
 
 // ------------------------------------------------------------ blocking SQL
 
-class BlockingConn {
- public:
-  explicit BlockingConn(const std::string& conninfo) : conn_(PQconnectdb(conninfo.c_str())) {
-    if (PQstatus(conn_) != CONNECTION_OK) {
-      Die("cannot connect to PostgreSQL (%s): %s; run under scripts/pg-throwaway run, or pass "
-          "--conninfo",
-          conninfo.c_str(), PQerrorMessage(conn_));
-    }
-    PQsetNoticeProcessor(
-        conn_, [](void*, const char*) {}, nullptr);
+// After LISTEN digestd_done on `c`: waits up to `timeout_ms` for
+// notifications and returns how many keys their payloads (JSON arrays of
+// finished keys) carried. Dies when the connection fails.
+long WaitNotified(BlockingPg& c, int timeout_ms) {
+  pollfd p{PQsocket(c.get()), POLLIN, 0};
+  ::poll(&p, 1, timeout_ms);
+  if (PQconsumeInput(c.get()) != 1) Die("LISTEN connection: %s", PQerrorMessage(c.get()));
+  long keys = 0;
+  while (PGnotify* n = PQnotifies(c.get())) {
+    json a = json::parse(n->extra, nullptr, false);
+    if (a.is_array()) keys += static_cast<long>(a.size());
+    PQfreemem(n);
   }
-  ~BlockingConn() { PQfinish(conn_); }
-  BlockingConn(const BlockingConn&) = delete;
-  BlockingConn& operator=(const BlockingConn&) = delete;
-
-  // Runs `sql`; the first field of the first row ("" when none). Dies on an
-  // error.
-  std::string Exec(const std::string& sql) {
-    PGresult* res = PQexec(conn_, sql.c_str());
-    ExecStatusType st = PQresultStatus(res);
-    if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
-      std::string why = PQresultErrorMessage(res);
-      PQclear(res);
-      Die("%s failed: %s", sql.substr(0, 120).c_str(), why.c_str());
-    }
-    std::string out = PQntuples(res) > 0 && PQnfields(res) > 0 ? PQgetvalue(res, 0, 0) : "";
-    PQclear(res);
-    return out;
-  }
-
-  long Count(const std::string& sql) { return std::strtol(Exec(sql).c_str(), nullptr, 10); }
-
-  // After LISTEN digestd_done: waits up to `timeout_ms` for notifications
-  // and returns how many keys their payloads (JSON arrays of finished keys)
-  // carried. Dies when the connection fails.
-  long WaitNotified(int timeout_ms) {
-    pollfd p{PQsocket(conn_), POLLIN, 0};
-    ::poll(&p, 1, timeout_ms);
-    if (PQconsumeInput(conn_) != 1) Die("LISTEN connection: %s", PQerrorMessage(conn_));
-    long keys = 0;
-    while (PGnotify* n = PQnotifies(conn_)) {
-      json a = json::parse(n->extra, nullptr, false);
-      if (a.is_array()) keys += static_cast<long>(a.size());
-      PQfreemem(n);
-    }
-    return keys;
-  }
-
- private:
-  PGconn* conn_;
-};
+  return keys;
+}
 
 // Empties the job table (when digestd has created it) and checkpoints, so
 // every measurement starts from the same state. No digestd runs meanwhile.
-void ResetTable(BlockingConn& c) {
+void ResetTable(BlockingPg& c) {
   c.Exec(
       "DO $$ BEGIN IF to_regclass('digestd.jobs') IS NOT NULL THEN "
       "TRUNCATE digestd.jobs; END IF; END $$");
@@ -222,133 +109,6 @@ struct CpuMark {
 CpuMark Cpu(pid_t digestd, long postmaster) {
   return CpuMark{ProcessCpuUs(digestd), PostgresCpuUs(postmaster), SelfCpuUs()};
 }
-
-// ---------------------------------------------------------------- digestd
-
-std::string DescribeExit(int status) {
-  if (WIFEXITED(status)) return "exit " + std::to_string(WEXITSTATUS(status));
-  if (WIFSIGNALED(status)) return std::string("killed by ") + strsignal(WTERMSIG(status));
-  return "status " + std::to_string(status);
-}
-
-// The last 30 lines of digestd's log, indented.
-std::string LogTail(const std::string& log) {
-  std::ifstream in(log);
-  std::vector<std::string> lines;
-  for (std::string l; std::getline(in, l);) lines.push_back(l);
-  std::string out;
-  for (size_t i = lines.size() > 30 ? lines.size() - 30 : 0; i < lines.size(); ++i) {
-    out += "  " + lines[i] + "\n";
-  }
-  return out.empty() ? "  (empty)\n" : out;
-}
-
-// One digestd process, stderr appended to `log`; killed when destroyed
-// before Stop().
-class Digestd {
- public:
-  Digestd(const std::string& bin, const std::string& config, const std::string& log,
-          const std::string& socket)
-      : log_(log), socket_(socket) {
-    std::vector<std::string> env;
-    for (char** e = environ; *e != nullptr; ++e) {
-      std::string_view kv(*e);
-      bool drop = false;
-      for (const char* name : {"NOTIFY_SOCKET=", "LISTEN_", "WATCHDOG_",
-                               "JOURNAL_STREAM=", "DIGESTD_SOCKET=", "UV_THREADPOOL_SIZE="}) {
-        drop = drop || kv.rfind(name, 0) == 0;
-      }
-      if (!drop) env.emplace_back(kv);
-    }
-    std::vector<char*> envp;
-    for (auto& s : env) envp.push_back(s.data());
-    envp.push_back(nullptr);
-    std::string arg0 = bin, flag = "--config", path = config;
-    std::vector<char*> argv = {arg0.data(), flag.data(), path.data(), nullptr};
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_addopen(&fa, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
-    posix_spawn_file_actions_addopen(&fa, STDOUT_FILENO, log.c_str(), O_WRONLY | O_CREAT | O_APPEND,
-                                     0644);
-    posix_spawn_file_actions_adddup2(&fa, STDOUT_FILENO, STDERR_FILENO);
-    int rc = posix_spawn(&pid_, bin.c_str(), &fa, nullptr, argv.data(), envp.data());
-    posix_spawn_file_actions_destroy(&fa);
-    if (rc != 0) Die("cannot start %s: %s", bin.c_str(), std::strerror(rc));
-    g_child = pid_;
-  }
-  ~Digestd() {
-    if (pid_ > 0) {
-      kill(pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-      g_child = -1;
-    }
-  }
-  Digestd(const Digestd&) = delete;
-  Digestd& operator=(const Digestd&) = delete;
-
-  pid_t pid() const { return pid_; }
-
-  // Waits until status says the job table is usable (db.state "up"): the
-  // schema is migrated and submits are taken. Dies after 30 s or when
-  // digestd exits.
-  void WaitUp() {
-    auto deadline = Clock::now() + std::chrono::seconds(30);
-    std::string last = "no answer";
-    while (Clock::now() < deadline) {
-      DieIfExited("while starting");
-      digestd::ControlClient c;
-      if (c.Connect(socket_).ok()) {
-        auto st = c.Call(json{{"op", "status"}}, 2000);
-        if (st.ok()) {
-          const json& db = st.value().value("db", json::object());
-          last = db.dump();
-          if (db.value("state", std::string()) == "up") return;
-        }
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    }
-    Die("digestd did not report db.state \"up\" within 30 s (last: %s); its log:\n%s",
-        last.substr(0, 400).c_str(), LogTail(log_).c_str());
-  }
-
-  void DieIfExited(const char* when) {
-    int status = 0;
-    if (pid_ > 0 && waitpid(pid_, &status, WNOHANG) == pid_) {
-      pid_ = -1;
-      g_child = -1;
-      Die("digestd ended %s (%s); its log:\n%s", when, DescribeExit(status).c_str(),
-          LogTail(log_).c_str());
-    }
-  }
-
-  json Status() {
-    digestd::ControlClient c;
-    if (!c.Connect(socket_).ok()) Die("cannot connect to %s", socket_.c_str());
-    auto st = c.Call(json{{"op", "status"}}, kAnswerMs);
-    if (!st.ok()) Die("status: %s", st.status().message().c_str());
-    return st.value();
-  }
-
-  // SIGTERM, then waits for the exit (30 s at most); returns how it ended.
-  std::string Stop() {
-    kill(pid_, SIGTERM);
-    auto deadline = Clock::now() + std::chrono::seconds(30);
-    int status = 0;
-    while (waitpid(pid_, &status, WNOHANG) != pid_) {
-      if (Clock::now() > deadline) {
-        Die("digestd did not exit within 30 s of SIGTERM; its log:\n%s", LogTail(log_).c_str());
-      }
-      std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    }
-    pid_ = -1;
-    g_child = -1;
-    return DescribeExit(status);
-  }
-
- private:
-  std::string log_, socket_;
-  pid_t pid_ = -1;
-};
 
 // ------------------------------------------------------------ the clients
 
@@ -442,9 +202,8 @@ struct SubmitFigures {
 };
 
 // Phases 1 and 2: `clients` threads submit back to back for `seconds`.
-SubmitFigures RunSubmits(const Options& opt, Digestd& d, BlockingConn& sql,
-                         const std::string& socket, long postmaster, int clients, int batch,
-                         const std::string& prefix) {
+SubmitFigures RunSubmits(const Options& opt, Daemon& d, BlockingPg& sql, const std::string& socket,
+                         long postmaster, int clients, int batch, const std::string& prefix) {
   std::atomic<int> connected{0};
   std::atomic<bool> go{false}, stop{false};
   std::vector<Tally> tallies(static_cast<size_t>(clients));
@@ -509,8 +268,8 @@ struct EndToEnd {
 // notified, and once they reach the jobs accepted, SELECT count(*) ... WHERE
 // status = 'done' confirms (a count polled every 50 ms instead would cost
 // PostgreSQL ~10 ms a query on 50,000 rows, on the same two cores).
-EndToEnd RunEndToEnd(const Options& opt, Digestd& d, const std::string& socket, long postmaster) {
-  BlockingConn watch(opt.conninfo);
+EndToEnd RunEndToEnd(const Options& opt, Daemon& d, const std::string& socket, long postmaster) {
+  BlockingPg watch(opt.conninfo);
   long watcher = watch.Count("SELECT pg_backend_pid()");
   watch.Exec("LISTEN digestd_done");
   int batches = (opt.jobs + opt.e2e_batch - 1) / opt.e2e_batch;
@@ -559,7 +318,7 @@ EndToEnd RunEndToEnd(const Options& opt, Digestd& d, const std::string& socket, 
   long notified = 0;
   const std::string count_done = "SELECT count(*) FROM digestd.jobs WHERE status = 'done'";
   for (;;) {
-    long got = watch.WaitNotified(kPollMs);
+    long got = WaitNotified(watch, kPollMs);
     end = Clock::now();
     if (got > 0) last_progress = end;
     notified += got;
@@ -588,7 +347,7 @@ EndToEnd RunEndToEnd(const Options& opt, Digestd& d, const std::string& socket, 
   r.cpu = {after.digestd_us - before.digestd_us, after.pg_us - before.pg_us - r.poller_us,
            after.self_us - before.self_us};
   if (r.stalled) {
-    r.stall = watch.Exec(
+    r.stall = watch.Scalar(
         "SELECT string_agg(status || ' ' || n, ', ') FROM "
         "(SELECT status, count(*) AS n FROM digestd.jobs GROUP BY status ORDER BY status) s");
     if (!submitted) {
@@ -604,119 +363,59 @@ EndToEnd RunEndToEnd(const Options& opt, Digestd& d, const std::string& socket, 
 
 // ------------------------------------------------------------------ setup
 
-std::string WriteConfig(const Options& opt, const std::string& dir, const std::string& socket) {
-  std::string quoted;
-  for (char ch : opt.conninfo) {
-    if (ch == '"' || ch == '\\') quoted += '\\';
-    quoted += ch;
-  }
+std::string WriteConfig(const Options& opt, const BenchDir& dir, const std::string& socket) {
   // The shipped defaults, except what the bench needs; --set overrides.
-  std::map<std::string, std::map<std::string, std::string>> conf = {
-      {"workers", {{"max", "16"}}},
-      {"control", {{"socket", "\"" + socket + "\""}, {"mode", "\"0600\""}}},
-      {"daemon", {{"node_id", "\"durable-bench\""}, {"shutdown_grace_s", "10"}}},
-      {"jobs", {{"store", "\"postgres\""}}},
-      {"log", {{"level", "\"warning\""}}},
-      {"backend", {{"kind", "\"extractive\""}}},
-      {"writer", {{"batch_rows", "50"}, {"batch_ms", "500"}}},
-      {"postgres", {{"conninfo", "\"" + quoted + "\""}}},
-  };
-  for (const auto& [section, keys] : opt.set) {
-    for (const auto& [key, value] : keys) conf[section][key] = value;
+  ConfigFile conf = DaemonConfig(socket, "durable-bench");
+  UsePostgres(conf, opt.conninfo);
+  conf.Set("workers", "max", "16");
+  conf.SetString("backend", "kind", "extractive");
+  conf.Set("writer", "batch_rows", "50");
+  conf.Set("writer", "batch_ms", "500");
+  for (const auto& s : opt.set) {
+    if (!conf.Override(s)) Die("--set %s: expected SECTION.KEY=VALUE", s.c_str());
   }
-  std::string path = dir + "/digestd.conf";
-  std::ofstream out(path);
-  out << "# written by durable_bench\n";
-  for (const auto& [section, keys] : conf) {
-    out << "\n[" << section << "]\n";
-    for (const auto& [key, value] : keys) out << key << " = " << value << "\n";
-  }
-  if (!out) Die("cannot write %s", path.c_str());
-  return path;
-}
-
-void Usage(FILE* to) {
-  std::fprintf(
-      to,
-      "usage: durable_bench [flags]   (PostgreSQL from --conninfo or libpq's PG* variables)\n"
-      "\n"
-      "Starts the real digestd with its jobs in PostgreSQL and prints durable submits/s\n"
-      "(single and batched, 1 and N clients) and end-to-end noop jobs/s with CPU per job.\n"
-      "\n"
-      "  --seconds S        duration of each submit measurement (default 3)\n"
-      "  --jobs N           end-to-end jobs (default 50000)\n"
-      "  --clients N        concurrent clients of the second submit runs (default 8)\n"
-      "  --batch N          jobs per batch submit in the batched runs (default 100)\n"
-      "  --e2e-clients N    clients submitting the end-to-end jobs (default 4)\n"
-      "  --e2e-batch N      jobs per batch submit end to end (default 500)\n"
-      "  --digestd PATH     the binary (default %s)\n"
-      "  --conninfo STR     key=value conninfo, for digestd and this program\n"
-      "  --pg-dir DIR       pg-throwaway directory, for the postmaster pid\n"
-      "                     (default $DIGESTD_PG_DIR)\n"
-      "  --set S.K=V        config override, V verbatim: --set writer.batch_rows=500\n"
-      "  --keep-tmp         keep the temp dir (config and digestd's log)\n",
-      DIGESTD_BIN);
+  return conf.Write(dir.File("digestd.conf"));
 }
 
 Options ParseFlags(int argc, char** argv) {
+  Flags flags(
+      "durable_bench",
+      "Starts the real digestd with its jobs in PostgreSQL and prints durable submits/s\n"
+      "(single and batched, 1 and N clients) and end-to-end noop jobs/s with CPU per job.\n"
+      "PostgreSQL from --conninfo or libpq's PG* variables.",
+      {
+          {"seconds", "S", "duration of each submit measurement", "3"},
+          {"jobs", "N", "end-to-end jobs", "50000"},
+          {"clients", "N", "concurrent clients of the second submit runs", "8"},
+          {"batch", "N", "jobs per batch submit in the batched runs", "100"},
+          {"e2e-clients", "N", "clients submitting the end-to-end jobs", "4"},
+          {"e2e-batch", "N", "jobs per batch submit end to end", "500"},
+          {"digestd", "PATH", "the binary", DIGESTD_BIN},
+          {"conninfo", "STR", "key=value conninfo, for digestd and this program"},
+          {"pg-dir", "DIR",
+           "pg-throwaway directory, for the postmaster pid\n(default $DIGESTD_PG_DIR)"},
+          {"set", "S.K=V", "config override, V verbatim (repeatable): --set writer.batch_rows=500"},
+          {"keep-tmp", "", "keep the temp dir (config and digestd's log)"},
+      });
+  flags.Parse(argc, argv);
   Options o;
-  if (const char* d = std::getenv("DIGESTD_PG_DIR")) o.pg_dir = d;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) {
-        std::fprintf(stderr, "durable_bench: %s needs a value\n", a.c_str());
-        std::exit(2);
-      }
-      return argv[++i];
-    };
-    auto number = [&](double lo, double hi) {
-      std::string v = value();
-      char* end = nullptr;
-      double d = std::strtod(v.c_str(), &end);
-      if (end == v.c_str() || *end != '\0' || d < lo || d > hi) {
-        std::fprintf(stderr, "durable_bench: %s %s: expected a number from %g to %g\n", a.c_str(),
-                     v.c_str(), lo, hi);
-        std::exit(2);
-      }
-      return d;
-    };
-    if (a == "--seconds") {
-      o.seconds = number(0.1, 600);
-    } else if (a == "--jobs") {
-      o.jobs = static_cast<int>(number(1, 10000000));
-    } else if (a == "--clients") {
-      o.clients = static_cast<int>(number(1, 256));
-    } else if (a == "--batch") {
-      o.batch = static_cast<int>(number(1, 100000));
-    } else if (a == "--e2e-clients") {
-      o.e2e_clients = static_cast<int>(number(1, 256));
-    } else if (a == "--e2e-batch") {
-      o.e2e_batch = static_cast<int>(number(1, 100000));
-    } else if (a == "--digestd") {
-      o.digestd = value();
-    } else if (a == "--conninfo") {
-      o.conninfo = value();
-    } else if (a == "--pg-dir") {
-      o.pg_dir = value();
-    } else if (a == "--set") {
-      std::string v = value();
-      size_t dot = v.find('.'), eq = v.find('=');
-      if (dot == std::string::npos || eq == std::string::npos || dot > eq) {
-        std::fprintf(stderr, "durable_bench: --set %s: expected SECTION.KEY=VALUE\n", v.c_str());
-        std::exit(2);
-      }
-      o.set[v.substr(0, dot)][v.substr(dot + 1, eq - dot - 1)] = v.substr(eq + 1);
-    } else if (a == "--keep-tmp") {
-      o.keep_tmp = true;
-    } else if (a == "--help" || a == "-h") {
-      Usage(stdout);
-      std::exit(0);
-    } else {
-      std::fprintf(stderr, "durable_bench: unknown argument '%s'; see --help\n", a.c_str());
-      std::exit(2);
-    }
+  o.seconds = flags.Number("seconds", 0.1, 600);
+  o.jobs = static_cast<int>(flags.Integer("jobs", 1, 10000000));
+  o.clients = static_cast<int>(flags.Integer("clients", 1, 256));
+  o.batch = static_cast<int>(flags.Integer("batch", 1, 100000));
+  o.e2e_clients = static_cast<int>(flags.Integer("e2e-clients", 1, 256));
+  o.e2e_batch = static_cast<int>(flags.Integer("e2e-batch", 1, 100000));
+  o.digestd = flags.String("digestd");
+  o.conninfo = flags.String("conninfo");
+  o.pg_dir = flags.String("pg-dir");
+  if (o.pg_dir.empty()) {
+    if (const char* d = std::getenv("DIGESTD_PG_DIR")) o.pg_dir = d;
   }
+  o.set = flags.Strings("set");
+  for (const auto& s : o.set) {
+    if (!ConfigFile().Override(s)) flags.UsageError("--set " + s + ": expected SECTION.KEY=VALUE");
+  }
+  o.keep_tmp = flags.Has("keep-tmp");
   return o;
 }
 
@@ -821,28 +520,27 @@ void PrintEndToEnd(const Options& opt, const EndToEnd& r) {
 int main(int argc, char** argv) {
   Options opt = ParseFlags(argc, argv);
   signal(SIGPIPE, SIG_IGN);
-  if (access(opt.digestd.c_str(), X_OK) != 0) {
-    Die("%s is not an executable: %s; build digestd first (scripts/bench does)",
-        opt.digestd.c_str(), std::strerror(errno));
-  }
-  BlockingConn sql(opt.conninfo);
+  RequireExecutable(opt.digestd);
+  BlockingPg sql(opt.conninfo);
   long postmaster = PostmasterPid(opt.pg_dir);
   if (postmaster <= 0) {
     // Same host: the postmaster is the parent of this connection's backend.
     auto s = ReadStat(sql.Count("SELECT pg_backend_pid()"));
     postmaster = s ? s->ppid : 0;
   }
-  std::string version = sql.Exec("SHOW server_version");
-  std::string durability = sql.Exec(
+  std::string version = sql.Scalar("SHOW server_version");
+  std::string durability = sql.Scalar(
       "SELECT string_agg(name || '=' || setting, ' ' ORDER BY name) FROM pg_settings "
       "WHERE name IN ('fsync', 'synchronous_commit', 'full_page_writes')");
 
-  // A short /tmp path: Unix socket paths are limited to 108 bytes.
-  char tmpl[] = "/tmp/dgdurable.XXXXXX";
-  if (mkdtemp(tmpl) == nullptr) Die("mkdtemp: %s", std::strerror(errno));
-  g_dir = tmpl;
-  const std::string socket = g_dir + "/control.sock", log = g_dir + "/digestd.log";
-  const std::string config = WriteConfig(opt, g_dir, socket);
+  BenchDir dir("dgdurable");
+  const std::string socket = dir.File("control.sock");
+  const std::string config = WriteConfig(opt, dir, socket);
+  DaemonOptions daemon;
+  daemon.binary = opt.digestd;
+  daemon.config = config;
+  daemon.socket = socket;
+  daemon.log = dir.File("digestd.log");
 
   std::printf("durable_bench: digestd %s, PostgreSQL %s (%s), %u CPUs shared by all\n",
               opt.digestd.c_str(), version.c_str(), durability.c_str(),
@@ -866,27 +564,33 @@ int main(int argc, char** argv) {
   std::vector<std::string> exits;
   auto with_daemon = [&](auto&& measure) {
     ResetTable(sql);
-    Digestd d(opt.digestd, config, log, socket);
-    d.WaitUp();
+    Daemon d(daemon);
+    d.Start();
+    // The job table is usable once status says so: migrated, submits taken.
+    d.WaitStatus(
+        [](const json& st) {
+          return st.value("db", json::object()).value("state", std::string()) == "up";
+        },
+        "db.state \"up\"", std::chrono::seconds(30));
     auto out = measure(d);
-    exits.push_back(d.Stop());
+    exits.push_back(DescribeExit(d.Stop().status));
     return out;
   };
   std::vector<SubmitFigures> single, batched;
   int run = 0;
   for (int clients : {1, opt.clients}) {
-    single.push_back(with_daemon([&](Digestd& d) {
+    single.push_back(with_daemon([&](Daemon& d) {
       return RunSubmits(opt, d, sql, socket, postmaster, clients, 0,
                         "s" + std::to_string(run++) + "-");
     }));
   }
   for (int clients : {1, opt.clients}) {
-    batched.push_back(with_daemon([&](Digestd& d) {
+    batched.push_back(with_daemon([&](Daemon& d) {
       return RunSubmits(opt, d, sql, socket, postmaster, clients, opt.batch,
                         "b" + std::to_string(run++) + "-");
     }));
   }
-  EndToEnd e2e = with_daemon([&](Digestd& d) { return RunEndToEnd(opt, d, socket, postmaster); });
+  EndToEnd e2e = with_daemon([&](Daemon& d) { return RunEndToEnd(opt, d, socket, postmaster); });
   ResetTable(sql);
 
   std::printf(
@@ -901,11 +605,6 @@ int main(int argc, char** argv) {
   std::string how;
   for (const auto& e : exits) how += (how.empty() ? "" : ", ") + e;
   std::printf("\ndigestd after SIGTERM, per run: %s\n", how.c_str());
-  if (opt.keep_tmp) {
-    std::printf("kept %s (config, digestd.log)\n", g_dir.c_str());
-  } else {
-    std::error_code ec;
-    std::filesystem::remove_all(g_dir, ec);
-  }
+  dir.Finish(opt.keep_tmp, "config, digestd.log");
   return 0;
 }

@@ -33,46 +33,35 @@
 //               [--light-rate R]... [--light-seconds S] [--pg-dir DIR]
 //
 // scripts/bench runs it inside `scripts/pg-throwaway run`.
-#include <dirent.h>
 #include <libpq-fe.h>
-#include <sys/resource.h>
 #include <unistd.h>
 #include <uv.h>
 
 #include <algorithm>
 #include <chrono>
-#include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
-#include <fstream>
 #include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "../support/wait.h"
+#include "bench_support.h"
 #include "obs/log.h"
+#include "proc_cpu.h"
 #include "store/batch_writer.h"
 #include "store/job_store.h"
 #include "store/migrations.h"
 #include "store/pg_conn.h"
 #include "util/uv_handle.h"
 
-#include "proc_cpu.h"
-
 namespace {
 
-using digestd::bench::PostgresCpuUs;
-using digestd::bench::PostmasterPid;
-using digestd::bench::ProcessCpuUs;
-using digestd::bench::ReadStat;
-using digestd::bench::SelfCpuUs;
-
-using Clock = std::chrono::steady_clock;
+using namespace digestd::bench;
 using digestd::BatchWriter;
 using digestd::BatchWriterOptions;
 using digestd::BatchWriterStats;
@@ -87,70 +76,11 @@ constexpr const char* kNode = "store-bench";
 constexpr size_t kResultBytes = 500;
 
 struct Options {
-  int rows = 50000;
+  int rows = 0;
   std::string conninfo;  // key=value; empty: libpq's PG* environment
   std::vector<double> light_rates;
-  double light_s = 4.0;
+  double light_s = 0;
   std::string pg_dir;  // pg-throwaway directory; default $DIGESTD_PG_DIR
-};
-
-[[noreturn]] void Die(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
-void Die(const char* fmt, ...) {
-  std::fflush(stdout);
-  std::fprintf(stderr, "store_bench: ");
-  va_list ap;
-  va_start(ap, fmt);
-  std::vfprintf(stderr, fmt, ap);
-  va_end(ap);
-  std::fprintf(stderr, "\n");
-  std::exit(1);
-}
-
-double Seconds(Clock::duration d) {
-  return std::chrono::duration<double>(d).count();
-}
-
-// ------------------------------------------------------------ blocking SQL
-
-// A blocking libpq connection, for setup and for COPY (never on the loop).
-class BlockingConn {
- public:
-  explicit BlockingConn(const std::string& conninfo) : conn_(PQconnectdb(conninfo.c_str())) {
-    if (PQstatus(conn_) != CONNECTION_OK) {
-      Die("cannot connect to PostgreSQL (%s): %s; run under scripts/pg-throwaway run, or pass "
-          "--conninfo",
-          conninfo.c_str(), PQerrorMessage(conn_));
-    }
-    PQsetNoticeProcessor(
-        conn_, [](void*, const char*) {}, nullptr);
-  }
-  ~BlockingConn() { PQfinish(conn_); }
-  BlockingConn(const BlockingConn&) = delete;
-  BlockingConn& operator=(const BlockingConn&) = delete;
-
-  PGconn* get() const { return conn_; }
-
-  // Runs `sql`; every row's fields as text. Dies on an error.
-  std::vector<std::vector<std::string>> Exec(const std::string& sql) {
-    PGresult* res = PQexec(conn_, sql.c_str());
-    ExecStatusType st = PQresultStatus(res);
-    if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
-      std::string why = PQresultErrorMessage(res);
-      PQclear(res);
-      Die("%s failed: %s", sql.substr(0, 120).c_str(), why.c_str());
-    }
-    std::vector<std::vector<std::string>> rows;
-    for (int r = 0; r < PQntuples(res); ++r) {
-      std::vector<std::string> row;
-      for (int c = 0; c < PQnfields(res); ++c) row.emplace_back(PQgetvalue(res, r, c));
-      rows.push_back(std::move(row));
-    }
-    PQclear(res);
-    return rows;
-  }
-
- private:
-  PGconn* conn_;
 };
 
 // ------------------------------------------------------------------- CPU
@@ -205,7 +135,7 @@ nlohmann::json MakeResult() {
 // (a) COPY of `rows` finished rows into digestd.jobs_copy, one transaction.
 Figures RunCopy(const std::string& conninfo, int rows, const std::string& result_text,
                 long postmaster) {
-  BlockingConn c(conninfo);
+  BlockingPg c(conninfo);
   auto ts = c.Exec("SELECT now()::text").at(0).at(0);
   CpuMark before = Cpu(postmaster);
   Clock::time_point start = Clock::now();
@@ -248,7 +178,7 @@ struct Claimed {
 // Empties both tables, then inserts `n` jobs and claims them as this node
 // would (status running, a fresh lease token, attempts 1), and vacuums, so
 // the timed part starts from a settled table.
-std::vector<Claimed> PrepareJobs(BlockingConn& c, const std::string& prefix, int n) {
+std::vector<Claimed> PrepareJobs(BlockingPg& c, const std::string& prefix, int n) {
   c.Exec("TRUNCATE digestd.jobs, digestd.jobs_copy");
   c.Exec("INSERT INTO digestd.jobs (key, kind) SELECT '" + prefix +
          "-' || g, 'noop' FROM generate_series(1, " + std::to_string(n) + ") g");
@@ -309,22 +239,12 @@ class LoopRig {
   // Runs the loop until `done` holds (true) or `timeout_s` passed (false).
   bool RunUntil(const std::function<bool()>& done, double timeout_s) {
     // UV_RUN_ONCE returns after every event, so `done` is seen at once; the
-    // tick only bounds an idle wait (and costs little CPU, which counts).
-    digestd::UvHandle<uv_timer_t> tick;
-    uv_timer_init(&loop_, tick.get());
-    tick.set_initialized();
-    uv_timer_start(
-        tick.get(), [](uv_timer_t*) {}, 100, 100);
-    Clock::time_point deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                                                    std::chrono::duration<double>(timeout_s));
-    bool ok = done();
-    while (!ok && Clock::now() < deadline) {
-      uv_run(&loop_, UV_RUN_ONCE);
-      ok = done();
-    }
-    tick.Close();
-    uv_run(&loop_, UV_RUN_NOWAIT);
-    return ok;
+    // 100 ms tick only bounds an idle wait (and costs little CPU, which
+    // counts in the figures).
+    return digestd::testing::RunUntil(&loop_, done,
+                                      std::chrono::duration_cast<std::chrono::milliseconds>(
+                                          std::chrono::duration<double>(timeout_s)),
+                                      std::chrono::milliseconds(100));
   }
 
  private:
@@ -441,61 +361,31 @@ void PrintTable(const std::vector<Figures>& rows, double copy_rate) {
   }
 }
 
-void Usage(FILE* to) {
-  std::fprintf(to,
-               "usage: store_bench [flags]   (PostgreSQL from PG* variables or --conninfo)\n"
-               "  --rows N             rows per full-load phase (default 50000)\n"
-               "  --conninfo STR       key=value conninfo of a server where this user may\n"
-               "                       create a database (default: libpq's PG* variables)\n"
-               "  --light-rate R       a light-load phase at R rows/s (repeatable;\n"
-               "                       default 200 and 20)\n"
-               "  --light-seconds S    length of each light-load phase (default 4)\n"
-               "  --pg-dir DIR         pg-throwaway directory, for the postmaster pid\n"
-               "                       (default $DIGESTD_PG_DIR)\n");
-}
-
 Options ParseFlags(int argc, char** argv) {
+  Flags flags("store_bench",
+              "PostgreSQL's write path: COPY against the BatchWriter, in rows/s, commits per\n"
+              "1,000 results, row wait and CPU per row. PostgreSQL from libpq's PG* variables\n"
+              "or --conninfo.",
+              {
+                  {"rows", "N", "rows per full-load phase", "50000"},
+                  {"conninfo", "STR",
+                   "key=value conninfo of a server where this user may\ncreate a database "
+                   "(default: libpq's PG* variables)"},
+                  {"light-rate", "R", "a light-load phase at R rows/s (repeatable)", "200 20"},
+                  {"light-seconds", "S", "length of each light-load phase", "4"},
+                  {"pg-dir", "DIR",
+                   "pg-throwaway directory, for the postmaster pid\n(default $DIGESTD_PG_DIR)"},
+              });
+  flags.Parse(argc, argv);
   Options o;
-  if (const char* d = std::getenv("DIGESTD_PG_DIR")) o.pg_dir = d;
-  for (int i = 1; i < argc; ++i) {
-    std::string a = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) {
-        std::fprintf(stderr, "store_bench: %s needs a value\n", a.c_str());
-        std::exit(2);
-      }
-      return argv[++i];
-    };
-    auto number = [&](double lo, double hi) {
-      std::string v = value();
-      char* end = nullptr;
-      double d = std::strtod(v.c_str(), &end);
-      if (end == v.c_str() || *end != '\0' || d < lo || d > hi) {
-        std::fprintf(stderr, "store_bench: %s %s: expected a number from %g to %g\n", a.c_str(),
-                     v.c_str(), lo, hi);
-        std::exit(2);
-      }
-      return d;
-    };
-    if (a == "--rows") {
-      o.rows = static_cast<int>(number(100, 10000000));
-    } else if (a == "--conninfo") {
-      o.conninfo = value();
-    } else if (a == "--light-rate") {
-      o.light_rates.push_back(number(1, 100000));
-    } else if (a == "--light-seconds") {
-      o.light_s = number(0.5, 600);
-    } else if (a == "--pg-dir") {
-      o.pg_dir = value();
-    } else if (a == "--help" || a == "-h") {
-      Usage(stdout);
-      std::exit(0);
-    } else {
-      std::fprintf(stderr, "store_bench: unknown argument '%s'; see --help\n", a.c_str());
-      std::exit(2);
-    }
+  o.rows = static_cast<int>(flags.Integer("rows", 100, 10000000));
+  o.conninfo = flags.String("conninfo");
+  o.light_rates = flags.Numbers("light-rate", 1, 100000);
+  o.light_s = flags.Number("light-seconds", 0.5, 600);
+  o.pg_dir = flags.String("pg-dir");
+  if (o.pg_dir.empty()) {
+    if (const char* d = std::getenv("DIGESTD_PG_DIR")) o.pg_dir = d;
   }
-  if (o.light_rates.empty()) o.light_rates = {200, 20};
   return o;
 }
 
@@ -507,7 +397,7 @@ int main(int argc, char** argv) {
   long postmaster = PostmasterPid(opt.pg_dir);
 
   // A fresh database, dropped at the end.
-  BlockingConn admin(opt.conninfo);
+  BlockingPg admin(opt.conninfo);
   const std::string db = "store_bench_" + std::to_string(getpid());
   admin.Exec("DROP DATABASE IF EXISTS " + db);
   admin.Exec("CREATE DATABASE " + db);
@@ -531,7 +421,7 @@ int main(int argc, char** argv) {
   std::vector<Figures> rows;
   {
     LoopRig rig(conninfo);
-    BlockingConn setup(conninfo);
+    BlockingPg setup(conninfo);
     setup.Exec(
         "CREATE TABLE digestd.jobs_copy (LIKE digestd.jobs INCLUDING ALL) "
         "WITH (fillfactor = 80)");

@@ -3,8 +3,6 @@
 // period, a forced second SIGTERM, socket ownership at start, the command
 // line of digestd and digestctl.
 #include <signal.h>
-#include <sys/socket.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -24,28 +22,7 @@ using testing::ProcessOutput;
 using testing::RunProcess;
 using testing::SplitLines;
 using testing::WaitFor;
-
-json CallOk(const DaemonProcess& daemon, const json& request) {
-  auto answer = daemon.Call(request);
-  EXPECT_TRUE(answer.ok()) << request.dump() << ": " << answer.status().ToString();
-  if (!answer.ok()) return nullptr;
-  EXPECT_EQ(answer.value()["ok"], true) << request.dump() << " -> " << answer.value().dump();
-  return answer.value();
-}
-
-json Status(const DaemonProcess& daemon) {
-  return CallOk(daemon, {{"op", "status"}});
-}
-
-void SubmitNoop(const DaemonProcess& daemon, const std::string& key, int sleep_ms,
-                const std::string& lane = "background") {
-  json answer = CallOk(daemon, {{"op", "submit"},
-                                {"kind", "noop"},
-                                {"key", key},
-                                {"lane", lane},
-                                {"input", {{"sleep_ms", sleep_ms}}}});
-  ASSERT_EQ(answer["existing"], false) << answer.dump();
-}
+using testing::WorkersConfig;
 
 // The counts in the daemon's last "shutdown complete: N done, F failed, C
 // cancelled" line; nullopt when there is none.
@@ -64,35 +41,19 @@ std::optional<Final> ShutdownSummary(const std::string& log) {
   return out;
 }
 
-// Leaves a socket file at `path` that nobody listens on, as a killed daemon does.
-void MakeStaleSocket(const std::string& path) {
-  int fd = socket(AF_UNIX, SOCK_STREAM, 0);
-  ASSERT_GE(fd, 0);
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
-  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
-  close(fd);
-}
-
 TEST(LifecycleE2E, StatusReportsEveryField) {
   DaemonProcess daemon;
-  ASSERT_TRUE(daemon.Start({.config = R"(
-[workers]
-min = 2
-max = 6
-interactive_reserved = 1
-[queues]
+  ASSERT_TRUE(daemon.Start({.config = WorkersConfig(2, 6, 1) + R"([queues]
 interactive = 7
 background = 9
 [daemon]
 node_id = "status-node"
 )"}));
-  SubmitNoop(daemon, "one", 0);
-  json result = CallOk(daemon, {{"op", "result"}, {"key", "one"}, {"wait_ms", 10000}});
+  daemon.SubmitNoop("one", 0);
+  json result = daemon.CallOk({{"op", "result"}, {"key", "one"}, {"wait_ms", 10000}});
   ASSERT_EQ(result["status"], "done") << result.dump();
 
-  json s = Status(daemon);
+  json s = daemon.Status();
   EXPECT_EQ(s["version"], DIGESTD_VERSION);
   EXPECT_EQ(s["pid"], daemon.Pid());
   ASSERT_TRUE(s["uptime_s"].is_number()) << s.dump();
@@ -132,35 +93,35 @@ node_id = "status-node"
 
 TEST(LifecycleE2E, StatusShowsDepthAndBusyUnderLoad) {
   DaemonProcess daemon;
-  ASSERT_TRUE(daemon.Start({.config = "[workers]\nmin = 1\nmax = 2\ninteractive_reserved = 0\n"}));
-  for (int i = 0; i < 5; ++i) SubmitNoop(daemon, "long" + std::to_string(i), 60000);
-  ASSERT_TRUE(WaitFor([&] { return Status(daemon)["workers"]["busy"] == 2; }));
-  json s = Status(daemon);
+  ASSERT_TRUE(daemon.Start({.config = WorkersConfig(1, 2)}));
+  for (int i = 0; i < 5; ++i) daemon.SubmitNoop("long" + std::to_string(i), 60000);
+  ASSERT_TRUE(WaitFor([&] { return daemon.Status()["workers"]["busy"] == 2; }));
+  json s = daemon.Status();
   EXPECT_EQ(s["queues"]["background"]["depth"], 3) << s.dump();
   EXPECT_EQ(s["jobs"]["running"], 2);
   EXPECT_EQ(s["jobs"]["submitted"], 5);
   for (int i = 0; i < 5; ++i)
-    CallOk(daemon, {{"op", "cancel"}, {"key", "long" + std::to_string(i)}});
+    daemon.CallOk({{"op", "cancel"}, {"key", "long" + std::to_string(i)}});
   EXPECT_TRUE(daemon.Stop());
 }
 
 TEST(LifecycleE2E, WorkersOpChangesTheLimit) {
   DaemonProcess daemon;
-  ASSERT_TRUE(daemon.Start({.config = "[workers]\nmin = 1\nmax = 1\ninteractive_reserved = 0\n"}));
-  SubmitNoop(daemon, "a", 60000);
-  SubmitNoop(daemon, "b", 60000);
-  SubmitNoop(daemon, "c", 60000);
-  ASSERT_TRUE(WaitFor([&] { return Status(daemon)["workers"]["busy"] == 1; }));
-  EXPECT_EQ(Status(daemon)["queues"]["background"]["depth"], 2);
+  ASSERT_TRUE(daemon.Start({.config = WorkersConfig(1, 1)}));
+  daemon.SubmitNoop("a", 60000);
+  daemon.SubmitNoop("b", 60000);
+  daemon.SubmitNoop("c", 60000);
+  ASSERT_TRUE(WaitFor([&] { return daemon.Status()["workers"]["busy"] == 1; }));
+  EXPECT_EQ(daemon.Status()["queues"]["background"]["depth"], 2);
 
-  json answer = CallOk(daemon, {{"op", "workers"}, {"min", 2}, {"max", 3}});
+  json answer = daemon.CallOk({{"op", "workers"}, {"min", 2}, {"max", 3}});
   EXPECT_EQ(answer["limit"], 3) << answer.dump();
   EXPECT_EQ(answer["min"], 2);
   EXPECT_EQ(answer["max"], 3);
   // The raised limit takes effect at once: the queued jobs start.
-  ASSERT_TRUE(WaitFor([&] { return Status(daemon)["workers"]["busy"] == 3; }))
-      << Status(daemon).dump();
-  json s = Status(daemon);
+  ASSERT_TRUE(WaitFor([&] { return daemon.Status()["workers"]["busy"] == 3; }))
+      << daemon.Status().dump();
+  json s = daemon.Status();
   EXPECT_EQ(s["workers"]["limit"], 3);
   EXPECT_EQ(s["queues"]["background"]["depth"], 0);
 
@@ -172,11 +133,11 @@ TEST(LifecycleE2E, WorkersOpChangesTheLimit) {
   auto crossed = daemon.Call({{"op", "workers"}, {"min", 3}, {"max", 2}});
   ASSERT_TRUE(crossed.ok());
   EXPECT_EQ(crossed.value()["error"]["code"], "bad_request");
-  EXPECT_EQ(Status(daemon)["workers"]["limit"], 3);
+  EXPECT_EQ(daemon.Status()["workers"]["limit"], 3);
 
-  CallOk(daemon, {{"op", "cancel"}, {"key", "a"}});
-  CallOk(daemon, {{"op", "cancel"}, {"key", "b"}});
-  CallOk(daemon, {{"op", "cancel"}, {"key", "c"}});
+  daemon.CallOk({{"op", "cancel"}, {"key", "a"}});
+  daemon.CallOk({{"op", "cancel"}, {"key", "b"}});
+  daemon.CallOk({{"op", "cancel"}, {"key", "c"}});
   EXPECT_TRUE(daemon.Stop());
 }
 
@@ -184,12 +145,12 @@ TEST(LifecycleE2E, SighupReloadChangesWorkersAndLogsWhatChanged) {
   DaemonProcess daemon;
   ASSERT_TRUE(
       daemon.Start({.config = "[workers]\nmin = 2\nmax = 8\n[queues]\ninteractive = 50\n"}));
-  EXPECT_EQ(Status(daemon)["workers"]["max"], 8);
+  EXPECT_EQ(daemon.Status()["workers"]["max"], 8);
   ASSERT_TRUE(daemon.WriteConfig("[workers]\nmin = 1\nmax = 4\n[queues]\ninteractive = 60\n"));
   daemon.Signal(SIGHUP);
-  ASSERT_TRUE(WaitFor([&] { return Status(daemon)["workers"]["max"] == 4; }))
+  ASSERT_TRUE(WaitFor([&] { return daemon.Status()["workers"]["max"] == 4; }))
       << daemon.StderrText();
-  json s = Status(daemon);
+  json s = daemon.Status();
   EXPECT_EQ(s["workers"]["min"], 1);
   EXPECT_EQ(s["workers"]["limit"], 4);
   EXPECT_EQ(s["reloads"], 1);
@@ -206,10 +167,10 @@ TEST(LifecycleE2E, ReloadOpReportsWhatChanged) {
   DaemonProcess daemon;
   ASSERT_TRUE(daemon.Start({.config = "[workers]\nmax = 8\n"}));
   ASSERT_TRUE(daemon.WriteConfig("[workers]\nmax = 5\n"));
-  json answer = CallOk(daemon, {{"op", "reload"}});
+  json answer = daemon.CallOk({{"op", "reload"}});
   ASSERT_TRUE(answer["changed"].is_array()) << answer.dump();
   EXPECT_EQ(answer["changed"], json::array({"[workers] max: 8 -> 5"})) << answer.dump();
-  EXPECT_EQ(Status(daemon)["workers"]["max"], 5);
+  EXPECT_EQ(daemon.Status()["workers"]["max"], 5);
   EXPECT_TRUE(daemon.Stop());
 }
 
@@ -223,7 +184,7 @@ TEST(LifecycleE2E, ReloadWithABrokenConfigKeepsRunningAndReportsTheError) {
   EXPECT_NE(logged.find(daemon.ConfigPath() + ":2:"), std::string::npos) << logged;
   EXPECT_NE(logged.find("max"), std::string::npos) << logged;
   EXPECT_TRUE(daemon.Running());
-  EXPECT_EQ(Status(daemon)["workers"]["max"], 8);
+  EXPECT_EQ(daemon.Status()["workers"]["max"], 8);
 
   // The reload op answers with the same error.
   ASSERT_TRUE(daemon.WriteConfigRaw("[workers]\nmax = 8\nfrobnicate = 1\n"));
@@ -234,14 +195,14 @@ TEST(LifecycleE2E, ReloadWithABrokenConfigKeepsRunningAndReportsTheError) {
   std::string message = testing::ErrorMessage(answer.value());
   EXPECT_NE(message.find(daemon.ConfigPath() + ":3:"), std::string::npos) << message;
   EXPECT_NE(message.find("frobnicate"), std::string::npos) << message;
-  EXPECT_EQ(Status(daemon)["workers"]["max"], 8);
+  EXPECT_EQ(daemon.Status()["workers"]["max"], 8);
   EXPECT_TRUE(daemon.Stop());
 }
 
 TEST(LifecycleE2E, ShutdownUnderLoadFinishesEveryAcknowledgedJob) {
   DaemonProcess daemon;
-  ASSERT_TRUE(daemon.Start({.config = "[workers]\nmin = 4\nmax = 4\ninteractive_reserved = 0\n"}));
-  for (int i = 0; i < 20; ++i) SubmitNoop(daemon, "load" + std::to_string(i), 200);
+  ASSERT_TRUE(daemon.Start({.config = WorkersConfig(4, 4)}));
+  for (int i = 0; i < 20; ++i) daemon.SubmitNoop("load" + std::to_string(i), 200);
   daemon.Signal(SIGTERM);
   auto exit = daemon.WaitExit();
   ASSERT_TRUE(exit.has_value()) << "no exit within the deadline\n" << daemon.StderrText();
@@ -258,10 +219,10 @@ TEST(LifecycleE2E, ShutdownUnderLoadFinishesEveryAcknowledgedJob) {
 
 TEST(LifecycleE2E, SubmitsAfterSigtermGetUnavailable) {
   DaemonProcess daemon;
-  ASSERT_TRUE(daemon.Start({.config = "[workers]\nmin = 2\nmax = 2\ninteractive_reserved = 0\n"}));
+  ASSERT_TRUE(daemon.Start({.config = WorkersConfig(2, 2)}));
   // A long job keeps the drain open until the test has asked what it wants.
-  SubmitNoop(daemon, "holder", 60000);
-  SubmitNoop(daemon, "quick", 100);
+  daemon.SubmitNoop("holder", 60000);
+  daemon.SubmitNoop("quick", 100);
   ControlClient client;  // connected before the signal; the listener stays open while draining
   ASSERT_TRUE(client.Connect(daemon.SocketPath()).ok());
   daemon.Signal(SIGTERM);
@@ -294,9 +255,9 @@ TEST(LifecycleE2E, SubmitsAfterSigtermGetUnavailable) {
 
 TEST(LifecycleE2E, DrainOpFinishesQueuedWorkAndExits) {
   DaemonProcess daemon;
-  ASSERT_TRUE(daemon.Start({.config = "[workers]\nmin = 1\nmax = 1\ninteractive_reserved = 0\n"}));
-  for (int i = 0; i < 3; ++i) SubmitNoop(daemon, "d" + std::to_string(i), 50);
-  json answer = CallOk(daemon, {{"op", "drain"}});
+  ASSERT_TRUE(daemon.Start({.config = WorkersConfig(1, 1)}));
+  for (int i = 0; i < 3; ++i) daemon.SubmitNoop("d" + std::to_string(i), 50);
+  json answer = daemon.CallOk({{"op", "drain"}});
   EXPECT_EQ(answer["draining"], true);
   auto exit = daemon.WaitExit();
   ASSERT_TRUE(exit.has_value()) << daemon.StderrText();
@@ -308,16 +269,11 @@ TEST(LifecycleE2E, DrainOpFinishesQueuedWorkAndExits) {
 
 TEST(LifecycleE2E, ShortGraceCancelsRunningJobsAndStillExitsZero) {
   DaemonProcess daemon;
-  ASSERT_TRUE(daemon.Start({.config = R"(
-[workers]
-min = 2
-max = 2
-interactive_reserved = 0
-[daemon]
+  ASSERT_TRUE(daemon.Start({.config = WorkersConfig(2, 2) + R"([daemon]
 shutdown_grace_s = 1
 )"}));
-  for (int i = 0; i < 5; ++i) SubmitNoop(daemon, "long" + std::to_string(i), 60000);
-  ASSERT_TRUE(WaitFor([&] { return Status(daemon)["workers"]["busy"] == 2; }));
+  for (int i = 0; i < 5; ++i) daemon.SubmitNoop("long" + std::to_string(i), 60000);
+  ASSERT_TRUE(WaitFor([&] { return daemon.Status()["workers"]["busy"] == 2; }));
   daemon.Signal(SIGTERM);
   auto exit = daemon.WaitExit();
   ASSERT_TRUE(exit.has_value()) << "still running long after the 1 s grace\n"
@@ -332,17 +288,12 @@ shutdown_grace_s = 1
 
 TEST(LifecycleE2E, SecondSigtermForcesAFastExit) {
   DaemonProcess daemon;
-  ASSERT_TRUE(daemon.Start({.config = R"(
-[workers]
-min = 2
-max = 2
-interactive_reserved = 0
-[daemon]
+  ASSERT_TRUE(daemon.Start({.config = WorkersConfig(2, 2) + R"([daemon]
 shutdown_grace_s = 3600
 )"}));
-  SubmitNoop(daemon, "long1", 60000);
-  SubmitNoop(daemon, "long2", 60000);
-  ASSERT_TRUE(WaitFor([&] { return Status(daemon)["workers"]["busy"] == 2; }));
+  daemon.SubmitNoop("long1", 60000);
+  daemon.SubmitNoop("long2", 60000);
+  ASSERT_TRUE(WaitFor([&] { return daemon.Status()["workers"]["busy"] == 2; }));
   daemon.Signal(SIGTERM);
   ASSERT_TRUE(daemon.WaitForMessage("STOPPING=1"));
   EXPECT_TRUE(daemon.Running()) << "the first SIGTERM waits for running jobs";
@@ -360,7 +311,7 @@ shutdown_grace_s = 3600
 TEST(LifecycleE2E, StaleSocketFileIsReplaced) {
   DaemonProcess daemon;
   std::string path = daemon.dir().File("ctl.sock");
-  MakeStaleSocket(path);
+  ASSERT_TRUE(testing::MakeStaleSocket(path)) << std::strerror(errno);
   ASSERT_TRUE(testing::PathExists(path));
   ASSERT_TRUE(daemon.Start({.socket_path = path}));
   auto ping = daemon.Call({{"op", "ping"}});
@@ -486,7 +437,7 @@ TEST(LifecycleE2E, DigestctlExitsThreeWithAOneLineReasonWhenNoDaemonRuns) {
   testing::TempDir dir;
   std::string nothing = dir.File("none.sock");
   std::string stale = dir.File("stale.sock");
-  MakeStaleSocket(stale);
+  ASSERT_TRUE(testing::MakeStaleSocket(stale)) << std::strerror(errno);
   for (const std::string& path : {nothing, stale}) {
     for (const char* cmd : {"status", "ping"}) {
       ProcessOutput out = RunProcess({DIGESTCTL_BIN, "--socket", path, cmd});

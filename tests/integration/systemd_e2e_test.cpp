@@ -7,8 +7,6 @@
 // its program in place (so LISTEN_PID matches) on the first connection,
 // passing on only the environment variables named with -E.
 #include <signal.h>
-#include <sys/socket.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include <cstring>
@@ -24,20 +22,7 @@ using nlohmann::json;
 using testing::DaemonOptions;
 using testing::DaemonProcess;
 using testing::WaitFor;
-
-// A bound, listening Unix stream socket at `path`; -1 on failure.
-int ListenOn(const std::string& path) {
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (fd < 0) return -1;
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, path.c_str(), sizeof(addr.sun_path) - 1);
-  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 || listen(fd, 128) != 0) {
-    close(fd);
-    return -1;
-  }
-  return fd;
-}
+using testing::WorkersConfig;
 
 TEST(SystemdE2E, ReadyAndStatusComeFromTheMainPid) {
   DaemonProcess daemon;
@@ -60,19 +45,10 @@ TEST(SystemdE2E, ReadyAndStatusComeFromTheMainPid) {
 
 TEST(SystemdE2E, StatusLineIsRefreshedWhenTheQueuesChange) {
   DaemonProcess daemon;
-  ASSERT_TRUE(daemon.Start({.config = R"(
-[workers]
-min = 1
-max = 1
-interactive_reserved = 0
-[daemon]
+  ASSERT_TRUE(daemon.Start({.config = WorkersConfig(1, 1) + R"([daemon]
 status_interval_ms = 100
 )"}));
-  for (const char* key : {"a", "b", "c"}) {
-    auto answer = daemon.Call(
-        {{"op", "submit"}, {"kind", "noop"}, {"key", key}, {"input", {{"sleep_ms", 60000}}}});
-    ASSERT_TRUE(answer.ok() && answer.value()["ok"] == true);
-  }
+  for (const char* key : {"a", "b", "c"}) daemon.SubmitNoop(key, 60000);
   // One line naming the busy workers and each lane's depth, refreshed as
   // the queues change.
   EXPECT_TRUE(WaitFor([&] {
@@ -85,9 +61,7 @@ status_interval_ms = 100
     }
     return false;
   })) << ::testing::PrintToString(daemon.Messages());
-  for (const char* key : {"a", "b", "c"}) {
-    ASSERT_TRUE(daemon.Call({{"op", "cancel"}, {"key", key}}).ok());
-  }
+  for (const char* key : {"a", "b", "c"}) daemon.CallOk({{"op", "cancel"}, {"key", key}});
   EXPECT_TRUE(daemon.Stop());
 }
 
@@ -186,7 +160,7 @@ TEST(SystemdE2E, SocketActivationThroughSystemdSocketActivate) {
 TEST(SystemdE2E, SocketActivationWithAnInheritedFd) {
   DaemonProcess daemon;
   std::string activation = daemon.dir().File("act.sock");
-  int fd = ListenOn(activation);
+  int fd = testing::BindUnixSocket(activation, /*listen=*/true);
   ASSERT_GE(fd, 0) << std::strerror(errno);
   ASSERT_TRUE(daemon.Start({.listen_fd = fd, .listen_fdnames = "control"}));
   close(fd);  // the daemon has its own copy as fd 3

@@ -107,15 +107,6 @@ std::optional<ExitStatus> Reap(pid_t pid, std::chrono::milliseconds timeout) {
 
 }  // namespace
 
-bool WaitFor(const std::function<bool()>& condition, std::chrono::milliseconds timeout) {
-  auto deadline = std::chrono::steady_clock::now() + timeout;
-  for (;;) {
-    if (condition()) return true;
-    if (std::chrono::steady_clock::now() >= deadline) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-  }
-}
-
 TempDir::TempDir() {
   char tmpl[] = "/tmp/dgt.XXXXXX";
   if (mkdtemp(tmpl) == nullptr) {
@@ -257,6 +248,33 @@ ProcessOutput RunProcess(const std::vector<std::string>& argv, std::chrono::mill
   return result;
 }
 
+int BindUnixSocket(const std::string& path, bool listen) {
+  sockaddr_un addr{};
+  if (path.size() >= sizeof(addr.sun_path)) {
+    errno = ENAMETOOLONG;
+    return -1;
+  }
+  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  addr.sun_family = AF_UNIX;
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0 ||
+      (listen && ::listen(fd, 128) != 0)) {
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return -1;
+  }
+  return fd;
+}
+
+bool MakeStaleSocket(const std::string& path) {
+  int fd = BindUnixSocket(path, false);
+  if (fd < 0) return false;
+  close(fd);
+  return true;
+}
+
 int UnreadBytes(int fd) {
   int n = 0;
   return ioctl(fd, SIOCOUTQ, &n) == 0 ? n : -1;
@@ -297,6 +315,11 @@ Result<nlohmann::json> CallOnce(const std::string& socket_path, const nlohmann::
   Status st = client.Connect(socket_path);
   if (!st.ok()) return st;
   return client.Call(request, timeout_ms);
+}
+
+std::string WorkersConfig(int min, int max, int interactive_reserved) {
+  return "[workers]\nmin = " + std::to_string(min) + "\nmax = " + std::to_string(max) +
+         "\ninteractive_reserved = " + std::to_string(interactive_reserved) + "\n";
 }
 
 DaemonProcess::DaemonProcess() = default;
@@ -597,6 +620,24 @@ std::optional<size_t> DaemonProcess::WaitForMessage(const std::string& prefix,
 
 Result<nlohmann::json> DaemonProcess::Call(const nlohmann::json& request, int timeout_ms) const {
   return CallOnce(socket_path_, request, timeout_ms);
+}
+
+nlohmann::json DaemonProcess::CallOk(const nlohmann::json& request, int timeout_ms) const {
+  auto answer = Call(request, timeout_ms);
+  EXPECT_TRUE(answer.ok()) << request.dump() << ": " << answer.status().ToString();
+  if (!answer.ok()) return nullptr;
+  EXPECT_EQ(answer.value()["ok"], true) << request.dump() << " -> " << answer.value().dump();
+  return answer.value();
+}
+
+void DaemonProcess::SubmitNoop(const std::string& key, int sleep_ms,
+                               const std::string& lane) const {
+  nlohmann::json answer = CallOk({{"op", "submit"},
+                                  {"kind", "noop"},
+                                  {"key", key},
+                                  {"lane", lane},
+                                  {"input", {{"sleep_ms", sleep_ms}}}});
+  EXPECT_EQ(answer["existing"], false) << answer.dump();
 }
 
 }  // namespace digestd::testing

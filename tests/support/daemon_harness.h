@@ -1,8 +1,9 @@
-// Test support for end-to-end tests: a temporary directory, a condition
-// poller, and DaemonProcess, which runs the real digestd binary the way
-// systemd would (a config file, a NOTIFY_SOCKET datagram socket the test owns,
-// optionally WATCHDOG_USEC and a socket passed by activation), so a test can
-// drive it through its control socket and read what it told "systemd".
+// Test support for end-to-end tests: a temporary directory, files and child
+// processes, Unix sockets, and DaemonProcess, which runs the real digestd
+// binary the way systemd would (a config file, a NOTIFY_SOCKET datagram
+// socket the test owns, optionally WATCHDOG_USEC and a socket passed by
+// activation), so a test can drive it through its control socket and read
+// what it told "systemd". Waiting for a condition: wait.h (included).
 //
 // Threads: every method is called from the test's thread. DaemonProcess runs
 // one helper thread of its own that drains the notify socket (digestd's
@@ -26,16 +27,9 @@
 #include <vector>
 
 #include "util/status.h"
+#include "wait.h"
 
 namespace digestd::testing {
-
-// The upper bound every wait in the tests uses. Generous: it only bounds a
-// wait for a state, it is never a timing assertion.
-inline constexpr std::chrono::milliseconds kDeadline{10000};
-
-// Polls `condition` every few milliseconds until it returns true (true) or
-// `timeout` has passed (false). Redis's wait_for_condition.
-bool WaitFor(const std::function<bool()>& condition, std::chrono::milliseconds timeout = kDeadline);
 
 // A fresh directory under /tmp with a short name (Unix socket paths must stay
 // under 108 bytes), removed with everything in it at destruction.
@@ -89,6 +83,14 @@ ProcessOutput RunProcess(const std::vector<std::string>& argv,
                          std::chrono::milliseconds timeout = kDeadline,
                          const std::vector<std::string>& env = {}, int uid = -1);
 
+// A Unix stream socket bound to `path` (close-on-exec); -1 with errno set on
+// failure. With `listen`, it also listens (a socket to hand to a daemon as
+// systemd's socket activation does); without, it is closed again at once,
+// which leaves the socket file behind with nobody listening, as a killed
+// daemon does (MakeStaleSocket).
+int BindUnixSocket(const std::string& path, bool listen);
+[[nodiscard]] bool MakeStaleSocket(const std::string& path);
+
 // Bytes written to the Unix stream socket `fd` that its peer has not read yet
 // (SIOCOUTQ); -1 on error.
 int UnreadBytes(int fd);
@@ -105,6 +107,10 @@ std::string ErrorMessage(const nlohmann::json& answer);
 // Sends `request` on a new connection to `socket_path` and returns the answer.
 Result<nlohmann::json> CallOnce(const std::string& socket_path, const nlohmann::json& request,
                                 int timeout_ms = 10000);
+
+// A [workers] table for DaemonOptions::config: `min`, `max` and
+// `interactive_reserved` slots.
+std::string WorkersConfig(int min, int max, int interactive_reserved = 0);
 
 struct DaemonOptions {
   // TOML text for the config file. [control] socket is set to the daemon's
@@ -192,6 +198,15 @@ class DaemonProcess {
 
   // One request on a fresh connection to SocketPath().
   Result<nlohmann::json> Call(const nlohmann::json& request, int timeout_ms = 10000) const;
+  // Call() that expects an answer with "ok": true (a test failure names the
+  // request and the answer otherwise); the answer, or null when none came.
+  nlohmann::json CallOk(const nlohmann::json& request, int timeout_ms = 10000) const;
+  // CallOk({"op": "status"}).
+  nlohmann::json Status() const { return CallOk({{"op", "status"}}); }
+  // Submits a new noop job that sleeps `sleep_ms`; a test failure when it is
+  // refused or the key already existed.
+  void SubmitNoop(const std::string& key, int sleep_ms,
+                  const std::string& lane = "background") const;
 
  private:
   bool BindNotifySocket(bool pass_cred);

@@ -1,6 +1,5 @@
 #include "pg_fixture.h"
 
-#include <libpq-fe.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -11,7 +10,6 @@
 #include <sstream>
 
 #include "store/migrations.h"
-#include "util/uv_handle.h"
 
 namespace digestd::testing {
 
@@ -166,31 +164,8 @@ std::string PgServer::Conninfo(const std::string& db) const {
 }
 
 Result<Rows> PgServer::Exec(const std::string& db, const std::string& sql) const {
-  PGconn* conn = PQconnectdb((Conninfo(db) + " connect_timeout=10").c_str());
-  if (PQstatus(conn) != CONNECTION_OK) {
-    std::string why = PQerrorMessage(conn);
-    PQfinish(conn);
-    return Status::Unavailable(why);
-  }
-  PQsetNoticeProcessor(
-      conn, [](void*, const char*) {}, nullptr);
-  PGresult* res = PQexec(conn, sql.c_str());
-  ExecStatusType st = PQresultStatus(res);
-  if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
-    std::string why = PQresultErrorMessage(res);
-    PQclear(res);
-    PQfinish(conn);
-    return Status::Internal(why + " (in: " + sql + ")");
-  }
-  Rows rows;
-  for (int r = 0; r < PQntuples(res); ++r) {
-    std::vector<std::string> row;
-    for (int c = 0; c < PQnfields(res); ++c) row.emplace_back(PQgetvalue(res, r, c));
-    rows.push_back(std::move(row));
-  }
-  PQclear(res);
-  PQfinish(conn);
-  return rows;
+  PgSession session(Conninfo(db) + " connect_timeout=10");
+  return session.Exec(sql);
 }
 
 std::string PgServer::Scalar(const std::string& db, const std::string& sql) const {
@@ -252,51 +227,14 @@ void PgTest::SetUp() {
   ASSERT_NE(server_, nullptr) << "no PostgreSQL for this test: " << error_;
 }
 
-TestLoop::TestLoop() {
-  uv_loop_init(&loop_);
-}
-
-TestLoop::~TestLoop() {
-  // Let close callbacks run (UvHandle frees memory in them).
-  for (int i = 0; i < 100 && uv_loop_alive(&loop_) != 0; ++i) uv_run(&loop_, UV_RUN_NOWAIT);
-  int rc = uv_loop_close(&loop_);
-  EXPECT_EQ(rc, 0) << "a handle or request was left open on the loop";
-  if (rc != 0) {
-    uv_walk(
-        &loop_,
-        [](uv_handle_t* h, void*) {
-          ADD_FAILURE() << "open handle: " << uv_handle_type_name(uv_handle_get_type(h));
-          if (uv_is_closing(h) == 0) uv_close(h, nullptr);
-        },
-        nullptr);
-    uv_run(&loop_, UV_RUN_NOWAIT);
-    uv_loop_close(&loop_);
+Status MigrateNow(TestLoop& loop, PgConn& conn) {
+  std::optional<Status> done;
+  Status st = Migrate(conn, [&](Status s) { done = std::move(s); });
+  if (!st.ok()) return st;
+  if (!loop.RunUntil([&] { return done.has_value(); })) {
+    return Status::Internal("Migrate never answered");
   }
-}
-
-bool TestLoop::RunUntil(const std::function<bool()>& condition, std::chrono::milliseconds timeout) {
-  // A ticking timer makes each uv_run return so the condition is checked.
-  UvHandle<uv_timer_t> tick;
-  uv_timer_init(&loop_, tick.get());
-  tick.set_initialized();
-  uv_timer_start(
-      tick.get(), [](uv_timer_t*) {}, 5, 5);
-  uv_update_time(&loop_);
-  uint64_t deadline = uv_now(&loop_) + static_cast<uint64_t>(timeout.count());
-  bool ok = condition();
-  while (!ok && uv_now(&loop_) < deadline) {
-    uv_run(&loop_, UV_RUN_ONCE);
-    ok = condition();
-  }
-  tick.Close();
-  uv_run(&loop_, UV_RUN_NOWAIT);
-  return ok;
-}
-
-void TestLoop::RunFor(std::chrono::milliseconds ms) {
-  uv_update_time(&loop_);
-  uint64_t end = uv_now(&loop_) + static_cast<uint64_t>(ms.count());
-  RunUntil([&] { return uv_now(&loop_) >= end; }, ms + std::chrono::milliseconds(1000));
+  return *done;
 }
 
 ::testing::AssertionResult ConnectAndMigrate(TestLoop& loop, PgConn& conn) {
@@ -307,13 +245,8 @@ void TestLoop::RunFor(std::chrono::milliseconds ms) {
     return ::testing::AssertionFailure()
            << "no connection to " << conn.Describe() << ": " << conn.state().last_error;
   }
-  std::optional<Status> done;
-  Status st = Migrate(conn, [&](Status s) { done = std::move(s); });
+  Status st = MigrateNow(loop, conn);
   if (!st.ok()) return ::testing::AssertionFailure() << st.ToString();
-  if (!loop.RunUntil([&] { return done.has_value(); })) {
-    return ::testing::AssertionFailure() << "Migrate never answered";
-  }
-  if (!done->ok()) return ::testing::AssertionFailure() << done->ToString();
   return ::testing::AssertionSuccess();
 }
 

@@ -1,6 +1,7 @@
 // PostgreSQL for tests: a reachable server, a fresh database per test suite,
-// server stop/start for outage tests, and a libuv loop harness for the
-// asynchronous store code.
+// server stop/start for outage tests, a blocking session the test controls
+// (to hold a transaction and its locks open until the test ends it), and
+// helpers that run the asynchronous store code on a TestLoop.
 //
 // Which server: PGHOST/PGPORT/PGUSER when set (scripts/test runs ctest under
 // `scripts/pg-throwaway run`); else the cluster that ctest's store_pg fixture
@@ -12,8 +13,8 @@
 // Outage tests stop and start the server. They use PgServer::StartPrivate(),
 // a cluster of their own, never the shared one that other tests are using.
 //
-// Threads: the test's thread. The blocking libpq calls here (Exec) are for
-// test setup and assertions only, never on a loop.
+// Threads: the test's thread. The blocking libpq calls here (Exec, PgSession)
+// are for test setup and assertions only, never on a loop.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -26,12 +27,12 @@
 #include <string>
 #include <vector>
 
+#include "pg_session.h"
 #include "store/pg_conn.h"
+#include "test_loop.h"
 #include "util/status.h"
 
 namespace digestd::testing {
-
-using Rows = std::vector<std::vector<std::string>>;
 
 class PgServer {
  public:
@@ -92,27 +93,6 @@ class PgTest : public ::testing::Test {
   static std::string error_;
 };
 
-// A libuv loop for one test. The destructor closes the loop and expects
-// uv_loop_close() to succeed: a handle left open fails the test.
-class TestLoop {
- public:
-  TestLoop();
-  ~TestLoop();
-  TestLoop(const TestLoop&) = delete;
-  TestLoop& operator=(const TestLoop&) = delete;
-
-  uv_loop_t* get() { return &loop_; }
-  // Runs the loop until `condition` holds (true) or `timeout` passed (false).
-  bool RunUntil(const std::function<bool()>& condition,
-                std::chrono::milliseconds timeout = std::chrono::seconds(20));
-  // Runs the loop for `ms` of loop time, to see that something does NOT
-  // happen (a wait bounded by the loop's own timer, not a sleep).
-  void RunFor(std::chrono::milliseconds ms);
-
- private:
-  uv_loop_t loop_{};
-};
-
 // Starts an asynchronous call and runs the loop until its callback has run;
 // returns the callback's argument. `start` receives the callback and returns
 // the call's Status; a refused call or no answer fails the test (nullopt).
@@ -126,6 +106,8 @@ std::optional<T> Await(TestLoop& loop, Start start) {
   return out;
 }
 
+// Runs Migrate on `conn` (which is up) and waits for its answer.
+Status MigrateNow(TestLoop& loop, PgConn& conn);
 // Checks `conn`'s init_status(), starts it, waits until it is up, and
 // migrates schema digestd.
 ::testing::AssertionResult ConnectAndMigrate(TestLoop& loop, PgConn& conn);

@@ -6,7 +6,6 @@
 #include <gtest/gtest.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/un.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -16,6 +15,7 @@
 #include <vector>
 
 #include "../support/daemon_harness.h"
+#include "../support/test_loop.h"
 #include "client/control_client.h"
 #include "util/uv_handle.h"
 
@@ -54,8 +54,7 @@ class ControlServerTest : public ::testing::Test {
     // As Daemon::Run does: a write to a client that has left must fail with
     // EPIPE, not kill the process.
     signal(SIGPIPE, SIG_IGN);
-    ASSERT_EQ(uv_loop_init(&loop_), 0);
-    ASSERT_EQ(uv_async_init(&loop_, wake_.get(), [](uv_async_t*) {}), 0);
+    ASSERT_EQ(uv_async_init(loop_.get(), wake_.get(), [](uv_async_t*) {}), 0);
     wake_.set_initialized();
     socket_path_ = dir_.File("ctl.sock");
   }
@@ -67,13 +66,14 @@ class ControlServerTest : public ::testing::Test {
       server_.reset();
     }
     wake_.Close();
-    uv_run(&loop_, UV_RUN_DEFAULT);
-    EXPECT_EQ(uv_loop_close(&loop_), 0) << "a handle was leaked";
+    // loop_'s destructor runs the close callbacks and checks that nothing
+    // was left open.
   }
 
   void Listen(ControlServer::Options options = {}) {
     server_ = std::make_unique<ControlServer>(
-        &loop_, options, [this](Request req, const PeerCred& peer, ControlServer::Reply reply) {
+        loop_.get(), options,
+        [this](Request req, const PeerCred& peer, ControlServer::Reply reply) {
           Handle(std::move(req), peer, std::move(reply));
         });
     Status st = server_->ListenPath(socket_path_, 0600);
@@ -100,18 +100,8 @@ class ControlServerTest : public ::testing::Test {
     ++handled_;
   }
 
-  // Runs the loop until `done` holds or the deadline passes.
   bool RunUntil(const std::function<bool()>& done, std::chrono::milliseconds timeout = kDeadline) {
-    UvHandle<uv_timer_t> timer;
-    bool expired = false;
-    uv_timer_init(&loop_, timer.get());
-    timer.set_initialized();
-    timer.get()->data = &expired;
-    uv_timer_start(
-        timer.get(), [](uv_timer_t* t) { *static_cast<bool*>(t->data) = true; },
-        static_cast<uint64_t>(timeout.count()), 0);
-    while (!done() && !expired) uv_run(&loop_, UV_RUN_ONCE);
-    return done();
+    return loop_.RunUntil(done, timeout);
   }
 
   // Runs `client` on its own thread while this thread serves it.
@@ -137,9 +127,9 @@ class ControlServerTest : public ::testing::Test {
     ControlServer::Reply reply;
   };
 
+  testing::TestLoop loop_;  // first: closed after everything that uses it
   testing::TempDir dir_;
   std::string socket_path_;
-  uv_loop_t loop_{};
   UvHandle<uv_async_t> wake_;
   std::unique_ptr<ControlServer> server_;
   std::vector<Held> held_;       // loop thread only
@@ -425,13 +415,7 @@ TEST_F(ControlServerTest, ClientsBeyondMaxClientsAreTurnedAway) {
 
 TEST_F(ControlServerTest, StaleSocketFileIsReplaced) {
   // A socket file nobody listens on, as a killed daemon leaves behind.
-  int fd = socket(AF_UNIX, SOCK_STREAM, 0);
-  ASSERT_GE(fd, 0);
-  sockaddr_un addr{};
-  addr.sun_family = AF_UNIX;
-  std::strncpy(addr.sun_path, socket_path_.c_str(), sizeof(addr.sun_path) - 1);
-  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
-  close(fd);
+  ASSERT_TRUE(testing::MakeStaleSocket(socket_path_)) << std::strerror(errno);
   ASSERT_TRUE(testing::PathExists(socket_path_));
   Listen();
   RunClient([&] {
@@ -443,7 +427,7 @@ TEST_F(ControlServerTest, StaleSocketFileIsReplaced) {
 
 TEST_F(ControlServerTest, LiveSocketIsNeverTaken) {
   Listen();
-  ControlServer second(&loop_, {}, [](Request, const PeerCred&, ControlServer::Reply) {});
+  ControlServer second(loop_.get(), {}, [](Request, const PeerCred&, ControlServer::Reply) {});
   Status st = second.ListenPath(socket_path_, 0600);
   EXPECT_EQ(st.code(), Status::Code::kUnavailable);
   EXPECT_NE(st.message().find(socket_path_), std::string::npos) << st.message();
@@ -458,7 +442,7 @@ TEST_F(ControlServerTest, LiveSocketIsNeverTaken) {
 
 TEST_F(ControlServerTest, FileThatIsNotASocketIsNeverRemoved) {
   ASSERT_TRUE(testing::WriteTextFile(socket_path_, "precious"));
-  ControlServer server(&loop_, {}, [](Request, const PeerCred&, ControlServer::Reply) {});
+  ControlServer server(loop_.get(), {}, [](Request, const PeerCred&, ControlServer::Reply) {});
   Status st = server.ListenPath(socket_path_, 0600);
   EXPECT_FALSE(st.ok());
   EXPECT_NE(st.message().find("not a socket"), std::string::npos) << st.message();

@@ -15,8 +15,7 @@
 #include <thread>
 #include <vector>
 
-#include "../support/daemon_harness.h"
-#include "util/uv_handle.h"
+#include "../support/test_loop.h"
 
 namespace digestd {
 namespace {
@@ -115,7 +114,6 @@ class DispatcherTest : public ::testing::Test {
 
   void SetUp() override {
     ASSERT_TRUE(kPoolSized);
-    ASSERT_EQ(uv_loop_init(&loop_), 0);
     kinds_.Add(std::make_unique<BlockingKind>(&gate_));
     auto instant = std::make_unique<InstantKind>();
     instant_ = instant.get();
@@ -130,8 +128,8 @@ class DispatcherTest : public ::testing::Test {
           << dispatcher_->in_flight() << " jobs still in flight";
       dispatcher_.reset();
     }
-    uv_run(&loop_, UV_RUN_DEFAULT);  // close callbacks
-    EXPECT_EQ(uv_loop_close(&loop_), 0) << "a handle or request was leaked";
+    // loop_'s destructor runs the close callbacks and checks that nothing
+    // was left open.
   }
 
   void Make(int max, int reserved, size_t interactive_capacity = 100,
@@ -156,8 +154,9 @@ class DispatcherTest : public ::testing::Test {
       finished_.push_back({job->key, outcome.kind});
     };
     hooks.on_drained = [this] { ++drained_calls_; };
-    dispatcher_ = std::make_unique<Dispatcher>(&loop_, interactive_capacity, background_capacity,
-                                               limits, kPoolSize, kinds_, std::move(hooks));
+    dispatcher_ =
+        std::make_unique<Dispatcher>(loop_.get(), interactive_capacity, background_capacity, limits,
+                                     kPoolSize, kinds_, std::move(hooks));
   }
 
   static JobPtr NewJob(const std::string& key, Lane lane, const std::string& kind = "block") {
@@ -178,20 +177,7 @@ class DispatcherTest : public ::testing::Test {
     ASSERT_TRUE(st.ok()) << key << ": " << st.ToString();
   }
 
-  // Runs the loop until `done` holds or `timeout` passes; never sleeps.
-  bool RunUntil(const std::function<bool()>& done,
-                std::chrono::milliseconds timeout = testing::kDeadline) {
-    UvHandle<uv_timer_t> timer;
-    bool expired = false;
-    uv_timer_init(&loop_, timer.get());
-    timer.set_initialized();
-    timer.get()->data = &expired;
-    uv_timer_start(
-        timer.get(), [](uv_timer_t* t) { *static_cast<bool*>(t->data) = true; },
-        static_cast<uint64_t>(timeout.count()), 0);
-    while (!done() && !expired) uv_run(&loop_, UV_RUN_ONCE);
-    return done();
-  }
+  bool RunUntil(const std::function<bool()>& done) { return loop_.RunUntil(done); }
 
   // Opens `key` and runs the loop until its outcome is back.
   void Release(std::string key) {  // by value: started_ may grow meanwhile
@@ -210,7 +196,7 @@ class DispatcherTest : public ::testing::Test {
     return std::find(started_.begin(), started_.end(), key) != started_.end();
   }
 
-  uv_loop_t loop_{};
+  testing::TestLoop loop_;  // first: closed after everything that uses it
   Gate gate_;
   JobKindRegistry kinds_;
   const InstantKind* instant_ = nullptr;

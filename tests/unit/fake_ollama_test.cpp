@@ -26,6 +26,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "../support/wait.h"
 #include "fake_ollama.h"
 
 namespace {
@@ -34,6 +35,7 @@ using digestd::testing::FakeOllama;
 using digestd::testing::FakeScheduler;
 using digestd::testing::FakeStats;
 using digestd::testing::FakeText;
+using digestd::testing::WaitFor;
 using nlohmann::json;
 using Clock = std::chrono::steady_clock;
 using std::chrono::milliseconds;
@@ -42,16 +44,6 @@ constexpr const char* kBusyBody =
     R"({"error":"server busy, please try again.  maximum pending requests exceeded"})";
 
 const bool kCurlReady = [] { return curl_global_init(CURL_GLOBAL_ALL) == CURLE_OK; }();
-
-// Polls `cond` every few ms until it holds or `timeout` passes.
-bool WaitFor(const std::function<bool()>& cond, milliseconds timeout = milliseconds(10000)) {
-  const Clock::time_point deadline = Clock::now() + timeout;
-  while (Clock::now() < deadline) {
-    if (cond()) return true;
-    std::this_thread::sleep_for(milliseconds(2));
-  }
-  return cond();
-}
 
 struct Response {
   CURLcode code = CURLE_OK;

@@ -12,6 +12,8 @@
 namespace digestd {
 namespace {
 
+using testing::ConnectAndMigrate;
+using testing::MigrateNow;
 using testing::TestLoop;
 
 class MigrationsTest : public testing::PgTest {
@@ -30,22 +32,11 @@ class MigrationsTest : public testing::PgTest {
   std::vector<std::string> dbs_;
 };
 
-Status MigrateNow(TestLoop& loop, PgConn& conn) {
-  std::optional<Status> done;
-  Status st = Migrate(conn, [&](Status s) { done = std::move(s); });
-  if (!st.ok()) return st;
-  if (!loop.RunUntil([&] { return done.has_value(); })) return Status::Internal("no answer");
-  return *done;
-}
-
 TEST_F(MigrationsTest, FreshDatabaseGetsTheSchemaAndItsIndexes) {
   std::string db = FreshDb();
   TestLoop loop;
   PgConn conn(loop.get(), {server()->Conninfo(db)});
-  conn.Start();
-  ASSERT_TRUE(loop.RunUntil([&] { return conn.up(); }));
-  Status st = MigrateNow(loop, conn);
-  ASSERT_TRUE(st.ok()) << st.ToString();
+  ASSERT_TRUE(ConnectAndMigrate(loop, conn));
   conn.Close();
 
   EXPECT_EQ(Q(db, "SELECT string_agg(version::text, ',') FROM digestd.schema_version"),
@@ -73,9 +64,7 @@ TEST_F(MigrationsTest, RepeatedMigrationChangesNothing) {
   std::string db = FreshDb();
   TestLoop loop;
   PgConn conn(loop.get(), {server()->Conninfo(db)});
-  conn.Start();
-  ASSERT_TRUE(loop.RunUntil([&] { return conn.up(); }));
-  ASSERT_TRUE(MigrateNow(loop, conn).ok());
+  ASSERT_TRUE(ConnectAndMigrate(loop, conn));
   std::string applied = Q(db, "SELECT applied_at::text FROM digestd.schema_version");
   Q(db, "INSERT INTO digestd.jobs (key, kind) VALUES ('survivor', 'noop')");
   for (int i = 0; i < 3; ++i) {
@@ -115,9 +104,7 @@ TEST_F(MigrationsTest, NewerSchemaThanThisBuildIsRefused) {
   std::string db = FreshDb();
   TestLoop loop;
   PgConn conn(loop.get(), {server()->Conninfo(db)});
-  conn.Start();
-  ASSERT_TRUE(loop.RunUntil([&] { return conn.up(); }));
-  ASSERT_TRUE(MigrateNow(loop, conn).ok());
+  ASSERT_TRUE(ConnectAndMigrate(loop, conn));
   Q(db, "INSERT INTO digestd.schema_version (version, description) VALUES (99, 'future')");
   Status st = MigrateNow(loop, conn);
   EXPECT_EQ(st.code(), Status::Code::kInternal);

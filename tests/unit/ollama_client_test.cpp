@@ -23,6 +23,7 @@
 #include <thread>
 #include <vector>
 
+#include "../support/wait.h"
 #include "jobs/job_kind.h"
 
 extern char** environ;
@@ -33,21 +34,13 @@ namespace {
 using json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
+using testing::WaitFor;
 
 #ifdef FAKE_OLLAMA_BIN
 constexpr const char* kFakeBin = FAKE_OLLAMA_BIN;
 #else
 constexpr const char* kFakeBin = nullptr;
 #endif
-
-bool WaitFor(const std::function<bool()>& cond, std::chrono::milliseconds timeout = 10s) {
-  const auto deadline = Clock::now() + timeout;
-  while (Clock::now() < deadline) {
-    if (cond()) return true;
-    std::this_thread::sleep_for(5ms);
-  }
-  return cond();
-}
 
 size_t Collect(char* data, size_t size, size_t n, void* user) {
   static_cast<std::string*>(user)->append(data, size * n);

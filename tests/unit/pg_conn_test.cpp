@@ -224,7 +224,7 @@ TEST_F(PgConnTest, DownConnectionRefusesWorkAndSaysWhyAndWhen) {
   int64_t first = conn.state().last_error_unix_ms;
   ASSERT_TRUE(loop.RunUntil([&] { return conn.state().last_error_unix_ms != first; }));
   conn.Close();
-  loop.RunFor(std::chrono::milliseconds(20));
+  loop.RunTurns();
   EXPECT_FALSE(called) << "a refused call must never call its callback";
   EXPECT_EQ(observed, 0) << "never up, so never a change";
 }
@@ -345,7 +345,12 @@ TEST(PgConnOutage, ServerStopFailsPendingUnitsOnceThenReconnects) {
                            })
                     .ok());
   }
-  loop.RunFor(std::chrono::milliseconds(50));  // the queries reach the server
+  // The first query runs on the server (the others wait behind it).
+  ASSERT_TRUE(loop.RunUntil([&] {
+    return pg->Scalar("digestd",
+                      "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND "
+                      "query LIKE '%pg_sleep(30)%' AND pid <> pg_backend_pid()") == "1";
+  }));
   ASSERT_TRUE(pg->Stop("fast").ok());
   ASSERT_TRUE(loop.RunUntil([&] { return calls == 3; }));
   EXPECT_EQ(seen.code(), Status::Code::kUnavailable) << seen.ToString();
