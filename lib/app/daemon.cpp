@@ -77,7 +77,7 @@ Status Daemon::Start() {
   Dispatcher::Hooks hooks;
   hooks.on_start = [this](const JobPtr& job) {
     jobs_->MarkRunning(job);
-    if (UsesBackend(*job, config_)) backend_->OnStart();
+    if (UsesBackend(*job, config_)) job->backend_epoch = backend_->OnStart();
     store_->OnJobStarted(job);
   };
   hooks.can_start = [this](const JobRecord& job) {

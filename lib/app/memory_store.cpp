@@ -175,7 +175,8 @@ void MemoryStore::OnJobFinished(const JobPtr& job, WorkOutcome outcome) {
   // False only for a job the dispatcher could not start at all (its kind
   // is unknown): on_start has not run for it.
   bool started = job->state == JobState::kRunning;
-  if (started && UsesBackend(*job, config)) env_.backend->OnOutcome(CallStatusOf(outcome));
+  if (started && UsesBackend(*job, config))
+    env_.backend->OnOutcome(CallStatusOf(outcome), job->backend_epoch);
   bool retryable =
       outcome.kind == WorkOutcome::Kind::kBusy || outcome.kind == WorkOutcome::Kind::kRetry;
   if (retryable && started && (*env_.phase != Phase::kRunning || job->cancel->load())) {

@@ -345,7 +345,8 @@ void PgStore::OnJobFinished(const JobPtr& job, WorkOutcome outcome) {
   // False only for a job the dispatcher could not start at all (its kind
   // is unknown): on_start has not run for it.
   bool started = job->state == JobState::kRunning;
-  if (started && UsesBackend(*job, cfg)) env_.backend->OnOutcome(CallStatusOf(outcome));
+  if (started && UsesBackend(*job, cfg))
+    env_.backend->OnOutcome(CallStatusOf(outcome), job->backend_epoch);
   if (job->lease_lost) {
     LOG_WARN(
         "job %s: dropped its outcome: this node lost the job's lease (it was recovered "

@@ -51,7 +51,7 @@ void BackendHealth::SetConfig(const Config::Backend& backend) {
   breaker_.SetOptions(BreakerOptions(backend));
 }
 
-void BackendHealth::OnOutcome(const CallStatus& call) {
+void BackendHealth::OnOutcome(const CallStatus& call, uint64_t started_epoch) {
   if (in_flight_ > 0) --in_flight_;
   ++requests_;
   if (call.elapsed.count() > 0) latency_.Record(static_cast<uint64_t>(call.elapsed.count()));
@@ -59,7 +59,7 @@ void BackendHealth::OnOutcome(const CallStatus& call) {
   switch (call.cls) {
     case CallClass::kOk:
     case CallClass::kFatal:  // a fatal answer: the server is up
-      breaker_.RecordSuccess();
+      breaker_.RecordSuccess(started_epoch);
       break;
     case CallClass::kBusy:
       ++busy_;  // handled by backoff, not by the breaker

@@ -50,13 +50,20 @@ class BackendHealth {
   // False while the breaker is open or probing: backend jobs stay queued.
   bool AllowRequest() const { return breaker_.AllowRequest(); }
 
-  void OnStart() { ++in_flight_; }
-  // A backend job's attempt (begun with OnStart) ended as `call` says:
+  // A backend job's attempt starts; returns the breaker's epoch for its
+  // OnOutcome.
+  uint64_t OnStart() {
+    ++in_flight_;
+    return breaker_.epoch();
+  }
+  // A backend job's attempt (begun with OnStart, which gave `started_epoch`)
+  // ended as `call` says:
   // kOk and kFatal count as answers (the server is up), kRetryable toward
   // opening the breaker, kBusy as a busy answer (left to the job's backoff),
   // kCancelled not toward the breaker. call.elapsed, when non-zero, is a
   // latency sample; call.error names the failure in the breaker's reason.
-  void OnOutcome(const CallStatus& call);
+  // A success from before the breaker opened does not close it.
+  void OnOutcome(const CallStatus& call, uint64_t started_epoch = CircuitBreaker::kNow);
   void NoteRetry() { ++retries_; }
 
   nlohmann::json ToJson() const;

@@ -14,7 +14,8 @@ void CircuitBreaker::SetOptions(Options options) {
   options_.failure_threshold = std::max(options_.failure_threshold, 1);
 }
 
-void CircuitBreaker::RecordSuccess() {
+void CircuitBreaker::RecordSuccess(uint64_t started_epoch) {
+  if (state_ != State::kClosed && started_epoch < times_opened_) return;
   state_ = State::kClosed;
   consecutive_failures_ = 0;
   reason_.clear();

@@ -54,9 +54,18 @@ class CircuitBreaker {
   // True when a job may be sent: the breaker is closed.
   bool AllowRequest() const { return state_ == State::kClosed; }
 
+  // The open period a request starting now belongs to: pass it back with
+  // its success, so that a request sent before the breaker opened cannot
+  // close it by finishing late (only a probe, or a request sent since, can).
+  uint64_t epoch() const { return times_opened_; }
+  static constexpr uint64_t kNow = UINT64_MAX;  // "started in the current period"
+
   // A request reached the backend and got an answer: closes the breaker from
-  // any state (the backend works) and clears the failure run.
-  void RecordSuccess();
+  // any state (the backend works) and clears the failure run -- unless the
+  // breaker is open or half-open and the request started before it opened
+  // (`started_epoch` < epoch()): that answer says nothing about the server
+  // since, and is ignored.
+  void RecordSuccess(uint64_t started_epoch = kNow);
 
   // A retryable failure, with the error text shown by status. Counts toward
   // the threshold while closed; while open or half-open it only updates the

@@ -56,6 +56,7 @@ struct JobRecord {
   int64_t lease_token = 0;
   int max_attempts = 0;
   bool user_cancelled = false;  // a `cancel` asked for it (not a shutdown)
+  uint64_t backend_epoch = 0;   // the breaker's epoch when its backend attempt started
   bool lease_lost = false;      // another claim holds the row now: drop the outcome
   // Set by the loop thread to ask a running job to stop; read by its worker.
   std::shared_ptr<std::atomic<bool>> cancel = std::make_shared<std::atomic<bool>>(false);

@@ -251,7 +251,7 @@ void PgConn::Start() {
   if (!init_status_.ok()) {
     // Never connects; status shows why.
     last_error_ = init_status_.message();
-    last_error_unix_ms_ = UnixMs();
+    last_error_unix_ms_ = UnixMillis();
     return;
   }
   BeginAttempt();

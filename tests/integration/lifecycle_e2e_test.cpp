@@ -41,9 +41,14 @@ std::optional<Final> ShutdownSummary(const std::string& log) {
   return out;
 }
 
-TEST(LifecycleE2E, StatusReportsEveryField) {
+// Every test that starts a daemon runs on both stores, PostgreSQL first.
+class LifecycleE2E : public ::testing::TestWithParam<const char*> {};
+INSTANTIATE_TEST_SUITE_P(Stores, LifecycleE2E, ::testing::ValuesIn(testing::kStores),
+                         testing::StoreName);
+
+TEST_P(LifecycleE2E, StatusReportsEveryField) {
   DaemonProcess daemon;
-  ASSERT_TRUE(daemon.Start({.config = WorkersConfig(2, 6, 1) + R"([queues]
+  ASSERT_TRUE(daemon.Start({.store = GetParam(), .config = WorkersConfig(2, 6, 1) + R"([queues]
 interactive = 7
 background = 9
 [daemon]
@@ -91,9 +96,9 @@ node_id = "status-node"
   EXPECT_TRUE(daemon.Stop());
 }
 
-TEST(LifecycleE2E, StatusShowsDepthAndBusyUnderLoad) {
+TEST_P(LifecycleE2E, StatusShowsDepthAndBusyUnderLoad) {
   DaemonProcess daemon;
-  ASSERT_TRUE(daemon.Start({.config = WorkersConfig(1, 2)}));
+  ASSERT_TRUE(daemon.Start({.store = GetParam(), .config = WorkersConfig(1, 2)}));
   for (int i = 0; i < 5; ++i) daemon.SubmitNoop("long" + std::to_string(i), 60000);
   ASSERT_TRUE(WaitFor([&] { return daemon.Status()["workers"]["busy"] == 2; }));
   json s = daemon.Status();
@@ -105,9 +110,9 @@ TEST(LifecycleE2E, StatusShowsDepthAndBusyUnderLoad) {
   EXPECT_TRUE(daemon.Stop());
 }
 
-TEST(LifecycleE2E, WorkersOpChangesTheLimit) {
+TEST_P(LifecycleE2E, WorkersOpChangesTheLimit) {
   DaemonProcess daemon;
-  ASSERT_TRUE(daemon.Start({.config = WorkersConfig(1, 1)}));
+  ASSERT_TRUE(daemon.Start({.store = GetParam(), .config = WorkersConfig(1, 1)}));
   daemon.SubmitNoop("a", 60000);
   daemon.SubmitNoop("b", 60000);
   daemon.SubmitNoop("c", 60000);
@@ -141,10 +146,11 @@ TEST(LifecycleE2E, WorkersOpChangesTheLimit) {
   EXPECT_TRUE(daemon.Stop());
 }
 
-TEST(LifecycleE2E, SighupReloadChangesWorkersAndLogsWhatChanged) {
+TEST_P(LifecycleE2E, SighupReloadChangesWorkersAndLogsWhatChanged) {
   DaemonProcess daemon;
   ASSERT_TRUE(
-      daemon.Start({.config = "[workers]\nmin = 2\nmax = 8\n[queues]\ninteractive = 50\n"}));
+      daemon.Start({.store = GetParam(),
+                    .config = "[workers]\nmin = 2\nmax = 8\n[queues]\ninteractive = 50\n"}));
   EXPECT_EQ(daemon.Status()["workers"]["max"], 8);
   ASSERT_TRUE(daemon.WriteConfig("[workers]\nmin = 1\nmax = 4\n[queues]\ninteractive = 60\n"));
   daemon.Signal(SIGHUP);
@@ -163,9 +169,9 @@ TEST(LifecycleE2E, SighupReloadChangesWorkersAndLogsWhatChanged) {
   EXPECT_TRUE(daemon.Stop());
 }
 
-TEST(LifecycleE2E, ReloadOpReportsWhatChanged) {
+TEST_P(LifecycleE2E, ReloadOpReportsWhatChanged) {
   DaemonProcess daemon;
-  ASSERT_TRUE(daemon.Start({.config = "[workers]\nmax = 8\n"}));
+  ASSERT_TRUE(daemon.Start({.store = GetParam(), .config = "[workers]\nmax = 8\n"}));
   ASSERT_TRUE(daemon.WriteConfig("[workers]\nmax = 5\n"));
   json answer = daemon.CallOk({{"op", "reload"}});
   ASSERT_TRUE(answer["changed"].is_array()) << answer.dump();
@@ -174,9 +180,9 @@ TEST(LifecycleE2E, ReloadOpReportsWhatChanged) {
   EXPECT_TRUE(daemon.Stop());
 }
 
-TEST(LifecycleE2E, ReloadWithABrokenConfigKeepsRunningAndReportsTheError) {
+TEST_P(LifecycleE2E, ReloadWithABrokenConfigKeepsRunningAndReportsTheError) {
   DaemonProcess daemon;
-  ASSERT_TRUE(daemon.Start({.config = "[workers]\nmax = 8\n"}));
+  ASSERT_TRUE(daemon.Start({.store = GetParam(), .config = "[workers]\nmax = 8\n"}));
   ASSERT_TRUE(daemon.WriteConfigRaw("[workers]\nmax = = 3\n"));
   daemon.Signal(SIGHUP);
   std::string logged = daemon.WaitForLog("reload failed");
@@ -199,9 +205,9 @@ TEST(LifecycleE2E, ReloadWithABrokenConfigKeepsRunningAndReportsTheError) {
   EXPECT_TRUE(daemon.Stop());
 }
 
-TEST(LifecycleE2E, ShutdownUnderLoadFinishesEveryAcknowledgedJob) {
+TEST_P(LifecycleE2E, ShutdownUnderLoadFinishesEveryAcknowledgedJob) {
   DaemonProcess daemon;
-  ASSERT_TRUE(daemon.Start({.config = WorkersConfig(4, 4)}));
+  ASSERT_TRUE(daemon.Start({.store = GetParam(), .config = WorkersConfig(4, 4)}));
   for (int i = 0; i < 20; ++i) daemon.SubmitNoop("load" + std::to_string(i), 200);
   daemon.Signal(SIGTERM);
   auto exit = daemon.WaitExit();
@@ -217,9 +223,9 @@ TEST(LifecycleE2E, ShutdownUnderLoadFinishesEveryAcknowledgedJob) {
   EXPECT_FALSE(testing::PathExists(daemon.SocketPath()));
 }
 
-TEST(LifecycleE2E, SubmitsAfterSigtermGetUnavailable) {
+TEST_P(LifecycleE2E, SubmitsAfterSigtermGetUnavailable) {
   DaemonProcess daemon;
-  ASSERT_TRUE(daemon.Start({.config = WorkersConfig(2, 2)}));
+  ASSERT_TRUE(daemon.Start({.store = GetParam(), .config = WorkersConfig(2, 2)}));
   // A long job keeps the drain open until the test has asked what it wants.
   daemon.SubmitNoop("holder", 60000);
   daemon.SubmitNoop("quick", 100);
@@ -253,9 +259,9 @@ TEST(LifecycleE2E, SubmitsAfterSigtermGetUnavailable) {
   EXPECT_EQ(summary->cancelled, 1);
 }
 
-TEST(LifecycleE2E, DrainOpFinishesQueuedWorkAndExits) {
+TEST_P(LifecycleE2E, DrainOpFinishesQueuedWorkAndExits) {
   DaemonProcess daemon;
-  ASSERT_TRUE(daemon.Start({.config = WorkersConfig(1, 1)}));
+  ASSERT_TRUE(daemon.Start({.store = GetParam(), .config = WorkersConfig(1, 1)}));
   for (int i = 0; i < 3; ++i) daemon.SubmitNoop("d" + std::to_string(i), 50);
   json answer = daemon.CallOk({{"op", "drain"}});
   EXPECT_EQ(answer["draining"], true);
@@ -267,9 +273,9 @@ TEST(LifecycleE2E, DrainOpFinishesQueuedWorkAndExits) {
   EXPECT_EQ(summary->done, 3);
 }
 
-TEST(LifecycleE2E, ShortGraceCancelsRunningJobsAndStillExitsZero) {
+TEST_P(LifecycleE2E, ShortGraceCancelsRunningJobsAndStillExitsZero) {
   DaemonProcess daemon;
-  ASSERT_TRUE(daemon.Start({.config = WorkersConfig(2, 2) + R"([daemon]
+  ASSERT_TRUE(daemon.Start({.store = GetParam(), .config = WorkersConfig(2, 2) + R"([daemon]
 shutdown_grace_s = 1
 )"}));
   for (int i = 0; i < 5; ++i) daemon.SubmitNoop("long" + std::to_string(i), 60000);
@@ -286,9 +292,9 @@ shutdown_grace_s = 1
   EXPECT_EQ(summary->cancelled, 5) << "2 running aborted + 3 queued released";
 }
 
-TEST(LifecycleE2E, SecondSigtermForcesAFastExit) {
+TEST_P(LifecycleE2E, SecondSigtermForcesAFastExit) {
   DaemonProcess daemon;
-  ASSERT_TRUE(daemon.Start({.config = WorkersConfig(2, 2) + R"([daemon]
+  ASSERT_TRUE(daemon.Start({.store = GetParam(), .config = WorkersConfig(2, 2) + R"([daemon]
 shutdown_grace_s = 3600
 )"}));
   daemon.SubmitNoop("long1", 60000);
@@ -308,12 +314,12 @@ shutdown_grace_s = 3600
   EXPECT_EQ(summary->cancelled, 2);
 }
 
-TEST(LifecycleE2E, StaleSocketFileIsReplaced) {
+TEST_P(LifecycleE2E, StaleSocketFileIsReplaced) {
   DaemonProcess daemon;
   std::string path = daemon.dir().File("ctl.sock");
   ASSERT_TRUE(testing::MakeStaleSocket(path)) << std::strerror(errno);
   ASSERT_TRUE(testing::PathExists(path));
-  ASSERT_TRUE(daemon.Start({.socket_path = path}));
+  ASSERT_TRUE(daemon.Start({.store = GetParam(), .socket_path = path}));
   auto ping = daemon.Call({{"op", "ping"}});
   ASSERT_TRUE(ping.ok()) << ping.status().ToString();
   EXPECT_EQ(ping.value()["pong"], true);
@@ -321,11 +327,12 @@ TEST(LifecycleE2E, StaleSocketFileIsReplaced) {
   EXPECT_TRUE(daemon.Stop());
 }
 
-TEST(LifecycleE2E, SecondDaemonOnALiveSocketRefusesToStart) {
+TEST_P(LifecycleE2E, SecondDaemonOnALiveSocketRefusesToStart) {
   DaemonProcess first;
-  ASSERT_TRUE(first.Start());
+  ASSERT_TRUE(first.Start({.store = GetParam()}));
   DaemonProcess second;
-  ASSERT_TRUE(second.Start({.socket_path = first.SocketPath(), .wait_ready = false}));
+  ASSERT_TRUE(
+      second.Start({.store = GetParam(), .socket_path = first.SocketPath(), .wait_ready = false}));
   auto exit = second.WaitExit();
   ASSERT_TRUE(exit.has_value()) << second.StderrText();
   EXPECT_EQ(exit->ToString(), "exit 1") << second.StderrText();
@@ -341,7 +348,7 @@ TEST(LifecycleE2E, SecondDaemonOnALiveSocketRefusesToStart) {
   EXPECT_TRUE(first.Stop());
 }
 
-TEST(LifecycleE2E, CheckConfigExitsZeroForAGoodFile) {
+TEST(LifecycleE2EOffline, CheckConfigExitsZeroForAGoodFile) {
   testing::TempDir dir;
   std::string path = dir.File("good.conf");
   ASSERT_TRUE(testing::WriteTextFile(path, "[workers]\nmin = 2\nmax = 4\n"));
@@ -351,7 +358,7 @@ TEST(LifecycleE2E, CheckConfigExitsZeroForAGoodFile) {
   EXPECT_NE(out.out.find("ok"), std::string::npos) << out.out;
 }
 
-TEST(LifecycleE2E, CheckConfigExitsOneWithAOneLineError) {
+TEST(LifecycleE2EOffline, CheckConfigExitsOneWithAOneLineError) {
   testing::TempDir dir;
   struct Case {
     const char* text;
@@ -388,7 +395,7 @@ TEST(LifecycleE2E, CheckConfigExitsOneWithAOneLineError) {
   EXPECT_NE(missing.err.find("absent.conf"), std::string::npos) << missing.err;
 }
 
-TEST(LifecycleE2E, VersionAndHelp) {
+TEST(LifecycleE2EOffline, VersionAndHelp) {
   ProcessOutput version = RunProcess({DIGESTD_BIN, "--version"});
   ASSERT_TRUE(version.status.has_value());
   EXPECT_EQ(version.status->ToString(), "exit 0");
@@ -403,9 +410,9 @@ TEST(LifecycleE2E, VersionAndHelp) {
   EXPECT_NE(bad.err.find("--frobnicate"), std::string::npos) << bad.err;
 }
 
-TEST(LifecycleE2E, DigestctlStatusPrintsATableAndJson) {
+TEST_P(LifecycleE2E, DigestctlStatusPrintsATableAndJson) {
   DaemonProcess daemon;
-  ASSERT_TRUE(daemon.Start({.config = "[daemon]\nnode_id = \"ctl-node\"\n"}));
+  ASSERT_TRUE(daemon.Start({.store = GetParam(), .config = "[daemon]\nnode_id = \"ctl-node\"\n"}));
   ProcessOutput table = RunProcess({DIGESTCTL_BIN, "--socket", daemon.SocketPath(), "status"});
   ASSERT_TRUE(table.status.has_value());
   EXPECT_EQ(table.status->ToString(), "exit 0") << table.err;
@@ -433,7 +440,7 @@ TEST(LifecycleE2E, DigestctlStatusPrintsATableAndJson) {
   EXPECT_TRUE(daemon.Stop());
 }
 
-TEST(LifecycleE2E, DigestctlExitsThreeWithAOneLineReasonWhenNoDaemonRuns) {
+TEST(LifecycleE2EOffline, DigestctlExitsThreeWithAOneLineReasonWhenNoDaemonRuns) {
   testing::TempDir dir;
   std::string nothing = dir.File("none.sock");
   std::string stale = dir.File("stale.sock");

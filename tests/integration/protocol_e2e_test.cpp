@@ -46,9 +46,9 @@ void ExpectError(const json& answer, const std::string& code, const std::string&
   }
 }
 
-class ProtocolE2E : public ::testing::Test {
+class ProtocolE2E : public ::testing::TestWithParam<const char*> {
  protected:
-  void SetUp() override { ASSERT_TRUE(daemon_.Start({.config = kConfig})); }
+  void SetUp() override { ASSERT_TRUE(daemon_.Start({.store = GetParam(), .config = kConfig})); }
 
   void TearDown() override {
     if (daemon_.Pid() > 0) {
@@ -90,39 +90,42 @@ class ProtocolE2E : public ::testing::Test {
   DaemonProcess daemon_;
 };
 
-TEST_F(ProtocolE2E, PingIsAnswered) {
+INSTANTIATE_TEST_SUITE_P(Stores, ProtocolE2E, ::testing::ValuesIn(testing::kStores),
+                         testing::StoreName);
+
+TEST_P(ProtocolE2E, PingIsAnswered) {
   json answer = Call({{"op", "ping"}, {"id", 1}});
   EXPECT_EQ(answer["ok"], true);
   EXPECT_EQ(answer["pong"], true);
   EXPECT_EQ(answer["id"], 1);
 }
 
-TEST_F(ProtocolE2E, LineThatIsNotJsonGetsBadRequest) {
+TEST_P(ProtocolE2E, LineThatIsNotJsonGetsBadRequest) {
   ExpectError(SendRaw("hello digestd"), "bad_request", "JSON");
   ExpectStillServing();
 }
 
-TEST_F(ProtocolE2E, JsonThatIsNotAnObjectGetsBadRequest) {
+TEST_P(ProtocolE2E, JsonThatIsNotAnObjectGetsBadRequest) {
   ExpectError(SendRaw("[\"op\", \"ping\"]"), "bad_request", "not an object");
   ExpectError(SendRaw("17"), "bad_request", "not an object");
   ExpectStillServing();
 }
 
-TEST_F(ProtocolE2E, RequestWithoutOpGetsBadRequest) {
+TEST_P(ProtocolE2E, RequestWithoutOpGetsBadRequest) {
   json answer = SendRaw(R"({"id":"no-op","key":"k"})");
   ExpectError(answer, "bad_request", "op");
   EXPECT_EQ(answer["id"], "no-op");
   ExpectStillServing();
 }
 
-TEST_F(ProtocolE2E, UnknownOpGetsUnknownOp) {
+TEST_P(ProtocolE2E, UnknownOpGetsUnknownOp) {
   json answer = SendRaw(R"({"op":"launch","id":4})");
   ExpectError(answer, "unknown_op", "launch");
   EXPECT_EQ(answer["id"], 4);
   ExpectStillServing();
 }
 
-TEST_F(ProtocolE2E, WrongFieldTypesGetBadRequestNamingTheField) {
+TEST_P(ProtocolE2E, WrongFieldTypesGetBadRequestNamingTheField) {
   ExpectError(Call({{"op", "submit"}, {"kind", 5}}), "bad_request", "kind");
   ExpectError(Call({{"op", "result"}, {"key", "k"}, {"wait_ms", "x"}}), "bad_request", "wait_ms");
   ExpectError(Call({{"op", "result"}, {"key", 12}}), "bad_request", "key");
@@ -140,7 +143,7 @@ TEST_F(ProtocolE2E, WrongFieldTypesGetBadRequestNamingTheField) {
   ExpectStillServing();
 }
 
-TEST_F(ProtocolE2E, LineOverMaxLineBytesGetsTooLargeAndTheConnectionCloses) {
+TEST_P(ProtocolE2E, LineOverMaxLineBytesGetsTooLargeAndTheConnectionCloses) {
   ControlClient client;
   ASSERT_TRUE(client.Connect(daemon_.SocketPath()).ok());
   std::string big = R"({"op":"ping","pad":")" + std::string(4000, 'x') + R"("})";
@@ -158,14 +161,14 @@ TEST_F(ProtocolE2E, LineOverMaxLineBytesGetsTooLargeAndTheConnectionCloses) {
   ExpectStillServing();
 }
 
-TEST_F(ProtocolE2E, InvalidUtf8GetsBadRequest) {
+TEST_P(ProtocolE2E, InvalidUtf8GetsBadRequest) {
   ExpectError(SendRaw("{\"op\":\"ping\",\"id\":\"\xff\xfe\xfd\"}"), "bad_request", "UTF-8");
   ExpectError(SendRaw("{\"op\":\"submit\",\"kind\":\"noop\",\"key\":\"\xc3\x28\"}"), "bad_request",
               "UTF-8");
   ExpectStillServing();
 }
 
-TEST_F(ProtocolE2E, RequestArrivingOneByteAtATimeIsAnswered) {
+TEST_P(ProtocolE2E, RequestArrivingOneByteAtATimeIsAnswered) {
   ControlClient client;
   ASSERT_TRUE(client.Connect(daemon_.SocketPath()).ok());
   std::string line =
@@ -181,7 +184,7 @@ TEST_F(ProtocolE2E, RequestArrivingOneByteAtATimeIsAnswered) {
   ExpectStillServing();
 }
 
-TEST_F(ProtocolE2E, SilentClientDoesNotDelayOthers) {
+TEST_P(ProtocolE2E, SilentClientDoesNotDelayOthers) {
   ControlClient silent;
   ASSERT_TRUE(silent.Connect(daemon_.SocketPath()).ok());
   ControlClient half;  // says half a request and then nothing
@@ -196,7 +199,7 @@ TEST_F(ProtocolE2E, SilentClientDoesNotDelayOthers) {
   EXPECT_EQ(answer.value()["pong"], true);
 }
 
-TEST_F(ProtocolE2E, ClientThatDisconnectsMidRequestHurtsNoOne) {
+TEST_P(ProtocolE2E, ClientThatDisconnectsMidRequestHurtsNoOne) {
   for (int i = 0; i < 10; ++i) {
     ControlClient client;
     ASSERT_TRUE(client.Connect(daemon_.SocketPath()).ok());
@@ -210,7 +213,7 @@ TEST_F(ProtocolE2E, ClientThatDisconnectsMidRequestHurtsNoOne) {
   EXPECT_EQ(status["jobs"]["submitted"], 0) << status.dump();
 }
 
-TEST_F(ProtocolE2E, ClientThatDisconnectsBeforeReadingItsAnswerHurtsNoOne) {
+TEST_P(ProtocolE2E, ClientThatDisconnectsBeforeReadingItsAnswerHurtsNoOne) {
   for (int i = 0; i < 10; ++i) {
     ControlClient client;
     ASSERT_TRUE(client.Connect(daemon_.SocketPath()).ok());
@@ -239,7 +242,7 @@ TEST_F(ProtocolE2E, ClientThatDisconnectsBeforeReadingItsAnswerHurtsNoOne) {
   })) << Call({{"op", "status"}}).dump();
 }
 
-TEST_F(ProtocolE2E, ThousandConnectionsOpenedAtOnceAreAllServed) {
+TEST_P(ProtocolE2E, ThousandConnectionsOpenedAtOnceAreAllServed) {
   constexpr int kClients = 1000;
   struct rlimit rl {};
   ASSERT_EQ(getrlimit(RLIMIT_NOFILE, &rl), 0);
@@ -271,7 +274,7 @@ TEST_F(ProtocolE2E, ThousandConnectionsOpenedAtOnceAreAllServed) {
   ExpectStillServing();
 }
 
-TEST_F(ProtocolE2E, PipelinedRequestsAreAnsweredInOrderWithIdsEchoed) {
+TEST_P(ProtocolE2E, PipelinedRequestsAreAnsweredInOrderWithIdsEchoed) {
   constexpr int kRequests = 300;
   ControlClient client;
   ASSERT_TRUE(client.Connect(daemon_.SocketPath()).ok());
@@ -297,7 +300,7 @@ TEST_F(ProtocolE2E, PipelinedRequestsAreAnsweredInOrderWithIdsEchoed) {
   }
 }
 
-TEST_F(ProtocolE2E, BatchSubmitAcceptsEveryJobInOneRoundTrip) {
+TEST_P(ProtocolE2E, BatchSubmitAcceptsEveryJobInOneRoundTrip) {
   json jobs = json::array();
   for (int i = 0; i < 5; ++i) {
     jobs.push_back({{"kind", "noop"}, {"key", "batch-" + std::to_string(i)}, {"group", "g1"}});
@@ -317,13 +320,13 @@ TEST_F(ProtocolE2E, BatchSubmitAcceptsEveryJobInOneRoundTrip) {
   EXPECT_EQ(group["ready"], 5);
 }
 
-TEST_F(ProtocolE2E, BatchWithOneBadJobIsRejectedWhole) {
+TEST_P(ProtocolE2E, BatchWithOneBadJobIsRejectedWhole) {
   json jobs = json::array({{{"kind", "noop"}, {"key", "good"}}, {{"kind", 7}, {"key", "bad"}}});
   ExpectError(Call({{"op", "submit"}, {"jobs", jobs}}), "bad_request", "jobs[1]");
   ExpectError(Call({{"op", "result"}, {"key", "good"}}), "not_found");
 }
 
-TEST_F(ProtocolE2E, DuplicateKeyReturnsTheExistingJob) {
+TEST_P(ProtocolE2E, DuplicateKeyReturnsTheExistingJob) {
   json first = Call({{"op", "submit"}, {"kind", "noop"}, {"key", "dup"}});
   ASSERT_EQ(first["ok"], true) << first.dump();
   EXPECT_EQ(first["existing"], false);
@@ -336,7 +339,7 @@ TEST_F(ProtocolE2E, DuplicateKeyReturnsTheExistingJob) {
   EXPECT_EQ(status["jobs"]["duplicates"], 1) << status.dump();
 }
 
-TEST_F(ProtocolE2E, ResultWithWaitMsWaitsForANoopJob) {
+TEST_P(ProtocolE2E, ResultWithWaitMsWaitsForANoopJob) {
   json submitted = Call({{"op", "submit"},
                          {"kind", "noop"},
                          {"key", "wait-me"},
@@ -351,7 +354,7 @@ TEST_F(ProtocolE2E, ResultWithWaitMsWaitsForANoopJob) {
   EXPECT_EQ(result["lane"], "interactive");
 }
 
-TEST_F(ProtocolE2E, ResultOfAnUnknownKeyIsNotFound) {
+TEST_P(ProtocolE2E, ResultOfAnUnknownKeyIsNotFound) {
   ExpectError(Call({{"op", "result"}, {"key", "nobody"}, {"wait_ms", 100}}), "not_found", "nobody");
   ExpectError(Call({{"op", "result"}}), "bad_request", "key");
 }
@@ -360,9 +363,14 @@ TEST_F(ProtocolE2E, ResultOfAnUnknownKeyIsNotFound) {
 // (SIGSEGV in a recursive walk of the parsed value). With the shipped
 // max_line_bytes it reaches the parser whole, is refused, and every other
 // client is still served.
-TEST(ProtocolE2EHostile, DeeplyNestedRequestGetsBadRequestAndTheDaemonLives) {
+class ProtocolE2EHostile : public ::testing::TestWithParam<const char*> {};
+INSTANTIATE_TEST_SUITE_P(Stores, ProtocolE2EHostile, ::testing::ValuesIn(testing::kStores),
+                         testing::StoreName);
+
+TEST_P(ProtocolE2EHostile, DeeplyNestedRequestGetsBadRequestAndTheDaemonLives) {
   DaemonProcess daemon;
-  ASSERT_TRUE(daemon.Start({.config = "[backend]\nkind = \"ollama\"\n"
+  ASSERT_TRUE(daemon.Start({.store = GetParam(),
+                            .config = "[backend]\nkind = \"ollama\"\n"
                                       "url = \"http://127.0.0.1:9\"\n"}));
   std::string deep;
   for (int i = 0; i < 80000; ++i) deep += "{\"a\":";
@@ -389,9 +397,14 @@ TEST(ProtocolE2EHostile, DeeplyNestedRequestGetsBadRequestAndTheDaemonLives) {
 
 // A batch that stored nothing must not read as a success to a client that
 // checks only "ok" (it used to answer ok:true, accepted:0).
-TEST(ProtocolE2EBatch, ABatchWithNoJobAcceptedIsAnErrorListingEveryJob) {
+class ProtocolE2EBatch : public ::testing::TestWithParam<const char*> {};
+INSTANTIATE_TEST_SUITE_P(Stores, ProtocolE2EBatch, ::testing::ValuesIn(testing::kStores),
+                         testing::StoreName);
+
+TEST_P(ProtocolE2EBatch, ABatchWithNoJobAcceptedIsAnErrorListingEveryJob) {
   DaemonProcess daemon;
-  ASSERT_TRUE(daemon.Start({.config = "[workers]\nmin = 1\nmax = 1\ninteractive_reserved = 0\n"
+  ASSERT_TRUE(daemon.Start({.store = GetParam(),
+                            .config = "[workers]\nmin = 1\nmax = 1\ninteractive_reserved = 0\n"
                                       "[queues]\nbackground = 2\n"}));
   auto call = [&](const json& request) {
     auto answer = daemon.Call(request);
@@ -430,9 +443,14 @@ TEST(ProtocolE2EBatch, ABatchWithNoJobAcceptedIsAnErrorListingEveryJob) {
   EXPECT_TRUE(daemon.Stop());
 }
 
-TEST(ProtocolE2ECancel, CancelOfAQueuedJob) {
+class ProtocolE2ECancel : public ::testing::TestWithParam<const char*> {};
+INSTANTIATE_TEST_SUITE_P(Stores, ProtocolE2ECancel, ::testing::ValuesIn(testing::kStores),
+                         testing::StoreName);
+
+TEST_P(ProtocolE2ECancel, CancelOfAQueuedJob) {
   DaemonProcess daemon;
-  ASSERT_TRUE(daemon.Start({.config = "[workers]\nmin = 1\nmax = 1\ninteractive_reserved = 0\n"}));
+  ASSERT_TRUE(daemon.Start(
+      {.store = GetParam(), .config = "[workers]\nmin = 1\nmax = 1\ninteractive_reserved = 0\n"}));
   auto call = [&](const json& request) {
     auto answer = daemon.Call(request);
     EXPECT_TRUE(answer.ok()) << answer.status().ToString();

@@ -22,6 +22,7 @@
 #include <sstream>
 
 #include "client/control_client.h"
+#include "pg_fixture.h"
 
 extern char** environ;
 
@@ -348,12 +349,33 @@ DaemonProcess::~DaemonProcess() {
   toml::table* control = root["control"].as_table();
   if (control == nullptr) return ::testing::AssertionFailure() << "control is not a table";
   if (!control->contains("socket")) control->insert("socket", socket_path_);
-  // Tests that want PostgreSQL say so ([jobs] store = "postgres" with a
-  // [postgres] conninfo); the rest keep jobs in memory.
+  // The store: memory unless the test or its suite's parameter says
+  // postgres; then a fresh database of its own on the tests' server.
   if (!root.contains("jobs")) root.insert("jobs", toml::table{});
   toml::table* jobs = root["jobs"].as_table();
   if (jobs == nullptr) return ::testing::AssertionFailure() << "jobs is not a table";
-  if (!jobs->contains("store")) jobs->insert("store", "memory");
+  if (!jobs->contains("store")) jobs->insert("store", store_);
+  if (store_ == "postgres") {
+    if (!root.contains("postgres")) root.insert("postgres", toml::table{});
+    toml::table* pg = root["postgres"].as_table();
+    if (pg == nullptr) return ::testing::AssertionFailure() << "postgres is not a table";
+    if (!pg->contains("conninfo")) {
+      if (pg_conninfo_.empty()) {
+        std::string why;
+        PgServer* server = PgServer::Shared(&why);
+        if (server == nullptr) {
+          return ::testing::AssertionFailure() << "no PostgreSQL for the test: " << why;
+        }
+        auto db = server->CreateDatabase();
+        if (!db.ok()) {
+          return ::testing::AssertionFailure()
+                 << "cannot create a database: " << db.status().ToString();
+        }
+        pg_conninfo_ = server->Conninfo(db.value());
+      }
+      pg->insert("conninfo", pg_conninfo_);
+    }
+  }
   std::ostringstream out;
   out << root << "\n";
   if (!WriteConfigRaw(out.str())) {
@@ -447,6 +469,7 @@ void DaemonProcess::StopReader() {
   if (dir_.path().empty()) return ::testing::AssertionFailure() << "no temp dir";
   socket_path_ = options.socket_path.empty() ? dir_.File("ctl.sock") : options.socket_path;
   config_path_ = dir_.File("digestd.conf");
+  store_ = options.store.empty() ? "memory" : options.store;
   if (auto written = WriteConfig(options.config); !written) return written;
   if (!BindNotifySocket(options.pass_cred)) {
     return ::testing::AssertionFailure()

@@ -112,9 +112,22 @@ Result<nlohmann::json> CallOnce(const std::string& socket_path, const nlohmann::
 // `interactive_reserved` slots.
 std::string WorkersConfig(int min, int max, int interactive_reserved = 0);
 
+// The stores a parameterised end-to-end suite runs on, PostgreSQL (the
+// shipped default) first: INSTANTIATE_TEST_SUITE_P(Stores, Suite,
+// ::testing::ValuesIn(kStores), StoreName).
+inline const char* const kStores[] = {"postgres", "memory"};
+inline std::string StoreName(const ::testing::TestParamInfo<const char*>& info) {
+  return info.param;
+}
+
 struct DaemonOptions {
+  // "memory" (or empty), or "postgres": then [postgres] conninfo, unless the
+  // config sets it, names a fresh database on the tests' PostgreSQL server
+  // (pg_fixture.h; a test fails when there is none). Suites that run on both
+  // stores take it from their parameter (StoreName).
+  std::string store{};
   // TOML text for the config file. [control] socket is set to the daemon's
-  // socket path unless this text sets it, and [jobs] store to "memory".
+  // socket path unless this text sets it, and [jobs] store to `store`.
   std::string config{};
   // The control socket; empty: "ctl.sock" in the daemon's temp dir.
   std::string socket_path{};
@@ -166,7 +179,8 @@ class DaemonProcess {
   const std::string& ConfigPath() const { return config_path_; }
   std::string StderrPath() const { return dir_.File("stderr.log"); }
 
-  // Rewrites the config file as Start() does (the socket path added).
+  // Rewrites the config file as Start() does (the socket path and the store
+  // added; a PostgreSQL store keeps the database Start() created).
   ::testing::AssertionResult WriteConfig(const std::string& toml);
   // Writes `text` to the config file unchanged (to test broken configs).
   bool WriteConfigRaw(const std::string& text);
@@ -217,6 +231,8 @@ class DaemonProcess {
   TempDir dir_;
   std::string socket_path_;
   std::string config_path_;
+  std::string store_ = "memory";  // DaemonOptions::store
+  std::string pg_conninfo_;       // the database made for a PostgreSQL store
   std::string notify_path_;
   pid_t pid_ = -1;
   std::optional<ExitStatus> exit_;

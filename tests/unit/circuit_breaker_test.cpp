@@ -96,13 +96,36 @@ TEST_F(CircuitBreakerTest, LateFailuresWhileOpenDoNotPushTheProbeOut) {
   EXPECT_EQ(breaker_.times_opened(), 1u);
 }
 
-TEST_F(CircuitBreakerTest, LateSuccessClosesAndTheProbeResultIsIgnored) {
+// A request in flight before the breaker opened that succeeds late says
+// nothing about the server since: it used to close the breaker within
+// milliseconds of opening, without a probe.
+TEST_F(CircuitBreakerTest, ASuccessStartedBeforeItOpenedDoesNotCloseIt) {
+  uint64_t before = breaker_.epoch();
   for (int i = 0; i < 3; ++i) breaker_.RecordFailure("down");
+  ASSERT_EQ(breaker_.state(), State::kOpen);
+  breaker_.RecordSuccess(before);
+  EXPECT_EQ(breaker_.state(), State::kOpen);
+  EXPECT_EQ(breaker_.reason(), "down");
   now_ += 10s;
   ASSERT_TRUE(breaker_.TryStartProbe());
-  breaker_.RecordSuccess();  // a request sent before it opened got through
-  EXPECT_EQ(breaker_.state(), State::kClosed);
+  breaker_.RecordSuccess(before);  // still late, now while the probe runs
+  EXPECT_EQ(breaker_.state(), State::kHalfOpen);
   breaker_.OnProbeResult(false, "probe timed out");
+  EXPECT_EQ(breaker_.state(), State::kOpen);
+  EXPECT_EQ(breaker_.times_opened(), 2u);
+  // After a failed probe a request from the first period is older still.
+  breaker_.RecordSuccess(before);
+  EXPECT_EQ(breaker_.state(), State::kOpen);
+}
+
+TEST_F(CircuitBreakerTest, ASuccessStartedInTheCurrentPeriodClosesIt) {
+  for (int i = 0; i < 3; ++i) breaker_.RecordFailure("down");
+  uint64_t since = breaker_.epoch();  // e.g. the probe, started after it opened
+  now_ += 10s;
+  ASSERT_TRUE(breaker_.TryStartProbe());
+  breaker_.RecordSuccess(since);
+  EXPECT_EQ(breaker_.state(), State::kClosed);
+  breaker_.OnProbeResult(false, "probe timed out");  // no probe outstanding now
   EXPECT_EQ(breaker_.state(), State::kClosed);
 }
 

@@ -437,7 +437,7 @@ TEST_F(DispatcherTest, DestroyedWithWorkInFlightCancelsAndDetachesIt) {
   gate_.Wake();  // the blocked jobs see their cancel flags and return
   // Every after-work callback runs (the loop ends when none is left), and
   // none reaches the hooks of the destroyed Dispatcher.
-  uv_run(&loop_, UV_RUN_DEFAULT);
+  uv_run(loop_.get(), UV_RUN_DEFAULT);
   EXPECT_TRUE(finished_.empty()) << finished_.size() << " outcomes reached a dead dispatcher";
 #endif
 }
