@@ -14,7 +14,10 @@
 // When prompt_eval and eval are both absent (/api/embed sends neither; Ollama
 // omits zero fields) the fallback is latency growth: the request's time at
 // the server (total - load, else the client's latency) against the lowest
-// smoothed latency seen with fewer requests in flight.
+// smoothed latency seen with fewer requests in flight. It resolves small
+// capacities well (embedding models always have 1); at larger ones, with
+// service times that vary, it may settle a step or two high, as one request
+// too many adds only 1/capacity to the mean latency.
 //
 // The rule, on each finished request (OnFinish), judged by its level: the
 // number in flight to the model when it started, itself included.
