@@ -120,6 +120,26 @@ std::size_t CountLines(const std::string& s) {
   return std::count(s.begin(), s.end(), '\n');
 }
 
+constexpr int64_t kMs = 1'000'000;  // nanoseconds, Ollama's duration unit
+
+// A duration field of a final chunk in ns; 0 when absent (Ollama omits zeros).
+int64_t Ns(const json& j, const char* key) {
+  return j.value(key, int64_t{0});
+}
+
+// What a client reads as the time the request waited at the server.
+int64_t UnaccountedNs(const json& j) {
+  return Ns(j, "total_duration") - Ns(j, "load_duration") - Ns(j, "prompt_eval_duration") -
+         Ns(j, "eval_duration");
+}
+
+const FakeScheduler::ModelStats* StatsOf(const FakeStats& s, const std::string& model) {
+  for (const FakeScheduler::ModelStats& m : s.models) {
+    if (m.name == model) return &m;
+  }
+  return nullptr;
+}
+
 class FakeOllamaTest : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -371,7 +391,7 @@ TEST_F(FakeOllamaTest, ParallelSlotsBoundConcurrency) {
 
 TEST(FakeSchedulerTest, SlotsAreHandedOutInArrivalOrder) {
   FakeScheduler sched;
-  sched.SetLimits(1, 10);
+  sched.SetLimits({1, 1, {}, 10});
   auto never = [] { return false; };
   ASSERT_EQ(sched.Admit("m", 0, 0, true, never).outcome, FakeScheduler::Outcome::kAdmitted);
   std::vector<int> order;
@@ -441,8 +461,9 @@ TEST_F(FakeOllamaTest, DisconnectMidStreamFreesTheSlot) {
   EXPECT_EQ(r.code, CURLE_WRITE_ERROR);
   EXPECT_TRUE(WaitFor([&] {
     FakeStats s = fake_.GetStats();
-    return s.in_flight == 0 && s.disconnects == 1;
+    return s.in_flight == 0 && s.disconnects == 1 && s.aborted_by_client == 1;
   }));
+  EXPECT_EQ(fake_.GetStats().abandoned_waiting, 0u);
   Configure({{"tokens", 2}, {"token_ms", 0}});
   EXPECT_EQ(Post("/api/generate", {{"model", "llama3.2"}, {"prompt", "y"}}, 5000).Lines().size(),
             3u);
@@ -456,10 +477,12 @@ TEST_F(FakeOllamaTest, TimedOutWaiterIsCountedAsDisconnect) {
   EXPECT_EQ(r.code, CURLE_OPERATION_TIMEDOUT);
   EXPECT_TRUE(WaitFor([&] {
     FakeStats s = fake_.GetStats();
-    return s.queued == 0 && s.disconnects == 1;
+    return s.queued == 0 && s.disconnects == 1 && s.abandoned_waiting == 1;
   }));
   fake_.Stop();
   holder.join();
+  // The holder was woken by the stop, not by its client: no abort counted.
+  EXPECT_EQ(fake_.GetStats().aborted_by_client, 0u);
 }
 
 TEST_F(FakeOllamaTest, KeepAliveReusesOneConnection) {
@@ -542,6 +565,7 @@ TEST_F(FakeOllamaTest, CutAfterDropsTheConnectionMidStream) {
   EXPECT_EQ(Generate().code, CURLE_GOT_NOTHING);
   EXPECT_TRUE(WaitFor([&] { return fake_.GetStats().in_flight == 0; }));
   EXPECT_EQ(fake_.GetStats().disconnects, 0u);
+  EXPECT_EQ(fake_.GetStats().aborted_by_client, 0u);  // the fake's own drop
 }
 
 TEST_F(FakeOllamaTest, StallAndFirstByteStallDelayTheStream) {
@@ -619,6 +643,201 @@ TEST_F(FakeOllamaTest, HandlesHundredsOfConcurrentConnections) {
   FakeStats s = fake_.GetStats();
   EXPECT_EQ(s.connections_accepted, static_cast<uint64_t>(kClients));
   EXPECT_LE(s.max_in_flight_observed, 32);
+}
+
+TEST_F(FakeOllamaTest, TimingFieldsAccountForLoadPromptAndGeneration) {
+  Configure({{"load_ms", 50},
+             {"latency_ms", 60},
+             {"first_byte_stall_ms", 300},
+             {"tokens", 4},
+             {"token_ms", 10},
+             {"stall_ms", 100}});
+  std::vector<json> finals;
+  finals.push_back(Generate().Lines().back());  // pays the load
+  finals.push_back(Generate({{"stream", false}}).Json());
+  json chat = {{"model", "llama3.2"},
+               {"messages", json::array({{{"role", "user"}, {"content", "x"}}})}};
+  finals.push_back(Post("/api/chat", chat).Lines().back());
+  chat["stream"] = false;
+  finals.push_back(Post("/api/chat", chat).Json());
+  EXPECT_GE(Ns(finals[0], "load_duration"), 50 * kMs);
+  for (std::size_t i = 0; i < finals.size(); ++i) {
+    const json& f = finals[i];
+    SCOPED_TRACE(f.dump());
+    ASSERT_EQ(f["done"], true);
+    if (i > 0) {
+      EXPECT_FALSE(f.contains("load_duration"));  // warm: omitted
+    }
+    EXPECT_GE(Ns(f, "prompt_eval_duration"), 360 * kMs);  // latency + first-byte stall
+    EXPECT_GE(Ns(f, "eval_duration"), 140 * kMs);         // 4 tokens of 10 ms + the stall
+    EXPECT_EQ(f["eval_count"], 4);
+    EXPECT_GT(f["prompt_eval_count"].get<int>(), 0);
+    // Nothing waited for a slot, so the phases cover total_duration but for
+    // the handling itself; a phase left out (the 300 ms stall) would show.
+    EXPECT_GE(UnaccountedNs(f), 0);
+    EXPECT_LT(UnaccountedNs(f), 200 * kMs);
+  }
+  // /api/embed carries only total and load duration, as Ollama's does.
+  json e = Post("/api/embed", {{"model", "nomic-embed-text"}, {"input", "a b"}}).Json();
+  EXPECT_GE(Ns(e, "load_duration"), 50 * kMs);
+  EXPECT_GE(Ns(e, "total_duration"), Ns(e, "load_duration") + 360 * kMs);
+  EXPECT_FALSE(e.contains("prompt_eval_duration"));
+  EXPECT_FALSE(e.contains("eval_duration"));
+}
+
+TEST_F(FakeOllamaTest, SlotWaitCountsInTotalDurationOnly) {
+  Configure({{"tokens", 100000}, {"token_ms", 10}});
+  std::atomic<bool> release{false};
+  std::atomic<std::size_t> lines{0};
+  std::thread holder([&] {
+    GenerateStream([&](const std::string& got) {
+      lines = CountLines(got);
+      return !release.load();
+    });
+  });
+  ASSERT_TRUE(WaitFor([&] { return fake_.GetStats().in_flight == 1; }));
+  Configure({{"tokens", 2}, {"token_ms", 0}});  // the waiter's own work is short
+  json waiter;
+  std::thread second([&] { waiter = Generate({{"stream", false}}).Json(); });
+  ASSERT_TRUE(WaitFor([&] { return fake_.GetStats().queued == 1; }));
+  // The holder keeps the only slot for 20 more lines, 10 ms apart at the
+  // server, while the second request waits.
+  const std::size_t seen = lines.load();
+  ASSERT_TRUE(WaitFor([&] { return lines.load() >= seen + 20; }));
+  release = true;
+  holder.join();
+  second.join();
+
+  FakeStats s = fake_.GetStats();
+  const FakeScheduler::ModelStats* m = StatsOf(s, "llama3.2:latest");
+  ASSERT_NE(m, nullptr);
+  EXPECT_EQ(m->admitted, 2u);
+  EXPECT_GE(m->slot_wait_ns, 50 * kMs);  // lines already in transit excepted
+  EXPECT_EQ(s.slot_wait_ns, m->slot_wait_ns);
+  EXPECT_EQ(m->aborted_by_client, 1u);  // the holder hung up mid-generation
+  EXPECT_EQ(m->abandoned_waiting, 0u);
+  // The wait is inside total_duration and outside every other phase, so a
+  // client finds it as total - load - prompt_eval - eval.
+  ASSERT_EQ(waiter["done"], true) << waiter.dump();
+  EXPECT_GE(UnaccountedNs(waiter), m->slot_wait_ns - 1 * kMs) << waiter.dump();
+  EXPECT_LT(Ns(waiter, "prompt_eval_duration") + Ns(waiter, "eval_duration"), m->slot_wait_ns)
+      << waiter.dump();
+
+  json stats = Get("/_fake/stats").Json();
+  EXPECT_EQ(stats["aborted_by_client"], 1);
+  EXPECT_GE(stats["slot_wait_ms"].get<double>(), 50.0);
+  EXPECT_EQ(stats["models"]["llama3.2:latest"]["admitted"], 2) << stats.dump();
+  EXPECT_EQ(stats["models"]["llama3.2:latest"]["aborted_by_client"], 1) << stats.dump();
+}
+
+TEST_F(FakeOllamaTest, HangUpDuringABufferedGenerationCountsAsAborted) {
+  Configure({{"latency_ms", 60000}});
+  Response r = Generate({{"stream", false}}, 300);
+  EXPECT_EQ(r.code, CURLE_OPERATION_TIMEDOUT);
+  EXPECT_TRUE(WaitFor([&] {
+    FakeStats s = fake_.GetStats();
+    return s.in_flight == 0 && s.aborted_by_client == 1;
+  }));
+  EXPECT_EQ(fake_.GetStats().abandoned_waiting, 0u);
+}
+
+TEST_F(FakeOllamaTest, CapacityChangeAppliesToRunningAndWaitingRequests) {
+  ASSERT_EQ(Post("/_fake/settings", {{"parallel", 8}, {"tokens", 100000}, {"token_ms", 10}}).status,
+            200);
+  constexpr int kClients = 12;
+  std::vector<std::atomic<bool>> hang_up(kClients);
+  std::vector<std::atomic<bool>> streaming(kClients);
+  std::vector<std::thread> clients;
+  for (int i = 0; i < kClients; ++i) {
+    clients.emplace_back([&, i] {
+      GenerateStream([&, i](const std::string&) {
+        streaming[i] = true;
+        return !hang_up[i].load();
+      });
+    });
+  }
+  auto at = [&](int in_flight, int queued) {
+    return WaitFor([&] {
+      FakeStats s = fake_.GetStats();
+      return s.in_flight == in_flight && s.queued == queued;
+    });
+  };
+  auto count_streaming = [&] {
+    return std::count_if(streaming.begin(), streaming.end(), [](auto& b) { return b.load(); });
+  };
+  ASSERT_TRUE(at(8, 4));
+  ASSERT_TRUE(WaitFor([&] { return count_streaming() == 8; }));
+
+  // 8 -> 2: the eight running requests go on; as seven of them end, only one
+  // waiter is let in, which makes two.
+  ASSERT_EQ(Post("/_fake/settings", {{"parallel", 2}}).status, 200);
+  FakeStats s = fake_.GetStats();
+  EXPECT_EQ(s.in_flight, 8);
+  EXPECT_EQ(s.queued, 4);
+  int hung_up = 0;
+  for (int i = 0; i < kClients && hung_up < 7; ++i) {
+    if (streaming[i].load()) {
+      hang_up[i] = true;
+      ++hung_up;
+    }
+  }
+  EXPECT_TRUE(at(2, 3));
+  const FakeScheduler::ModelStats* m = StatsOf(fake_.GetStats(), "llama3.2:latest");
+  ASSERT_NE(m, nullptr);
+  EXPECT_EQ(m->parallel, 2);
+  EXPECT_EQ(m->aborted_by_client, 7u);
+
+  // 2 -> 5: the three waiters start at once.
+  ASSERT_EQ(Post("/_fake/settings", {{"parallel", 5}}).status, 200);
+  EXPECT_TRUE(at(5, 0));
+  fake_.Stop();
+  for (std::thread& t : clients) t.join();
+}
+
+TEST_F(FakeOllamaTest, EachModelHasItsOwnSlots) {
+  Configure({{"models", {"llama3.2", "nomic-embed-text", "big"}},
+             {"parallel", 2},
+             {"parallel_by_model", {{"Big", 3}}},
+             {"latency_ms", 60000}});
+  std::vector<std::thread> clients;
+  auto start = [&](int n, const std::string& path, const json& body) {
+    for (int i = 0; i < n; ++i) clients.emplace_back([&, path, body] { Post(path, body); });
+  };
+  start(3, "/api/generate", {{"model", "llama3.2"}, {"prompt", "x"}});
+  start(2, "/api/embed", {{"model", "nomic-embed-text"}, {"input", "x"}});
+  start(4, "/api/generate", {{"model", "big"}, {"prompt", "x"}});
+  auto model_at = [&](const std::string& name, int in_flight, int queued) {
+    const FakeScheduler::ModelStats* m = StatsOf(fake_.GetStats(), name);
+    return m != nullptr && m->in_flight == in_flight && m->queued == queued;
+  };
+  EXPECT_TRUE(WaitFor([&] {
+    return model_at("llama3.2:latest", 2, 1) && model_at("nomic-embed-text:latest", 1, 1) &&
+           model_at("big:latest", 3, 1);
+  }));
+  FakeStats s = fake_.GetStats();
+  EXPECT_EQ(s.in_flight, 6);
+  EXPECT_EQ(s.queued, 3);
+  json stats = Get("/_fake/stats").Json()["models"];
+  EXPECT_EQ(stats["llama3.2:latest"]["parallel"], 2) << stats.dump();
+  EXPECT_EQ(stats["nomic-embed-text:latest"]["parallel"], 1) << stats.dump();  // the default
+  EXPECT_EQ(stats["big:latest"]["max_in_flight_observed"], 3) << stats.dump();
+  fake_.Stop();
+  for (std::thread& t : clients) t.join();
+}
+
+TEST_F(FakeOllamaTest, CapacitySettingsAreChecked) {
+  EXPECT_EQ(fake_.MergeSettings({{"parallel_by_model", {{"llama3.2", 0}}}}),
+            "parallel_by_model.llama3.2 must be an integer between 1 and 4096");
+  EXPECT_EQ(fake_.MergeSettings({{"parallel_by_model", 4}}),
+            "parallel_by_model must be an object of model name to slots, or null");
+  EXPECT_EQ(fake_.MergeSettings({{"embed_parallel", 0}}),
+            "embed_parallel must be between 1 and 4096");
+  Configure({{"parallel_by_model", {{"llama3.2", 4}}}, {"embed_parallel", 2}});
+  json got = Get("/_fake/settings").Json();
+  EXPECT_EQ(got["parallel_by_model"]["llama3.2"], 4);
+  EXPECT_EQ(got["embed_parallel"], 2);
+  Configure({{"parallel_by_model", nullptr}});
+  EXPECT_TRUE(fake_.GetSettings().parallel_by_model.empty());
 }
 
 #ifdef FAKE_OLLAMA_BIN

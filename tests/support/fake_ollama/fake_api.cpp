@@ -75,9 +75,8 @@ ApiReply FailureReply(const FailSpec& f) {
   return r;
 }
 
-ApiReply AdmissionFailure(FakeScheduler::Outcome outcome) {
-  if (outcome == FakeScheduler::Outcome::kQueueFull) return ErrorReply(503, kBusy);
-  return CloseReply(ApiReply::Close::kGone);
+bool Stopping(const ApiRequest& req) {
+  return req.stopping && req.stopping();
 }
 
 bool KnownModel(const Settings& s, const std::string& canonical) {
@@ -235,15 +234,22 @@ ojson FinalLine(const GenSpec& g, const std::string& text) {
 class GenStream : public ChunkSource {
  public:
   GenStream(GenSpec spec, SlotLease lease, FakeScheduler* scheduler,
-            FakeScheduler::CancelFn cancelled)
+            FakeScheduler::CancelFn cancelled, FakeScheduler::CancelFn stopping)
       : spec_(std::move(spec)),
         lease_(std::move(lease)),
         scheduler_(scheduler),
-        cancelled_(std::move(cancelled)) {}
+        cancelled_(std::move(cancelled)),
+        stopping_(std::move(stopping)) {}
+
+  // MHD frees the stream without reading it to the end when the client hung
+  // up and a write failed: that, too, is the client's abort.
+  ~GenStream() override {
+    if (lease_.held()) MarkAbortUnlessStopping();
+  }
 
   Step Next(std::string* out) override {
     if (!pending_.empty()) {
-      if (!scheduler_->SleepFor(kSplitGap, cancelled_)) return Finish(Step::kGone);
+      if (!scheduler_->SleepFor(kSplitGap, cancelled_)) return Gone();
       *out = std::exchange(pending_, std::string());
       return Step::kData;
     }
@@ -259,7 +265,7 @@ class GenStream : public ChunkSource {
     if (chunks_ > 0) {
       nanoseconds delay = index_ < n ? milliseconds(s.token_ms) : nanoseconds(0);
       if (chunks_ == 1) delay += milliseconds(s.stall_ms);
-      if (!scheduler_->SleepFor(delay, cancelled_)) return Finish(Step::kGone);
+      if (!scheduler_->SleepFor(delay, cancelled_)) return Gone();
     }
     if (index_ < n) {
       Emit(GoJsonDump(ChunkLine(spec_, spec_.tokens[static_cast<std::size_t>(index_++)])), out);
@@ -276,6 +282,15 @@ class GenStream : public ChunkSource {
     lease_.Release();
     done_ = true;
     return step;
+  }
+
+  Step Gone() {
+    MarkAbortUnlessStopping();
+    return Finish(Step::kGone);
+  }
+
+  void MarkAbortUnlessStopping() {
+    if (!(stopping_ && stopping_())) lease_.MarkAborted();
   }
 
   // With split_utf8, the line leaves in two writes cut inside its first
@@ -298,6 +313,7 @@ class GenStream : public ChunkSource {
   SlotLease lease_;
   FakeScheduler* scheduler_;  // borrowed, outlives the stream
   FakeScheduler::CancelFn cancelled_;
+  FakeScheduler::CancelFn stopping_;
   int index_ = 0;   // tokens sent
   int chunks_ = 0;  // lines sent
   bool done_ = false;
@@ -324,6 +340,15 @@ ApiReply FakeApi::Handle(const ApiRequest& req) {
   if (p == "/api/tags") return Tags();
   if (p == "/api/ps") return Ps();
   return TextReply(200, "Ollama is running");
+}
+
+ApiReply FakeApi::NotAdmitted(const ApiRequest& req, const std::string& model,
+                              FakeScheduler::Outcome outcome) {
+  if (outcome == FakeScheduler::Outcome::kQueueFull) return ErrorReply(503, kBusy);
+  if (outcome == FakeScheduler::Outcome::kCancelled && !Stopping(req)) {
+    scheduler_->NoteAbandoned(model);
+  }
+  return CloseReply(ApiReply::Close::kGone);
 }
 
 ApiReply FakeApi::Generate(const ApiRequest& req, bool chat) {
@@ -400,7 +425,8 @@ ApiReply FakeApi::Generate(const ApiRequest& req, bool chat) {
     }
     FakeScheduler::Admission a =
         scheduler_->Admit(canonical, num_ctx, s.load_ms, false, req.cancelled);
-    if (a.outcome != FakeScheduler::Outcome::kAdmitted) return AdmissionFailure(a.outcome);
+    if (a.outcome != FakeScheduler::Outcome::kAdmitted)
+      return NotAdmitted(req, canonical, a.outcome);
     scheduler_->Finish(canonical, false, keep_alive);
     j["done_reason"] = "load";
     return JsonReply(200, j);
@@ -410,16 +436,20 @@ ApiReply FakeApi::Generate(const ApiRequest& req, bool chat) {
   const bool stream = !stream_field.is_boolean() || stream_field.get<bool>();
   FakeScheduler::Admission a =
       scheduler_->Admit(canonical, num_ctx, s.load_ms, true, req.cancelled);
-  if (a.outcome != FakeScheduler::Outcome::kAdmitted) return AdmissionFailure(a.outcome);
+  if (a.outcome != FakeScheduler::Outcome::kAdmitted) return NotAdmitted(req, canonical, a.outcome);
   SlotLease lease(scheduler_, canonical, true, keep_alive);
   timing.load = a.load_paid;
   if (settings_->DrawError()) return ErrorReply(500, kRunnerCrash);
-  auto gone = [] { return CloseReply(ApiReply::Close::kGone); };
+  auto gone = [&] {
+    if (!Stopping(req)) lease.MarkAborted();
+    return CloseReply(ApiReply::Close::kGone);
+  };
+  // Everything before the first token is prompt evaluation, stalls included.
   const Clock::time_point eval_begin = Clock::now();
   if (!scheduler_->SleepFor(milliseconds(s.latency_ms), req.cancelled)) return gone();
+  if (!scheduler_->SleepFor(milliseconds(s.first_byte_stall_ms), req.cancelled)) return gone();
   timing.prompt_eval = Clock::now() - eval_begin;
   timing.prompt_tokens = FakePromptTokenCount(all);
-  if (!scheduler_->SleepFor(milliseconds(s.first_byte_stall_ms), req.cancelled)) return gone();
 
   int n = s.tokens;
   if (num_predict > 0 && num_predict < n) {
@@ -436,8 +466,8 @@ ApiReply FakeApi::Generate(const ApiRequest& req, bool chat) {
   if (stream) {
     ApiReply reply;
     reply.content_type = kNdjsonType;
-    reply.stream =
-        std::make_unique<GenStream>(std::move(g), std::move(lease), scheduler_, req.cancelled);
+    reply.stream = std::make_unique<GenStream>(std::move(g), std::move(lease), scheduler_,
+                                               req.cancelled, req.stopping);
     return reply;
   }
   // stream:false: the server buffers everything, so faults become plain replies.
@@ -508,7 +538,7 @@ ApiReply FakeApi::Embed(const ApiRequest& req, bool legacy) {
   const bool load_only = inputs.empty();
   FakeScheduler::Admission a =
       scheduler_->Admit(canonical, num_ctx, s.load_ms, !load_only, req.cancelled);
-  if (a.outcome != FakeScheduler::Outcome::kAdmitted) return AdmissionFailure(a.outcome);
+  if (a.outcome != FakeScheduler::Outcome::kAdmitted) return NotAdmitted(req, canonical, a.outcome);
   SlotLease lease(scheduler_, canonical, !load_only, keep_alive);
   if (load_only) {
     return legacy ? JsonReply(200, ojson{{"embedding", ojson::array()}})
@@ -516,7 +546,10 @@ ApiReply FakeApi::Embed(const ApiRequest& req, bool legacy) {
   }
   timing.load = a.load_paid;
   if (settings_->DrawError()) return ErrorReply(500, kRunnerCrash);
-  auto gone = [] { return CloseReply(ApiReply::Close::kGone); };
+  auto gone = [&] {
+    if (!Stopping(req)) lease.MarkAborted();
+    return CloseReply(ApiReply::Close::kGone);
+  };
   if (!scheduler_->SleepFor(milliseconds(s.latency_ms + s.first_byte_stall_ms), req.cancelled)) {
     return gone();
   }

@@ -10,6 +10,15 @@
 // ApiReply::stream, one chunk per Next() call, with the per-token delays paid
 // inside Next().
 //
+// Timing fields (Ollama's, in ns, omitted when zero): total_duration runs
+// from the handler's start to the final chunk, so it includes the wait for a
+// load and for a slot; load_duration is the load this request paid or waited
+// for; prompt_eval_duration covers `latency_ms` and `first_byte_stall_ms`;
+// eval_duration runs from then to the final chunk (token delays, `stall_ms`).
+// So total - load - prompt_eval - eval is the slot wait plus microseconds of
+// handling, as with Ollama, whose timer also starts in the handler.
+// /api/embed has total_duration, load_duration and prompt_eval_count only.
+//
 // Endpoints: POST /api/generate, /api/chat, /api/embed, /api/embeddings;
 // GET|HEAD /api/tags, /api/ps, /api/version, /. Anything else: 404
 // "404 page not found" (text/plain), as gin answers.
@@ -34,6 +43,10 @@ struct ApiRequest {
   // True once the client has hung up or the server is stopping. Must stay
   // callable until the request's reply (and its stream) is destroyed.
   FakeScheduler::CancelFn cancelled;
+  // True once the server is stopping (empty: never), so that a cancelled
+  // request is counted as the client's abort only when the server was not
+  // stopping. Same lifetime as `cancelled`.
+  FakeScheduler::CancelFn stopping;
 };
 
 // The body of a streamed reply. Each Next() blocks for the delay before its
@@ -77,6 +90,9 @@ class FakeApi {
   ApiReply Handle(const ApiRequest& req);
 
  private:
+  // The reply to a failed admission; counts a client's hang-up as abandoned.
+  ApiReply NotAdmitted(const ApiRequest& req, const std::string& model,
+                       FakeScheduler::Outcome outcome);
   ApiReply Generate(const ApiRequest& req, bool chat);
   ApiReply Embed(const ApiRequest& req, bool legacy);
   ApiReply Tags() const;

@@ -94,7 +94,8 @@ struct FakeOllamaGlue {
           MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
       const int fd = info != nullptr ? info->connect_fd : -1;
       ApiRequest req{st->method, st->path, std::move(st->body),
-                     [self, fd] { return self->stopping_.load() || (fd >= 0 && PeerClosed(fd)); }};
+                     [self, fd] { return self->stopping_.load() || (fd >= 0 && PeerClosed(fd)); },
+                     [self] { return self->stopping_.load(); }};
       return Send(conn, self->api_.Handle(req), st);
     } catch (...) {
       return MHD_NO;  // closes the connection
@@ -206,6 +207,17 @@ struct FakeOllamaGlue {
 };
 
 json StatsToJson(const FakeStats& s) {
+  json models = json::object();
+  for (const FakeScheduler::ModelStats& m : s.models) {
+    models[m.name] = {{"parallel", m.parallel},
+                      {"in_flight", m.in_flight},
+                      {"max_in_flight_observed", m.max_in_flight_observed},
+                      {"queued", m.queued},
+                      {"admitted", m.admitted},
+                      {"slot_wait_ms", static_cast<double>(m.slot_wait_ns) / 1e6},
+                      {"aborted_by_client", m.aborted_by_client},
+                      {"abandoned_waiting", m.abandoned_waiting}};
+  }
   return {{"connections_accepted", s.connections_accepted},
           {"connections_open", s.connections_open},
           {"requests_total", s.requests_total},
@@ -216,7 +228,11 @@ json StatsToJson(const FakeStats& s) {
           {"max_queued_observed", s.max_queued_observed},
           {"rejected_503", s.rejected_503},
           {"disconnects", s.disconnects},
-          {"loads", s.loads}};
+          {"aborted_by_client", s.aborted_by_client},
+          {"abandoned_waiting", s.abandoned_waiting},
+          {"slot_wait_ms", static_cast<double>(s.slot_wait_ns) / 1e6},
+          {"loads", s.loads},
+          {"models", models}};
 }
 
 void FakeOllama::DaemonDeleter::operator()(MHD_Daemon* d) const {
@@ -305,7 +321,11 @@ FakeStats FakeOllama::GetStats() const {
   s.max_queued_observed = snap.max_queued_observed;
   s.rejected_503 = snap.rejected_503;
   s.disconnects = disconnects_.load();
+  s.aborted_by_client = snap.aborted_by_client;
+  s.abandoned_waiting = snap.abandoned_waiting;
+  s.slot_wait_ns = snap.slot_wait_ns;
   s.loads = snap.loads;
+  s.models = snap.models;
   std::lock_guard l(counts_mu_);
   s.requests_total = requests_total_;
   s.requests_by_path = requests_by_path_;
@@ -314,7 +334,7 @@ FakeStats FakeOllama::GetStats() const {
 
 void FakeOllama::ApplyLimits() {
   const Settings s = settings_.Get();
-  scheduler_.SetLimits(s.parallel, s.max_queue);
+  scheduler_.SetLimits({s.parallel, s.embed_parallel, s.parallel_by_model, s.max_queue});
 }
 
 void FakeOllama::CountRequest(const std::string& path) {

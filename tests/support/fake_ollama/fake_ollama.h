@@ -4,7 +4,8 @@
 // answers, model loads) closely enough that a client cannot tell it from the
 // real server, plus a control API for tests:
 //
-//   GET  /_fake/stats     counters (see FakeStats) as JSON
+//   GET  /_fake/stats     counters (see FakeStats) as JSON; "models" holds
+//                         each model's capacity and counters (ModelStats)
 //   GET  /_fake/settings  current Settings as JSON
 //   POST /_fake/settings  merge a JSON object of Settings fields (fake_settings.h);
 //                         400 {"error":…} on a bad field, else the new settings
@@ -16,8 +17,9 @@
 // HTTP: libmicrohttpd, one thread per connection (so the API code may block
 // while a request waits for a slot, a load or its first token), loopback
 // only, up to kConnectionLimit connections, HTTP/1.1 keep-alive, no timeouts.
-// Queueing is a single-scheduler approximation of Ollama's; see
-// fake_scheduler.h for exactly how it differs.
+// Queueing follows Ollama's per-model slots with a single pending queue; see
+// fake_scheduler.h for exactly how it differs. The timing fields of the
+// answers account for the time really spent (fake_api.h).
 //
 // Ownership and threads: construct, Start() and Stop() from one thread (the
 // test's). Settings, stats and Reset may be used from any thread while the
@@ -33,6 +35,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -50,13 +53,20 @@ struct FakeStats {
   int connections_open = 0;           // currently open (not reset by Reset())
   uint64_t requests_total = 0;        // HTTP requests, /_fake/* excluded
   std::map<std::string, uint64_t> requests_by_path;
-  int in_flight = 0;               // requests holding a slot
-  int max_in_flight_observed = 0;  // since start / last reset
+  int in_flight = 0;               // requests holding a slot, all models
+  int max_in_flight_observed = 0;  // since start / last reset, all models together
   int queued = 0;                  // requests waiting for a load or a slot
   int max_queued_observed = 0;
   uint64_t rejected_503 = 0;  // queue overflows
-  uint64_t disconnects = 0;   // requests ended because the client hung up
-  uint64_t loads = 0;         // model loads started
+  // Requests whose HTTP exchange ended because the client hung up, at any
+  // point (waiting, generating, or while the answer was being sent). The
+  // two counters below split out the hang-ups the server's work noticed.
+  uint64_t disconnects = 0;
+  uint64_t aborted_by_client = 0;  // client hung up while the request held a slot
+  uint64_t abandoned_waiting = 0;  // client hung up while it waited for a load or a slot
+  int64_t slot_wait_ns = 0;        // total time admitted requests waited for a slot
+  uint64_t loads = 0;              // model loads started
+  std::vector<FakeScheduler::ModelStats> models;  // per model asked for, by name
 };
 
 nlohmann::json StatsToJson(const FakeStats& s);

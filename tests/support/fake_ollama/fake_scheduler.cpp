@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <utility>
 
+#include "fake_content.h"
+
 namespace digestd::testing {
 namespace {
 
@@ -12,11 +14,28 @@ constexpr std::chrono::minutes kAbandonKeepAlive{5};
 
 }  // namespace
 
-void FakeScheduler::SetLimits(int parallel, int max_queue) {
+void FakeScheduler::SetLimits(Limits limits) {
+  Limits n;
+  n.parallel = std::max(1, limits.parallel);
+  n.embed_parallel = std::max(1, limits.embed_parallel);
+  n.max_queue = std::max(0, limits.max_queue);
+  for (const auto& [name, slots] : limits.parallel_by_model) {
+    n.parallel_by_model[CanonicalModelName(name)] = std::max(1, slots);
+  }
   std::lock_guard l(mu_);
-  parallel_ = std::max(1, parallel);
-  max_queue_ = std::max(0, max_queue);
+  limits_ = std::move(n);
   cv_.notify_all();
+}
+
+int FakeScheduler::CapacityOf(const std::string& model) const {
+  std::lock_guard l(mu_);
+  return CapacityLocked(model);
+}
+
+int FakeScheduler::CapacityLocked(const std::string& model) const {
+  auto it = limits_.parallel_by_model.find(model);
+  if (it != limits_.parallel_by_model.end()) return it->second;
+  return IsEmbeddingModel(model) ? limits_.embed_parallel : limits_.parallel;
 }
 
 void FakeScheduler::ExpireIfIdle(ModelState* m, Clock::time_point now) {
@@ -35,18 +54,22 @@ FakeScheduler::Admission FakeScheduler::Admit(const std::string& model, int64_t 
   ModelState& m = models_[model];  // std::map: the reference survives unlocking
   ExpireIfIdle(&m, start);
   const bool ready = m.loaded && !m.loading && m.num_ctx == want_ctx;
-  const bool slot_now = !need_slot || (waiters_.empty() && in_flight_ < parallel_);
+  const bool slot_now = !need_slot || (m.waiters.empty() && m.in_flight < CapacityLocked(model));
   const bool queued = !(ready && slot_now);
   if (queued) {
-    if (queued_ >= max_queue_) {
+    if (queued_ >= limits_.max_queue) {
       ++rejected_;
       return {Outcome::kQueueFull};
     }
     ++queued_;
+    ++m.queued;
     max_queued_ = std::max(max_queued_, queued_);
   }
   auto give_up = [&] {
-    if (queued) --queued_;
+    if (queued) {
+      --queued_;
+      --m.queued;
+    }
     cv_.notify_all();
     return Admission{stopping_ ? Outcome::kStopped : Outcome::kCancelled};
   };
@@ -83,12 +106,15 @@ FakeScheduler::Admission FakeScheduler::Admit(const std::string& model, int64_t 
       (paid_load && load_ms > 0) ? Clock::now() - start : Clock::duration::zero();
 
   ++m.active;
+  const Clock::time_point wait_start = Clock::now();
+  Clock::duration slot_wait{0};
   if (need_slot) {
     const uint64_t id = next_waiter_++;
-    waiters_.push_back(id);
-    while (!(waiters_.front() == id && in_flight_ < parallel_)) {
+    m.waiters.push_back(id);
+    // The capacity is read on every pass, so a change applies to waiters.
+    while (!(m.waiters.front() == id && m.in_flight < CapacityLocked(model))) {
       if (stopping_ || cancelled()) {
-        waiters_.erase(std::find(waiters_.begin(), waiters_.end(), id));
+        m.waiters.erase(std::find(m.waiters.begin(), m.waiters.end(), id));
         if (--m.active == 0 && !m.expires) {
           m.expires = true;
           m.expires_at = Clock::now() + kAbandonKeepAlive;
@@ -97,19 +123,33 @@ FakeScheduler::Admission FakeScheduler::Admit(const std::string& model, int64_t 
       }
       cv_.wait_for(l, kPollSlice);
     }
-    waiters_.pop_front();
+    m.waiters.pop_front();
+    slot_wait = Clock::now() - wait_start;
     ++in_flight_;
     max_in_flight_ = std::max(max_in_flight_, in_flight_);
+    ++m.in_flight;
+    m.max_in_flight = std::max(m.max_in_flight, m.in_flight);
+    ++m.admitted;
+    m.slot_wait_ns += std::chrono::duration_cast<std::chrono::nanoseconds>(slot_wait).count();
   }
-  if (queued) --queued_;
-  cv_.notify_all();  // the next waiter may fit as well when parallel > 1
-  return {Outcome::kAdmitted, std::chrono::duration_cast<std::chrono::nanoseconds>(load_paid)};
+  if (queued) {
+    --queued_;
+    --m.queued;
+  }
+  cv_.notify_all();  // the next waiter may fit as well when the capacity is > 1
+  return {Outcome::kAdmitted, std::chrono::duration_cast<std::chrono::nanoseconds>(load_paid),
+          std::chrono::duration_cast<std::chrono::nanoseconds>(slot_wait)};
 }
 
-void FakeScheduler::Finish(const std::string& model, bool held_slot, int64_t keep_alive_ms) {
+void FakeScheduler::Finish(const std::string& model, bool held_slot, int64_t keep_alive_ms,
+                           bool aborted) {
   std::lock_guard l(mu_);
-  if (held_slot) --in_flight_;
   ModelState& m = models_[model];
+  if (held_slot) {
+    --in_flight_;
+    --m.in_flight;
+    if (aborted) ++m.aborted;
+  }
   if (m.active > 0) --m.active;
   if (keep_alive_ms < 0) {
     m.expires = false;
@@ -119,6 +159,11 @@ void FakeScheduler::Finish(const std::string& model, bool held_slot, int64_t kee
   }
   ExpireIfIdle(&m, Clock::now());
   cv_.notify_all();
+}
+
+void FakeScheduler::NoteAbandoned(const std::string& model) {
+  std::lock_guard l(mu_);
+  ++models_[model].abandoned;
 }
 
 void FakeScheduler::Unload(const std::string& model) {
@@ -172,6 +217,11 @@ FakeScheduler::Snapshot FakeScheduler::GetSnapshot() const {
   s.loads = loads_;
   const Clock::time_point now = Clock::now();
   for (const auto& [name, m] : models_) {
+    s.models.push_back(ModelStats{name, CapacityLocked(name), m.in_flight, m.max_in_flight,
+                                  m.queued, m.admitted, m.slot_wait_ns, m.aborted, m.abandoned});
+    s.slot_wait_ns += m.slot_wait_ns;
+    s.aborted_by_client += m.aborted;
+    s.abandoned_waiting += m.abandoned;
     if (!m.loaded) continue;
     if (m.active == 0 && m.expires && now >= m.expires_at) continue;
     LoadedModel lm{name, m.num_ctx, -1};
@@ -192,6 +242,11 @@ void FakeScheduler::ResetCounters() {
   loads_ = 0;
   for (auto& [name, m] : models_) {
     if (m.active == 0 && !m.loading) m.loaded = false;
+    m.max_in_flight = m.in_flight;
+    m.admitted = 0;
+    m.slot_wait_ns = 0;
+    m.aborted = 0;
+    m.abandoned = 0;
   }
   cv_.notify_all();
 }
@@ -203,13 +258,14 @@ SlotLease& SlotLease::operator=(SlotLease&& other) noexcept {
     model_ = std::move(other.model_);
     held_slot_ = other.held_slot_;
     keep_alive_ms_ = other.keep_alive_ms_;
+    aborted_ = other.aborted_;
   }
   return *this;
 }
 
 void SlotLease::Release() {
   if (scheduler_ == nullptr) return;
-  std::exchange(scheduler_, nullptr)->Finish(model_, held_slot_, keep_alive_ms_);
+  std::exchange(scheduler_, nullptr)->Finish(model_, held_slot_, keep_alive_ms_, aborted_);
 }
 
 }  // namespace digestd::testing

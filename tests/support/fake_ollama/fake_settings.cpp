@@ -68,6 +68,24 @@ std::string ReadFailures(const json& value, std::deque<FailSpec>* out) {
   return "";
 }
 
+std::string ReadSlotsByModel(const json& value, std::map<std::string, int>* out) {
+  std::map<std::string, int> slots;
+  if (!value.is_null() && !value.is_object()) {
+    return "parallel_by_model must be an object of model name to slots, or null";
+  }
+  if (value.is_object()) {
+    for (const auto& [model, v] : value.items()) {
+      if (model.empty()) return "parallel_by_model: model names must not be empty";
+      if (!v.is_number_integer() || v.get<int64_t>() < 1 || v.get<int64_t>() > 4096) {
+        return "parallel_by_model." + model + " must be an integer between 1 and 4096";
+      }
+      slots[model] = v.get<int>();
+    }
+  }
+  *out = std::move(slots);
+  return "";
+}
+
 uint64_t NextRandom(uint64_t* state) {
   uint64_t z = (*state += 0x9e3779b97f4a7c15ULL);
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
@@ -101,6 +119,10 @@ std::string MergeSettings(const json& patch, Settings* s) {
       err = ReadInt(patch, "tokens", 0, kMaxTokens, &n.tokens);
     } else if (key == "parallel") {
       err = ReadInt(patch, "parallel", 1, 4096, &n.parallel);
+    } else if (key == "embed_parallel") {
+      err = ReadInt(patch, "embed_parallel", 1, 4096, &n.embed_parallel);
+    } else if (key == "parallel_by_model") {
+      err = ReadSlotsByModel(value, &n.parallel_by_model);
     } else if (key == "max_queue") {
       err = ReadInt(patch, "max_queue", 0, 1 << 20, &n.max_queue);
     } else if (key == "embed_dims") {
@@ -158,6 +180,8 @@ json SettingsToJson(const Settings& s) {
   auto optional_count = [](int v) { return v < 0 ? json(nullptr) : json(v); };
   return {{"models", s.models},
           {"parallel", s.parallel},
+          {"embed_parallel", s.embed_parallel},
+          {"parallel_by_model", s.parallel_by_model},
           {"max_queue", s.max_queue},
           {"tokens", s.tokens},
           {"embed_dims", s.embed_dims},

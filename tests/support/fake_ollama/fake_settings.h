@@ -1,13 +1,16 @@
 // Settings of the fake Ollama server and the thread-safe store that holds
 // them. Settings change at runtime (tests call FakeOllama::MergeSettings or
 // POST /_fake/settings); each request takes a snapshot when it starts, so a
-// change affects requests that start afterwards, except `parallel` and
-// `max_queue`, which the scheduler applies at once.
+// change affects requests that start afterwards, except the capacities
+// (`parallel`, `embed_parallel`, `parallel_by_model`) and `max_queue`, which
+// the scheduler applies at once, also to requests already waiting
+// (fake_scheduler.h).
 #ifndef DIGESTD_TESTS_SUPPORT_FAKE_OLLAMA_FAKE_SETTINGS_H_
 #define DIGESTD_TESTS_SUPPORT_FAKE_OLLAMA_FAKE_SETTINGS_H_
 
 #include <cstdint>
 #include <deque>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -31,8 +34,10 @@ struct Settings {
   // Known models; names without a tag also match "<name>:latest". Models
   // whose name contains "embed" are embedding-only (generate/chat → 400).
   std::vector<std::string> models = {"llama3.2", "nomic-embed-text"};
-  int parallel = 1;        // slots shared by all requests (see fake_scheduler.h)
-  int max_queue = 512;     // waiting requests before 503
+  int parallel = 1;        // slots of each generation model (OLLAMA_NUM_PARALLEL)
+  int embed_parallel = 1;  // slots of each embedding model (always 1 in Ollama)
+  std::map<std::string, int> parallel_by_model;  // slots of one model, overriding both
+  int max_queue = 512;                           // waiting requests (all models) before 503
   int tokens = 8;          // tokens per generation (options.num_predict lowers it)
   int embed_dims = 8;      // embedding length
   int64_t token_ms = 0;    // delay before each streamed token
@@ -53,8 +58,9 @@ struct Settings {
 // Applies the fields present in `patch` (a JSON object using the field names
 // above; fail_next is an array of {"status","body","content_type","path"},
 // where a non-string body is sent as its JSON text; null disables
-// midstream_error_after / cut_after) to `*s`. Returns "" on success, else
-// what was wrong, leaving `*s` untouched. Unknown keys are errors.
+// midstream_error_after / cut_after; parallel_by_model is an object of
+// model name → slots that replaces the previous one, null clears it) to `*s`. Returns "" on
+// success, else what was wrong, leaving `*s` untouched. Unknown keys are errors.
 [[nodiscard]] std::string MergeSettings(const nlohmann::json& patch, Settings* s);
 
 nlohmann::json SettingsToJson(const Settings& s);

@@ -1,9 +1,9 @@
 // fake_ollama: runs FakeOllama as a standalone process for integration tests
 // and benchmarks that start digestd against it.
 //
-//   fake_ollama [--port N] [--port-file PATH] [--parallel C] [--max-queue Q]
-//               [--token-ms MS] [--tokens N] [--latency-ms MS] [--load-ms MS]
-//               [--models a,b] [--embed-dims D]
+//   fake_ollama [--port N] [--port-file PATH] [--parallel C] [--embed-parallel C]
+//               [--max-queue Q] [--token-ms MS] [--tokens N] [--latency-ms MS]
+//               [--load-ms MS] [--models a,b] [--embed-dims D]
 //
 // Listens on 127.0.0.1 until SIGTERM or SIGINT, then exits 0. Exit 1 when it
 // cannot listen or write the port file, 2 on a bad command line. Settings
@@ -35,7 +35,8 @@ constexpr const char* kUsage =
     "usage: fake_ollama [options]\n"
     "  --port N          port on 127.0.0.1; 0 picks a free port (default 0)\n"
     "  --port-file PATH  write the bound port there once listening (atomic rename)\n"
-    "  --parallel C      requests served at once (default 1)\n"
+    "  --parallel C      requests each generation model serves at once (default 1)\n"
+    "  --embed-parallel C  requests each embedding model serves at once (default 1)\n"
     "  --max-queue Q     waiting requests before 503 (default 512)\n"
     "  --token-ms MS     delay per streamed token (default 0)\n"
     "  --tokens N        tokens per generation (default 8)\n"
@@ -107,6 +108,8 @@ std::string ParseArgs(int argc, char** argv, Options* opts) {
       opts->port_file = value;
     else if (flag == "--parallel")
       err = number(1, 4096, &s.parallel);
+    else if (flag == "--embed-parallel")
+      err = number(1, 4096, &s.embed_parallel);
     else if (flag == "--max-queue")
       err = number(0, 1 << 20, &s.max_queue);
     else if (flag == "--token-ms")
