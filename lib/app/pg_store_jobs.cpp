@@ -264,9 +264,10 @@ void PgStore::Cancel(const Request& req, const std::string& key,
                      const ControlServer::Reply& reply) {
   if (JobPtr job = env_.jobs->Find(key)) {
     if (job->state == JobState::kQueued) {
-      // Claimed by this node, not started: finish it cancelled here.
+      // Claimed by this node, not started: finish it cancelled here (the
+      // dispatcher skips it in the ring), counted as the memory store counts.
       job->user_cancelled = true;
-      job->state = JobState::kCancelled;
+      env_.jobs->MarkCancelled(job, "cancelled by request before it ran");
       ForgetClaim(job);
       WriteFinish(job, JobState::kCancelled, nullptr, "cancelled by request before it ran",
                   [reply, id = req.id, key](const RowOutcome& o) {

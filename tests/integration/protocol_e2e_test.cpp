@@ -397,9 +397,11 @@ TEST_P(ProtocolE2EHostile, DeeplyNestedRequestGetsBadRequestAndTheDaemonLives) {
 
 // A batch that stored nothing must not read as a success to a client that
 // checks only "ok" (it used to answer ok:true, accepted:0).
+// Memory only: a lane that is full refuses jobs there, while with PostgreSQL
+// the backlog waits in the table and a batch is refused only as a whole
+// (the database unreachable), which durable_e2e_test covers.
 class ProtocolE2EBatch : public ::testing::TestWithParam<const char*> {};
-INSTANTIATE_TEST_SUITE_P(Stores, ProtocolE2EBatch, ::testing::ValuesIn(testing::kStores),
-                         testing::StoreName);
+INSTANTIATE_TEST_SUITE_P(Memory, ProtocolE2EBatch, ::testing::Values("memory"), testing::StoreName);
 
 TEST_P(ProtocolE2EBatch, ABatchWithNoJobAcceptedIsAnErrorListingEveryJob) {
   DaemonProcess daemon;
@@ -463,7 +465,11 @@ TEST_P(ProtocolE2ECancel, CancelOfAQueuedJob) {
             true);
   ASSERT_TRUE(WaitFor([&] { return call({{"op", "status"}})["jobs"]["running"] == 1; }));
   json victim = call({{"op", "submit"}, {"kind", "noop"}, {"key", "victim"}});
-  ASSERT_EQ(victim["status"], "queued") << victim.dump();
+  // With PostgreSQL a submit to an idle lane is inserted already claimed by
+  // this node, so its row reads running while it waits in this node's ring.
+  ASSERT_TRUE(victim["status"] == "queued" ||
+              (std::string(GetParam()) == "postgres" && victim["status"] == "running"))
+      << victim.dump();
 
   json cancelled = call({{"op", "cancel"}, {"key", "victim"}, {"id", "c1"}});
   EXPECT_EQ(cancelled["ok"], true) << cancelled.dump();

@@ -177,6 +177,9 @@ class DaemonProcess {
   const TempDir& dir() const { return dir_; }
   const std::string& SocketPath() const { return socket_path_; }
   const std::string& ConfigPath() const { return config_path_; }
+  // The conninfo of the database a PostgreSQL store was given ("" for memory),
+  // so a test can start the next daemon on the same jobs.
+  const std::string& PgConninfo() const { return pg_conninfo_; }
   std::string StderrPath() const { return dir_.File("stderr.log"); }
 
   // Rewrites the config file as Start() does (the socket path and the store
