@@ -18,16 +18,18 @@
 //
 // Checked, besides no crash and no sanitizer report:
 //   - Feed() returns !failed(); text() and thinking() only grow; once the
-//     stream has failed, or seen its done line, nothing more changes;
+//     stream has failed, or seen its done line, nothing more changes, and a
+//     stream is never both done and failed;
 //   - the outcome (text, failure, error, done, counters) is the same as when
-//     the whole body is fed at once: piece boundaries never matter;
+//     the whole body is fed at once, or a line at a time: piece boundaries
+//     never matter;
 //   - Finish() returns done() && !failed(), leaves the stream done or failed,
 //     and is idempotent; a stream that saw done:true finishes true;
 //   - error() is empty exactly when nothing failed; retryable() is kErrorLine
 //     or kIncomplete; text, thinking and error stay within their limits and
 //     are valid UTF-8 (they are stored as JSON);
 //   - a stream that has not failed, given a well-formed done line, finishes
-//     true with that line's text at the end.
+//     true with that line's text at the end, whatever follows that line.
 //
 // An invariant that does not hold calls abort(), which libFuzzer reports as
 // a crash with the input that caused it.
@@ -99,6 +101,7 @@ struct Snapshot {
 };
 
 void CheckState(const NdjsonStream& s, const NdjsonStream::Limits& limits) {
+  Check(!(s.done() && s.failed()), "nothing fails after the done line");
   Check(s.error().empty() == !s.failed(), "error() is empty exactly when nothing failed");
   Check(s.retryable() == (s.failure() == NdjsonStream::Failure::kErrorLine ||
                           s.failure() == NdjsonStream::Failure::kIncomplete),
@@ -199,6 +202,17 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   Check(FinishChecked(&whole, limits) == finished && Snapshot(whole) == Snapshot(pieces),
         "the outcome is the same, whole or in pieces");
 
+  // The same body a line at a time: once a line has failed the stream or
+  // ended it, no later line may change anything (FeedChecked).
+  NdjsonStream by_line(format, limits);
+  for (std::string_view left = body; !left.empty();) {
+    size_t end = left.find('\n');
+    end = end == std::string_view::npos ? left.size() : end + 1;
+    FeedChecked(&by_line, left.substr(0, end), limits);
+    left.remove_prefix(end);
+  }
+  Check(Snapshot(by_line) == fed, "the state after feeding is the same, whole or by line");
+
   // A stream that has not failed, given a well-formed done line, succeeds.
   NdjsonStream more(format, limits);
   FeedChecked(&more, body, limits);
@@ -214,6 +228,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       Check(more.done(), "a well-formed done line ends the stream");
       Check(!more.text().empty() && more.text().back() == 'Z', "the done line's text is appended");
       Check(more.done_reason() == "stop", "the done line's done_reason is kept");
+      FeedChecked(&more, "not JSON\n{\"error\":\"late\"}\n", limits);  // ignored after done
       Check(FinishChecked(&more, limits), "a stream whose last line has done:true finishes true");
     }
   }
