@@ -10,6 +10,9 @@
 // The job kinds register themselves from their own source files, which are
 // compiled into this target (tests/fuzz/CMakeLists.txt); Validate does no
 // I/O. Checked, besides no crash, no exception and no sanitizer report:
+//   - an accepted line nests no deeper than kMaxJsonDepth (a line nested
+//     80,000 deep once crashed the daemon; inputs here are too short to
+//     overflow the stack, so the bound itself is checked);
 //   - a rejected submit is bad_request or too_large, says what was wrong,
 //     and makes a valid error line;
 //   - an accepted submit hands back one spec per job (the request itself for
@@ -23,12 +26,14 @@
 //
 // An invariant that does not hold calls abort(), which libFuzzer reports as
 // a crash with the input that caused it.
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "app/submit_spec.h"
@@ -36,6 +41,7 @@
 #include "control/protocol.h"
 #include "jobs/job_kind.h"
 #include "jobs/summarize_fallback.h"
+#include "util/json_parse.h"
 
 namespace {
 
@@ -58,6 +64,20 @@ bool Serialises(const json& j) {
     std::fprintf(stderr, "submit_fuzz: dump() threw: %s\n", e.what());
     return false;
   }
+}
+
+// Nesting depth of `j` as lib/util/json_parse.h counts it, without recursing.
+int Depth(const json& j) {
+  int deepest = 0;
+  std::vector<std::pair<const json*, int>> todo = {{&j, 0}};
+  while (!todo.empty()) {
+    auto [v, d] = todo.back();
+    todo.pop_back();
+    if (!v->is_structured()) continue;
+    deepest = std::max(deepest, d + 1);
+    for (const auto& child : *v) todo.emplace_back(&child, d + 1);
+  }
+  return deepest;
 }
 
 bool NullField(const json& spec, const char* field) {
@@ -180,6 +200,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   const digestd::Request& req = parsed.request;
   Check(req.body.is_object(), "an accepted request is an object");
+  // Every walk over the request (dump, copy, compare, jsonb) recurses once
+  // per level: nothing deeper than the bound may get this far.
+  Check(Depth(req.body) <= digestd::kMaxJsonDepth,
+        "an accepted request nests at most kMaxJsonDepth");
   if (req.op != "submit") return 0;
   CheckSubmitUnder(req, setup.ollama);
   CheckSubmitUnder(req, setup.extractive);
