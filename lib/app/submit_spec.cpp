@@ -10,9 +10,10 @@ namespace digestd {
 Status CheckJobSpec(const nlohmann::json& spec, const std::string& where, const Config& config) {
   if (!spec.is_object()) return Status::BadRequest(where + " must be an object");
   static const char* kFields[] = {"op", "id", "kind", "key", "group", "lane", "input"};
-  for (const auto& [k, v] : spec.items()) {
+  for (const auto& item : spec.items()) {
+    const std::string& k = item.key();
     if (std::find_if(std::begin(kFields), std::end(kFields),
-                     [&](const char* f) { return k == f; }) == std::end(kFields)) {
+                     [&k](const char* f) { return k == f; }) == std::end(kFields)) {
       return Status::BadRequest(where + "." + k +
                                 " is not a submit field; use kind, key, group, lane, input");
     }
@@ -72,25 +73,37 @@ Status CheckSubmit(const Request& req, const Config& config,
   return Status::Ok();
 }
 
+namespace {
+
+// A checked spec's string field; absent, null (which CheckJobSpec takes as
+// absent) or anything else: `fallback`. Never throws.
+std::string StringOr(const nlohmann::json& spec, const char* field, std::string fallback) {
+  auto it = spec.find(field);
+  if (it == spec.end() || !it->is_string()) return fallback;
+  return it->get<std::string>();
+}
+
+}  // namespace
+
 std::string SpecKey(const nlohmann::json& spec) {
-  return spec.value("key", std::string());
+  return StringOr(spec, "key", "");
 }
 
 std::string SpecGroup(const nlohmann::json& spec) {
-  return spec.value("group", std::string());
+  return StringOr(spec, "group", "");
 }
 
 std::string SpecKind(const nlohmann::json& spec) {
-  return spec.value("kind", std::string());
+  return StringOr(spec, "kind", "");
 }
 
 Lane SpecLane(const nlohmann::json& spec) {
-  return ParseLane(spec.value("lane", std::string("background"))).value_or(Lane::kBackground);
+  return ParseLane(StringOr(spec, "lane", "background")).value_or(Lane::kBackground);
 }
 
 nlohmann::json SpecInput(const nlohmann::json& spec) {
   auto input = spec.find("input");
-  return input == spec.end() ? nlohmann::json::object() : *input;
+  return input == spec.end() || input->is_null() ? nlohmann::json::object() : *input;
 }
 
 }  // namespace digestd
