@@ -133,12 +133,14 @@ int64_t UnaccountedNs(const json& j) {
          Ns(j, "eval_duration");
 }
 
+// Points into `s`, which must outlive the pointer (never a temporary).
 const FakeScheduler::ModelStats* StatsOf(const FakeStats& s, const std::string& model) {
   for (const FakeScheduler::ModelStats& m : s.models) {
     if (m.name == model) return &m;
   }
   return nullptr;
 }
+const FakeScheduler::ModelStats* StatsOf(FakeStats&& s, const std::string& model) = delete;
 
 class FakeOllamaTest : public ::testing::Test {
  protected:
@@ -782,7 +784,8 @@ TEST_F(FakeOllamaTest, CapacityChangeAppliesToRunningAndWaitingRequests) {
     }
   }
   EXPECT_TRUE(at(2, 3));
-  const FakeScheduler::ModelStats* m = StatsOf(fake_.GetStats(), "llama3.2:latest");
+  FakeStats after_drop = fake_.GetStats();  // StatsOf points into it
+  const FakeScheduler::ModelStats* m = StatsOf(after_drop, "llama3.2:latest");
   ASSERT_NE(m, nullptr);
   EXPECT_EQ(m->parallel, 2);
   EXPECT_EQ(m->aborted_by_client, 7u);
@@ -807,7 +810,8 @@ TEST_F(FakeOllamaTest, EachModelHasItsOwnSlots) {
   start(2, "/api/embed", {{"model", "nomic-embed-text"}, {"input", "x"}});
   start(4, "/api/generate", {{"model", "big"}, {"prompt", "x"}});
   auto model_at = [&](const std::string& name, int in_flight, int queued) {
-    const FakeScheduler::ModelStats* m = StatsOf(fake_.GetStats(), name);
+    FakeStats stats = fake_.GetStats();  // StatsOf points into it
+    const FakeScheduler::ModelStats* m = StatsOf(stats, name);
     return m != nullptr && m->in_flight == in_flight && m->queued == queued;
   };
   EXPECT_TRUE(WaitFor([&] {
