@@ -126,7 +126,7 @@ Status Daemon::Start() {
   env.dispatcher = dispatcher_.get();
   env.backend = backend_.get();
   env.notifier = notifier_.get();
-  env.ready = [this](bool store_answered) { OnReady(store_answered); };
+  env.ready = [this] { OnReady(); };
   env.drained = [this] { FinishShutdown(); };
   env.status_line = [this] { return StatusLine(); };
   if (config_.jobs.store == "postgres") {
@@ -180,8 +180,7 @@ Status Daemon::StartSignalsAndTimers() {
   return InitTimer(&loop_, final_timer_, this);
 }
 
-void Daemon::OnReady(bool store_answered) {
-  (void)store_answered;  // the store says why in its own log line when it did not
+void Daemon::OnReady() {
   notifier_->Ready();
   notifier_->Status(StatusLine());
   LOG_NOTICE("digestd %s ready: node %s, socket %s, workers %d..%d (pool %d), watchdog %s, %s",

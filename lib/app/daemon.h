@@ -47,7 +47,7 @@ class Daemon {
   Status Start();
   Status StartSignalsAndTimers();
   void Teardown();
-  void OnReady(bool store_answered);
+  void OnReady();
 
   // Requests (requests.cpp).
   void Handle(Request request, const PeerCred& peer, ControlServer::Reply reply);

@@ -23,7 +23,7 @@ MemoryStore::~MemoryStore() = default;
 Status MemoryStore::Start() {
   env_.jobs->SetRetention(static_cast<size_t>(env_.config->jobs.retain_finished));
   delayed_ = std::make_unique<DelayQueue>(env_.loop, [this](JobPtr job) { OnRetryDue(job); });
-  env_.ready(/*store_answered=*/true);
+  env_.ready();
   return Status::Ok();
 }
 
@@ -126,13 +126,11 @@ void MemoryStore::GetResult(const Request& req, ResultQuery query,
     if (auto w = weak.lock()) w->answer();
   };
   wait->token = is_group ? jobs.WaitGroup(query.group, fire) : jobs.WaitJob(query.key, fire);
-  if (uv_timer_init(env_.loop, wait->timer.get()) != 0) {
+  if (!InitTimer(env_.loop, wait->timer, wait.get()).ok()) {
     jobs.RemoveWaiter(wait->token);
     answer();
     return;
   }
-  wait->timer.set_initialized();
-  wait->timer.get()->data = wait.get();
   uv_timer_start(
       wait->timer.get(),
       [](uv_timer_t* t) {

@@ -213,16 +213,13 @@ void PgStore::MaybeReady(bool db_answered) {
   if (ready_sent_ || phase() != Phase::kRunning) return;
   ready_sent_ = true;
   ready_timer_.Close();
+  env_.ready();
   if (!db_answered) {
     std::string err = pg_->state().last_error;
     LOG_WARN(
         "ready without PostgreSQL after [postgres] ready_timeout_s = %d s (%s); submits "
         "answer unavailable until it answers",
         config().postgres.ready_timeout_s, err.empty() ? "no answer yet" : err.c_str());
-  }
-  env_.ready(db_answered);
-  if (!db_answered) {
-    std::string err = pg_->state().last_error;
     env_.notifier->Status("waiting for PostgreSQL: " +
                           (err.empty() ? std::string("no answer") : err));
   }

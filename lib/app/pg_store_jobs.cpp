@@ -131,10 +131,7 @@ void PgStore::GetResult(const Request& req, ResultQuery query, const ControlServ
   if (query.wait_ms > 0 && phase() != Phase::kStopping) {
     // Registered before the first lookup, so a commit that lands while the
     // lookup is in flight still wakes it (recheck).
-    int rc = uv_timer_init(env_.loop, wait->timer.get());
-    if (rc == 0) {
-      wait->timer.set_initialized();
-      wait->timer.get()->data = wait.get();
+    if (InitTimer(env_.loop, wait->timer, wait.get()).ok()) {
       wait->expired = false;
       if (wait->group.empty()) {
         key_waits_[wait->key].push_back(wait);

@@ -46,9 +46,9 @@ struct StoreEnv {
   Dispatcher* dispatcher = nullptr;
   BackendHealth* backend = nullptr;
   Notifier* notifier = nullptr;
-  // The store can serve: READY=1 may go out. `store_answered` false: it gave
-  // up waiting for its database ([postgres] ready_timeout_s).
-  std::function<void(bool store_answered)> ready;
+  // The store can serve: READY=1 may go out. Called once; a store that gave
+  // up waiting for its database ([postgres] ready_timeout_s) says so itself.
+  std::function<void()> ready;
   // Everything the shutdown had to write is written: the daemon may stop.
   std::function<void()> drained;
   // The daemon's one-line status, for STATUS=.

@@ -46,6 +46,14 @@ void ExpectError(const json& answer, const std::string& code, const std::string&
   }
 }
 
+// The answer to `request` on a new connection (any answer, error or not);
+// null, and a test failure, when none came.
+json Answer(const DaemonProcess& daemon, const json& request) {
+  auto answer = daemon.Call(request);
+  EXPECT_TRUE(answer.ok()) << request.dump() << ": " << answer.status().ToString();
+  return answer.ok() ? answer.value() : json(nullptr);
+}
+
 class ProtocolE2E : public ::testing::TestWithParam<const char*> {
  protected:
   void SetUp() override { ASSERT_TRUE(daemon_.Start({.store = GetParam(), .config = kConfig})); }
@@ -431,17 +439,9 @@ TEST_P(ProtocolE2EBatch, ABatchWithNoJobAcceptedIsAnErrorListingEveryJob) {
   ASSERT_TRUE(daemon.Start({.store = GetParam(),
                             .config = "[workers]\nmin = 1\nmax = 1\ninteractive_reserved = 0\n"
                                       "[queues]\nbackground = 2\n"}));
-  auto call = [&](const json& request) {
-    auto answer = daemon.Call(request);
-    EXPECT_TRUE(answer.ok()) << answer.status().ToString();
-    return answer.ok() ? answer.value() : json(nullptr);
-  };
-  ASSERT_EQ(call({{"op", "submit"},
-                  {"kind", "noop"},
-                  {"key", "blocker"},
-                  {"input", {{"sleep_ms", 60000}}}})["ok"],
-            true);
-  ASSERT_TRUE(WaitFor([&] { return call({{"op", "status"}})["jobs"]["running"] == 1; }));
+  auto call = [&](const json& request) { return Answer(daemon, request); };
+  daemon.SubmitNoop("blocker", 60000);
+  ASSERT_TRUE(WaitFor([&] { return daemon.Status()["jobs"]["running"] == 1; }));
   json fill = call({{"op", "submit"},
                     {"jobs",
                      {{{"kind", "noop"}, {"key", "q1"}},
@@ -476,17 +476,9 @@ TEST_P(ProtocolE2ECancel, CancelOfAQueuedJob) {
   DaemonProcess daemon;
   ASSERT_TRUE(daemon.Start(
       {.store = GetParam(), .config = "[workers]\nmin = 1\nmax = 1\ninteractive_reserved = 0\n"}));
-  auto call = [&](const json& request) {
-    auto answer = daemon.Call(request);
-    EXPECT_TRUE(answer.ok()) << answer.status().ToString();
-    return answer.ok() ? answer.value() : json(nullptr);
-  };
-  ASSERT_EQ(call({{"op", "submit"},
-                  {"kind", "noop"},
-                  {"key", "blocker"},
-                  {"input", {{"sleep_ms", 60000}}}})["ok"],
-            true);
-  ASSERT_TRUE(WaitFor([&] { return call({{"op", "status"}})["jobs"]["running"] == 1; }));
+  auto call = [&](const json& request) { return Answer(daemon, request); };
+  daemon.SubmitNoop("blocker", 60000);
+  ASSERT_TRUE(WaitFor([&] { return daemon.Status()["jobs"]["running"] == 1; }));
   json victim = call({{"op", "submit"}, {"kind", "noop"}, {"key", "victim"}});
   // With PostgreSQL a submit to an idle lane is inserted already claimed by
   // this node, so its row reads running while it waits in this node's ring.
