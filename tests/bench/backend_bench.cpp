@@ -28,9 +28,7 @@
 #include <chrono>
 #include <cstdarg>
 #include <cstdio>
-#include <filesystem>
 #include <fstream>
-#include <optional>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -38,6 +36,7 @@
 
 #include "../support/wait.h"
 #include "bench_support.h"
+#include "fake_process.h"
 #include "proc_cpu.h"
 
 namespace {
@@ -76,65 +75,23 @@ Cpu ProcCpu(pid_t pid) {
   return {static_cast<double>(stat->utime) / tick, static_cast<double>(stat->stime) / tick};
 }
 
-size_t AppendBody(char* data, size_t size, size_t n, void* user) {
-  static_cast<std::string*>(user)->append(data, size * n);
-  return size * n;
-}
-
-// GET `url`; the parsed JSON body, or null.
-json HttpGetJson(const std::string& url) {
-  CURL* curl = curl_easy_init();
-  if (curl == nullptr) return nullptr;
-  std::string body;
-  curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
-  curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, 10000L);
-  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, &AppendBody);
-  curl_easy_setopt(curl, CURLOPT_WRITEDATA, &body);
-  CURLcode rc = curl_easy_perform(curl);
-  curl_easy_cleanup(curl);
-  if (rc != CURLE_OK) return nullptr;
-  return json::parse(body, nullptr, false);
-}
-
-// The fake Ollama as a child process.
+// The fake Ollama as a child process: C slots, L ms per request, Die() when
+// it does not start.
 class Fake {
  public:
-  Fake(const Options& opt, const BenchDir& dir, int parallel, int latency_ms)
-      : log_(dir.File("fake.log")) {
-    const std::string port_file = dir.File("fake.port");
-    std::filesystem::remove(port_file);
-    pid_ = Spawn({opt.fake, "--port", "0", "--port-file", port_file, "--parallel",
-                  std::to_string(parallel), "--latency-ms", std::to_string(latency_ms), "--tokens",
-                  std::to_string(opt.tokens), "--max-queue", "100000"},
-                 {}, log_);
-    std::optional<int> exited;
-    bool up = digestd::testing::WaitFor(
-        [&] {
-          if (std::filesystem::exists(port_file)) return true;
-          exited = WaitExit(pid_, Clock::duration::zero());
-          return exited.has_value();
-        },
-        std::chrono::seconds(10), std::chrono::milliseconds(5));
-    if (!up || exited) {
-      Die("fake_ollama did not start (%s); its log:\n%s",
-          exited ? DescribeExit(*exited).c_str() : "no port file within 10 s",
-          LogTail(log_, 20).c_str());
-    }
-    std::ifstream in(port_file);
-    in >> port_;
+  Fake(const Options& opt, const BenchDir& dir, int parallel, int latency_ms) {
+    std::string failed = process_.Start(
+        opt.fake, dir.path(),
+        {"--parallel", std::to_string(parallel), "--latency-ms", std::to_string(latency_ms),
+         "--tokens", std::to_string(opt.tokens), "--max-queue", "100000"});
+    if (!failed.empty()) Die("%s", failed.c_str());
   }
-  ~Fake() { StopChild(pid_, SIGTERM, std::chrono::seconds(10)); }
-  Fake(const Fake&) = delete;
-  Fake& operator=(const Fake&) = delete;
 
-  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
-  json Stats() const { return HttpGetJson(url() + "/_fake/stats"); }
+  std::string url() const { return process_.url(); }
+  json Stats() { return process_.Stats(); }
 
  private:
-  std::string log_;
-  pid_t pid_ = -1;
-  int port_ = 0;
+  digestd::testing::FakeOllamaProcess process_;
 };
 
 std::string WriteConfig(const Options& opt, const BenchDir& dir, const std::string& name, int slots,

@@ -28,6 +28,7 @@
 
 #include "../support/wait.h"
 #include "fake_ollama.h"
+#include "fake_process.h"
 
 namespace {
 
@@ -846,31 +847,17 @@ TEST_F(FakeOllamaTest, CapacitySettingsAreChecked) {
 
 #ifdef FAKE_OLLAMA_BIN
 TEST(FakeOllamaBinary, WritesPortFileAndExitsZeroOnSigterm) {
-  const std::string port_file =
-      ::testing::TempDir() + "fake_ollama_port_" + std::to_string(getpid());
-  std::remove(port_file.c_str());
-  const pid_t pid = fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    execl(FAKE_OLLAMA_BIN, FAKE_OLLAMA_BIN, "--port", "0", "--port-file", port_file.c_str(),
-          "--tokens", "2", "--models", "llama3.2, other", static_cast<char*>(nullptr));
-    _exit(127);
-  }
-  int port = 0;
-  EXPECT_TRUE(WaitFor([&] {
-    std::ifstream in(port_file);
-    return static_cast<bool>(in >> port);
-  }));
-  const std::string base = "http://127.0.0.1:" + std::to_string(port);
-  EXPECT_EQ(Client().Do("GET", base + "/").body, "Ollama is running");
-  Response r = Client().Do("POST", base + "/api/generate", R"({"model":"other","prompt":"x"})");
+  digestd::testing::FakeOllamaProcess process;
+  ASSERT_EQ(process.Start(FAKE_OLLAMA_BIN, "", {"--tokens", "2", "--models", "llama3.2, other"}),
+            "");
+  EXPECT_GT(process.port(), 0);
+  EXPECT_EQ(Client().Do("GET", process.url() + "/").body, "Ollama is running");
+  Response r =
+      Client().Do("POST", process.url() + "/api/generate", R"({"model":"other","prompt":"x"})");
   EXPECT_EQ(r.Lines().size(), 3u);
-  kill(pid, SIGTERM);
-  int status = 0;
-  ASSERT_EQ(waitpid(pid, &status, 0), pid);
-  EXPECT_TRUE(WIFEXITED(status));
-  EXPECT_EQ(WEXITSTATUS(status), 0);
-  std::remove(port_file.c_str());
+  EXPECT_EQ(process.Requests("/api/generate"), 1u);
+  EXPECT_EQ(process.Stop(), "");  // SIGTERM: exit status 0
+  EXPECT_FALSE(process.Running());
 }
 #endif
 

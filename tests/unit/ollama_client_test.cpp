@@ -8,7 +8,6 @@
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -16,7 +15,6 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
-#include <fstream>
 #include <functional>
 #include <memory>
 #include <string>
@@ -24,9 +22,8 @@
 #include <vector>
 
 #include "../support/wait.h"
+#include "fake_process.h"
 #include "jobs/job_kind.h"
-
-extern char** environ;
 
 namespace digestd {
 namespace {
@@ -34,6 +31,7 @@ namespace {
 using json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
+using testing::FakeOllamaProcess;
 using testing::WaitFor;
 
 #ifdef FAKE_OLLAMA_BIN
@@ -42,91 +40,14 @@ constexpr const char* kFakeBin = FAKE_OLLAMA_BIN;
 constexpr const char* kFakeBin = nullptr;
 #endif
 
-size_t Collect(char* data, size_t size, size_t n, void* user) {
-  static_cast<std::string*>(user)->append(data, size * n);
-  return size * n;
-}
-
-// The fake as a child process, plus a control connection of its own (one
-// kept-alive handle, so control calls add no connections after the first).
-class FakeOllamaProcess {
- public:
-  bool Start() {
-    char dir[] = "/tmp/fake-ollama-XXXXXX";
-    if (mkdtemp(dir) == nullptr) return false;
-    dir_ = dir;
-    const std::string port_file = dir_ + "/port";
-    std::vector<std::string> args = {kFakeBin, "--port", "0", "--port-file", port_file};
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    if (posix_spawn(&pid_, kFakeBin, nullptr, nullptr, argv.data(), environ) != 0) return false;
-    int port = 0;
-    bool up = WaitFor([&] {
-      std::ifstream in(port_file);
-      return static_cast<bool>(in >> port) && port > 0;
-    });
-    if (!up) return false;
-    url_ = "http://127.0.0.1:" + std::to_string(port);
-    control_ = curl_easy_init();
-    return true;
-  }
-
-  ~FakeOllamaProcess() {
-    if (control_ != nullptr) curl_easy_cleanup(control_);
-    if (pid_ > 0) {
-      kill(pid_, SIGTERM);
-      int status = 0;
-      waitpid(pid_, &status, 0);
-    }
-    if (!dir_.empty()) {
-      std::remove((dir_ + "/port").c_str());
-      rmdir(dir_.c_str());
-    }
-  }
-
-  const std::string& url() const { return url_; }
-
-  json Call(const std::string& method, const std::string& path, const json& body = nullptr) {
-    std::string out;
-    std::string text = body.is_null() ? "" : body.dump();
-    curl_easy_reset(control_);
-    curl_easy_setopt(control_, CURLOPT_URL, (url_ + path).c_str());
-    curl_easy_setopt(control_, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(control_, CURLOPT_TIMEOUT_MS, 10000L);
-    curl_easy_setopt(control_, CURLOPT_WRITEFUNCTION, &Collect);
-    curl_easy_setopt(control_, CURLOPT_WRITEDATA, &out);
-    if (method == "POST") {
-      curl_easy_setopt(control_, CURLOPT_POST, 1L);
-      curl_easy_setopt(control_, CURLOPT_POSTFIELDS, text.c_str());
-      curl_easy_setopt(control_, CURLOPT_POSTFIELDSIZE, static_cast<long>(text.size()));
-    }
-    long status = 0;
-    if (curl_easy_perform(control_) != CURLE_OK) return nullptr;
-    curl_easy_getinfo(control_, CURLINFO_RESPONSE_CODE, &status);
-    json j = json::parse(out, nullptr, false);
-    if (status != 200) ADD_FAILURE() << method << " " << path << ": " << status << " " << out;
-    return j;
-  }
-
-  void Set(const json& patch) { Call("POST", "/_fake/settings", patch); }
-  void Reset() { Call("POST", "/_fake/reset", json::object()); }
-  json Stats() { return Call("GET", "/_fake/stats"); }
-
- private:
-  pid_t pid_ = 0;
-  std::string dir_;
-  std::string url_;
-  CURL* control_ = nullptr;
-};
-
 class OllamaClientTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     if (kFakeBin == nullptr) return;
     OllamaClient::GlobalInit();
     fake_ = new FakeOllamaProcess();
-    if (!fake_->Start()) {
+    start_error_ = fake_->Start(kFakeBin, "");
+    if (!start_error_.empty()) {
       delete fake_;
       fake_ = nullptr;
     }
@@ -138,8 +59,8 @@ class OllamaClientTest : public ::testing::Test {
 
   void SetUp() override {
     if (kFakeBin == nullptr) GTEST_SKIP() << "fake_ollama is not built";
-    ASSERT_NE(fake_, nullptr) << "fake_ollama did not start";
-    fake_->Reset();
+    ASSERT_NE(fake_, nullptr) << start_error_;
+    ASSERT_EQ(fake_->Reset(), "");
     config_.backend.url = fake_->url();
     config_.backend.connect_timeout_ms = 2000;
     config_.backend.first_byte_timeout_s = 30;
@@ -173,11 +94,22 @@ class OllamaClientTest : public ::testing::Test {
     return k->Run(ctx);
   }
 
+  // Merges `patch` into the fake's settings; a refusal fails the test.
+  static void SetFake(const json& patch) { EXPECT_EQ(fake_->Set(patch), ""); }
+  // GET `path` from the fake; a failure fails the test.
+  static json GetFake(const std::string& path) {
+    json answer;
+    EXPECT_EQ(fake_->Call("GET", path, nullptr, &answer), "");
+    return answer;
+  }
+
   static FakeOllamaProcess* fake_;
+  static std::string start_error_;
   Config config_;
 };
 
 FakeOllamaProcess* OllamaClientTest::fake_ = nullptr;
+std::string OllamaClientTest::start_error_;
 
 // A port on which nothing listens.
 int ClosedPort() {
@@ -232,7 +164,7 @@ TEST_F(OllamaClientTest, Utf8SplitAcrossWritesAssemblesTheSameText) {
   GenerateResult plain =
       Client().Generate(Gen("caf\xC3\xA9 na\xC3\xAFve \xE2\x80\x94 ok"), nullptr);
   ASSERT_TRUE(plain.status.ok()) << plain.status.error;
-  fake_->Set({{"split_utf8", true}});
+  SetFake({{"split_utf8", true}});
   GenerateResult split =
       Client().Generate(Gen("caf\xC3\xA9 na\xC3\xAFve \xE2\x80\x94 ok"), nullptr);
   ASSERT_TRUE(split.status.ok()) << split.status.error;
@@ -272,12 +204,12 @@ TEST_F(OllamaClientTest, EmbeddingModelCannotGenerateIsFatal400) {
 }
 
 TEST_F(OllamaClientTest, ServiceUnavailableAndTooManyRequestsAreBusy) {
-  fake_->Set({{"fail_next",
-               {{{"status", 503},
-                 {"body", json{{"error",
-                                "server busy, please try again.  maximum pending "
-                                "requests exceeded"}}}},
-                {{"status", 429}, {"body", json{{"error", "rate limit exceeded"}}}}}}});
+  SetFake({{"fail_next",
+            {{{"status", 503},
+              {"body", json{{"error",
+                             "server busy, please try again.  maximum pending "
+                             "requests exceeded"}}}},
+             {{"status", 429}, {"body", json{{"error", "rate limit exceeded"}}}}}}});
   GenerateResult a = Client().Generate(Gen("hi"), nullptr);
   EXPECT_EQ(a.status.cls, CallClass::kBusy);
   EXPECT_EQ(a.status.http_status, 503);
@@ -289,11 +221,10 @@ TEST_F(OllamaClientTest, ServiceUnavailableAndTooManyRequestsAreBusy) {
 }
 
 TEST_F(OllamaClientTest, ServerErrorsAreRetryable) {
-  fake_->Set(
-      {{"fail_next",
-        {{{"status", 500}, {"body", json{{"error", "model runner has unexpectedly stopped"}}}},
-         {{"status", 502}, {"body", json{{"error", "bad gateway"}}}},
-         {{"status", 504}, {"body", json{{"error", "gateway timeout"}}}}}}});
+  SetFake({{"fail_next",
+            {{{"status", 500}, {"body", json{{"error", "model runner has unexpectedly stopped"}}}},
+             {{"status", 502}, {"body", json{{"error", "bad gateway"}}}},
+             {{"status", 504}, {"body", json{{"error", "gateway timeout"}}}}}}});
   for (int status : {500, 502, 504}) {
     GenerateResult r = Client().Generate(Gen("hi"), nullptr);
     EXPECT_EQ(r.status.cls, CallClass::kRetryable) << status;
@@ -302,7 +233,7 @@ TEST_F(OllamaClientTest, ServerErrorsAreRetryable) {
 }
 
 TEST_F(OllamaClientTest, RunnerCrashBeforeTheFirstByteIsRetryableWithItsMessage) {
-  fake_->Set({{"error_rate", 1.0}});
+  SetFake({{"error_rate", 1.0}});
   GenerateResult r = Client().Generate(Gen("hi"), nullptr);
   EXPECT_EQ(r.status.cls, CallClass::kRetryable);
   EXPECT_EQ(r.status.http_status, 500);
@@ -310,10 +241,10 @@ TEST_F(OllamaClientTest, RunnerCrashBeforeTheFirstByteIsRetryableWithItsMessage)
 }
 
 TEST_F(OllamaClientTest, NonJsonErrorBodyIsKeptAsRawText) {
-  fake_->Set({{"fail_next",
-               {{{"status", 502},
-                 {"body", "<html><body><h1>502 Bad Gateway</h1></body></html>\n"},
-                 {"content_type", "text/html"}}}}});
+  SetFake({{"fail_next",
+            {{{"status", 502},
+              {"body", "<html><body><h1>502 Bad Gateway</h1></body></html>\n"},
+              {"content_type", "text/html"}}}}});
   GenerateResult r = Client().Generate(Gen("hi"), nullptr);
   EXPECT_EQ(r.status.cls, CallClass::kRetryable);
   EXPECT_NE(r.status.error.find("<html><body><h1>502 Bad Gateway</h1></body></html>"),
@@ -322,28 +253,28 @@ TEST_F(OllamaClientTest, NonJsonErrorBodyIsKeptAsRawText) {
 }
 
 TEST_F(OllamaClientTest, BadRequestIsFatal) {
-  fake_->Set({{"fail_next", {{{"status", 400}, {"body", json{{"error", "invalid model name"}}}}}}});
+  SetFake({{"fail_next", {{{"status", 400}, {"body", json{{"error", "invalid model name"}}}}}}});
   GenerateResult r = Client().Generate(Gen("hi"), nullptr);
   EXPECT_EQ(r.status.cls, CallClass::kFatal);
   EXPECT_NE(r.status.error.find("invalid model name"), std::string::npos);
 }
 
 TEST_F(OllamaClientTest, MalformedOkBodyIsFatal) {
-  fake_->Set({{"fail_next",
-               {{{"status", 200},
-                 {"body", "this is not ndjson\n"},
-                 {"content_type", "application/x-ndjson"}}}}});
+  SetFake({{"fail_next",
+            {{{"status", 200},
+              {"body", "this is not ndjson\n"},
+              {"content_type", "application/x-ndjson"}}}}});
   GenerateResult r = Client().Generate(Gen("hi"), nullptr);
   EXPECT_EQ(r.status.cls, CallClass::kFatal);
   EXPECT_NE(r.status.error.find("this is not ndjson"), std::string::npos) << r.status.error;
 
-  fake_->Set({{"fail_next", {{{"status", 200}, {"body", json{{"embeddings", "no"}}}}}}});
+  SetFake({{"fail_next", {{{"status", 200}, {"body", json{{"embeddings", "no"}}}}}}});
   EmbedResult e = Client().Embed({{"model", "nomic-embed-text"}, {"input", {"x"}}}, nullptr);
   EXPECT_EQ(e.status.cls, CallClass::kFatal);
 }
 
 TEST_F(OllamaClientTest, MidStreamErrorLineIsRetryableWithItsMessage) {
-  fake_->Set({{"midstream_error_after", 3}});
+  SetFake({{"midstream_error_after", 3}});
   GenerateResult r = Client().Generate(Gen("hi"), nullptr);
   EXPECT_EQ(r.status.cls, CallClass::kRetryable);
   EXPECT_EQ(r.status.http_status, 200);
@@ -351,26 +282,26 @@ TEST_F(OllamaClientTest, MidStreamErrorLineIsRetryableWithItsMessage) {
             std::string::npos)
       << r.status.error;
   // The connection survives the error line.
-  fake_->Set({{"midstream_error_after", nullptr}});
+  SetFake({{"midstream_error_after", nullptr}});
   EXPECT_TRUE(Client().Generate(Gen("hi"), nullptr).status.ok());
 }
 
 TEST_F(OllamaClientTest, CutStreamIsRetryable) {
-  fake_->Set({{"cut_after", 2}});
+  SetFake({{"cut_after", 2}});
   GenerateResult r = Client().Chat(
       {{"model", "llama3.2"}, {"messages", {{{"role", "user"}, {"content", "hi"}}}}}, nullptr);
   EXPECT_EQ(r.status.cls, CallClass::kRetryable);
   EXPECT_NE(r.status.error.find("without the final done line"), std::string::npos)
       << r.status.error;
 
-  fake_->Set({{"cut_after", 0}});
+  SetFake({{"cut_after", 0}});
   GenerateResult none = Client().Generate(Gen("hi"), nullptr);
   EXPECT_EQ(none.status.cls, CallClass::kRetryable);
   EXPECT_EQ(none.status.http_status, 0);
 }
 
 TEST_F(OllamaClientTest, StallMidStreamHitsTheIdleTimeout) {
-  fake_->Set({{"stall_ms", 5000}});
+  SetFake({{"stall_ms", 5000}});
   auto client = ClientWith([](OllamaClientOptions* o) { o->idle_timeout = 500ms; });
   auto start = Clock::now();
   GenerateResult r = client.Generate(Gen("hi"), nullptr);
@@ -382,7 +313,7 @@ TEST_F(OllamaClientTest, StallMidStreamHitsTheIdleTimeout) {
 }
 
 TEST_F(OllamaClientTest, SilenceBeforeTheFirstByteHitsTheFirstByteTimeout) {
-  fake_->Set({{"first_byte_stall_ms", 5000}});
+  SetFake({{"first_byte_stall_ms", 5000}});
   auto client = ClientWith([](OllamaClientOptions* o) {
     o->first_byte_timeout = 500ms;
     o->idle_timeout = 100ms;  // must not apply before the first byte
@@ -397,7 +328,7 @@ TEST_F(OllamaClientTest, SilenceBeforeTheFirstByteHitsTheFirstByteTimeout) {
 }
 
 TEST_F(OllamaClientTest, SlowFirstByteWithinTheTimeoutIsFine) {
-  fake_->Set({{"first_byte_stall_ms", 700}});
+  SetFake({{"first_byte_stall_ms", 700}});
   auto client = ClientWith([](OllamaClientOptions* o) {
     o->first_byte_timeout = 5s;
     o->idle_timeout = 300ms;
@@ -406,7 +337,7 @@ TEST_F(OllamaClientTest, SlowFirstByteWithinTheTimeoutIsFine) {
 }
 
 TEST_F(OllamaClientTest, TotalDeadlineEndsALongGeneration) {
-  fake_->Set({{"token_ms", 100}, {"tokens", 100}});
+  SetFake({{"token_ms", 100}, {"tokens", 100}});
   auto client = ClientWith([](OllamaClientOptions* o) { o->request_timeout = 600ms; });
   auto start = Clock::now();
   GenerateResult r = client.Generate(Gen("hi"), nullptr);
@@ -430,7 +361,7 @@ TEST_F(OllamaClientTest, BadUrlIsFatal) {
 }
 
 TEST_F(OllamaClientTest, CancelAbortsALongGenerationWithinASecond) {
-  fake_->Set({{"token_ms", 50}, {"tokens", 100000}});
+  SetFake({{"token_ms", 50}, {"tokens", 100000}});
   std::atomic<bool> cancel{false};
   Clock::time_point cancelled_at;
   std::thread canceller([&] {
@@ -448,7 +379,7 @@ TEST_F(OllamaClientTest, CancelAbortsALongGenerationWithinASecond) {
 }
 
 TEST_F(OllamaClientTest, CancelAbortsTheWaitForTheFirstByteWithinASecond) {
-  fake_->Set({{"latency_ms", 20000}});
+  SetFake({{"latency_ms", 20000}});
   std::atomic<bool> cancel{false};
   Clock::time_point cancelled_at;
   std::thread canceller([&] {
@@ -491,7 +422,7 @@ TEST_F(OllamaClientTest, ProbeSucceedsOnAWorkingServer) {
 }
 
 TEST_F(OllamaClientTest, ProbeFailsRetryablyWhenInferenceHangs) {
-  fake_->Set({{"first_byte_stall_ms", 10000}});
+  SetFake({{"first_byte_stall_ms", 10000}});
   auto start = Clock::now();
   CallStatus s = Client().Probe(config_.backend, 500ms);
   EXPECT_EQ(s.cls, CallClass::kRetryable) << s.error;
@@ -510,7 +441,7 @@ TEST_F(OllamaClientTest, ServerOptionsKeepOneNumCtxPerModel) {
   EXPECT_EQ(req["options"]["temperature"], 0.1);
   EXPECT_EQ(req["keep_alive"], "-1m");
   ASSERT_TRUE(Client().Generate(req, nullptr).status.ok());
-  json ps = fake_->Call("GET", "/api/ps");
+  json ps = GetFake("/api/ps");
   ASSERT_EQ(ps["models"].size(), 1u) << ps.dump();
   EXPECT_EQ(ps["models"][0]["context_length"], 6144);
 
@@ -540,7 +471,7 @@ TEST_F(OllamaClientTest, SummarizeJobReturnsSummaryModelAndMeta) {
   EXPECT_TRUE(out.result["meta"].contains("load_duration_ms"));
   EXPECT_GT(out.backend_ns, 0u);
   // The fixed num_ctx from [backend] reached the server.
-  json ps = fake_->Call("GET", "/api/ps");
+  json ps = GetFake("/api/ps");
   ASSERT_EQ(ps["models"].size(), 1u);
   EXPECT_EQ(ps["models"][0]["context_length"], config_.backend.num_ctx);
 }
@@ -548,7 +479,7 @@ TEST_F(OllamaClientTest, SummarizeJobReturnsSummaryModelAndMeta) {
 TEST_F(OllamaClientTest, SummarizeHittingNumPredictIsTruncated) {
   config_.summarize.num_predict = 20;
   config_.summarize.max_words = 5;
-  fake_->Set({{"tokens", 50}});
+  SetFake({{"tokens", 50}});
   WorkOutcome out = RunKind("summarize", {{"text", "A long chapter."}});
   ASSERT_EQ(out.kind, WorkOutcome::Kind::kDone) << out.error;
   EXPECT_EQ(out.result["truncated"], true);
@@ -580,15 +511,15 @@ TEST_F(OllamaClientTest, JobOutcomesFollowTheClassification) {
   EXPECT_EQ(missing.kind, WorkOutcome::Kind::kFailed);
   EXPECT_NE(missing.error.find("model 'llama9' not found"), std::string::npos);
 
-  fake_->Set({{"fail_next", {{{"status", 503}, {"body", json{{"error", "busy"}}}}}}});
+  SetFake({{"fail_next", {{{"status", 503}, {"body", json{{"error", "busy"}}}}}}});
   EXPECT_EQ(RunKind("summarize", {{"text", "Hi."}}).kind, WorkOutcome::Kind::kBusy);
 
-  fake_->Set({{"fail_next", {{{"status", 500}, {"body", json{{"error", "crash"}}}}}}});
+  SetFake({{"fail_next", {{{"status", 500}, {"body", json{{"error", "crash"}}}}}}});
   WorkOutcome retry = RunKind("embed", {{"texts", {"a"}}});
   EXPECT_EQ(retry.kind, WorkOutcome::Kind::kRetry);
   EXPECT_NE(retry.error.find("crash"), std::string::npos);
 
-  fake_->Set({{"token_ms", 50}, {"tokens", 100000}});
+  SetFake({{"token_ms", 50}, {"tokens", 100000}});
   auto cancel = std::make_shared<std::atomic<bool>>(false);
   std::thread canceller([&] {
     std::this_thread::sleep_for(200ms);
