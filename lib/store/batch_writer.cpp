@@ -469,7 +469,14 @@ void BatchWriter::Reject(const Status& why) {
   LOG_ERROR("writer: PostgreSQL refused the %s: %s; the row is dropped", what.c_str(),
             why.message().c_str());
   RowOutcome out;
-  out.status = Status::BadRequest("PostgreSQL refused this job's data: " + why.message());
+  // Submits are the rows whose data came from a client: the message names
+  // what the client sent and says what to do.
+  out.status = Status::BadRequest(
+      e.row.is_submit()
+          ? "PostgreSQL refused to store this job's input (or its key or group): " + why.message() +
+                "; only this job was refused: change the input (e.g. less deeply nested or "
+                "smaller) and submit it again"
+          : "PostgreSQL refused this job's data: " + why.message());
   out.accepted = false;
   if (e.row.done) e.row.done(out);
 }

@@ -51,9 +51,12 @@
 //     Unavailable until the connection is back, so an ack is never a lie.
 //   * A failed batch's rows go back to the front of the ring, in order;
 //     no batch starts until every batch in flight has answered.
-//   * The server rejected the data (BadRequest, e.g. a key holding a NUL):
-//     the rows of the failed batch are written again one per transaction;
-//     the row that fails alone is dropped and its callback gets the error.
+//   * The server rejected the data (BadRequest: SQLSTATE class 22, 23 or 54,
+//     e.g. a key holding a NUL, or an input nested deeper than the server's
+//     stack): the rows of the failed batch are written again one per
+//     transaction; the row that fails alone is dropped and its callback gets
+//     the error, so one client's row never fails another's or stalls the
+//     writer.
 //   * Any other error with the connection up: the batch's submits get the
 //     error; the other rows are retried after a backoff (100 ms doubling to
 //     5 s). status shows the error meanwhile.

@@ -47,8 +47,14 @@ bool TransientSqlState(std::string_view s) {
   return cls == "08" || cls == "40" || cls == "53" || cls == "57" || s == "55P03" || s == "25006";
 }
 
+// SQLSTATE classes caused by the data of the statement, which writing it
+// again cannot fix: data exceptions (a NUL in text, invalid JSON), integrity
+// violations, and program limits exceeded (54001: a value nested deeper than
+// the server's stack allows; 54000: a value too large).
 bool DataSqlState(std::string_view s) {
-  return s.size() == 5 && (s.substr(0, 2) == "22" || s.substr(0, 2) == "23");
+  if (s.size() != 5) return false;
+  std::string_view cls = s.substr(0, 2);
+  return cls == "22" || cls == "23" || cls == "54";
 }
 
 // How long a connection must have been up for a loss to reset the backoff.

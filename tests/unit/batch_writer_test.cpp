@@ -447,6 +447,45 @@ TEST_F(BatchWriterTest, ARowTheServerRefusesIsIsolatedAndTheOthersAreWritten) {
   EXPECT_FALSE(rig.writer->stats().last_error.empty());
 }
 
+// An input nested deeper than the server's stack allows (SQLSTATE 54001,
+// here with max_stack_depth at its minimum so a modest depth reaches it):
+// only that submit fails, with a message naming the input; the submits
+// batched with it and after it are written, and the writer never retries
+// the bad batch.
+TEST_F(BatchWriterTest, AnInputTooDeepForTheServerFailsAloneAndNothingWaits) {
+  TestLoop loop;
+  Rig rig(loop, conninfo() + " options='-c max_stack_depth=100kB'", Opts(50, 60000));
+  ASSERT_TRUE(rig.ok);
+  nlohmann::json deep = nlohmann::json::array();
+  for (int i = 0; i < 20000; ++i) deep = nlohmann::json::array({std::move(deep)});
+  std::vector<RowOutcome> outs(6);
+  int answered = 0;
+  for (int i = 0; i < 6; ++i) {
+    NewJob job = Job("job" + std::to_string(i));
+    if (i == 2) job.input = std::make_shared<const nlohmann::json>(nlohmann::json{{"d", deep}});
+    ASSERT_TRUE(rig.writer
+                    ->Enqueue(WriteRow::Submit(std::move(job),
+                                               [&, i](const RowOutcome& o) {
+                                                 outs[static_cast<size_t>(i)] = o;
+                                                 ++answered;
+                                               }))
+                    .ok());
+  }
+  ASSERT_TRUE(loop.RunUntil([&] { return answered == 6; }));
+  for (int i = 0; i < 6; ++i) {
+    const RowOutcome& o = outs[static_cast<size_t>(i)];
+    if (i == 2) {
+      EXPECT_EQ(o.status.code(), Status::Code::kBadRequest) << o.status.ToString();
+      EXPECT_NE(o.status.message().find("input"), std::string::npos) << o.status.message();
+      EXPECT_NE(o.status.message().find("54001"), std::string::npos) << o.status.message();
+    } else {
+      EXPECT_TRUE(o.status.ok()) << "job" << i << ": " << o.status.ToString();
+    }
+  }
+  EXPECT_EQ(rig.writer->stats().rejected, 1u);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM digestd.jobs"), "5");
+}
+
 TEST_F(BatchWriterTest, AFullRingRefusesRowsAndSaysWhenThereIsRoom) {
   TestLoop loop;
   int space = 0;
