@@ -82,6 +82,7 @@ Status Daemon::Start() {
   };
   hooks.can_start = [this](const JobRecord& job) {
     if (!store_->MayStart(job)) return false;
+    if (job.state != JobState::kQueued) return true;  // dropped by the store: skipped
     return !UsesBackend(job, config_) || backend_->AllowRequest();
   };
   hooks.on_finish = [this](const JobPtr& job, WorkOutcome outcome) {

@@ -81,6 +81,9 @@ Status PgStore::Start() {
     env_.dispatcher->Kick();
   };
   wh.on_leases_lost = [this](std::vector<uint64_t> ids) { OnLeasesLost(std::move(ids)); };
+  wh.on_leases_renewed = [this](const std::vector<LeaseRef>& renewed, uint64_t sent_ns) {
+    OnLeasesRenewed(renewed, sent_ns);
+  };
   writer_ = std::make_unique<BatchWriter>(env_.loop, *pgw_, *wstore_, wo, std::move(wh));
   if (!writer_->init_status().ok()) return writer_->init_status();
   pg_->SetNotifyHandler([this](const std::string& channel, const std::string& payload) {
@@ -383,6 +386,7 @@ nlohmann::json PgStore::StatusJson() const {
                    {"as_of_unix_ms", backlog_unix_ms_}};
   db["leases"] = {{"held", book_.held()},
                   {"lost", leases_lost_},
+                  {"expired_unstarted", expired_unstarted_},
                   {"results_ignored", lease_ignored_},
                   {"recovered", recovered_},
                   {"failed_after_crashes", crash_failed_}};

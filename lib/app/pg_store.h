@@ -88,6 +88,10 @@ class PgStore final : public Store {
   };
 
   const Config& config() const { return *env_.config; }
+  // [postgres] lease_s in nanoseconds.
+  uint64_t LeaseNs() const {
+    return static_cast<uint64_t>(config().postgres.lease_s) * 1000000000ull;
+  }
   Phase phase() const { return *env_.phase; }
 
   // pg_store.cpp: sessions and readiness.
@@ -118,15 +122,21 @@ class PgStore final : public Store {
   // Claims for lanes at their low water; `poll`: also lanes whose last
   // claim came back short (the periodic look for due retries).
   void Refill(bool poll = false);
-  void OnClaimed(Lane lane, int asked, Result<std::vector<StoredJob>> claimed);
+  // `sent_ns`: when the claim was sent (uv_hrtime); its leases run at least
+  // until then + lease_s.
+  void OnClaimed(Lane lane, int asked, uint64_t sent_ns, Result<std::vector<StoredJob>> claimed);
   // Takes in a job this node holds the lease on: into the book, the job
   // table and its lane's ring (released at once when that fails).
   void TakeClaim(JobPtr job);
-  void AdoptOwnSubmit(const NewJob& spec, const InsertedJob& row);
+  void AdoptOwnSubmit(const NewJob& spec, const InsertedJob& row, uint64_t sent_ns);
   void ForgetClaim(const JobPtr& job);
   void ReleaseUnheld();
   void RenewLeases();
   void OnLeasesLost(std::vector<uint64_t> ids);
+  void OnLeasesRenewed(const std::vector<LeaseRef>& renewed, uint64_t sent_ns);
+  // A claimed job whose lease ran out before it could start (this node was
+  // paused or starved): dropped here, left to lease recovery.
+  void DropExpiredClaim(const JobPtr& job);
   void Recover(bool startup);
   void RunRetention();
   void RefreshBacklog();
@@ -165,7 +175,8 @@ class PgStore final : public Store {
   uint64_t crash_failed_ = 0;    // jobs failed for crashing their workers too often
   uint64_t retention_deleted_ = 0;
   uint64_t leases_lost_ = 0;
-  uint64_t lease_ignored_ = 0;  // finish rows the lease guard refused
+  uint64_t expired_unstarted_ = 0;  // claims dropped: their lease ran out before a start
+  uint64_t lease_ignored_ = 0;      // finish rows the lease guard refused
   std::unordered_map<std::string, std::vector<std::shared_ptr<DbWait>>> key_waits_;
   std::vector<std::shared_ptr<DbWait>> group_waits_;
   UvHandle<uv_timer_t> ready_timer_;      // ready without the database, after ready_timeout_s

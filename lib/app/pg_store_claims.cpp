@@ -34,9 +34,11 @@ void PgStore::Refill(bool poll) {
     size_t low = std::min(size.low_water, cap / 2);
     if (depth > low || depth >= cap) continue;
     int n = static_cast<int>(std::min(cap - depth, size.batch));
-    Status st = store_->Claim(
-        lane, n, pc.lease_s,
-        [this, lane, n](Result<std::vector<StoredJob>> r) { OnClaimed(lane, n, std::move(r)); });
+    Status st =
+        store_->Claim(lane, n, pc.lease_s,
+                      [this, lane, n, sent_ns = uv_hrtime()](Result<std::vector<StoredJob>> r) {
+                        OnClaimed(lane, n, sent_ns, std::move(r));
+                      });
     if (st.ok()) {
       book_.ClaimSent(lane);
       ++claims_sent_;
@@ -44,7 +46,8 @@ void PgStore::Refill(bool poll) {
   }
 }
 
-void PgStore::OnClaimed(Lane lane, int asked, Result<std::vector<StoredJob>> claimed) {
+void PgStore::OnClaimed(Lane lane, int asked, uint64_t sent_ns,
+                        Result<std::vector<StoredJob>> claimed) {
   if (!claimed.ok()) {
     book_.ClaimFailed(lane);
     if (claimed.status().code() != Status::Code::kUnavailable) {
@@ -68,8 +71,11 @@ void PgStore::OnClaimed(Lane lane, int asked, Result<std::vector<StoredJob>> cla
     job->kind = std::move(sj.kind);
     job->lane = sj.lane;
     job->input = std::make_shared<const nlohmann::json>(std::move(sj.input));
-    job->attempts = std::max(0, sj.attempts - 1);  // MarkRunning counts the claim's attempt
+    job->attempts = sj.attempts;  // attempts that started; MarkRunning counts this one
     job->max_attempts = sj.max_attempts;
+    job->busy_retries = sj.busy_retries;
+    job->mark_first = sj.lost_unstarted > 0;
+    job->lease_deadline = sent_ns + LeaseNs();
     job->lease_token = sj.lease_token;
     job->error = std::move(sj.error);
     job->submitted_unix_ms = sj.created_at_ms;
@@ -83,7 +89,7 @@ void PgStore::OnClaimed(Lane lane, int asked, Result<std::vector<StoredJob>> cla
   if (full) Refill();  // more may be due
 }
 
-void PgStore::AdoptOwnSubmit(const NewJob& spec, const InsertedJob& row) {
+void PgStore::AdoptOwnSubmit(const NewJob& spec, const InsertedJob& row, uint64_t sent_ns) {
   auto job = std::make_shared<JobRecord>();
   job->id = row.id;
   job->row_id = row.id;
@@ -93,8 +99,9 @@ void PgStore::AdoptOwnSubmit(const NewJob& spec, const InsertedJob& row) {
   job->lane = spec.lane;
   job->input =
       spec.input ? spec.input : std::make_shared<const nlohmann::json>(nlohmann::json::object());
-  job->attempts = 0;  // MarkRunning counts the attempt the insert recorded
+  job->attempts = 0;  // MarkRunning counts the first attempt
   job->max_attempts = spec.max_attempts;
+  job->lease_deadline = sent_ns + LeaseNs();
   job->lease_token = row.lease_token;
   job->submitted_at = uv_hrtime();
   job->submitted_unix_ms = UnixMillis();
@@ -157,6 +164,33 @@ void PgStore::OnLeasesLost(std::vector<uint64_t> ids) {
       book_.Forget(job);  // its outcome is dropped on return
     }
   }
+}
+
+void PgStore::OnLeasesRenewed(const std::vector<LeaseRef>& renewed, uint64_t sent_ns) {
+  bool kick = false;
+  for (const auto& l : renewed) {
+    JobPtr job = book_.Find(l.id);
+    if (!job || job->lease_token != l.token) continue;
+    job->lease_deadline = std::max(job->lease_deadline, sent_ns + LeaseNs());
+    if (l.started_ms > 0 && job->mark == JobRecord::Mark::kSent) {
+      job->mark = JobRecord::Mark::kRecorded;
+      // A job whose start had to be recorded first may start now.
+      if (job->mark_first && job->state == JobState::kQueued) kick = true;
+    }
+  }
+  if (kick) env_.dispatcher->Kick();
+}
+
+void PgStore::DropExpiredClaim(const JobPtr& job) {
+  ++expired_unstarted_;
+  LOG_WARN(
+      "job %s: not started: this node's lease on it ran out while it waited (the node was "
+      "paused or starved for %d s); lease recovery hands it to a node that can run it",
+      job->key.c_str(), config().postgres.lease_s);
+  job->lease_lost = true;
+  job->state = JobState::kCancelled;  // the dispatcher skips it
+  env_.jobs->MarkReleased(job);
+  ForgetClaim(job);
 }
 
 void PgStore::Recover(bool startup) {

@@ -77,15 +77,16 @@ void PgStore::Submit(const Request& req, std::vector<const nlohmann::json*> spec
       job.lease_s = cfg.postgres.lease_s;
     }
     auto own = claim ? std::make_shared<NewJob>(job) : nullptr;
+    const uint64_t queued_ns = uv_hrtime();
     std::string key = job.key;
     batch->answers[i] = {{"key", key}};
-    Status enq = WriteSubmit(
-        WriteRow::Submit(std::move(job), [this, batch, i, key, finish, own](const RowOutcome& o) {
+    Status enq = WriteSubmit(WriteRow::Submit(
+        std::move(job), [this, batch, i, key, finish, own, queued_ns](const RowOutcome& o) {
           if (own) {
             bool adopted = o.status.ok() && o.inserted.created && o.inserted.lease_token != 0;
             // Unavailable: it may have committed, claimed by nobody.
             book_.SelfClaimAnswered(own->lane, o.status.code() == Status::Code::kUnavailable);
-            if (adopted) AdoptOwnSubmit(*own, o.inserted);
+            if (adopted) AdoptOwnSubmit(*own, o.inserted, queued_ns);
           }
           if (o.status.ok() && o.inserted.id == 0) {
             batch->errors[i] = Status::Unavailable(
@@ -322,12 +323,41 @@ void PgStore::Cancel(const Request& req, const std::string& key,
 // ---------------------------------------------------------------- outcomes
 
 void PgStore::OnJobStarted(const JobPtr& job) {
+  // The attempt counts from now: the start mark records it (the finish or
+  // requeue row does when it is written first). A start recorded before the
+  // job ran (mark_first) is already counted.
+  if (job->mark == JobRecord::Mark::kNone) {
+    job->started_unix_ms = UnixMillis();
+    job->mark = JobRecord::Mark::kSent;
+    writer_->MarkStarted(LeaseRef{job->row_id, job->lease_token, job->started_unix_ms}, false);
+  }
   // The ring just shrank: claim more once it is down to the low-water mark.
   pace_[static_cast<int>(job->lane)].Started();
   Refill();
 }
 
-bool PgStore::MayStart(const JobRecord&) {
+bool PgStore::MayStart(const JobRecord& record) {
+  JobPtr job = book_.Find(record.row_id);
+  if (job && job.get() == &record) {
+    // A lease that ran out while the job waited (the node was paused or
+    // starved): another node may run it now, so it never starts here. A
+    // quarter of the lease is kept in hand for the first renewal.
+    if (job->lease_deadline != 0 && uv_hrtime() + LeaseNs() / 4 >= job->lease_deadline) {
+      DropExpiredClaim(job);
+      return true;  // the dispatcher skips it (no longer queued)
+    }
+    // An earlier claim of this job was lost with its worker before its
+    // start was recorded: record this start first, so a job that kills its
+    // worker still uses up its attempts.
+    if (job->mark_first && job->mark != JobRecord::Mark::kRecorded) {
+      if (job->mark == JobRecord::Mark::kNone) {
+        job->started_unix_ms = UnixMillis();
+        job->mark = JobRecord::Mark::kSent;
+        writer_->MarkStarted(LeaseRef{job->row_id, job->lease_token, job->started_unix_ms}, true);
+      }
+      return false;  // OnLeasesRenewed kicks the dispatcher
+    }
+  }
   // Every running job keeps a write-ring slot for its result: dispatch
   // pauses while the ring is that full (on_space resumes).
   if (writer_->free_slots() <=
@@ -385,8 +415,8 @@ void PgStore::OnJobFinished(const JobPtr& job, WorkOutcome outcome) {
 
 void PgStore::WriteFinish(const JobPtr& job, JobState state, nlohmann::json result,
                           std::string error, RowCallback then) {
-  FinishRow row{job->row_id, job->lease_token,  job->key,
-                state,       std::move(result), std::move(error)};
+  FinishRow row{job->row_id,      job->lease_token,    job->key, state, std::move(result),
+                std::move(error), job->started_unix_ms};
   book_.Unsettle(job->row_id, job->lease_token);
   Write(WriteRow::Finish(
       std::move(row), [this, key = job->key, id = job->row_id, token = job->lease_token,
@@ -409,7 +439,8 @@ void PgStore::WriteFinish(const JobPtr& job, JobState state, nlohmann::json resu
 }
 
 void PgStore::WriteRequeue(const JobPtr& job, int64_t delay_ms, bool refund, std::string error) {
-  RequeueRow row{job->row_id, job->lease_token, delay_ms, refund, std::move(error)};
+  RequeueRow row{job->row_id,      job->lease_token,     delay_ms,         refund,
+                 std::move(error), job->started_unix_ms, job->busy_retries};
   book_.Unsettle(job->row_id, job->lease_token);
   Write(WriteRow::Requeue(std::move(row), [this, id = job->row_id, token = job->lease_token,
                                            lane = job->lane, delay_ms](const RowOutcome& o) {

@@ -83,7 +83,10 @@ class Store {
 
   // Dispatcher events.
   virtual void OnJobStarted(const JobPtr& job) = 0;
-  // Whether `job` may start as far as the store goes (room for its result).
+  // Whether `job` may start as far as the store goes: room for its result,
+  // a lease that has not run out, its start recorded first when it must be.
+  // The store may drop the job here (its state is then no longer queued, and
+  // the dispatcher skips it).
   virtual bool MayStart(const JobRecord& job) = 0;
   virtual void OnJobFinished(const JobPtr& job, WorkOutcome outcome) = 0;
 

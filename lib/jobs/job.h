@@ -58,6 +58,17 @@ struct JobRecord {
   bool user_cancelled = false;  // a `cancel` asked for it (not a shutdown)
   uint64_t backend_epoch = 0;   // the breaker's epoch when its backend attempt started
   bool lease_lost = false;      // another claim holds the row now: drop the outcome
+  // PostgreSQL store: when the current attempt started (Unix ms; 0 not yet),
+  // for the start mark and the finish row, which count the attempt.
+  int64_t started_unix_ms = 0;
+  // The lease runs at least until this uv_hrtime (claim or last renewal
+  // sent + lease_s); a job not started by then is left to lease recovery.
+  Nanos lease_deadline = 0;
+  // The start must be recorded before the job runs (an earlier claim of it
+  // was lost with its worker before its start was recorded).
+  bool mark_first = false;
+  enum class Mark : uint8_t { kNone, kSent, kRecorded };
+  Mark mark = Mark::kNone;  // the start mark of the current attempt
   // Set by the loop thread to ask a running job to stop; read by its worker.
   std::shared_ptr<std::atomic<bool>> cancel = std::make_shared<std::atomic<bool>>(false);
 };

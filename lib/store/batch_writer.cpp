@@ -16,7 +16,8 @@ struct BatchWriter::Flight {
   std::vector<NewJob> submits;  // keys only, for ParseInsert
   std::vector<uint64_t> finish_ids;
   std::vector<uint64_t> requeue_ids;
-  std::vector<LeaseRef> renewals;
+  std::vector<LeaseRef> renewals;  // start marks included (started_ms > 0)
+  size_t urgent_marks = 0;
   uint64_t started_ns = 0;
 };
 
@@ -93,6 +94,14 @@ void BatchWriter::RenewLeases(std::vector<LeaseRef> leases) {
   Pump();
 }
 
+void BatchWriter::MarkStarted(LeaseRef lease, bool urgent) {
+  if (closed_) return;
+  if (marks_.empty()) marks_since_ms_ = uv_now(loop_);
+  marks_.push_back(lease);
+  if (urgent) ++urgent_marks_;
+  Pump();
+}
+
 void BatchWriter::Drain(std::function<void()> done) {
   draining_ = true;
   if (!init_status_.ok()) {
@@ -137,7 +146,7 @@ void BatchWriter::Close() {
 }
 
 int64_t BatchWriter::DueInMs() const {
-  if (ring_.empty() && renewals_.empty()) return -1;
+  if (ring_.empty() && renewals_.empty() && marks_.empty()) return -1;
   uint64_t now = uv_now(loop_);
   if (retry_after_ms_ > now) return static_cast<int64_t>(retry_after_ms_ - now);
   if (!flights_.empty()) {
@@ -151,13 +160,14 @@ int64_t BatchWriter::DueInMs() const {
                            std::max<size_t>(1, options_.capacity / 4));
     return draining_ || ring_.size() >= full ? 0 : -1;
   }
-  if (draining_ || isolate_ > 0 || waiting_submits_ > 0 || options_.batch_ms == 0 ||
-      ring_.size() >= static_cast<size_t>(options_.batch_rows)) {
+  if (draining_ || isolate_ > 0 || waiting_submits_ > 0 || urgent_marks_ > 0 ||
+      options_.batch_ms == 0 || ring_.size() >= static_cast<size_t>(options_.batch_rows)) {
     return 0;
   }
   uint64_t oldest = UINT64_MAX;
   if (!ring_.empty()) oldest = ring_.front().enqueued_ms;
   if (!renewals_.empty()) oldest = std::min(oldest, renewals_since_ms_);
+  if (!marks_.empty()) oldest = std::min(oldest, marks_since_ms_);
   uint64_t due = oldest + static_cast<uint64_t>(options_.batch_ms);
   return due > now ? static_cast<int64_t>(due - now) : 0;
 }
@@ -167,7 +177,7 @@ size_t BatchWriter::MaxFlights() const {
 }
 
 bool BatchWriter::Drained() const {
-  return ring_.empty() && renewals_.empty() && flights_.empty();
+  return ring_.empty() && renewals_.empty() && marks_.empty() && flights_.empty();
 }
 
 void BatchWriter::Pump() {
@@ -242,8 +252,15 @@ void BatchWriter::StartFlush() {
       ended.insert(r->id);
     }
   }
+  // Renewals and start marks in one statement; a job both renews and is
+  // marked is sent once, with its mark.
+  std::unordered_set<uint64_t> marked;
+  for (const auto& m : marks_) {
+    if (ended.count(m.id) == 0 && marked.insert(m.id).second) flight->renewals.push_back(m);
+  }
+  flight->urgent_marks = urgent_marks_;
   for (const auto& l : renewals_) {
-    if (ended.count(l.id) == 0) flight->renewals.push_back(l);
+    if (ended.count(l.id) == 0 && marked.count(l.id) == 0) flight->renewals.push_back(l);
   }
   std::vector<PgStatement> unit;
   if (!submits.empty()) {
@@ -257,6 +274,8 @@ void BatchWriter::StartFlush() {
   for (auto& s : JobStore::NotifyStatements(done_keys)) unit.push_back(std::move(s));
   if (unit.empty()) {
     renewals_.clear();  // every lease in the set ended meanwhile
+    marks_.clear();
+    urgent_marks_ = 0;
     Pump();
     return;
   }
@@ -274,6 +293,8 @@ void BatchWriter::StartFlush() {
     ring_.pop_front();
   }
   renewals_.clear();
+  marks_.clear();
+  urgent_marks_ = 0;
   flights_.push_back(flight);
   in_flight_ += n;
   waiting_submits_ -= batch_submits;
@@ -312,6 +333,13 @@ void BatchWriter::OnFlushed(Flight& flight, Result<std::vector<PgResult>> result
       renewals_ = flight.renewals;
       renewals_since_ms_ = uv_now(loop_);
     }
+    // Start marks go again with the next batch.
+    for (const auto& l : flight.renewals) {
+      if (l.started_ms <= 0) continue;
+      if (marks_.empty()) marks_since_ms_ = uv_now(loop_);
+      marks_.push_back(l);
+    }
+    urgent_marks_ += flight.urgent_marks;
     if (st.code() == Status::Code::kBadRequest) {
       if (flight.rows > 1) {
         // One row holds data the server refuses; find it by writing the
@@ -372,6 +400,9 @@ void BatchWriter::OnFlushed(Flight& flight, Result<std::vector<PgResult>> result
     renewals_.erase(std::remove_if(renewals_.begin(), renewals_.end(),
                                    [&](const LeaseRef& l) { return ended.count(l.id) > 0; }),
                     renewals_.end());
+    marks_.erase(std::remove_if(marks_.begin(), marks_.end(),
+                                [&](const LeaseRef& l) { return ended.count(l.id) > 0; }),
+                 marks_.end());
   }
 
   stats_.last_commit_ms = static_cast<double>(now_ns - flight.started_ns) / 1e6;
@@ -408,6 +439,15 @@ void BatchWriter::OnFlushed(Flight& flight, Result<std::vector<PgResult>> result
   auto alive = alive_;
   for (auto& [fn, out] : calls) {
     fn(out);
+    if (!*alive || closed_) return;
+  }
+  if (hooks_.on_leases_renewed && !flight.renewals.empty()) {
+    std::vector<LeaseRef> renewed;
+    std::unordered_set<uint64_t> gone(lost.begin(), lost.end());
+    for (const auto& l : flight.renewals) {
+      if (gone.count(l.id) == 0) renewed.push_back(l);
+    }
+    if (!renewed.empty()) hooks_.on_leases_renewed(renewed, flight.started_ns);
     if (!*alive || closed_) return;
   }
   if (!lost.empty()) {

@@ -160,6 +160,10 @@ class BatchWriter {
     // Jobs whose lease renewal found the lease lost: stop their work; their
     // results will be ignored.
     std::function<void(std::vector<uint64_t> ids)> on_leases_lost;
+    // Leases a committed batch renewed (start marks included), and when
+    // that batch was sent (uv_hrtime): each lease now runs at least until
+    // sent_ns + lease_s.
+    std::function<void(const std::vector<LeaseRef>& renewed, uint64_t sent_ns)> on_leases_renewed;
   };
 
   // Check init_status() before use.
@@ -194,6 +198,15 @@ class BatchWriter {
   // within batch_ms), replacing any set not yet sent. Jobs finished or
   // requeued meanwhile are left out. Call every lease_s / 3 or so.
   void RenewLeases(std::vector<LeaseRef> leases);
+
+  // Records that a job started (`lease.started_ms` > 0), which counts its
+  // attempt: the mark rides along in a coming batch like a renewal (due
+  // within batch_ms), and is dropped when the job's finish or requeue row,
+  // which carries the start itself, is written first. `urgent`: the caller
+  // waits for it (a job whose start must be recorded before it runs), so a
+  // batch starts at the next turn of the loop; on_leases_renewed says when
+  // it committed, on_leases_lost when the lease was gone.
+  void MarkStarted(LeaseRef lease, bool urgent);
 
   // Writes everything queued now, without waiting for batch_ms, and from
   // then on every row at once (shutdown). `done` runs once the ring is empty
@@ -262,7 +275,10 @@ class BatchWriter {
   size_t waiting_submits_ = 0;      // submits in the ring
   std::vector<LeaseRef> renewals_;  // the next set to renew
   uint64_t renewals_since_ms_ = 0;
-  size_t isolate_ = 0;  // rows still to write one per transaction
+  std::vector<LeaseRef> marks_;  // start marks not yet sent
+  uint64_t marks_since_ms_ = 0;
+  size_t urgent_marks_ = 0;  // of marks_, those a start waits for
+  size_t isolate_ = 0;       // rows still to write one per transaction
   uint64_t retry_after_ms_ = 0;
   int retry_delay_ms_ = 0;
   bool refused_ = false;  // Enqueue said QueueFull since the last on_space

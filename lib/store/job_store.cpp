@@ -16,7 +16,8 @@ constexpr const char* kColumns =
     "(extract(epoch FROM created_at) * 1000)::bigint, "
     "coalesce((extract(epoch FROM started_at) * 1000)::bigint, 0), "
     "coalesce((extract(epoch FROM finished_at) * 1000)::bigint, 0), "
-    "(extract(epoch FROM run_after) * 1000)::bigint AS run_after_ms";
+    "(extract(epoch FROM run_after) * 1000)::bigint AS run_after_ms, lost_unstarted, "
+    "busy_retries";
 
 const std::string kReplacement = "\xEF\xBF\xBD";  // U+FFFD
 
@@ -87,6 +88,8 @@ StoredJob ParseStored(const PgResult& r, int row) {
   j.started_at_ms = r.Int(row, 14);
   j.finished_at_ms = r.Int(row, 15);
   j.run_after_ms = r.Int(row, 16);
+  j.lost_unstarted = static_cast<int>(r.Int(row, 17));
+  j.busy_retries = static_cast<int>(r.Int(row, 18));
   return j;
 }
 
@@ -116,10 +119,15 @@ PgStatement Stmt(const char* name, std::string sql, std::vector<std::optional<st
 // (quadratic in the batch).
 const char* kFinishSql = R"(WITH u AS (
   SELECT * FROM jsonb_to_recordset($2::jsonb)
-    AS u(id bigint, token bigint, status text, result jsonb, error text)
+    AS u(id bigint, token bigint, status text, result jsonb, error text, started_ms bigint)
 ), upd AS (
   UPDATE digestd.jobs j
      SET status = u.status, result = u.result, error = u.error,
+         attempts = j.attempts + CASE WHEN u.started_ms > 0 AND j.started_at IS NULL
+                                      THEN 1 ELSE 0 END,
+         started_at = CASE WHEN u.started_ms > 0
+                           THEN coalesce(j.started_at, to_timestamp(u.started_ms / 1000.0))
+                           ELSE j.started_at END,
          finished_at = now(), updated_at = now(), lease_until = NULL
     FROM u
    WHERE j.id = u.id AND j.lease_token = u.token AND j.lease_owner = $1
@@ -134,15 +142,23 @@ SELECT u.id, coalesce(j.status = u.status AND j.lease_token = u.token AND j.leas
  WHERE u.id NOT IN (SELECT id FROM upd))";
 
 // Requeue: a job back in the queue with the same token (ours, repeated, or a
-// recovery that did the same) counts as accepted.
+// recovery that did the same) counts as accepted. The attempt: a started
+// one counts (unless its start mark already did); a refunded one (busy,
+// released unstarted) does not (and gives back a start mark's count).
 const char* kRequeueSql = R"(WITH u AS (
   SELECT * FROM jsonb_to_recordset($2::jsonb)
-    AS u(id bigint, token bigint, delay_ms bigint, refund boolean, error text)
+    AS u(id bigint, token bigint, delay_ms bigint, refund boolean, error text,
+         started_ms bigint, busy_retries integer)
 ), upd AS (
   UPDATE digestd.jobs j
      SET status = 'queued',
          run_after = now() + coalesce(u.delay_ms, 0) * interval '1 millisecond',
-         attempts = CASE WHEN u.refund THEN greatest(j.attempts - 1, 0) ELSE j.attempts END,
+         attempts = greatest(j.attempts
+             + CASE WHEN u.started_ms > 0 AND NOT u.refund AND j.started_at IS NULL
+                    THEN 1 ELSE 0 END
+             - CASE WHEN u.refund AND j.started_at IS NOT NULL THEN 1 ELSE 0 END, 0),
+         started_at = NULL,
+         busy_retries = coalesce(u.busy_retries, j.busy_retries),
          error = coalesce(u.error, j.error),
          lease_owner = NULL, lease_until = NULL, updated_at = now()
     FROM u
@@ -156,25 +172,33 @@ SELECT u.id, coalesce(j.status = 'queued' AND j.lease_token = u.token, false)
   FROM u LEFT JOIN digestd.jobs j ON j.id = u.id
  WHERE u.id NOT IN (SELECT id FROM upd))";
 
+// Renewal, and the start mark: a lease with started_ms records that the job
+// started then, counting its attempt once.
 const char* kRenewSql = R"(UPDATE digestd.jobs j
-   SET lease_until = now() + $3::double precision * interval '1 second'
-  FROM jsonb_to_recordset($2::jsonb) AS u(id bigint, token bigint)
+   SET lease_until = now() + $3::double precision * interval '1 second',
+       attempts = j.attempts + CASE WHEN u.started_ms > 0 AND j.started_at IS NULL
+                                    THEN 1 ELSE 0 END,
+       started_at = CASE WHEN u.started_ms > 0
+                         THEN coalesce(j.started_at, to_timestamp(u.started_ms / 1000.0))
+                         ELSE j.started_at END
+  FROM jsonb_to_recordset($2::jsonb) AS u(id bigint, token bigint, started_ms bigint)
  WHERE j.id = u.id AND j.lease_token = u.token AND j.lease_owner = $1
    AND j.status || '' = 'running'
 RETURNING j.id)";
 
-// A row with an owner is created claimed, as Claim would leave it.
+// A row with an owner is created claimed, as Claim would leave it (not
+// started: no attempt spent yet).
 const char* kInsertSql =
     R"(INSERT INTO digestd.jobs (key, group_key, kind, lane, input, max_attempts, status,
                           attempts, lease_owner, lease_until, lease_token, started_at)
 SELECT t.key, t.group_key, t.kind, t.lane, coalesce(t.input, '{}'::jsonb), t.max_attempts,
        CASE WHEN t.owner IS NULL THEN 'queued' ELSE 'running' END,
-       CASE WHEN t.owner IS NULL THEN 0 ELSE 1 END,
+       0,
        t.owner,
        CASE WHEN t.owner IS NULL THEN NULL
             ELSE now() + t.lease_s * interval '1 second' END,
        CASE WHEN t.owner IS NULL THEN 0 ELSE nextval('digestd.lease_token_seq') END,
-       CASE WHEN t.owner IS NULL THEN NULL ELSE now() END
+       NULL
   FROM jsonb_to_recordset($1::jsonb)
     AS t(ord integer, key text, group_key text, kind text, lane smallint, input jsonb,
          max_attempts integer, owner text, lease_s integer)
@@ -269,6 +293,7 @@ PgStatement JobStore::FinishStatement(const std::vector<FinishRow>& rows) const 
       row["result"] = std::move(result);
     }
     if (!r.error.empty()) row["error"] = Text(r.error);
+    if (r.started_ms > 0) row["started_ms"] = r.started_ms;
     arr.push_back(std::move(row));
   }
   return Stmt("digestd_finish", kFinishSql, {node_id_, Dump(arr)});
@@ -280,6 +305,8 @@ PgStatement JobStore::RequeueStatement(const std::vector<RequeueRow>& rows) cons
     nlohmann::json row = {
         {"id", r.id}, {"token", r.token}, {"delay_ms", r.delay_ms}, {"refund", r.refund_attempt}};
     if (!r.error.empty()) row["error"] = Text(r.error);
+    if (r.started_ms > 0) row["started_ms"] = r.started_ms;
+    if (r.busy_retries >= 0) row["busy_retries"] = r.busy_retries;
     arr.push_back(std::move(row));
   }
   return Stmt("digestd_requeue", kRequeueSql, {node_id_, Dump(arr)});
@@ -301,7 +328,11 @@ std::vector<bool> JobStore::ParseAccepted(const std::vector<uint64_t>& ids, cons
 
 PgStatement JobStore::RenewStatement(const std::vector<LeaseRef>& leases, int lease_s) const {
   nlohmann::json arr = nlohmann::json::array();
-  for (const auto& l : leases) arr.push_back({{"id", l.id}, {"token", l.token}});
+  for (const auto& l : leases) {
+    nlohmann::json row = {{"id", l.id}, {"token", l.token}};
+    if (l.started_ms > 0) row["started_ms"] = l.started_ms;
+    arr.push_back(std::move(row));
+  }
   return Stmt("digestd_renew", kRenewSql, {node_id_, Dump(arr), std::to_string(lease_s)});
 }
 
@@ -353,7 +384,7 @@ Status JobStore::Claim(Lane lane, int n, int lease_s, Callback<std::vector<Store
      SET status = 'running', lease_owner = $1,
          lease_until = now() + $4::double precision * interval '1 second',
          lease_token = nextval('digestd.lease_token_seq'),
-         attempts = j.attempts + 1, started_at = now(), updated_at = now()
+         started_at = NULL, updated_at = now()
    WHERE j.id = ANY (ARRAY(
            SELECT q.id FROM digestd.jobs q
             WHERE q.status = 'queued' AND q.lane = $2 AND q.run_after <= now()
@@ -405,7 +436,7 @@ Status JobStore::Requeue(std::vector<RequeueRow> rows, Callback<std::vector<bool
 
 Status JobStore::Release(std::vector<LeaseRef> leases, Callback<std::vector<bool>> done) {
   std::vector<RequeueRow> rows;
-  for (const auto& l : leases) rows.push_back(RequeueRow{l.id, l.token, 0, true, {}});
+  for (const auto& l : leases) rows.push_back(RequeueRow{l.id, l.token, 0, true, {}, 0, -1});
   return Requeue(std::move(rows), std::move(done));
 }
 
@@ -428,7 +459,7 @@ Status JobStore::ReleaseUnheld(std::vector<int64_t> held, Callback<uint64_t> don
   }
   tokens += '}';
   const char* sql = R"(UPDATE digestd.jobs j
-   SET status = 'queued', attempts = greatest(j.attempts - 1, 0), lease_owner = NULL,
+   SET status = 'queued', started_at = NULL, lease_owner = NULL,
        lease_until = NULL, run_after = now(), updated_at = now()
  WHERE j.status = 'running' AND j.lease_owner = $1 AND NOT (j.lease_token = ANY ($2::bigint[])))";
   return conn_.Query(Stmt("digestd_release_unheld", sql, {node_id_, tokens}),
@@ -445,14 +476,22 @@ Status JobStore::RecoverExpired(bool startup, Callback<RecoverCounts> done) {
    FOR UPDATE SKIP LOCKED
 ), upd AS (
   UPDATE digestd.jobs j
-     SET status = CASE WHEN j.attempts >= j.max_attempts THEN 'failed' ELSE 'queued' END,
-         error = CASE WHEN j.attempts >= j.max_attempts
+     SET status = CASE WHEN j.started_at IS NOT NULL AND j.attempts >= j.max_attempts
+                       THEN 'failed' ELSE 'queued' END,
+         error = CASE WHEN j.started_at IS NOT NULL AND j.attempts >= j.max_attempts
                       THEN format('worker crashed or hung: attempt %s of %s was lost with its '
                                   'worker (digestd on %s died or its lease expired); no attempts '
                                   'left', j.attempts, j.max_attempts, j.lease_owner)
                       ELSE j.error END,
-         finished_at = CASE WHEN j.attempts >= j.max_attempts THEN now() END,
-         lease_owner = CASE WHEN j.attempts >= j.max_attempts THEN j.lease_owner END,
+         finished_at = CASE WHEN j.started_at IS NOT NULL AND j.attempts >= j.max_attempts
+                            THEN now() END,
+         lease_owner = CASE WHEN j.started_at IS NOT NULL AND j.attempts >= j.max_attempts
+                            THEN j.lease_owner END,
+         -- A claim lost before its start was recorded spends no attempt;
+         -- the job's next start is recorded before it runs.
+         lost_unstarted = j.lost_unstarted + CASE WHEN j.started_at IS NULL THEN 1 ELSE 0 END,
+         started_at = CASE WHEN j.started_at IS NOT NULL AND j.attempts >= j.max_attempts
+                           THEN j.started_at END,
          lease_until = NULL, run_after = now(), updated_at = now()
     FROM r
    WHERE j.id = r.id

@@ -3,22 +3,26 @@
 // parameterised (rows travel as one jsonb parameter, unpacked with
 // jsonb_to_recordset) and prepared once per session.
 //
-// Attempts (the rule every statement keeps):
-//   * Claim counts the attempt: attempts + 1 as the job turns `running`.
-//     So a worker that crashes (kill -9, a lost node) has already spent it.
-//   * Finish never changes attempts.
-//   * Requeue keeps the attempt (a retryable failure spent it) or gives it
-//     back (`refund_attempt`: the backend was busy, 429/503, and nothing ran).
-//   * Release gives it back: a job claimed but never started, or aborted by a
-//     graceful shutdown, has not really been tried.
+// Attempts (the rule every statement keeps): an attempt is spent when a job
+// starts, never when it is claimed, so a crash spends attempts only of jobs
+// that ran.
+//   * Claim leaves attempts alone and started_at NULL (claimed, not started).
+//   * The start mark (a renewal whose LeaseRef has started_ms) sets
+//     started_at and counts the attempt, once. Finish and Requeue rows carry
+//     started_ms too and count it when no mark did (a job that ended before
+//     its mark was written).
+//   * Requeue keeps a started attempt, or gives it back (`refund_attempt`:
+//     the backend was busy, 429/503; or a release of a job never started).
 //   * RecoverExpired returns a job whose lease expired (or, at startup, one
-//     this node held when it died) to `queued` without giving the attempt
-//     back; when attempts >= max_attempts it ends `failed` with the error
-//     "worker crashed or hung: attempt N of M ...", so a job that keeps
-//     killing its worker ends after max_attempts claims.
+//     this node held when it died) to `queued`. A started one (started_at
+//     set) keeps its attempt and, when attempts >= max_attempts, ends
+//     `failed` with "worker crashed or hung: attempt N of M ...". One whose
+//     start was never recorded spends nothing and counts in lost_unstarted:
+//     the daemon records such a job's next start before it runs it, so a
+//     job that keeps killing its worker still ends after max_attempts
+//     starts, while jobs that only sat in a crashed node's ring never fail.
 //   The daemon decides between Requeue and Finish(failed) for a retryable
-//   failure from the attempts count it got at claim (attempts < max_attempts:
-//   retry).
+//   failure from the attempts count (attempts < max_attempts: retry).
 //
 // The lease guard: a claim sets lease_owner = this node and a fresh
 // lease_token (digestd.lease_token_seq). Finish, Requeue, Release and
@@ -64,7 +68,7 @@ struct NewJob {
   std::shared_ptr<const nlohmann::json> input;  // null: {}
   int max_attempts = 3;
   // Non-empty: the row is created already claimed by this node (running,
-  // attempt 1, a fresh lease token, lease for lease_s seconds) -- for a
+  // not started, a fresh lease token, lease for lease_s seconds) -- for a
   // submit that its own daemon can start at once. A key that exists is
   // left as it is.
   std::string claim_owner;
@@ -98,12 +102,17 @@ struct StoredJob {
   int64_t started_at_ms = 0;
   int64_t finished_at_ms = 0;
   int64_t run_after_ms = 0;
+  int lost_unstarted = 0;  // claims lost before their start was recorded
+  int busy_retries = 0;    // busy answers so far (the backoff's exponent)
 };
 
 // A claim this node holds.
 struct LeaseRef {
   uint64_t id = 0;
   int64_t token = 0;
+  // In a renewal: > 0 records that the job started then (Unix ms), which
+  // counts its attempt (once); 0 renews only.
+  int64_t started_ms = 0;
 };
 
 // Ends a running job: kDone with `result`, kFailed or kCancelled with `error`.
@@ -114,6 +123,7 @@ struct FinishRow {
   JobState state = JobState::kDone;
   nlohmann::json result;
   std::string error;
+  int64_t started_ms = 0;  // > 0: the attempt started then (counted unless marked)
 };
 
 // Puts a running job back in the queue, due after `delay_ms`.
@@ -123,6 +133,8 @@ struct RequeueRow {
   int64_t delay_ms = 0;
   bool refund_attempt = false;  // give the attempt back (busy backend, release)
   std::string error;            // kept on the row for status; "" leaves it
+  int64_t started_ms = 0;       // > 0: the attempt started then (counted unless refunded)
+  int busy_retries = -1;        // >= 0: the row's busy count from now on; -1 leaves it
 };
 
 struct RecoverCounts {
@@ -158,8 +170,9 @@ class JobStore {
 
   // Claims up to `n` due queued jobs of `lane`, oldest run_after first
   // (FOR UPDATE SKIP LOCKED: concurrent claimers never get the same job),
-  // making them running with this node's lease for `lease_s` seconds, a fresh
-  // token and attempts + 1. The jobs come back in claim order.
+  // making them running with this node's lease for `lease_s` seconds and a
+  // fresh token (not started: no attempt spent). The jobs come back in claim
+  // order.
   [[nodiscard]] Status Claim(Lane lane, int n, int lease_s, Callback<std::vector<StoredJob>> done);
 
   // Finishes rows under the lease guard; per row, whether it was accepted.
@@ -179,7 +192,7 @@ class JobStore {
   // attempts are used up (see the rule above); failed keys are NOTIFYed.
   [[nodiscard]] Status RecoverExpired(bool startup, Callback<RecoverCounts> done);
 
-  // After a reconnect: returns to `queued`, giving the attempt back, every
+  // After a reconnect: returns to `queued`, spending no attempt, every
   // job running under this node's name whose lease token is not in `held` --
   // claims whose answer was lost with the old connection, so this node never
   // started them. `done` gets how many. (Node ids must be unique per daemon.)

@@ -96,6 +96,26 @@ const std::vector<Migration>& Migrations() {
            "finishes the job must name it (with lease_owner), so a late result from a lost "
            "worker is ignored'",
        }},
+      {2,
+       "attempts counted when a job starts; lost unstarted claims and busy retries kept",
+       {
+           // A claim no longer spends an attempt: the attempt is counted when
+           // the job starts (the start mark or the finish writes it), so a
+           // crash spends attempts only of jobs that ran. A claim lost
+           // before its start was recorded counts in lost_unstarted instead;
+           // such a job's next start is recorded before it runs, so a job
+           // that kills its worker still uses up its attempts.
+           "ALTER TABLE digestd.jobs ADD COLUMN lost_unstarted integer NOT NULL DEFAULT 0",
+           // Busy answers (429/503) spend no attempt but back off further
+           // each time, across requeues through the table.
+           "ALTER TABLE digestd.jobs ADD COLUMN busy_retries integer NOT NULL DEFAULT 0",
+           "COMMENT ON COLUMN digestd.jobs.attempts IS 'attempts that started: counted when "
+           "the job starts, never at claim; a busy backend''s refusal is not counted'",
+           "COMMENT ON COLUMN digestd.jobs.started_at IS 'when the current or last attempt "
+           "started; NULL while a claimed job has not started'",
+           "COMMENT ON COLUMN digestd.jobs.lost_unstarted IS 'claims lost with their worker "
+           "before the start was recorded; the next start is recorded before the job runs'",
+       }},
   };
   return migrations;
 }

@@ -36,6 +36,8 @@ struct Knobs {
   int batch_ms = 20;
   int grace_s = 10;
   int ready_timeout_s = 10;
+  int max_attempts = 3;
+  int interactive_reserved = 1;
   std::string extra;  // more TOML, appended
 };
 
@@ -44,7 +46,9 @@ std::string ConfigFor(const std::string& conninfo, const Knobs& k) {
          "[daemon]\nnode_id = \"" +
          k.node_id + "\"\nshutdown_grace_s = " + std::to_string(k.grace_s) +
          "\n[workers]\nmin = 1\nmax = " + std::to_string(k.workers_max) +
-         "\ninteractive_reserved = 1\n[backend]\nkind = \"extractive\"\n"
+         "\ninteractive_reserved = " + std::to_string(k.interactive_reserved) +
+         "\n[backend]\nkind = \"extractive\"\nmax_attempts = " + std::to_string(k.max_attempts) +
+         "\n"
          "[writer]\nbatch_ms = " +
          std::to_string(k.batch_ms) + "\n[postgres]\nconninfo = " + json(conninfo).dump() +
          "\nlease_s = " + std::to_string(k.lease_s) +
@@ -593,6 +597,117 @@ TEST_F(DurableE2E, KillNineAtRandomMomentsLosesNothingAndDoublesNothing) {
       "%d restarts recovered their own jobs\n",
       acked.size(), rerun, Count("status = 'failed'").c_str(), recovered_logs);
   EXPECT_GT(rerun + recovered_logs, 0) << "no kill ever hit a running job: the test proved nothing";
+  EXPECT_TRUE(d.Stop());
+}
+
+// ------------------------------------------------- attempts and kill -9
+
+// A job spends an attempt when it starts, not when it is claimed. One
+// background slot runs a job that never ends while a full ring of claimed
+// jobs waits behind it; every round kills the daemon once the running job's
+// start is recorded. The running job uses up its attempts and ends failed
+// ("worker crashed"); the jobs that only waited in the ring, claimed again
+// after every kill, never fail and finish with one attempt each.
+TEST_F(DurableE2E, KillNineSpendsAttemptsOnlyOfJobsThatStarted) {
+  Clear();
+  Knobs k;
+  k.node_id = "crashy";
+  k.workers_max = 1;  // one slot: the never-ending job holds it
+  k.interactive_reserved = 0;
+  k.max_attempts = 2;
+  k.extra = "refill_low_water = 16\nclaim_batch = 32\n[queues]\nbackground = 32\n";
+  const int kWaiting = 12;
+  for (int round = 1; round <= 2; ++round) {
+    DaemonProcess d;
+    ASSERT_TRUE(Start(d, k)) << "round " << round;
+    if (round == 1) {
+      json a = Call(d, {{"op", "submit"}, {"jobs", json::array({Noop("poison", 60000)})}});
+      ASSERT_EQ(a.value("ok", false), true) << a.dump();
+      ASSERT_TRUE(WaitCount("key = 'poison' AND started_at IS NOT NULL", 1)) << d.StderrText();
+      EXPECT_EQ(SubmitAll(d, Keys("waiting:", kWaiting), 1).size(), static_cast<size_t>(kWaiting));
+    }
+    // The never-ending job has started (its start is recorded: attempt
+    // `round`), and the others wait behind it, claimed or in the table.
+    ASSERT_TRUE(WaitCount(
+        "key = 'poison' AND attempts = " + std::to_string(round) + " AND started_at IS NOT NULL",
+        1))
+        << "round " << round << "\n"
+        << d.StderrText();
+    // After a restart the first claim takes the whole backlog into the ring.
+    if (round >= 2) {
+      ASSERT_TRUE(WaitCount("key LIKE 'waiting:%' AND status = 'running'", kWaiting))
+          << "round " << round << ": "
+          << Scalar(
+                 "SELECT string_agg(key || ' ' || status || ' ' || attempts, ', ') FROM "
+                 "digestd.jobs")
+          << "\n"
+          << d.StderrText();
+    }
+    EXPECT_EQ(Count("key LIKE 'waiting:%' AND (attempts > 0 OR started_at IS NOT NULL)"), "0")
+        << "round " << round << ": a claim that never started spent an attempt: "
+        << Scalar(
+               "SELECT string_agg(key || ' ' || status || ' ' || attempts || ' lane ' || lane || "
+               "' ' || coalesce(started_at::text, '-') || ' ' || coalesce(finished_at::text, "
+               "'-'), E'\\n' ORDER BY id) FROM digestd.jobs")
+        << "\n"
+        << d.StderrText();
+    d.Signal(SIGKILL);
+    auto status = d.WaitExit(10s);
+    ASSERT_TRUE(status && status->signaled());
+  }
+  // The restart's recovery fails the job that was running at both kills;
+  // the ones that waited run now.
+  DaemonProcess d;
+  ASSERT_TRUE(Start(d, k));
+  EXPECT_TRUE(WaitCount("key = 'poison' AND status = 'failed'", 1)) << d.StderrText();
+  EXPECT_NE(Scalar("SELECT error FROM digestd.jobs WHERE key = 'poison'").find("worker crashed"),
+            std::string::npos);
+  EXPECT_TRUE(WaitCount("key LIKE 'waiting:%' AND status = 'done' AND attempts = 1", kWaiting))
+      << Scalar(
+             "SELECT string_agg(key || ' ' || status || ' ' || attempts, ', ') FROM "
+             "digestd.jobs");
+  EXPECT_EQ(Count("status = 'failed'"), "1");
+  EXPECT_TRUE(d.Stop());
+}
+
+// A claim lost before its start was recorded spends no attempt, so the next
+// start of that job is recorded before it runs: a job that kills its worker
+// at once still uses up its attempts. With a writer window of a minute, only
+// that urgent start mark can reach the table while the job runs.
+TEST_F(DurableE2E, AJobLostBeforeItsStartWasRecordedIsRecordedBeforeItRunsAgain) {
+  Knobs k;
+  k.node_id = "crashy";
+  k.max_attempts = 2;
+  k.batch_ms = 60000;
+  {
+    DaemonProcess d;  // migrates the schema
+    ASSERT_TRUE(Start(d, k));
+    EXPECT_TRUE(d.Stop());
+  }
+  Clear();
+  // As RecoverExpired leaves a job whose claim was lost unstarted.
+  ASSERT_TRUE(server()
+                  ->Exec(db(),
+                         "INSERT INTO digestd.jobs (key, kind, lane, input, max_attempts, "
+                         "lost_unstarted) VALUES ('poison', 'noop', 1, '{\"sleep_ms\": "
+                         "60000}', 2, 1)")
+                  .ok());
+  for (int round = 1; round <= 2; ++round) {
+    DaemonProcess d;
+    ASSERT_TRUE(Start(d, k)) << "round " << round;
+    ASSERT_TRUE(WaitCount("key = 'poison' AND attempts = " + std::to_string(round) +
+                              " AND started_at IS NOT NULL AND status = 'running'",
+                          1, 20s))
+        << "round " << round << ": the start was not recorded before the job ran\n"
+        << d.StderrText();
+    d.Signal(SIGKILL);
+    auto status = d.WaitExit(10s);
+    ASSERT_TRUE(status && status->signaled());
+  }
+  DaemonProcess d;
+  ASSERT_TRUE(Start(d, k));
+  EXPECT_TRUE(WaitCount("key = 'poison' AND status = 'failed' AND attempts = 2", 1))
+      << d.StderrText();
   EXPECT_TRUE(d.Stop());
 }
 

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "../support/pg_fixture.h"
+#include "util/clock.h"
 
 namespace digestd {
 namespace {
@@ -72,8 +73,9 @@ struct Rig {
   std::unique_ptr<BatchWriter> writer;
 };
 
+// A job that started and finished (the row counts its attempt).
 FinishRow DoneRow(const StoredJob& j, int v = 1) {
-  return FinishRow{j.id, j.lease_token, j.key, JobState::kDone, {{"v", v}}, ""};
+  return FinishRow{j.id, j.lease_token, j.key, JobState::kDone, {{"v", v}}, "", UnixMillis()};
 }
 
 BatchWriterOptions Opts(int rows, int ms, size_t capacity = 500) {
@@ -415,6 +417,41 @@ TEST_F(BatchWriterTest, LeaseRenewalsRideAlongAndLostLeasesAreReported) {
                    std::to_string(jobs[1].id)),
             "t");
   EXPECT_EQ(rig.writer->stats().depth, 0u);
+}
+
+// Start marks ride along like renewals: each counts its job's attempt once,
+// on_leases_renewed reports it; a job whose finish is in the same batch
+// sends no mark (its finish row counts the attempt); an urgent mark goes at
+// the next turn, not after batch_ms.
+TEST_F(BatchWriterTest, StartMarksRideAlongCountOnceAndAreReported) {
+  TestLoop loop;
+  std::vector<LeaseRef> renewed;
+  BatchWriter::Hooks hooks;
+  hooks.on_leases_renewed = [&](const std::vector<LeaseRef>& r, uint64_t) {
+    renewed.insert(renewed.end(), r.begin(), r.end());
+  };
+  Rig rig(loop, conninfo(), Opts(50, 60000), std::move(hooks));
+  ASSERT_TRUE(rig.ok);
+  auto jobs = rig.Claimed("mark", 3);
+  ASSERT_EQ(jobs.size(), 3u);
+  const int64_t t = UnixMillis();
+  rig.writer->MarkStarted({jobs[0].id, jobs[0].lease_token, t}, false);
+  rig.writer->MarkStarted({jobs[1].id, jobs[1].lease_token, t}, false);
+  ASSERT_TRUE(rig.writer->Enqueue(WriteRow::Finish(DoneRow(jobs[1]))).ok());
+  // batch_ms is a minute: only the urgent mark makes the batch go now.
+  rig.writer->MarkStarted({jobs[2].id, jobs[2].lease_token, t}, true);
+  ASSERT_TRUE(loop.RunUntil([&] { return rig.writer->stats().batches == 1; }));
+  std::set<uint64_t> ids;
+  for (const auto& l : renewed) ids.insert(l.id);
+  EXPECT_EQ(ids, (std::set<uint64_t>{jobs[0].id, jobs[2].id}));
+  EXPECT_EQ(Scalar("SELECT string_agg(status || '/' || attempts || '/' || (started_at IS NOT "
+                   "NULL), ',' ORDER BY id) FROM digestd.jobs"),
+            "running/1/true,done/1/true,running/1/true");
+  // A repeated mark changes nothing.
+  rig.writer->MarkStarted({jobs[0].id, jobs[0].lease_token, t + 5}, true);
+  ASSERT_TRUE(loop.RunUntil([&] { return rig.writer->stats().batches == 2; }));
+  EXPECT_EQ(Scalar("SELECT attempts FROM digestd.jobs WHERE id = " + std::to_string(jobs[0].id)),
+            "1");
 }
 
 TEST_F(BatchWriterTest, ARowTheServerRefusesIsIsolatedAndTheOthersAreWritten) {

@@ -1,6 +1,7 @@
 // JobStore against a real PostgreSQL: insert and duplicate keys, concurrent
 // claims, the lease guard, attempts, crash recovery, retention, lookups.
 #include "store/job_store.h"
+#include "util/clock.h"
 
 #include <gtest/gtest.h>
 
@@ -85,6 +86,15 @@ class JobStoreTest : public testing::PgTest {
     return r && r->ok() ? r->value() : std::nullopt;
   }
   // Makes every running lease look expired.
+  // Records that `j` started (the start mark), which spends its attempt.
+  void MarkStarted(JobStore& s, const StoredJob& j) {
+    auto r = Await<Result<std::vector<uint64_t>>>(loop_, [&](auto cb) {
+      return s.RenewLeases({LeaseRef{j.id, j.lease_token, UnixMillis()}}, 60, cb);
+    });
+    ASSERT_TRUE(r && r->ok());
+    EXPECT_TRUE(r->value().empty()) << "the start mark found the lease lost";
+  }
+
   void ExpireLeases() {
     Scalar(
         "UPDATE digestd.jobs SET lease_until = now() - interval '1 second' "
@@ -168,7 +178,7 @@ TEST_F(JobStoreTest, ConcurrentClaimersNeverGetTheSameJob) {
     tokens.insert(j.lease_token);
     owners.insert(j.lease_owner);
     EXPECT_EQ(j.state, JobState::kRunning);
-    EXPECT_EQ(j.attempts, 1);
+    EXPECT_EQ(j.attempts, 0) << "a claim spends no attempt; a start does";
   }
   EXPECT_EQ(ids.size(), static_cast<size_t>(kJobs)) << "a job was claimed twice";
   EXPECT_EQ(tokens.size(), static_cast<size_t>(kJobs)) << "lease tokens must be unique";
@@ -188,7 +198,7 @@ TEST_F(JobStoreTest, ClaimTakesOneLaneOldestFirstAndOnlyDueJobs) {
   EXPECT_EQ(got[0].lease_owner, "node-a");
   EXPECT_EQ(got[0].input, (nlohmann::json{{"sleep_ms", 1}}));
   EXPECT_EQ(got[0].lane, Lane::kInteractive);
-  EXPECT_GT(got[0].started_at_ms, 0);
+  EXPECT_EQ(got[0].started_at_ms, 0) << "claimed, not started";
   auto bg = Claim(*store_, Lane::kBackground, 1);
   ASSERT_EQ(bg.size(), 1u);
   EXPECT_EQ(bg[0].key, "bg1");
@@ -206,7 +216,8 @@ TEST_F(JobStoreTest, LeaseGuardIgnoresAStaleTokensLateResult) {
   auto second = Claim(other, Lane::kBackground, 1);
   ASSERT_EQ(second.size(), 1u);
   EXPECT_NE(second[0].lease_token, first[0].lease_token);
-  EXPECT_EQ(second[0].attempts, 2);
+  EXPECT_EQ(second[0].attempts, 0) << "the lost claim never started";
+  EXPECT_EQ(second[0].lost_unstarted, 1);
 
   // The hung worker's late result is ignored...
   EXPECT_EQ(Finish(*store_, {Done(first[0], {{"by", "stale"}})}), std::vector<bool>{false});
@@ -228,14 +239,24 @@ TEST_F(JobStoreTest, LeaseGuardIgnoresAStaleTokensLateResult) {
 
 TEST_F(JobStoreTest, CrashedWorkersSpendAttemptsUntilTheJobFails) {
   Insert({Job("poison", Lane::kBackground, 2)});
-  // Attempt 1: the daemon dies (its lease expires).
-  ASSERT_EQ(Claim(*store_, Lane::kBackground, 1).at(0).attempts, 1);
+  // Attempt 1 starts, then the daemon dies (its lease expires).
+  auto first = Claim(*store_, Lane::kBackground, 1);
+  ASSERT_EQ(first.size(), 1u);
+  EXPECT_EQ(first[0].attempts, 0);
+  MarkStarted(*store_, first[0]);
+  EXPECT_EQ(Lookup("poison")->attempts, 1);
+  MarkStarted(*store_, first[0]);
+  EXPECT_EQ(Lookup("poison")->attempts, 1) << "a repeated start mark counts once";
   ExpireLeases();
   RecoverCounts c1 = Recover(*store_, false);
   EXPECT_EQ(c1.requeued, 1u);
   EXPECT_TRUE(c1.failed_keys.empty());
-  // Attempt 2: the restarted daemon reclaims its own at startup.
-  ASSERT_EQ(Claim(*store_, Lane::kBackground, 1).at(0).attempts, 2);
+  // Attempt 2 starts; the restarted daemon reclaims its own at startup.
+  auto second = Claim(*store_, Lane::kBackground, 1);
+  ASSERT_EQ(second.size(), 1u);
+  EXPECT_EQ(second[0].attempts, 1);
+  EXPECT_EQ(second[0].lost_unstarted, 0);
+  MarkStarted(*store_, second[0]);
   RecoverCounts c2 = Recover(*store_, true);
   EXPECT_EQ(c2.requeued, 0u);
   ASSERT_EQ(c2.failed_keys, std::vector<std::string>{"poison"});
@@ -247,6 +268,32 @@ TEST_F(JobStoreTest, CrashedWorkersSpendAttemptsUntilTheJobFails) {
   EXPECT_NE(row->error.find("attempt 2 of 2"), std::string::npos) << row->error;
   EXPECT_GT(row->finished_at_ms, 0);
   EXPECT_TRUE(Claim(*store_, Lane::kBackground, 1).empty());
+}
+
+// kill -9 of a node with a full ring: claims that never started spend no
+// attempt however often it happens, and count in lost_unstarted instead.
+TEST_F(JobStoreTest, ClaimsLostBeforeTheyStartedNeverFailTheJob) {
+  Insert({Job("waiting", Lane::kBackground, 2)});
+  for (int crash = 1; crash <= 5; ++crash) {
+    auto got = Claim(*store_, Lane::kBackground, 1);
+    ASSERT_EQ(got.size(), 1u) << "crash " << crash;
+    RecoverCounts c = Recover(*store_, /*startup=*/true);
+    EXPECT_EQ(c.requeued, 1u);
+    EXPECT_TRUE(c.failed_keys.empty()) << "crash " << crash << " failed a job that never ran";
+  }
+  auto row = Lookup("waiting");
+  ASSERT_TRUE(row);
+  EXPECT_EQ(row->state, JobState::kQueued);
+  EXPECT_EQ(row->attempts, 0);
+  EXPECT_EQ(row->lost_unstarted, 5);
+  // When it runs and finishes, the finish row counts the attempt it started.
+  auto got = Claim(*store_, Lane::kBackground, 1);
+  ASSERT_EQ(got.size(), 1u);
+  FinishRow done = Done(got[0], {{"ok", true}});
+  done.started_ms = UnixMillis();
+  EXPECT_EQ(Finish(*store_, {done}), std::vector<bool>{true});
+  EXPECT_EQ(Lookup("waiting")->attempts, 1);
+  EXPECT_GT(Lookup("waiting")->started_at_ms, 0);
 }
 
 TEST_F(JobStoreTest, StartupRecoveryTakesBackOnlyThisNodesJobs) {
@@ -299,8 +346,9 @@ TEST_F(JobStoreTest, ReleaseGivesTheAttemptBackAndRequeueDelays) {
   ASSERT_TRUE(rel && rel->ok());
   EXPECT_EQ(rel->value(), std::vector<bool>{true});
   auto req = Await<Result<std::vector<bool>>>(loop_, [&](auto cb) {
-    return store_->Requeue({RequeueRow{got[1].id, got[1].lease_token, 3600000, false, "HTTP 500"}},
-                           cb);
+    return store_->Requeue(
+        {RequeueRow{got[1].id, got[1].lease_token, 3600000, false, "HTTP 500", UnixMillis(), 0}},
+        cb);
   });
   ASSERT_TRUE(req && req->ok());
   EXPECT_EQ(req->value(), std::vector<bool>{true});
