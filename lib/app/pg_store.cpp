@@ -144,6 +144,7 @@ void PgStore::OnWriterDbState(bool up, const Status& why) {
   FailPendingSubmits(Status::Unavailable(
       "PostgreSQL became unreachable (" + why.message() +
       ") before the job could be stored; nothing was accepted, submit again later"));
+  if (writer_draining_ && phase() == Phase::kDraining) Drained();  // maybe nothing to wait for
 }
 
 void PgStore::OnDbState(bool up, const Status& why) {
@@ -281,9 +282,28 @@ void PgStore::OnDrained() {
   Drained();
 }
 
+bool PgStore::ResultsWaiting() const {
+  if (writer_->HoldsResults()) return true;
+  for (const auto& r : pending_rows_) {
+    if (std::holds_alternative<FinishRow>(r.row)) return true;
+  }
+  return false;
+}
+
 void PgStore::Drained() {
   if (phase() != Phase::kDraining) return;
   writer_draining_ = true;
+  if (!pgw_->up() && !ResultsWaiting()) {
+    // Only releases wait (claimed jobs handed back): lease recovery does
+    // the same, so there is nothing worth the shutdown grace.
+    LOG_NOTICE(
+        "PostgreSQL is unreachable and no result waits to be written: stopping now; the "
+        "%zu claimed jobs not handed back return to the queue when their leases expire (or "
+        "at this node's next start)",
+        writer_->depth() + pending_rows_.size());
+    env_.drained();
+    return;
+  }
   if (!pending_rows_.empty()) return;  // FlushPending calls again
   writer_->Drain([this] {
     if (!pending_rows_.empty()) return;  // more came; FlushPending drains again

@@ -102,6 +102,8 @@ class PgStore final : public Store {
   // Calls env.ready once: when the database answered, or after ready_timeout_s.
   void MaybeReady(bool db_answered);
   void Drained();  // the writer's last batch, then env.drained
+  // A finish row waits for the database (in the writer or pending_rows_).
+  bool ResultsWaiting() const;
 
   // pg_store_jobs.cpp: results and their waits.
   void CheckDbWait(const std::shared_ptr<DbWait>& wait, bool final);

@@ -94,6 +94,15 @@ void BatchWriter::RenewLeases(std::vector<LeaseRef> leases) {
   Pump();
 }
 
+bool BatchWriter::HoldsResults() const {
+  auto is_result = [](const Entry& e) { return std::holds_alternative<FinishRow>(e.row.row); };
+  if (std::any_of(ring_.begin(), ring_.end(), is_result)) return true;
+  for (const auto& f : flights_) {
+    if (!f->finish_ids.empty()) return true;
+  }
+  return false;
+}
+
 void BatchWriter::MarkStarted(LeaseRef lease, bool urgent) {
   if (closed_) return;
   if (marks_.empty()) marks_since_ms_ = uv_now(loop_);

@@ -235,6 +235,8 @@ class BatchWriter {
     return used < options_.capacity ? options_.capacity - used : 0;
   }
   bool flushing() const { return !flights_.empty(); }
+  // A finish row (a job's result) waits in the ring or in a batch in flight.
+  bool HoldsResults() const;
   BatchWriterStats stats() const;
 
  private:

@@ -525,6 +525,27 @@ TEST_F(DurableOutage, PostgresRestartMidRunLosesNothing) {
   EXPECT_TRUE(d.Stop());
 }
 
+// SIGTERM while PostgreSQL is unreachable and no result waits to be
+// written: nothing is worth the shutdown grace (a minute here), so digestd
+// stops at once, saying why, with exit 0.
+TEST_F(DurableOutage, SigtermWithTheDatabaseDownAndNoResultsStopsAtOnce) {
+  Knobs k;
+  k.grace_s = 60;
+  DaemonProcess d;
+  ASSERT_TRUE(Start(d, k));
+  auto keys = Keys("down:", 20);
+  ASSERT_EQ(SubmitAll(d, keys, 1).size(), keys.size());
+  ASSERT_TRUE(WaitFor([&] { return Count("status = 'done'") == "20"; }));
+  ASSERT_TRUE(server_->Stop("fast").ok());
+  ASSERT_TRUE(WaitFor([&] { return Call(d, {{"op", "status"}})["db"]["state"] == "down"; }));
+  d.Signal(SIGTERM);
+  auto status = d.WaitExit(20s);  // a third of the grace
+  ASSERT_TRUE(status) << "still waiting for PostgreSQL with nothing to write\n" << d.StderrText();
+  EXPECT_TRUE(status->exited() && status->code() == 0) << status->ToString();
+  EXPECT_NE(d.StderrText().find("no result waits to be written"), std::string::npos)
+      << d.StderrText();
+}
+
 // ------------------------------------------------------------------ kill -9
 
 TEST_F(DurableE2E, KillNineAtRandomMomentsLosesNothingAndDoublesNothing) {
