@@ -1,5 +1,8 @@
 #include "backend/backend_health.h"
 
+#include <algorithm>
+
+#include "backend/backoff.h"
 #include "backend/ollama_client.h"
 #include "obs/log.h"
 
@@ -35,6 +38,16 @@ BackendHealth::BackendHealth(uv_loop_t* loop, const Config::Backend& backend,
     probe_timer_.set_initialized();
     probe_timer_.get()->data = this;
   }
+  if (uv_timer_init(loop_, busy_timer_.get()) == 0) {
+    busy_timer_.set_initialized();
+    busy_timer_.get()->data = this;
+  }
+}
+
+void BackendHealth::OnBusyTimer(uv_timer_t* timer) {
+  auto* self = static_cast<BackendHealth*>(timer->data);
+  self->busy_until_ms_ = 0;
+  if (self->on_open_change_) self->on_open_change_();
 }
 
 BackendHealth::~BackendHealth() {
@@ -44,6 +57,7 @@ BackendHealth::~BackendHealth() {
 void BackendHealth::Close() {
   *alive_ = false;
   probe_timer_.Close();
+  busy_timer_.Close();
 }
 
 void BackendHealth::SetConfig(const Config::Backend& backend) {
@@ -60,10 +74,20 @@ void BackendHealth::OnOutcome(const CallStatus& call, uint64_t started_epoch) {
     case CallClass::kOk:
     case CallClass::kFatal:  // a fatal answer: the server is up
       breaker_.RecordSuccess(started_epoch);
+      busy_streak_ = 0;
       break;
-    case CallClass::kBusy:
-      ++busy_;  // handled by backoff, not by the breaker
+    case CallClass::kBusy: {
+      ++busy_;  // not the breaker's business: the server answered
+      ++busy_streak_;
+      const int64_t hold =
+          BackoffDelayMs(busy_streak_, backend_.backoff_base_ms, backend_.backoff_max_ms);
+      const uint64_t until = uv_now(loop_) + static_cast<uint64_t>(std::max<int64_t>(1, hold));
+      if (until > busy_until_ms_ && busy_timer_.initialized()) {
+        busy_until_ms_ = until;
+        uv_timer_start(busy_timer_.get(), &BackendHealth::OnBusyTimer, until - uv_now(loop_), 0);
+      }
       break;
+    }
     case CallClass::kRetryable:
       ++failures_;
       breaker_.RecordFailure(call.error);
@@ -155,6 +179,8 @@ nlohmann::json BackendHealth::ToJson() const {
       {"requests", requests_},
       {"retries", retries_},
       {"busy", busy_},
+      {"busy_streak", busy_streak_},
+      {"busy_hold_ms", busy_until_ms_ > uv_now(loop_) ? busy_until_ms_ - uv_now(loop_) : 0},
       {"failures", failures_},
       {"probes", probes_},
       {"latency",

@@ -47,8 +47,11 @@ class BackendHealth {
   // New timeouts, thresholds, URL (reload).
   void SetConfig(const Config::Backend& backend);
 
-  // False while the breaker is open or probing: backend jobs stay queued.
-  bool AllowRequest() const { return breaker_.AllowRequest(); }
+  // False while the breaker is open or probing, and while busy answers hold
+  // dispatch back: backend jobs stay queued.
+  bool AllowRequest() const {
+    return breaker_.AllowRequest() && (busy_until_ms_ == 0 || uv_now(loop_) >= busy_until_ms_);
+  }
 
   // A backend job's attempt starts; returns the breaker's epoch for its
   // OnOutcome.
@@ -59,7 +62,11 @@ class BackendHealth {
   // A backend job's attempt (begun with OnStart, which gave `started_epoch`)
   // ended as `call` says:
   // kOk and kFatal count as answers (the server is up), kRetryable toward
-  // opening the breaker, kBusy as a busy answer (left to the job's backoff),
+  // opening the breaker, kBusy as a busy answer: besides the job's own
+  // backoff, no new backend request starts for a jittered delay that doubles
+  // with every busy answer in a row (backoff_base_ms up to backoff_max_ms;
+  // an answer ends the streak), so a flood of 429/503 slows dispatch instead
+  // of feeding it;
   // kCancelled not toward the breaker. call.elapsed, when non-zero, is a
   // latency sample; call.error names the failure in the breaker's reason.
   // A success from before the breaker opened does not close it.
@@ -75,11 +82,16 @@ class BackendHealth {
   void StartProbe();
   static void OnProbeTimer(uv_timer_t* timer);
 
+  static void OnBusyTimer(uv_timer_t* timer);
+
   uv_loop_t* loop_;
   Config::Backend backend_;
   std::function<void()> on_open_change_;
   CircuitBreaker breaker_;
   UvHandle<uv_timer_t> probe_timer_;
+  UvHandle<uv_timer_t> busy_timer_;  // kicks dispatch when a busy hold ends
+  int busy_streak_ = 0;              // busy answers in a row
+  uint64_t busy_until_ms_ = 0;       // uv_now until which dispatch holds back; 0 none
   // Shared with a running probe so its after-work callback can tell that
   // this object is gone (Close() clears `alive`).
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);

@@ -80,11 +80,35 @@ TEST_F(BackendHealthTest, AFatalAnswerProvesTheServerUp) {
 TEST_F(BackendHealthTest, BusyAndCancelledNeverOpenIt) {
   for (int i = 0; i < 10; ++i) Attempt(Call(CallClass::kBusy, "HTTP 503"));
   for (int i = 0; i < 10; ++i) Attempt(Call(CallClass::kCancelled, "cancelled"));
-  EXPECT_TRUE(health_->AllowRequest());
   nlohmann::json j = health_->ToJson();
+  EXPECT_EQ(j["state"], "closed") << j.dump();
   EXPECT_EQ(j["busy"], 10) << j.dump();
   EXPECT_EQ(j["failures"], 0) << j.dump();
   EXPECT_EQ(open_changes_, 0);
+}
+
+// Busy answers hold dispatch back: no new backend request until a jittered
+// delay that doubles with every busy answer in a row has passed; the end of
+// the hold kicks dispatch (on_open_change); an answer ends the streak.
+TEST_F(BackendHealthTest, BusyAnswersHoldDispatchBackLongerEachTimeInARow) {
+  Config::Backend b;
+  b.backoff_base_ms = 1;
+  b.backoff_max_ms = 40;
+  health_->SetConfig(b);
+  Attempt(Call(CallClass::kBusy, "HTTP 503"));
+  EXPECT_FALSE(health_->AllowRequest()) << "a busy answer fed dispatch at once";
+  uv_run(&loop_, UV_RUN_DEFAULT);  // the hold's timer fires, then nothing is left
+  EXPECT_TRUE(health_->AllowRequest());
+  EXPECT_EQ(open_changes_, 1) << "the end of the hold did not kick dispatch";
+  for (int i = 0; i < 3; ++i) Attempt(Call(CallClass::kBusy, "HTTP 429"));
+  nlohmann::json j = health_->ToJson();
+  EXPECT_EQ(j["busy_streak"], 4) << j.dump();
+  EXPECT_LE(j["busy_hold_ms"].get<int64_t>(), 40) << j.dump();
+  EXPECT_FALSE(health_->AllowRequest());
+  Attempt(Call(CallClass::kOk));
+  EXPECT_EQ(health_->ToJson()["busy_streak"], 0);
+  uv_run(&loop_, UV_RUN_DEFAULT);
+  EXPECT_TRUE(health_->AllowRequest());
 }
 
 TEST_F(BackendHealthTest, ElapsedTimeIsALatencySample) {

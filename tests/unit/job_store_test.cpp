@@ -296,6 +296,26 @@ TEST_F(JobStoreTest, ClaimsLostBeforeTheyStartedNeverFailTheJob) {
   EXPECT_GT(Lookup("waiting")->started_at_ms, 0);
 }
 
+// A busy answer (429/503) spends no attempt, even when its start was
+// recorded, and its count travels with the job through the table, so the
+// next node's backoff keeps growing.
+TEST_F(JobStoreTest, BusyRequeuesKeepTheirCountAndSpendNoAttempt) {
+  Insert({Job("busy")});
+  auto got = Claim(*store_, Lane::kBackground, 1);
+  ASSERT_EQ(got.size(), 1u);
+  MarkStarted(*store_, got[0]);
+  EXPECT_EQ(Lookup("busy")->attempts, 1);
+  auto req = Await<Result<std::vector<bool>>>(loop_, [&](auto cb) {
+    return store_->Requeue(
+        {RequeueRow{got[0].id, got[0].lease_token, 0, true, "HTTP 503", UnixMillis(), 3}}, cb);
+  });
+  ASSERT_TRUE(req && req->ok());
+  auto again = Claim(*store_, Lane::kBackground, 1);
+  ASSERT_EQ(again.size(), 1u);
+  EXPECT_EQ(again[0].attempts, 0) << "a busy answer spent an attempt";
+  EXPECT_EQ(again[0].busy_retries, 3);
+}
+
 TEST_F(JobStoreTest, StartupRecoveryTakesBackOnlyThisNodesJobs) {
   Insert({Job("a1"), Job("a2"), Job("b1")});
   JobStore b(ExtraConn(), "node-b");
