@@ -61,6 +61,11 @@ std::string FormatPromValue(double value) {
   if (std::isnan(value)) return "NaN";
   if (std::isinf(value)) return value > 0 ? "+Inf" : "-Inf";
   char buf[64];
+  // Integers (every count) as integers, "1000000" rather than "1e+06".
+  if (value == std::floor(value) && std::fabs(value) < 9007199254740992.0) {
+    auto [end, ec] = std::to_chars(buf, buf + sizeof(buf), static_cast<int64_t>(value));
+    if (ec == std::errc()) return std::string(buf, end);
+  }
   // Shortest text that reads back as the same double: counts stay integers
   // ("12", not "12.000000"), and nothing is lost to rounding.
   auto [end, ec] = std::to_chars(buf, buf + sizeof(buf), value);
