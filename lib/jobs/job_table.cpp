@@ -99,10 +99,9 @@ void JobTable::MarkFinished(const JobPtr& job, WorkOutcome outcome) {
   switch (outcome.kind) {
     case WorkOutcome::Kind::kDone:
       ++tally.done;
-      if (outcome.result.is_object()) {
-        auto fb = outcome.result.find("fallback");
-        if (fb != outcome.result.end() && fb->is_boolean() && fb->get<bool>()) ++tally.fallback;
-      }
+      // Done with an error: a stand-in stored after a final failure (the
+      // store may already have moved the result itself to its writer).
+      if (!outcome.error.empty()) ++tally.fallback;
       job->state = JobState::kDone;
       job->result = std::move(outcome.result);
       // An earlier attempt's error no longer applies; a fallback brings its own.

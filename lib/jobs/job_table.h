@@ -47,7 +47,7 @@ struct JobTally {
   uint64_t done = 0;
   uint64_t failed = 0;
   uint64_t cancelled = 0;
-  uint64_t fallback = 0;  // of done: a stored fallback ("fallback": true), not the model's
+  uint64_t fallback = 0;  // of done: a stand-in stored after a final failure (done with an error)
   uint64_t retried = 0;   // attempts that ended in a retry
   uint64_t released = 0;  // handed back unfinished (MarkReleased)
 };

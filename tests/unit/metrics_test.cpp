@@ -158,6 +158,7 @@ void RunJobs(JobTable& jobs) {
   WorkOutcome fallback;
   fallback.kind = WorkOutcome::Kind::kDone;
   fallback.result = {{"summary", "First sentence."}, {"fallback", true}};
+  fallback.error = "HTTP 404: model not found";
   jobs.MarkFinished(a, fallback);
   jobs.MarkRetrying(b, "timeout", false);
   WorkOutcome failed;
