@@ -10,6 +10,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <regex>
+#include <set>
 #include <string>
 
 #include "../support/daemon_harness.h"
@@ -256,6 +258,44 @@ TEST_P(MetricsE2E, PromtoolAcceptsTheScrape) {
   ASSERT_TRUE(out.status.has_value()) << "promtool did not finish";
   EXPECT_EQ(out.status->ToString(), "exit 0") << out.out << out.err;
   EXPECT_EQ(out.out + out.err, "") << "promtool's lint found problems";
+}
+
+// Every metric the Grafana dashboard queries is one digestd serves (the
+// database and writer panels only with PostgreSQL), so a renamed metric
+// cannot leave a panel silently empty.
+TEST_P(MetricsE2E, GrafanaDashboardQueriesOnlyServedMetrics) {
+  const std::string path = DIGESTD_SOURCE_DIR "/contrib/grafana/digestd.json";
+  json dashboard = json::parse(testing::ReadTextFile(path), nullptr, /*allow_exceptions=*/false);
+  ASSERT_TRUE(dashboard.is_object()) << path << " is missing or not JSON";
+  std::set<std::string> queried;
+  const std::regex name_re("digestd_[a-z0-9_]+");
+  int panels = 0;
+  for (const auto& panel : dashboard["panels"]) {
+    if (!panel.contains("targets")) continue;
+    ++panels;
+    for (const auto& target : panel["targets"]) {
+      std::string expr = target.value("expr", "");
+      for (std::sregex_iterator it(expr.begin(), expr.end(), name_re), end; it != end; ++it) {
+        queried.insert(it->str());
+      }
+    }
+  }
+  EXPECT_GE(panels, 15);
+  daemon_.SubmitNoop("g:1", 0);
+  PromScrape m = ScrapeOk();
+  for (std::string name : queried) {
+    if (name.size() > 7 && name.substr(name.size() - 7) == "_bucket") {
+      name.resize(name.size() - 7);
+    }
+    if (!Postgres() &&
+        (name.rfind("digestd_db_", 0) == 0 || name.rfind("digestd_writer_", 0) == 0)) {
+      continue;
+    }
+    // The commit histogram appears once the store reports it.
+    if (name == "digestd_writer_commit_seconds") continue;
+    EXPECT_TRUE(m.types.count(name))
+        << path << " queries " << name << ", which digestd does not serve";
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Stores, MetricsE2E, ::testing::ValuesIn(testing::kStores),
