@@ -6,7 +6,11 @@
 // the counters moved as the jobs did. Run on both stores, PostgreSQL first.
 // A scrape is also given to `promtool check metrics` when promtool is
 // installed (Debian's prometheus package; scripts/setup installs it in CI).
+#include <arpa/inet.h>
 #include <curl/curl.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -296,6 +300,33 @@ TEST_P(MetricsE2E, GrafanaDashboardQueriesOnlyServedMetrics) {
     EXPECT_TRUE(m.types.count(name))
         << path << " queries " << name << ", which digestd does not serve";
   }
+}
+
+// An address that cannot be bound stops digestd at start, naming it.
+TEST(MetricsStart, PortInUseStopsDigestdNamingTheAddress) {
+  int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  ASSERT_EQ(listen(fd, 1), 0);
+  socklen_t len = sizeof(addr);
+  ASSERT_EQ(getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  const std::string taken = "127.0.0.1:" + std::to_string(ntohs(addr.sin_port));
+
+  DaemonProcess daemon;
+  ASSERT_TRUE(daemon.Start({.store = "memory",
+                            .config = "[metrics]\nlisten = \"" + taken + "\"\n",
+                            .wait_ready = false}));
+  auto exit = daemon.WaitExit();
+  close(fd);
+  ASSERT_TRUE(exit.has_value()) << "digestd kept running on a port in use";
+  EXPECT_EQ(exit->ToString(), "exit 1");
+  std::string log = daemon.StderrText();
+  EXPECT_NE(log.find("[metrics] listen = \"" + taken + "\": cannot bind"), std::string::npos)
+      << log;
+  EXPECT_NE(log.find("in use"), std::string::npos) << log;
 }
 
 INSTANTIATE_TEST_SUITE_P(Stores, MetricsE2E, ::testing::ValuesIn(testing::kStores),
