@@ -112,6 +112,14 @@ Status Daemon::Start() {
   Status st = fd >= 0 ? control_->ListenFd(fd)
                       : control_->ListenPath(config_.control.socket, config_.control.mode);
   if (!st.ok()) return st;
+  if (!config_.metrics.listen.empty()) {
+    ListenAddress address;
+    if (!(st = ParseListenAddress(config_.metrics.listen, &address)).ok()) return st;
+    metrics_ = std::make_unique<MetricsServer>(&loop_, [this] { return MetricsText(); });
+    if (!(st = metrics_->Start(address)).ok()) return st;
+    LOG_NOTICE("metrics: serving Prometheus metrics at http://%s/metrics",
+               metrics_->bound().c_str());
+  }
   if (!(st = StartSignalsAndTimers()).ok()) return st;
 
   notifier_ = std::make_unique<Notifier>(&loop_);
@@ -195,6 +203,7 @@ void Daemon::OnReady() {
 void Daemon::Teardown() {
   if (!loop_ready_) return;
   if (control_) control_->CloseAll(/*graceful=*/false);
+  if (metrics_) metrics_->Close();
   if (notifier_) notifier_->Close();
   if (backend_) backend_->Close();
   sigterm_.Close();
@@ -214,6 +223,7 @@ void Daemon::Teardown() {
   while (uv_run(&loop_, UV_RUN_DEFAULT) != 0) {
   }
   store_.reset();
+  metrics_.reset();
   control_.reset();
   dispatcher_.reset();
   int rc = uv_loop_close(&loop_);
@@ -329,6 +339,7 @@ void Daemon::FinishShutdown() {
   // does not read them is cut off after a short while.
   store_->Close();
   control_->CloseAll(/*graceful=*/true);
+  if (metrics_) metrics_->Close();
   uv_timer_start(
       final_timer_.get(),
       [](uv_timer_t* t) {

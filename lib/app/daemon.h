@@ -24,6 +24,7 @@
 #include "control/control_server.h"
 #include "dispatch/dispatcher.h"
 #include "jobs/job_table.h"
+#include "metrics/metrics_server.h"
 #include "sys/notify.h"
 #include "util/uv_handle.h"
 
@@ -60,6 +61,7 @@ class Daemon {
   void OpDrain(const Request& req, const ControlServer::Reply& reply);
   nlohmann::json StatusJson() const;
   std::string StatusLine() const;
+  std::string MetricsText() const;  // the body of GET /metrics
 
   // Lifecycle.
   Status Reload(nlohmann::json* changes);
@@ -85,6 +87,7 @@ class Daemon {
   std::unique_ptr<Dispatcher> dispatcher_;
   std::unique_ptr<ControlServer> control_;
   std::unique_ptr<BackendHealth> backend_;  // breaker, probe, backend figures
+  std::unique_ptr<MetricsServer> metrics_;  // [metrics] listen; null when off
   std::unique_ptr<Notifier> notifier_;
   std::unique_ptr<Store> store_;  // the record of jobs; uses every part above
   UvHandle<uv_signal_t> sigterm_;

@@ -6,6 +6,7 @@
 
 #include "app/daemon.h"
 #include "app/submit_spec.h"
+#include "metrics/daemon_metrics.h"
 #include "obs/log.h"
 
 namespace digestd {
@@ -109,7 +110,19 @@ nlohmann::json Daemon::StatusJson() const {
         {"accepted", control_->accepted()},
         {"requests", control_->requests()},
         {"rejected", control_->rejected()}}},
+      {"metrics",
+       {{"listen", metrics_ ? metrics_->bound() : std::string()},
+        {"scrapes", metrics_ ? metrics_->scrapes() : 0}}},
   };
+}
+
+std::string Daemon::MetricsText() const {
+  nlohmann::json status = StatusJson();
+  MetricsSources sources;
+  sources.status = &status;
+  sources.jobs = jobs_.get();
+  sources.backend_latency = &backend_->latency_histogram();
+  return RenderDaemonMetrics(sources);
 }
 
 std::string Daemon::StatusLine() const {

@@ -68,7 +68,10 @@ void BackendHealth::SetConfig(const Config::Backend& backend) {
 void BackendHealth::OnOutcome(const CallStatus& call, uint64_t started_epoch) {
   if (in_flight_ > 0) --in_flight_;
   ++requests_;
-  if (call.elapsed.count() > 0) latency_.Record(static_cast<uint64_t>(call.elapsed.count()));
+  if (call.elapsed.count() > 0) {
+    latency_.Record(static_cast<uint64_t>(call.elapsed.count()));
+    latency_seconds_.Observe(std::chrono::duration<double>(call.elapsed).count());
+  }
   bool was_allowed = breaker_.AllowRequest();
   switch (call.cls) {
     case CallClass::kOk:

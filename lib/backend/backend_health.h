@@ -29,6 +29,7 @@
 #include "backend/circuit_breaker.h"
 #include "backend/ollama_client.h"
 #include "config/config.h"
+#include "obs/histogram.h"
 #include "obs/latency_window.h"
 #include "util/uv_handle.h"
 
@@ -74,6 +75,9 @@ class BackendHealth {
   void NoteRetry() { ++retries_; }
 
   nlohmann::json ToJson() const;
+  // Every call's latency (the samples behind ToJson's percentiles) since
+  // start, in seconds (BackendSecondsBuckets), for the metrics endpoint.
+  const Histogram& latency_histogram() const { return latency_seconds_; }
   void Close();
 
  private:
@@ -103,6 +107,7 @@ class BackendHealth {
   uint64_t failures_ = 0;
   uint64_t probes_ = 0;
   LatencyWindow latency_;
+  Histogram latency_seconds_{BackendSecondsBuckets()};
 };
 
 }  // namespace digestd

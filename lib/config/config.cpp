@@ -6,6 +6,7 @@
 #include <functional>
 #include <sstream>
 
+#include "metrics/listen_address.h"
 #include "obs/log.h"
 
 namespace digestd {
@@ -64,6 +65,14 @@ std::string CheckNodeId(const std::string& v) {
       return "letters, digits, '-', '_' and '.' only, or \"\" for the host name";
   }
   return "";
+}
+
+// Empty turns the endpoint off; anything else must be a numeric HOST:PORT
+// (checked here, so --check-config refuses it; binding is tried at start).
+std::string CheckMetricsListen(const std::string& v) {
+  if (v.empty()) return "";
+  std::string why = ListenAddressProblem(v);
+  return why.empty() ? "" : std::string(kListenAddressExpected) + " (this value " + why + ")";
 }
 
 std::string CheckBackendKind(const std::string& v) {
@@ -207,6 +216,7 @@ const std::vector<KeyDef>& Defs() {
       INT_KEY("jobs", retain_finished, jobs.retain_finished, 0, 10000000, true),
       INT_KEY("jobs", max_batch, jobs.max_batch, 1, 100000, true),
       STR_KEY("log", level, log.level, true, CheckLevel),
+      STR_KEY("metrics", listen, metrics.listen, false, CheckMetricsListen),
       STR_KEY("backend", kind, backend.kind, false, CheckBackendKind),
       STR_KEY("backend", url, backend.url, false, CheckUrl),
       STR_KEY("backend", model, backend.model, true, CheckModel),

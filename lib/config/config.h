@@ -50,6 +50,10 @@ struct Config {
   struct Log {
     std::string level = "info";
   } log;
+  // The Prometheus endpoint (lib/metrics/metrics_server.h).
+  struct Metrics {
+    std::string listen;  // "HOST:PORT" to serve /metrics on; empty: off
+  } metrics;
   // The LLM backend (lib/backend/). Jobs read these from their snapshot.
   struct Backend {
     std::string kind = "ollama";  // "ollama" | "extractive" (built in, no LLM)

@@ -36,7 +36,15 @@ JobPtr JobTable::Create(std::string key, std::string group, std::string kind, La
   by_key_[job->key] = job;
   if (!job->group.empty()) by_group_[job->group].push_back(job);
   ++counters_.submitted;
+  ++Tally(job->kind, job->lane).submitted;
   return job;
+}
+
+JobTally& JobTable::Tally(std::string_view kind, Lane lane) {
+  auto it = tallies_.find(kind);
+  if (it == tallies_.end())
+    it = tallies_.emplace(std::string(kind), std::array<JobTally, kLaneCount>{}).first;
+  return it->second[static_cast<int>(lane)];
 }
 
 void JobTable::Forget(const JobPtr& job) {
@@ -50,6 +58,7 @@ void JobTable::Forget(const JobPtr& job) {
     }
   }
   --counters_.submitted;
+  --Tally(job->kind, job->lane).submitted;
 }
 
 void JobTable::Adopt(const JobPtr& job) {
@@ -86,8 +95,13 @@ void JobTable::MarkRunning(const JobPtr& job) {
 void JobTable::MarkFinished(const JobPtr& job, WorkOutcome outcome) {
   if (job->state == JobState::kRunning) --counters_.running;
   job->finished_at = uv_hrtime();
+  JobTally& tally = Tally(job->kind, job->lane);
   switch (outcome.kind) {
     case WorkOutcome::Kind::kDone:
+      ++tally.done;
+      // Done with an error: a stand-in stored after a final failure (the
+      // store may already have moved the result itself to its writer).
+      if (!outcome.error.empty()) ++tally.fallback;
       job->state = JobState::kDone;
       job->result = std::move(outcome.result);
       // An earlier attempt's error no longer applies; a fallback brings its own.
@@ -100,15 +114,22 @@ void JobTable::MarkFinished(const JobPtr& job, WorkOutcome outcome) {
       job->state = JobState::kFailed;
       job->error = std::move(outcome.error);
       ++counters_.failed;
+      ++tally.failed;
       break;
     case WorkOutcome::Kind::kCancelled:
       job->state = JobState::kCancelled;
       job->error = std::move(outcome.error);
       ++counters_.cancelled;
+      ++tally.cancelled;
       break;
   }
-  if (job->started_at != 0) run_time_.Record(job->finished_at - job->started_at);
+  int lane = static_cast<int>(job->lane);
+  if (job->started_at != 0) {
+    run_time_.Record(job->finished_at - job->started_at);
+    run_seconds_[lane].Observe(static_cast<double>(job->finished_at - job->started_at) / 1e9);
+  }
   latency_.Record(job->finished_at - job->submitted_at);
+  latency_seconds_[lane].Observe(static_cast<double>(job->finished_at - job->submitted_at) / 1e9);
   Finished(job);
 }
 
@@ -118,12 +139,14 @@ void JobTable::MarkRetrying(const JobPtr& job, std::string error, bool refund) {
   job->error = std::move(error);
   if (refund && job->attempts > 0) --job->attempts;
   ++counters_.retried;
+  ++Tally(job->kind, job->lane).retried;
 }
 
 void JobTable::MarkReleased(const JobPtr& job) {
   if (job->state == JobState::kRunning) --counters_.running;
   job->state = JobState::kQueued;
   ++counters_.released;
+  ++Tally(job->kind, job->lane).released;
 }
 
 void JobTable::MarkCancelled(const JobPtr& job, const std::string& why) {
@@ -131,6 +154,7 @@ void JobTable::MarkCancelled(const JobPtr& job, const std::string& why) {
   job->error = why;
   job->finished_at = uv_hrtime();
   ++counters_.cancelled;
+  ++Tally(job->kind, job->lane).cancelled;
   Finished(job);
 }
 

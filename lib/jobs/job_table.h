@@ -11,14 +11,18 @@
 // Loop thread only. Owns every JobRecord (shared with rings and work items).
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <deque>
 #include <functional>
+#include <map>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
 #include "jobs/job.h"
+#include "obs/histogram.h"
 #include "obs/latency_window.h"
 
 namespace digestd {
@@ -35,6 +39,21 @@ struct JobCounters {
   uint64_t released = 0;
   uint64_t retried = 0;  // attempts that ended in a retry
 };
+
+// The counters of the jobs of one kind on one lane, since start: what the
+// metrics endpoint breaks down by kind, lane and outcome.
+struct JobTally {
+  uint64_t submitted = 0;  // new jobs stored (duplicates not counted)
+  uint64_t done = 0;
+  uint64_t failed = 0;
+  uint64_t cancelled = 0;
+  uint64_t fallback = 0;  // of done: a stand-in stored after a final failure (done with an error)
+  uint64_t retried = 0;   // attempts that ended in a retry
+  uint64_t released = 0;  // handed back unfinished (MarkReleased)
+};
+// By kind name, then by lane (index: static_cast<int>(Lane)). Kinds come
+// from the registry (a submit of an unknown kind is refused), so it stays small.
+using JobTallies = std::map<std::string, std::array<JobTally, kLaneCount>, std::less<>>;
 
 class JobTable {
  public:
@@ -75,6 +94,12 @@ class JobTable {
   void MarkReleased(const JobPtr& job);
   void NoteDuplicate() { ++counters_.duplicates; }
   void NoteSubmitted() { ++counters_.submitted; }
+  // A new job of `kind` on `lane` was stored elsewhere (PostgreSQL): counted
+  // in counters() and in its tally.
+  void NoteSubmitted(std::string_view kind, Lane lane) {
+    ++counters_.submitted;
+    ++Tally(kind, lane).submitted;
+  }
   void NoteReleased(size_t n) { counters_.released += n; }
 
   // Registers `fn` to run when `key` is terminal; returns a token for
@@ -92,8 +117,19 @@ class JobTable {
   const LatencyWindow& latency() const { return latency_; }    // submit -> finish
   const LatencyWindow& run_time() const { return run_time_; }  // start -> finish
   size_t size() const { return by_key_.size(); }
+  // Per kind and lane (NoteSubmitted() without them counts in no tally).
+  const JobTallies& tallies() const { return tallies_; }
+  // The same spans as latency() and run_time(), per lane, as histograms in
+  // seconds since start (JobSecondsBuckets).
+  const Histogram& latency_histogram(Lane lane) const {
+    return latency_seconds_[static_cast<int>(lane)];
+  }
+  const Histogram& run_time_histogram(Lane lane) const {
+    return run_seconds_[static_cast<int>(lane)];
+  }
 
  private:
+  JobTally& Tally(std::string_view kind, Lane lane);
   void Finished(const JobPtr& job);
   // Removes `job` from the key and group lookups (when it is the one there).
   void Unlink(const JobPtr& job);
@@ -113,6 +149,11 @@ class JobTable {
   JobCounters counters_;
   LatencyWindow latency_;
   LatencyWindow run_time_;
+  JobTallies tallies_;
+  std::array<Histogram, kLaneCount> latency_seconds_{Histogram(JobSecondsBuckets()),
+                                                     Histogram(JobSecondsBuckets())};
+  std::array<Histogram, kLaneCount> run_seconds_{Histogram(JobSecondsBuckets()),
+                                                 Histogram(JobSecondsBuckets())};
 };
 
 }  // namespace digestd

@@ -415,6 +415,7 @@ void BatchWriter::OnFlushed(Flight& flight, Result<std::vector<PgResult>> result
   }
 
   stats_.last_commit_ms = static_cast<double>(now_ns - flight.started_ns) / 1e6;
+  stats_.commit_seconds.Observe(static_cast<double>(now_ns - flight.started_ns) / 1e9);
   ++stats_.batches;
   stats_.rows_written += flight.rows;
   stats_.submits_written += flight.submits.size();

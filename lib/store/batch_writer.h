@@ -78,6 +78,7 @@
 #include <variant>
 #include <vector>
 
+#include "obs/histogram.h"
 #include "obs/latency_window.h"
 #include "store/job_store.h"
 #include "store/pg_conn.h"
@@ -145,6 +146,9 @@ struct BatchWriterStats {
   uint64_t rejected = 0;         // rows dropped because the server refused their data
   uint64_t failed_batches = 0;
   double last_commit_ms = 0;  // send to COMMIT acknowledged, of the last batch
+  // The same span for every committed batch since start, in seconds
+  // (CommitSecondsBuckets), for the metrics endpoint.
+  Histogram commit_seconds{CommitSecondsBuckets()};
   // Commits that carried results, per 1,000 results (since start).
   double commits_per_1000_results = 0;
   Percentiles row_wait;    // a row's time from Enqueue to its commit

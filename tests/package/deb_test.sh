@@ -59,7 +59,7 @@ for s in postinst prerm postrm; do
   [ -x "$tmp/control/$s" ] || fail "no executable maintainer script $s"
 done
 depends=$(dpkg-deb -f "$deb" Depends)
-for lib in libuv1 libpq5 libcurl4 libsystemd0 libstdc++6; do
+for lib in libuv1 libpq5 libcurl4 libsystemd0 libmicrohttpd12 libstdc++6; do
   grep -q "\b$lib\b" <<<"$depends" || fail "Depends lacks $lib (from dpkg-shlibdeps): $depends"
 done
 echo "control: conffiles, postinst, prerm, postrm; Depends: $depends"

@@ -218,6 +218,28 @@ TEST(Config, MergeForReloadIgnoresTheWriteRingWithTheMemoryStore) {
   EXPECT_EQ(merged->workers.max, 8);
 }
 
+TEST(Config, MetricsListenTakesANumericHostAndPort) {
+  auto off = ParseConfig("", kOrigin);
+  ASSERT_TRUE(off.ok());
+  EXPECT_EQ(off.value().metrics.listen, "") << "off by default";
+  for (const char* good : {"127.0.0.1:9464", "0.0.0.0:0", "[::1]:9464"}) {
+    auto c = ParseConfig(std::string("[metrics]\nlisten = \"") + good + "\"\n", kOrigin);
+    ASSERT_TRUE(c.ok()) << good << ": " << c.status().message();
+    EXPECT_EQ(c.value().metrics.listen, good);
+  }
+}
+
+TEST(Config, BadMetricsListenIsRefusedSayingWhatToWrite) {
+  std::string msg = ErrorOf("[log]\nlevel = \"info\"\n[metrics]\nlisten = \"localhost:9464\"\n");
+  ExpectOneLineNaming(msg, "digestd.conf:4", "[metrics] listen");
+  EXPECT_NE(msg.find("127.0.0.1:9464"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("not looked up"), std::string::npos) << msg;
+  msg = ErrorOf("[metrics]\nlisten = \"9464\"\n");
+  EXPECT_NE(msg.find("has no :PORT"), std::string::npos) << msg;
+  msg = ErrorOf("[metrics]\nlisten = \"127.0.0.1:70000\"\n");
+  EXPECT_NE(msg.find("between 0 and 65535"), std::string::npos) << msg;
+}
+
 TEST(Config, LoadConfigFileNamesAMissingFile) {
   auto result = LoadConfigFile("/nonexistent/digestd.conf");
   ASSERT_FALSE(result.ok());
