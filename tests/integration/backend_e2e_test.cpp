@@ -9,12 +9,6 @@
 // No sleeps to wait for a state: every wait polls with a generous deadline
 // or uses `result` with wait_ms. The one timing assertion is the issue's own
 // bound: a cancel aborts a running generation within a second.
-#include <curl/curl.h>
-#include <fcntl.h>
-#include <signal.h>
-#include <sys/prctl.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -25,6 +19,7 @@
 #include <vector>
 
 #include "../support/daemon_harness.h"
+#include "../support/fake_process.h"
 #include "fake_content.h"
 
 namespace digestd {
@@ -33,176 +28,13 @@ namespace {
 using nlohmann::json;
 using std::chrono::milliseconds;
 using testing::DaemonProcess;
-using testing::TempDir;
+using testing::FakeServer;
 using testing::WaitFor;
 using Clock = std::chrono::steady_clock;
 
 // Waits for states that take a few retries, probes or backoffs: long
 // enough for a loaded machine or a sanitizer build, never a timing claim.
 constexpr milliseconds kLongDeadline{30000};
-
-// ---------------------------------------------------------------------------
-// A tiny HTTP client for the fake's control endpoints. Every call uses a new
-// easy handle, so it opens exactly one TCP connection of its own, which the
-// keep-alive test subtracts from the fake's connection count.
-
-struct HttpAnswer {
-  long status = 0;
-  std::string body;
-};
-
-size_t AppendBody(char* data, size_t size, size_t n, void* user) {
-  static_cast<std::string*>(user)->append(data, size * n);
-  return size * n;
-}
-
-std::optional<HttpAnswer> Http(const std::string& method, const std::string& url,
-                               const std::string& body = "") {
-  CURL* curl = curl_easy_init();
-  if (curl == nullptr) return std::nullopt;
-  HttpAnswer answer;
-  curl_slist* headers = curl_slist_append(nullptr, "Content-Type: application/json");
-  curl_easy_setopt(curl, CURLOPT_URL, url.c_str());
-  curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, 10000L);
-  curl_easy_setopt(curl, CURLOPT_WRITEFUNCTION, &AppendBody);
-  curl_easy_setopt(curl, CURLOPT_WRITEDATA, &answer.body);
-  if (method == "POST") {
-    curl_easy_setopt(curl, CURLOPT_HTTPHEADER, headers);
-    curl_easy_setopt(curl, CURLOPT_POSTFIELDS, body.c_str());
-  }
-  CURLcode rc = curl_easy_perform(curl);
-  if (rc == CURLE_OK) curl_easy_getinfo(curl, CURLINFO_RESPONSE_CODE, &answer.status);
-  curl_slist_free_all(headers);
-  curl_easy_cleanup(curl);
-  if (rc != CURLE_OK) return std::nullopt;
-  return answer;
-}
-
-// ---------------------------------------------------------------------------
-// FakeServer: the fake_ollama executable as a child process of the test.
-
-class FakeServer {
- public:
-  FakeServer() = default;
-  ~FakeServer() { Kill(); }
-  FakeServer(const FakeServer&) = delete;
-  FakeServer& operator=(const FakeServer&) = delete;
-
-  // Starts fake_ollama with `flags` on `port` (0: any free port) and waits
-  // until it listens.
-  ::testing::AssertionResult Start(const std::vector<std::string>& flags, int port = 0) {
-    if (pid_ > 0) return ::testing::AssertionFailure() << "the fake is already running";
-    const std::string port_file = dir_.File("port");
-    std::remove(port_file.c_str());
-    std::vector<std::string> args = {FAKE_OLLAMA_BIN, "--port", std::to_string(port), "--port-file",
-                                     port_file};
-    args.insert(args.end(), flags.begin(), flags.end());
-    std::vector<char*> argv;
-    for (auto& a : args) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    const std::string log = dir_.File("fake.log");
-    int log_fd = open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
-    if (log_fd < 0) return ::testing::AssertionFailure() << "cannot open " << log;
-    pid_t pid = fork();
-    if (pid == 0) {
-      prctl(PR_SET_PDEATHSIG, SIGKILL);  // never outlive a crashed test
-      dup2(log_fd, STDOUT_FILENO);
-      dup2(log_fd, STDERR_FILENO);
-      execv(argv[0], argv.data());
-      _exit(127);
-    }
-    close(log_fd);
-    if (pid < 0) return ::testing::AssertionFailure() << "fork failed";
-    pid_ = pid;
-    bool up = WaitFor([&] { return testing::PathExists(port_file) || !Running(); });
-    if (!up || !Running()) {
-      return ::testing::AssertionFailure() << "fake_ollama did not start:\n"
-                                           << testing::ReadTextFile(log);
-    }
-    port_ = std::stoi(testing::ReadTextFile(port_file));
-    return ::testing::AssertionSuccess();
-  }
-
-  // SIGTERM, then waits for the exit. The port stays known for a restart.
-  ::testing::AssertionResult Stop() {
-    if (pid_ <= 0) return ::testing::AssertionSuccess();
-    kill(pid_, SIGTERM);
-    int status = 0;
-    bool gone = WaitFor([&] { return waitpid(pid_, &status, WNOHANG) == pid_; });
-    if (!gone) {
-      Kill();
-      return ::testing::AssertionFailure() << "fake_ollama ignored SIGTERM";
-    }
-    pid_ = -1;
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-      return ::testing::AssertionFailure() << "fake_ollama exited with status " << status;
-    }
-    return ::testing::AssertionSuccess();
-  }
-
-  int port() const { return port_; }
-  std::string url() const { return "http://127.0.0.1:" + std::to_string(port_); }
-
-  // Merges `patch` into the fake's settings (fake_settings.h names).
-  ::testing::AssertionResult Set(const json& patch) {
-    ++control_calls_;
-    auto answer = Http("POST", url() + "/_fake/settings", patch.dump());
-    if (!answer || answer->status != 200) {
-      return ::testing::AssertionFailure()
-             << "POST /_fake/settings " << patch.dump() << " -> "
-             << (answer ? std::to_string(answer->status) + " " + answer->body : "no answer");
-    }
-    return ::testing::AssertionSuccess();
-  }
-
-  // GET /_fake/stats; an empty object when the fake does not answer.
-  json Stats() {
-    ++control_calls_;
-    auto answer = Http("GET", url() + "/_fake/stats");
-    if (!answer || answer->status != 200) return json::object();
-    json stats = json::parse(answer->body, nullptr, false);
-    return stats.is_object() ? stats : json::object();
-  }
-
-  uint64_t Requests(const std::string& path) {
-    json stats = Stats();
-    auto by_path = stats.find("requests_by_path");
-    if (by_path == stats.end() || !by_path->is_object()) return 0;
-    return by_path->value(path, uint64_t{0});
-  }
-
-  // TCP connections the fake accepted from anyone but this object (the
-  // stats call made here included).
-  int64_t ForeignConnections() {
-    json s = Stats();
-    return static_cast<int64_t>(s.value("connections_accepted", uint64_t{0})) - control_calls_;
-  }
-
- private:
-  bool Running() {
-    if (pid_ <= 0) return false;
-    int status = 0;
-    if (waitpid(pid_, &status, WNOHANG) == pid_) {
-      pid_ = -1;
-      return false;
-    }
-    return true;
-  }
-
-  void Kill() {
-    if (pid_ > 0) {
-      kill(pid_, SIGKILL);
-      waitpid(pid_, nullptr, 0);
-      pid_ = -1;
-    }
-  }
-
-  TempDir dir_;
-  pid_t pid_ = -1;
-  int port_ = 0;
-  int64_t control_calls_ = 0;  // HTTP calls (= connections) this object made
-};
 
 // ---------------------------------------------------------------------------
 // Config: section -> key -> TOML value, so a test changes single keys.
