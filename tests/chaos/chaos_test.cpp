@@ -31,8 +31,11 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <toml++/toml.h>
+
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <map>
@@ -40,6 +43,7 @@
 #include <mutex>
 #include <random>
 #include <set>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -88,40 +92,42 @@ struct Knobs {
   int breaker_failures = 100;
 };
 
-std::string Quoted(const std::string& s) {
-  return json(s).dump();
-}
-
 std::string ConfigFor(const std::string& conninfo, const Knobs& k) {
-  std::string backend =
-      k.backend_url.empty()
-          ? "kind = \"extractive\"\n"
-          : "kind = \"ollama\"\nurl = " + Quoted(k.backend_url) +
-                "\nconnect_timeout_ms = 2000\nfirst_byte_timeout_s = " +
-                std::to_string(k.first_byte_timeout_s) +
-                "\nidle_timeout_s = " + std::to_string(k.idle_timeout_s) +
-                "\nrequest_timeout_s = 60\nmax_attempts = 3\nbackoff_base_ms = 20\n"
-                "backoff_max_ms = 200\nbreaker_failures = " +
-                std::to_string(k.breaker_failures) + "\nbreaker_open_s = 1\n";
-  return "[jobs]\nstore = \"postgres\"\n"
-         "[daemon]\nnode_id = " +
-         Quoted(k.node_id) +
-         "\nshutdown_grace_s = 10\n"
-         "[workers]\nmin = 1\nmax = " +
-         std::to_string(k.workers_max) +
-         "\ninteractive_reserved = 0\n"
-         "[queues]\nbackground = " +
-         std::to_string(k.background_ring) +
-         "\n"
-         "[log]\nlevel = \"info\"\n"
-         "[backend]\n" +
-         backend +
-         "[writer]\nbatch_ms = 20\n"
-         "[postgres]\nconninfo = " +
-         Quoted(conninfo) + "\nlease_s = " + std::to_string(k.lease_s) +
-         "\nrecover_interval_s = " + std::to_string(k.recover_interval_s) +
-         "\nquery_timeout_s = " + std::to_string(k.query_timeout_s) +
-         "\nready_timeout_s = 10\nreconnect_max_ms = 500\nbacklog_interval_ms = 200\n";
+  toml::table backend;
+  if (k.backend_url.empty()) {
+    backend.insert("kind", "extractive");
+  } else {
+    backend = toml::table{{"kind", "ollama"},
+                          {"url", k.backend_url},
+                          {"connect_timeout_ms", 2000},
+                          {"first_byte_timeout_s", k.first_byte_timeout_s},
+                          {"idle_timeout_s", k.idle_timeout_s},
+                          {"request_timeout_s", 60},
+                          {"max_attempts", 3},
+                          {"backoff_base_ms", 20},
+                          {"backoff_max_ms", 200},
+                          {"breaker_failures", k.breaker_failures},
+                          {"breaker_open_s", 1}};
+  }
+  toml::table config{
+      {"jobs", toml::table{{"store", "postgres"}}},
+      {"daemon", toml::table{{"node_id", k.node_id}, {"shutdown_grace_s", 10}}},
+      {"workers", toml::table{{"min", 1}, {"max", k.workers_max}, {"interactive_reserved", 0}}},
+      {"queues", toml::table{{"background", k.background_ring}}},
+      {"log", toml::table{{"level", "info"}}},
+      {"backend", backend},
+      {"writer", toml::table{{"batch_ms", 20}}},
+      {"postgres", toml::table{{"conninfo", conninfo},
+                               {"lease_s", k.lease_s},
+                               {"recover_interval_s", k.recover_interval_s},
+                               {"query_timeout_s", k.query_timeout_s},
+                               {"ready_timeout_s", 10},
+                               {"reconnect_max_ms", 500},
+                               {"backlog_interval_ms", 200}}},
+  };
+  std::ostringstream out;
+  out << config;
+  return out.str();
 }
 
 // ------------------------------------------------------------- job requests
@@ -149,8 +155,8 @@ std::vector<std::string> SubmitBatch(const DaemonProcess& d, const json& jobs,
   return acked;
 }
 
-// `field` of a status answer by a JSON pointer ("/jobs/running"); -1 when
-// the daemon does not answer or has no such number.
+// A number in the daemon's status answer, by JSON pointer ("/jobs/running");
+// -1 when the daemon does not answer or has no such number.
 int64_t StatusNumber(const DaemonProcess& d, const std::string& pointer) {
   auto s = d.Call({{"op", "status"}}, 5000);
   if (!s.ok()) return -1;
@@ -161,10 +167,12 @@ int64_t StatusNumber(const DaemonProcess& d, const std::string& pointer) {
 
 // --------------------------------------------------------------- the NOTIFY
 
-// Counts every key announced on digestd_done: one NOTIFY per terminal write
-// (the writer's commits, lease recovery's failures, cancels), and NOTIFY is
-// sent only when its transaction commits, so a key heard twice was written
-// terminal twice.
+// Counts every key announced on digestd_done. digestd announces a key in
+// the transaction that writes its job terminal (the writer's commits, lease
+// recovery's failures, cancels), and NOTIFY is delivered only when that
+// commits, so a key heard twice was written terminal twice, or announced for
+// a write that did not happen; either breaks what a listening app relies on.
+// Threads: one of its own reads the session; Counts() from any thread.
 class DoneListener {
  public:
   explicit DoneListener(const std::string& conninfo) : session_(conninfo) {
@@ -289,17 +297,10 @@ class Chaos : public ::testing::Test {
  protected:
   // One cluster for the suite (scenarios run one after another; the outage
   // scenario stops and starts it), a fresh database per scenario.
-  static void SetUpTestSuite() {
-    std::string err;
-    server_ = PgServer::StartPrivate(&err).release();
-    if (server_ == nullptr) error_ = err;
-  }
-  static void TearDownTestSuite() {
-    delete server_;
-    server_ = nullptr;
-  }
+  static void SetUpTestSuite() { server_ = PgServer::StartPrivate(&error_); }
+  static void TearDownTestSuite() { server_.reset(); }
   void SetUp() override {
-    ASSERT_NE(server_, nullptr) << "no PostgreSQL cluster for the chaos suite: " << error_;
+    ASSERT_TRUE(server_) << "no PostgreSQL cluster for the chaos suite: " << error_;
     auto created = server_->CreateDatabase();
     ASSERT_TRUE(created.ok()) << created.status().ToString();
     db_ = created.value();
@@ -323,7 +324,7 @@ class Chaos : public ::testing::Test {
     o.config = ConfigFor(conninfo(), k);
     return d.Start(o, 30s);
   }
-  // Every row: key -> {status, attempts, error, has result}.
+  // One row of digestd.jobs, as the checks read it (by key: Rows()).
   struct Row {
     std::string status;
     int attempts = 0;
@@ -357,13 +358,13 @@ class Chaos : public ::testing::Test {
         deadline, 50ms);
   }
 
-  static PgServer* server_;
+  static std::unique_ptr<PgServer> server_;
   static std::string error_;
   std::string db_;
   Clock::time_point started_;
 };
 
-PgServer* Chaos::server_ = nullptr;
+std::unique_ptr<PgServer> Chaos::server_;
 std::string Chaos::error_;
 
 // ------------------------------------------------- (a) kill -9 under load
