@@ -392,7 +392,8 @@ nlohmann::json PgStore::StatusJson() const {
       {"failed_batches", ws.failed_batches},
       {"last_commit_ms", ws.last_commit_ms},
       {"commits_per_1000_results", ws.commits_per_1000_results},
-      {"row_wait", {{"p50_ms", ws.row_wait.p50_ms}, {"p99_ms", ws.row_wait.p99_ms}}}};
+      {"row_wait", {{"p50_ms", ws.row_wait.p50_ms}, {"p99_ms", ws.row_wait.p99_ms}}},
+      {"commit_seconds", ws.commit_seconds.ToJson()}};
   if (!ws.last_error.empty()) writer["last_error"] = ws.last_error;
   db["writer"] = std::move(writer);
   auto lane = [&](Lane l) {

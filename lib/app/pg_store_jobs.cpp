@@ -79,9 +79,12 @@ void PgStore::Submit(const Request& req, std::vector<const nlohmann::json*> spec
     auto own = claim ? std::make_shared<NewJob>(job) : nullptr;
     const uint64_t queued_ns = uv_hrtime();
     std::string key = job.key;
+    std::string kind = job.kind;  // copied before `job` is moved below
+    Lane lane = job.lane;
     batch->answers[i] = {{"key", key}};
-    Status enq = WriteSubmit(WriteRow::Submit(
-        std::move(job), [this, batch, i, key, finish, own, queued_ns](const RowOutcome& o) {
+    Status enq =
+        WriteSubmit(WriteRow::Submit(std::move(job), [this, batch, i, key, kind, lane, finish, own,
+                                                      queued_ns](const RowOutcome& o) {
           if (own) {
             bool adopted = o.status.ok() && o.inserted.created && o.inserted.lease_token != 0;
             // Unavailable: it may have committed, claimed by nobody.
@@ -93,7 +96,7 @@ void PgStore::Submit(const Request& req, std::vector<const nlohmann::json*> spec
                 "job " + key + " was deleted (retention) while this submit ran; submit again");
           } else if (o.status.ok()) {
             if (o.inserted.created) {
-              env_.jobs->NoteSubmitted();
+              env_.jobs->NoteSubmitted(kind, lane);
             } else {
               env_.jobs->NoteDuplicate();
             }

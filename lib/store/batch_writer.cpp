@@ -233,7 +233,6 @@ void BatchWriter::StartFlush() {
   std::vector<FinishRow> finishes;
   std::vector<RequeueRow> requeues;
   std::vector<NewJob> submits;
-  std::vector<std::string> done_keys;
   // Jobs this batch, or one still in flight, finishes or requeues: no
   // renewal for them (it would find the job ended and call it lost).
   std::unordered_set<uint64_t> ended;
@@ -253,7 +252,6 @@ void BatchWriter::StartFlush() {
     } else if (auto* f = std::get_if<FinishRow>(&row)) {
       finishes.push_back(*f);
       flight->finish_ids.push_back(f->id);
-      done_keys.push_back(f->key);
       ended.insert(f->id);
     } else if (auto* r = std::get_if<RequeueRow>(&row)) {
       requeues.push_back(*r);
@@ -280,7 +278,6 @@ void BatchWriter::StartFlush() {
   if (!flight->renewals.empty()) {
     unit.push_back(store_.RenewStatement(flight->renewals, options_.lease_s));
   }
-  for (auto& s : JobStore::NotifyStatements(done_keys)) unit.push_back(std::move(s));
   if (unit.empty()) {
     renewals_.clear();  // every lease in the set ended meanwhile
     marks_.clear();

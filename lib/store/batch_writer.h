@@ -8,12 +8,11 @@
 // the keys), finishes (done / failed / cancelled with the result or error)
 // and requeues (retries, releases), the last two under JobStore's lease
 // guard. Lease renewals of in-flight jobs ride along in the same transaction
-// without taking ring slots. After the rows, the transaction sends
-// NOTIFY digestd_done with the keys of its finish rows, as JSON arrays within
-// NOTIFY's 8000-byte payload limit (several NOTIFYs when needed); they reach
-// listeners at COMMIT. Every statement is idempotent, so writing a batch
-// again after a lost connection changes nothing that committed the first
-// time.
+// without taking ring slots. The finish statement itself sends
+// NOTIFY digestd_done with the keys it finished (never a row the lease guard
+// refused), as JSON arrays within NOTIFY's 8000-byte payload limit (several
+// NOTIFYs when needed); they reach listeners at COMMIT. Every statement is idempotent, so writing a
+// batch again after a lost connection changes nothing that committed the first time.
 //
 // When a batch is written (the group-commit rule):
 //   1. A batch takes the oldest rows of the ring, at most

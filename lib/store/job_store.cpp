@@ -132,9 +132,19 @@ const char* kFinishSql = R"(WITH u AS (
     FROM u
    WHERE j.id = u.id AND j.lease_token = u.token AND j.lease_owner = $1
      AND j.status || '' = 'running'
-  RETURNING j.id
+  RETURNING j.id, j.key
+), notified AS (
+  -- NOTIFY digestd_done with the keys this statement finished (never a row
+  -- the lease guard refused, nor a repeat), as JSON arrays within NOTIFY's
+  -- payload limit: chunks of up to 6,800 bytes of quoted keys plus at most
+  -- one more key (512 bytes, at most 1,026 quoted).
+  SELECT pg_notify('digestd_done', json_agg(key ORDER BY id)::text)
+    FROM (SELECT id, key,
+                 (sum(octet_length(to_json(key)::text) + 2) OVER (ORDER BY id) - 1) / 6800 AS chunk
+            FROM upd) c
+   GROUP BY chunk
 )
-SELECT id, true FROM upd
+SELECT id, true FROM upd WHERE (SELECT count(*) FROM notified) >= 0
 UNION ALL
 SELECT u.id, coalesce(j.status = u.status AND j.lease_token = u.token AND j.lease_owner = $1,
                       false)
@@ -347,26 +357,6 @@ std::vector<uint64_t> JobStore::ParseLost(const std::vector<LeaseRef>& leases,
   return lost;
 }
 
-std::vector<PgStatement> JobStore::NotifyStatements(const std::vector<std::string>& keys) {
-  std::vector<PgStatement> out;
-  std::string payload;
-  auto emit = [&]() {
-    if (payload.empty()) return;
-    payload += "]";
-    out.push_back(Stmt("digestd_notify", "SELECT pg_notify($1, $2)", {kDoneChannel, payload}));
-    payload.clear();
-  };
-  for (const auto& k : keys) {
-    std::string quoted = Dump(nlohmann::json(Text(k)));
-    if (quoted.size() + 2 > kNotifyPayloadMax) continue;  // cannot fit even alone
-    if (!payload.empty() && payload.size() + 1 + quoted.size() + 1 > kNotifyPayloadMax) emit();
-    payload += payload.empty() ? "[" : ",";
-    payload += quoted;
-  }
-  emit();
-  return out;
-}
-
 Status JobStore::InsertJobs(std::vector<NewJob> jobs, Callback<std::vector<InsertedJob>> done) {
   if (jobs.empty()) return Status::Internal("JobStore::InsertJobs: no jobs");
   auto stmts = InsertStatements(jobs);
@@ -408,19 +398,12 @@ SELECT * FROM claimed ORDER BY run_after_ms, id)";
 Status JobStore::Finish(std::vector<FinishRow> rows, Callback<std::vector<bool>> done) {
   if (rows.empty()) return Status::Internal("JobStore::Finish: no rows");
   std::vector<uint64_t> ids;
-  std::vector<std::string> keys;
-  for (const auto& r : rows) {
-    ids.push_back(r.id);
-    keys.push_back(r.key);
-  }
-  std::vector<PgStatement> unit;
-  unit.push_back(FinishStatement(rows));
-  for (auto& s : NotifyStatements(keys)) unit.push_back(std::move(s));
-  return conn_.Send(std::move(unit), [ids = std::move(ids),
-                                      done = std::move(done)](Result<std::vector<PgResult>> r) {
-    if (!r.ok()) return done(r.status());
-    done(ParseAccepted(ids, r->front()));
-  });
+  for (const auto& r : rows) ids.push_back(r.id);
+  return conn_.Query(FinishStatement(rows),
+                     [ids = std::move(ids), done = std::move(done)](Result<PgResult> r) {
+                       if (!r.ok()) return done(r.status());
+                       done(ParseAccepted(ids, *r));
+                     });
 }
 
 Status JobStore::Requeue(std::vector<RequeueRow> rows, Callback<std::vector<bool>> done) {

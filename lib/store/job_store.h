@@ -150,9 +150,8 @@ struct Backlog {
 };
 
 // The channel finished keys are announced on; each payload is a JSON array
-// of keys, at most kNotifyPayloadMax bytes (NOTIFY's limit is 8000).
+// of keys, under NOTIFY's 8000-byte limit (kFinishSql chunks them).
 inline constexpr const char* kDoneChannel = "digestd_done";
-inline constexpr size_t kNotifyPayloadMax = 7900;
 
 class JobStore {
  public:
@@ -229,9 +228,6 @@ class JobStore {
   static std::vector<bool> ParseAccepted(const std::vector<uint64_t>& ids, const PgResult& res);
   PgStatement RenewStatement(const std::vector<LeaseRef>& leases, int lease_s) const;
   static std::vector<uint64_t> ParseLost(const std::vector<LeaseRef>& leases, const PgResult& res);
-  // NOTIFY digestd_done with `keys` as JSON arrays of at most
-  // kNotifyPayloadMax bytes (a key too long to fit alone is left out).
-  static std::vector<PgStatement> NotifyStatements(const std::vector<std::string>& keys);
 
   const std::string& node_id() const { return node_id_; }
 

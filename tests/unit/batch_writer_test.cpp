@@ -342,10 +342,17 @@ TEST_F(BatchWriterTest, ListenerHearsFinishedKeysSplitUnderThePayloadLimit) {
   {
     Rig rig(loop, conninfo(), Opts(100, 60000));
     ASSERT_TRUE(rig.ok);
-    // 60 keys of ~400 bytes: more than one NOTIFY's worth.
-    auto jobs = rig.Claimed(std::string(400, 'n'), 60);
+    // 60 keys of ~400 bytes, half of them quotes (each escaped in JSON):
+    // several NOTIFYs' worth.
+    auto jobs = rig.Claimed(std::string(200, 'n') + std::string(200, '"'), 60);
     ASSERT_EQ(jobs.size(), 60u);
     for (const auto& j : jobs) ASSERT_TRUE(rig.writer->Enqueue(WriteRow::Finish(DoneRow(j))).ok());
+    // A late result from a lost lease is ignored and never announced.
+    auto other = rig.Claimed("stale", 1);
+    ASSERT_EQ(other.size(), 1u);
+    StoredJob stale = other[0];
+    stale.lease_token += 1000;
+    ASSERT_TRUE(rig.writer->Enqueue(WriteRow::Finish(DoneRow(stale))).ok());
     bool drained = false;
     rig.writer->Drain([&] { drained = true; });
     ASSERT_TRUE(loop.RunUntil([&] { return drained; }));
@@ -357,6 +364,7 @@ TEST_F(BatchWriterTest, ListenerHearsFinishedKeysSplitUnderThePayloadLimit) {
       }
       return keys.size() == 60;
     }));
+    EXPECT_EQ(keys.count("stale0"), 0u) << "a refused result was announced";
     EXPECT_GE(payloads.size(), 3u);
     for (const auto& p : payloads) EXPECT_LT(p.size(), 8000u);
     EXPECT_EQ(rig.writer->stats().batches, 1u) << "one transaction, several NOTIFYs";

@@ -197,6 +197,20 @@ TEST_F(FakeOllamaTest, ServesRootVersionTagsAndPs) {
   EXPECT_EQ(missing.body, "404 page not found");
 }
 
+TEST_F(FakeOllamaTest, CountsGenerationRequestsPerPromptFaultsIncluded) {
+  EXPECT_EQ(Post("/api/generate", {{"model", "llama3.2"}, {"prompt", "p1"}}).status, 200);
+  Configure({{"fail_next", {{{"status", 500}, {"body", {{"error", "boom"}}}}}}});
+  EXPECT_EQ(Post("/api/generate", {{"model", "llama3.2"}, {"prompt", "p1"}}).status, 500);
+  json messages = {{{"role", "system"}, {"content", "s"}}, {{"role", "user"}, {"content", "p2"}}};
+  EXPECT_EQ(Post("/api/chat", {{"model", "llama3.2"}, {"messages", messages}}).status, 200);
+  EXPECT_EQ(Post("/api/generate", {{"model", "llama3.2"}}).status, 200);  // a load: not counted
+  json counts = Get("/_fake/prompts").Json();
+  EXPECT_EQ(counts, json({{"p1", 2}, {"p2", 1}})) << counts.dump();
+  EXPECT_EQ(fake_.PromptCounts().size(), 2u);
+  fake_.Reset();
+  EXPECT_TRUE(fake_.PromptCounts().empty());
+}
+
 TEST_F(FakeOllamaTest, StreamingGenerateSendsTokenLinesThenDoneWithMetrics) {
   const std::string prompt = "Summarize: the quick brown fox jumps";
   Response r = Post("/api/generate", {{"model", "llama3.2"}, {"prompt", prompt}, {"think", false}});

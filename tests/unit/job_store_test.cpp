@@ -484,23 +484,5 @@ TEST_F(JobStoreTest, ResultsWithNulCharactersAreStored) {
             "b");
 }
 
-TEST(JobStoreSql, NotifyPayloadsStayUnderTheLimit) {
-  std::vector<std::string> keys;
-  for (int i = 0; i < 100; ++i) keys.push_back(std::string(300, 'k') + std::to_string(i));
-  keys.push_back(std::string(9000, 'x'));  // can never fit
-  auto stmts = JobStore::NotifyStatements(keys);
-  size_t seen = 0;
-  for (const auto& s : stmts) {
-    ASSERT_EQ(s.params.size(), 2u);
-    EXPECT_EQ(*s.params[0], kDoneChannel);
-    EXPECT_LE(s.params[1]->size(), kNotifyPayloadMax);
-    auto arr = nlohmann::json::parse(*s.params[1]);
-    seen += arr.size();
-  }
-  EXPECT_EQ(seen, 100u);
-  EXPECT_GE(stmts.size(), 4u);
-  EXPECT_TRUE(JobStore::NotifyStatements({}).empty());
-}
-
 }  // namespace
 }  // namespace digestd

@@ -331,6 +331,7 @@ ApiReply FakeApi::Handle(const ApiRequest& req) {
        (p == "/api/generate" || p == "/api/chat" || p == "/api/embed" || p == "/api/embeddings")) ||
       (get && (p == "/" || p == "/api/version" || p == "/api/tags" || p == "/api/ps"));
   if (!known) return TextReply(404, "404 page not found");
+  if (p == "/api/generate" || p == "/api/chat") CountPrompt(req.body, p == "/api/chat");
   if (std::optional<FailSpec> f = settings_->TakeFailure(p)) return FailureReply(*f);
   if (p == "/api/generate") return Generate(req, false);
   if (p == "/api/chat") return Generate(req, true);
@@ -340,6 +341,36 @@ ApiReply FakeApi::Handle(const ApiRequest& req) {
   if (p == "/api/tags") return Tags();
   if (p == "/api/ps") return Ps();
   return TextReply(200, "Ollama is running");
+}
+
+void FakeApi::CountPrompt(const std::string& body, bool chat) {
+  const json r = json::parse(body, nullptr, false);
+  if (!r.is_object()) return;
+  std::string prompt;
+  if (!chat) {
+    auto it = r.find("prompt");
+    if (it == r.end() || !it->is_string()) return;
+    prompt = it->get<std::string>();
+  } else {
+    auto messages = r.find("messages");
+    if (messages == r.end() || !messages->is_array() || messages->empty()) return;
+    const json& last = messages->back();
+    if (!last.is_object() || !last.contains("content") || !last["content"].is_string()) return;
+    prompt = last["content"].get<std::string>();
+  }
+  if (prompt.empty()) return;  // a load or unload, not work
+  std::lock_guard l(prompts_mu_);
+  ++prompts_[prompt];
+}
+
+std::map<std::string, uint64_t> FakeApi::PromptCounts() const {
+  std::lock_guard l(prompts_mu_);
+  return prompts_;
+}
+
+void FakeApi::ResetPromptCounts() {
+  std::lock_guard l(prompts_mu_);
+  prompts_.clear();
 }
 
 ApiReply FakeApi::NotAdmitted(const ApiRequest& req, const std::string& model,

@@ -28,7 +28,10 @@
 #ifndef DIGESTD_TESTS_SUPPORT_FAKE_OLLAMA_FAKE_API_H_
 #define DIGESTD_TESTS_SUPPORT_FAKE_OLLAMA_FAKE_API_H_
 
+#include <cstdint>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include "fake_scheduler.h"
@@ -89,6 +92,13 @@ class FakeApi {
   // for bad input (bad input is a 4xx reply); may throw std::bad_alloc.
   ApiReply Handle(const ApiRequest& req);
 
+  // Generation requests received per prompt (/api/generate: `prompt`;
+  // /api/chat: the last message's content), counted on arrival, before
+  // admission or any injected fault, so a count is the times a client sent
+  // that work. Loads (an empty prompt) are not counted. Thread-safe.
+  std::map<std::string, uint64_t> PromptCounts() const;
+  void ResetPromptCounts();
+
  private:
   // The reply to a failed admission; counts a client's hang-up as abandoned.
   ApiReply NotAdmitted(const ApiRequest& req, const std::string& model,
@@ -96,10 +106,13 @@ class FakeApi {
   ApiReply Generate(const ApiRequest& req, bool chat);
   ApiReply Embed(const ApiRequest& req, bool legacy);
   ApiReply Tags() const;
+  void CountPrompt(const std::string& body, bool chat);
   ApiReply Ps() const;
 
   SettingsStore* settings_;
   FakeScheduler* scheduler_;
+  mutable std::mutex prompts_mu_;
+  std::map<std::string, uint64_t> prompts_;  // guarded by prompts_mu_
 };
 
 }  // namespace digestd::testing

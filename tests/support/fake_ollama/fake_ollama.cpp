@@ -106,6 +106,9 @@ struct FakeOllamaGlue {
     const bool get = st.method == "GET" || st.method == "HEAD";
     const bool post = st.method == "POST";
     if (st.path == "/_fake/stats" && get) return MakeJsonReply(200, StatsToJson(self->GetStats()));
+    if (st.path == "/_fake/prompts" && get) {
+      return MakeJsonReply(200, json(self->api_.PromptCounts()));
+    }
     if (st.path == "/_fake/settings" && get) {
       return MakeJsonReply(200, SettingsToJson(self->GetSettings()));
     }
@@ -303,6 +306,7 @@ void FakeOllama::Reset() {
   settings_.Reset();
   ApplyLimits();
   scheduler_.ResetCounters();
+  api_.ResetPromptCounts();
   connections_accepted_ = 0;
   disconnects_ = 0;
   std::lock_guard l(counts_mu_);

@@ -6,6 +6,8 @@
 //
 //   GET  /_fake/stats     counters (see FakeStats) as JSON; "models" holds
 //                         each model's capacity and counters (ModelStats)
+//   GET  /_fake/prompts   {"<prompt>": N, …}: generation requests received per
+//                         prompt (FakeApi::PromptCounts), faults included
 //   GET  /_fake/settings  current Settings as JSON
 //   POST /_fake/settings  merge a JSON object of Settings fields (fake_settings.h);
 //                         400 {"error":…} on a bad field, else the new settings
@@ -97,6 +99,8 @@ class FakeOllama {
   // Same as POST /_fake/settings. Returns "" or what was wrong (nothing changed).
   [[nodiscard]] std::string MergeSettings(const nlohmann::json& patch);
   FakeStats GetStats() const;
+  // Same as GET /_fake/prompts.
+  std::map<std::string, uint64_t> PromptCounts() const { return api_.PromptCounts(); }
   // Same as POST /_fake/reset.
   void Reset();
 
