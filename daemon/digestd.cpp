@@ -9,7 +9,9 @@
 #include "app/migrate_only.h"
 #include "backend/ollama_client.h"
 #include "config/config.h"
+#include "control/peer_access.h"
 #include "obs/log.h"
+#include "store/pg_conn.h"
 
 namespace {
 
@@ -80,12 +82,26 @@ int main(int argc, char** argv) {
     }
     config = std::move(loaded).value();
   }
-  if (check) {
-    std::printf("%s: ok\n", config_path.empty() ? "(built-in defaults)" : config_path.c_str());
+  if (print) {
+    digestd::Config shown = config;  // never print a password
+    shown.postgres.conninfo = digestd::RedactConninfo(shown.postgres.conninfo);
+    std::fputs(digestd::DumpConfig(shown).c_str(), stdout);
     return 0;
   }
-  if (print) {
-    std::fputs(digestd::DumpConfig(config).c_str(), stdout);
+  // What the file's syntax cannot show: a conninfo libpq cannot parse, and
+  // allow-lists that a user namespace (PrivateUsers=) makes unusable.
+  const char* origin = config_path.empty() ? "(built-in defaults)" : config_path.c_str();
+  digestd::Status st =
+      digestd::CheckAllowListsVisible(config.control.allow_uids, config.control.allow_gids);
+  if (st.ok() && (config.jobs.store == "postgres" || migrate_only)) {
+    st = digestd::ValidateConninfo(config.postgres.conninfo);
+  }
+  if (!st.ok()) {
+    std::fprintf(stderr, "digestd: %s: %s\n", origin, st.message().c_str());
+    return 1;
+  }
+  if (check) {
+    std::printf("%s: ok\n", origin);
     return 0;
   }
   if (migrate_only) return digestd::RunMigrateOnly(config);

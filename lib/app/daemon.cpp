@@ -9,6 +9,7 @@
 #include "app/memory_store.h"
 #include "app/outcome_policy.h"
 #include "app/pg_store.h"
+#include "control/peer_access.h"
 #include "obs/log.h"
 
 namespace digestd {
@@ -100,7 +101,9 @@ Status Daemon::Start() {
       std::make_unique<BackendHealth>(&loop_, config_.backend, [this] { dispatcher_->Kick(); });
 
   ControlServer::Options copts{static_cast<size_t>(config_.control.max_line_bytes),
-                               config_.control.max_clients, config_.control.idle_timeout_s};
+                               config_.control.max_clients, config_.control.idle_timeout_s,
+                               config_.control.max_clients_per_uid,
+                               config_.control.reserved_clients};
   control_ = std::make_unique<ControlServer>(
       &loop_, copts, [this](Request req, const PeerCred& peer, ControlServer::Reply reply) {
         Handle(std::move(req), peer, std::move(reply));
@@ -264,6 +267,13 @@ Status Daemon::Reload(nlohmann::json* changes) {
     notifier_->Ready();
     return merged.status();
   }
+  // As at start: an allow-list a user namespace hides could never admit
+  // anyone (two small /proc reads, like the config file read above).
+  Status visible = CheckAllowListsVisible(merged->control.allow_uids, merged->control.allow_gids);
+  if (!visible.ok()) {
+    notifier_->Ready();
+    return visible;
+  }
   config_ = std::move(merged).value();
   backend_->SetConfig(config_.backend);
   ApplyRuntimeConfig();
@@ -287,7 +297,8 @@ void Daemon::ApplyRuntimeConfig() {
   if (!st.ok()) LOG_ERROR("reload: %s", st.message().c_str());
   dispatcher_->SetConfig(std::make_shared<const Config>(config_));
   control_->SetOptions({static_cast<size_t>(config_.control.max_line_bytes),
-                        config_.control.max_clients, config_.control.idle_timeout_s});
+                        config_.control.max_clients, config_.control.idle_timeout_s,
+                        config_.control.max_clients_per_uid, config_.control.reserved_clients});
   uv_timer_set_repeat(status_timer_.get(), config_.daemon.status_interval_ms);
   store_->ApplyConfig();
 }

@@ -2,10 +2,9 @@
 // daemon's lifecycle, and the status the daemon reports.
 #include <unistd.h>
 
-#include <algorithm>
-
 #include "app/daemon.h"
 #include "app/submit_spec.h"
+#include "control/peer_access.h"
 #include "metrics/daemon_metrics.h"
 #include "obs/log.h"
 
@@ -53,13 +52,8 @@ void Daemon::Handle(Request req, const PeerCred& peer, ControlServer::Reply repl
 }
 
 bool Daemon::Allowed(const PeerCred& peer) const {
-  const auto& uids = config_.control.allow_uids;
-  const auto& gids = config_.control.allow_gids;
-  if (uids.empty() && gids.empty()) return true;  // the socket's mode decides
-  if (!peer.known) return false;
-  if (peer.uid == 0 || peer.uid == geteuid()) return true;
-  return std::find(uids.begin(), uids.end(), static_cast<int64_t>(peer.uid)) != uids.end() ||
-         std::find(gids.begin(), gids.end(), static_cast<int64_t>(peer.gid)) != gids.end();
+  return PeerMayChangeState(peer, config_.control.allow_uids, config_.control.allow_gids,
+                            geteuid());
 }
 
 nlohmann::json Daemon::StatusJson() const {

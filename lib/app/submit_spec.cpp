@@ -7,6 +7,14 @@
 
 namespace digestd {
 
+std::optional<size_t> FirstControlChar(std::string_view s) {
+  for (size_t i = 0; i < s.size(); ++i) {
+    auto c = static_cast<unsigned char>(s[i]);
+    if (c < 0x20 || c == 0x7f) return i;
+  }
+  return std::nullopt;
+}
+
 Status CheckJobSpec(const nlohmann::json& spec, const std::string& where, const Config& config) {
   if (!spec.is_object()) return Status::BadRequest(where + " must be an object");
   static const char* kFields[] = {"op", "id", "kind", "key", "group", "lane", "input"};
@@ -22,7 +30,18 @@ Status CheckJobSpec(const nlohmann::json& spec, const std::string& where, const 
   auto prefix = [&](Status st) {
     return st.ok() ? st : Status::BadRequest(where + ": " + st.message());
   };
+  // kind, key, group and lane name jobs in logs, status and NOTIFY payloads;
+  // a line break or terminal escape has no business there (the log escapes
+  // them as well, but they are refused here first).
+  auto printable = [&](const char* field, const std::string& value) {
+    auto at = FirstControlChar(value);
+    if (!at) return Status::Ok();
+    return Status::BadRequest(where + ": \"" + field + "\" contains a control character (at byte " +
+                              std::to_string(*at) +
+                              "); use printable text without line breaks, tabs or escapes");
+  };
   Status st = prefix(GetString(spec, "kind", &kind));
+  if (st.ok()) st = printable("kind", kind);
   if (!st.ok()) return st;
   if (kind.empty()) {
     return Status::BadRequest(
@@ -34,8 +53,11 @@ Status CheckJobSpec(const nlohmann::json& spec, const std::string& where, const 
                               "\"; known kinds: " + JobKindRegistry::Global().Names());
   }
   if (!(st = prefix(GetString(spec, "key", &key, kMaxKeyBytes))).ok()) return st;
+  if (!(st = printable("key", key)).ok()) return st;
   if (!(st = prefix(GetString(spec, "group", &group, kMaxKeyBytes))).ok()) return st;
+  if (!(st = printable("group", group)).ok()) return st;
   if (!(st = prefix(GetString(spec, "lane", &lane, 32))).ok()) return st;
+  if (!(st = printable("lane", lane)).ok()) return st;
   if (!ParseLane(lane)) {
     return Status::BadRequest(where + ": \"lane\" must be \"interactive\" or \"background\"");
   }

@@ -1,6 +1,8 @@
 // Checking a `submit` request before anything is queued: the request's shape
 // (one job, or "jobs": [...] up to [jobs] max_batch) and every job in it
 // (known fields, kind, key, group, lane, and the kind's own input check).
+// kind, key, group and lane may not hold control characters: they are
+// refused with bad_request naming the field.
 // A batch with one bad job is rejected whole.
 //
 // Pure functions of the request and the config; any thread (the request
@@ -8,7 +10,9 @@
 #pragma once
 
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "config/config.h"
@@ -20,6 +24,10 @@ namespace digestd {
 
 inline constexpr size_t kMaxKeyBytes = 512;  // key and group
 inline constexpr int64_t kMaxWaitMs = 300000;
+
+// The offset of the first control character (U+0000-U+001F or U+007F) in
+// `s`, if any. kind, key, group and lane with one are refused.
+std::optional<size_t> FirstControlChar(std::string_view s);
 
 // Checks one job object; `where` names it in messages ("submit", "jobs[3]").
 Status CheckJobSpec(const nlohmann::json& spec, const std::string& where, const Config& config);

@@ -187,6 +187,8 @@ const std::vector<KeyDef>& Defs() {
              nullptr},
       INT_KEY("control", max_line_bytes, control.max_line_bytes, 1024, 64 * 1024 * 1024, true),
       INT_KEY("control", max_clients, control.max_clients, 1, 100000, true),
+      INT_KEY("control", max_clients_per_uid, control.max_clients_per_uid, 1, 100000, true),
+      INT_KEY("control", reserved_clients, control.reserved_clients, 0, 1000, true),
       INT_KEY("control", idle_timeout_s, control.idle_timeout_s, 0, 86400, true),
       KeyDef{{"control", "allow_uids", true},
              Kind::kIdList,
@@ -409,6 +411,13 @@ Status CrossCheck(const Config& c, const WhereOf& line_of, bool reload) {
         ": [workers] interactive_reserved = " + std::to_string(c.workers.interactive_reserved) +
         " must be smaller than max = " + std::to_string(c.workers.max) +
         ", or background work could never run");
+  }
+  if (c.control.reserved_clients >= c.control.max_clients) {
+    return Status::InvalidConfig(
+        line_of("control", "reserved_clients") +
+        ": [control] reserved_clients = " + std::to_string(c.control.reserved_clients) +
+        " must be smaller than max_clients = " + std::to_string(c.control.max_clients) +
+        ", or only root and digestd's own user could ever connect");
   }
   if (c.backend.backoff_base_ms > c.backend.backoff_max_ms) {
     return Status::InvalidConfig(

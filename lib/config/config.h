@@ -32,6 +32,8 @@ struct Config {
     unsigned mode = 0660;
     int64_t max_line_bytes = 1048576;
     int max_clients = 1024;
+    int max_clients_per_uid = 256;  // connections one peer uid may hold (not root's)
+    int reserved_clients = 4;       // of max_clients, kept for root and digestd's user
     int idle_timeout_s = 300;
     std::vector<int64_t> allow_uids;
     std::vector<int64_t> allow_gids;

@@ -5,9 +5,11 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
+#include "control/peer_access.h"
 #include "obs/log.h"
 
 namespace digestd {
@@ -39,6 +41,7 @@ class ControlServer::Connection : public std::enable_shared_from_this<Connection
   bool eof_ = false;          // the client sent EOF; close once answers are out
   bool close_after_ = false;  // close once what is queued is written
   bool closing_ = false;
+  bool counted_ = false;  // admitted, and so counted in per_uid_
 
   uv_stream_t* stream() { return reinterpret_cast<uv_stream_t*>(&pipe_); }
 
@@ -210,7 +213,54 @@ bool ControlServer::Reply::open() const {
 }
 
 ControlServer::ControlServer(uv_loop_t* loop, Options options, Handler handler)
-    : loop_(loop), options_(options), handler_(std::move(handler)) {}
+    : loop_(loop), options_(options), handler_(std::move(handler)), own_uid_(geteuid()) {}
+
+std::string ControlServer::Refusal(const Options& o, size_t open, size_t open_by_uid, uid_t uid,
+                                   bool privileged) {
+  size_t max = static_cast<size_t>(std::max(o.max_clients, 0));
+  size_t reserved = std::min(static_cast<size_t>(std::max(o.reserved_clients, 0)), max);
+  size_t per_uid = static_cast<size_t>(std::max(o.max_clients_per_uid, 0));
+  if (open >= max) {
+    return "too many clients (" + std::to_string(open) +
+           " connected, the [control] max_clients limit); retry later or raise it";
+  }
+  if (!privileged && open >= max - reserved) {
+    return "too many clients (" + std::to_string(open) + " connected; the last " +
+           std::to_string(reserved) + " of [control] max_clients = " + std::to_string(max) +
+           " are kept for root and digestd's own user, [control] reserved_clients); retry "
+           "later or raise max_clients";
+  }
+  if (!privileged && open_by_uid >= per_uid) {
+    return "uid " + std::to_string(uid) + " already has " + std::to_string(open_by_uid) +
+           " connections open, the [control] max_clients_per_uid limit; reuse a connection for "
+           "many requests, close idle ones, or raise the limit";
+  }
+  return "";
+}
+
+bool ControlServer::Admit(const std::shared_ptr<Connection>& conn) {
+  // A peer whose credentials are unknown is counted as one anonymous uid and
+  // never gets the reserved slots.
+  uid_t uid = conn->peer_.known ? conn->peer_.uid : static_cast<uid_t>(-1);
+  bool privileged = conn->peer_.known && (uid == 0 || uid == own_uid_);
+  auto it = per_uid_.find(uid);
+  size_t mine = it == per_uid_.end() ? 0 : it->second;
+  std::string why = Refusal(options_, admitted_, mine, uid, privileged);
+  if (!why.empty()) {
+    ++rejected_;
+    LOG_DEBUG("control: turned a client of uid %lld away: %s",
+              conn->peer_.known ? static_cast<long long>(uid) : -1LL, why.c_str());
+    auto slot = std::make_shared<Slot>();
+    conn->pending_.push_back(slot);
+    conn->close_after_ = true;
+    Reply(conn, slot).Send(ErrorLine(nullptr, Status::Unavailable(why)));
+    return false;
+  }
+  ++admitted_;
+  ++per_uid_[uid];
+  conn->counted_ = true;
+  return true;
+}
 
 ControlServer::~ControlServer() {
   CloseAll();
@@ -318,23 +368,11 @@ void ControlServer::OnConnection(uv_stream_t* listener, int status) {
     struct ucred cred {};
     socklen_t len = sizeof(cred);
     if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) {
-      conn->peer_ = PeerCred{true, cred.pid, cred.uid, cred.gid};
+      conn->peer_ = PeerCred{true, cred.pid, cred.uid, cred.gid, {}};
+      conn->peer_.groups = ReadPeerGroups(fd);
     }
   }
-  if (self->conns_.size() > static_cast<size_t>(self->options_.max_clients)) {
-    ++self->rejected_;
-    auto slot = std::make_shared<Slot>();
-    conn->pending_.push_back(slot);
-    conn->close_after_ = true;
-    Reply(conn, slot)
-        .Send(ErrorLine(
-            nullptr,
-            Status::Unavailable("too many clients (" + std::to_string(self->options_.max_clients) +
-                                " connected, the [control] max_clients limit); retry "
-                                "later or raise it")));
-    return;
-  }
-  conn->StartReading();
+  if (self->Admit(conn)) conn->StartReading();
 }
 
 void ControlServer::OnSweep(uv_timer_t* timer) {
@@ -378,6 +416,13 @@ void ControlServer::Dispatch(const std::shared_ptr<Connection>& conn, std::strin
 }
 
 void ControlServer::Remove(Connection* conn) {
+  if (conn->counted_) {
+    conn->counted_ = false;
+    --admitted_;
+    uid_t uid = conn->peer_.known ? conn->peer_.uid : static_cast<uid_t>(-1);
+    auto it = per_uid_.find(uid);
+    if (it != per_uid_.end() && --it->second == 0) per_uid_.erase(it);
+  }
   conns_.erase(conn);
 }
 

@@ -7,7 +7,13 @@
 // Limits (docs/protocol.md, "Limits"): a line longer than max_line_bytes gets a
 // too_large error and the connection is closed; a client that pipelines too
 // much without reading stops being read until its answers drain; a client
-// silent for idle_timeout_s is closed.
+// silent for idle_timeout_s is closed. Connections are counted per peer uid:
+// one uid may hold at most max_clients_per_uid, and the last
+// reserved_clients of max_clients are kept for root and the server's own
+// user (who are not capped per uid: they are the operator), so clients that
+// hold connections open cannot lock the operator out of `status`. A client
+// turned away gets one `unavailable` line naming the limit, then the
+// connection is closed.
 //
 // Loop thread only. Owns its listener and every connection; the Handler gets
 // a Reply that refers to its connection weakly, so answering a closed
@@ -26,6 +32,7 @@
 #include <memory>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "control/protocol.h"
 #include "util/status.h"
@@ -33,11 +40,15 @@
 
 namespace digestd {
 
+// The peer's credentials as the kernel recorded them at connect().
 struct PeerCred {
   bool known = false;  // SO_PEERCRED answered
   pid_t pid = 0;
   uid_t uid = 0;
   gid_t gid = 0;
+  // Supplementary groups (SO_PEERGROUPS); empty when the kernel gave none.
+  // Why this source, and not /proc or the group database: control/peer_access.h.
+  std::vector<gid_t> groups;
 };
 
 class ControlServer {
@@ -45,8 +56,16 @@ class ControlServer {
   struct Options {
     size_t max_line_bytes = 1 << 20;
     int max_clients = 1024;
-    int idle_timeout_s = 300;  // 0: never
+    int idle_timeout_s = 300;       // 0: never
+    int max_clients_per_uid = 256;  // root and the server's own uid: no cap
+    int reserved_clients = 4;       // of max_clients; for root and the server's own uid
   };
+
+  // Why a new client of uid `uid` would be turned away, with `open` clients
+  // admitted already, `open_by_uid` of them its own; "" when it is admitted.
+  // `privileged`: root or the server's own user. Pure; any thread.
+  static std::string Refusal(const Options& options, size_t open, size_t open_by_uid, uid_t uid,
+                             bool privileged);
 
   class Connection;
   struct Slot;
@@ -103,6 +122,8 @@ class ControlServer {
   static void OnConnection(uv_stream_t* server, int status);
   static void OnSweep(uv_timer_t* timer);
   void Remove(Connection* conn);
+  // Admits `conn` (counting it for its uid) or answers it with why not.
+  bool Admit(const std::shared_ptr<Connection>& conn);
   void Dispatch(const std::shared_ptr<Connection>& conn, std::string_view line);
 
   uv_loop_t* loop_;
@@ -115,7 +136,10 @@ class ControlServer {
   std::unordered_map<Connection*, std::shared_ptr<Connection>> conns_;
   uint64_t accepted_ = 0;
   uint64_t requests_ = 0;
-  uint64_t rejected_ = 0;  // connections refused at max_clients
+  uint64_t rejected_ = 0;                      // connections refused at a limit
+  uid_t own_uid_;                              // geteuid(): may use the reserved slots
+  size_t admitted_ = 0;                        // open connections that were admitted
+  std::unordered_map<uid_t, size_t> per_uid_;  // admitted_ by peer uid
   char read_buf_[64 * 1024];
 };
 

@@ -3,6 +3,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
@@ -49,7 +50,46 @@ int SyslogPriority(LogLevel level) {
   return 6;
 }
 
+// Appends `text` to `out` (capacity `cap`, `*len` used), writing every
+// control character as an escape, and stops before an escape would not fit.
+void AppendEscaped(std::string_view text, char* out, size_t cap, size_t* len) {
+  static const char kHex[] = "0123456789abcdef";
+  for (char ch : text) {
+    auto c = static_cast<unsigned char>(ch);
+    char esc[4];
+    size_t n = 1;
+    esc[0] = ch;
+    if (c < 0x20 || c == 0x7f) {
+      esc[0] = '\\';
+      n = 2;
+      if (c == '\n') {
+        esc[1] = 'n';
+      } else if (c == '\r') {
+        esc[1] = 'r';
+      } else if (c == '\t') {
+        esc[1] = 't';
+      } else {
+        esc[1] = 'x';
+        esc[2] = kHex[c >> 4];
+        esc[3] = kHex[c & 15];
+        n = 4;
+      }
+    }
+    if (*len + n > cap) return;
+    std::memcpy(out + *len, esc, n);
+    *len += n;
+  }
+}
+
 }  // namespace
+
+std::string EscapeLogText(std::string_view text) {
+  std::string out(text.size() * 4, '\0');
+  size_t len = 0;
+  AppendEscaped(text, out.data(), out.size(), &len);
+  out.resize(len);
+  return out;
+}
 
 std::optional<LogLevel> ParseLogLevel(std::string_view name) {
   if (name == "debug") return LogLevel::kDebug;
@@ -103,12 +143,14 @@ void Write(LogLevel level, const char* fmt, ...) {
     off += std::snprintf(buf + off, sizeof(buf) - off, ".%03ldZ %s[%d] %s: ", ts.tv_nsec / 1000000,
                          g_program, static_cast<int>(getpid()), LogLevelName(level).data());
   }
+  char msg[4096];
   va_list ap;
   va_start(ap, fmt);
-  int n = std::vsnprintf(buf + off, sizeof(buf) - off - 1, fmt, ap);
+  int n = std::vsnprintf(msg, sizeof(msg), fmt, ap);
   va_end(ap);
-  size_t len = static_cast<size_t>(off) + (n < 0 ? 0 : static_cast<size_t>(n));
-  if (len > sizeof(buf) - 2) len = sizeof(buf) - 2;
+  size_t len = static_cast<size_t>(off);
+  AppendEscaped(std::string_view(msg, n < 0 ? 0 : std::min<size_t>(n, sizeof(msg) - 1)), buf,
+                sizeof(buf) - 1, &len);
   buf[len++] = '\n';
   ssize_t ignored = ::write(STDERR_FILENO, buf, len);
   (void)ignored;

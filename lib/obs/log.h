@@ -3,12 +3,19 @@
 // carries a "<N>" syslog priority prefix instead of a timestamp, so journald
 // records the right level. The level is checked before anything is formatted.
 //
+// Every control character in a formatted message (U+0000-U+001F, U+007F) is
+// written as an escape ("\n", "\r", "\t", "\x1b"), so text a client chose
+// (a job key, a group, an error it provoked) can never end a line early and
+// forge another one, or a journal "<N>" priority prefix, whatever the call
+// site embeds. One message is one line.
+//
 // Thread-safe: a single write(2) per line, so lines from pool threads do not
 // interleave. Never blocks on anything but that write.
 #pragma once
 
 #include <atomic>
 #include <optional>
+#include <string>
 #include <string_view>
 
 namespace digestd {
@@ -23,6 +30,10 @@ namespace log_internal {
 extern std::atomic<int> g_level;
 void Write(LogLevel level, const char* fmt, ...) __attribute__((format(printf, 2, 3)));
 }  // namespace log_internal
+
+// `text` with its control characters escaped as the log writes them. Any
+// thread.
+std::string EscapeLogText(std::string_view text);
 
 // Sets the minimum level written. Any thread.
 void SetLogLevel(LogLevel level);

@@ -93,13 +93,15 @@ uint64_t PgResult::Affected() const {
   return v;
 }
 
-std::string RedactConninfo(std::string_view conninfo) {
-  std::string s(conninfo);
-  auto lower = [](std::string v) {
-    for (char& c : v) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    return v;
-  };
-  std::string low = lower(s);
+namespace {
+
+// Where the passwords are in a connection string, parsed or not: a URI's
+// userinfo after the ':', "password=" query parameters, and key=value
+// "password" pairs (quoted or not). Offsets into `s`, in order.
+std::vector<std::pair<size_t, size_t>> PasswordSpans(std::string_view s) {
+  std::string low(s);
+  for (char& c : low) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  std::vector<std::pair<size_t, size_t>> spans;
   size_t scheme = low.rfind("postgresql://", 0) == 0 ? 13
                   : low.rfind("postgres://", 0) == 0 ? 11
                                                      : 0;
@@ -110,7 +112,7 @@ std::string RedactConninfo(std::string_view conninfo) {
     size_t at = s.rfind('@', auth_end - 1);
     if (at != std::string::npos && at >= scheme) {
       size_t colon = s.find(':', scheme);
-      if (colon != std::string::npos && colon < at) s.replace(colon + 1, at - colon - 1, "***");
+      if (colon != std::string::npos && colon < at) spans.emplace_back(colon + 1, at - colon - 1);
     }
     size_t q = s.find('?');
     while (q != std::string::npos && q < s.size()) {
@@ -118,18 +120,17 @@ std::string RedactConninfo(std::string_view conninfo) {
       size_t eq = s.find('=', name);
       size_t next = s.find_first_of("&#", name);
       if (eq != std::string::npos && (next == std::string::npos || eq < next) &&
-          lower(s.substr(name, eq - name)) == "password") {
+          low.compare(name, eq - name, "password") == 0) {
         size_t vend = next == std::string::npos ? s.size() : next;
-        s.replace(eq + 1, vend - eq - 1, "***");
-        next = s.find_first_of("&#", eq + 1);
+        spans.emplace_back(eq + 1, vend - eq - 1);
       }
       q = next != std::string::npos && s[next] == '&' ? next : std::string::npos;
     }
-    return s;
+    return spans;
   }
   // key=value pairs: password=secret, password = 'sec ret'
   size_t pos = 0;
-  while ((pos = lower(s).find("password", pos)) != std::string::npos) {
+  while ((pos = low.find("password", pos)) != std::string::npos) {
     bool word_start = pos == 0 || std::isspace(static_cast<unsigned char>(s[pos - 1])) != 0;
     size_t i = pos + 8;
     while (i < s.size() && s[i] == ' ') ++i;
@@ -147,10 +148,87 @@ std::string RedactConninfo(std::string_view conninfo) {
     } else {
       while (vend < s.size() && std::isspace(static_cast<unsigned char>(s[vend])) == 0) ++vend;
     }
-    s.replace(i, vend - i, "***");
-    pos = i + 3;
+    spans.emplace_back(i, vend - i);
+    pos = vend;
   }
-  return s;
+  return spans;
+}
+
+// Every occurrence of each secret in `text` replaced with "***".
+std::string ScrubSecrets(std::string text, const std::vector<std::string>& secrets) {
+  for (const auto& secret : secrets) {
+    if (secret.size() < 2) continue;  // one character would blank the message
+    size_t pos = 0;
+    while ((pos = text.find(secret, pos)) != std::string::npos) {
+      text.replace(pos, secret.size(), "***");
+      pos += 3;
+    }
+  }
+  return text;
+}
+
+}  // namespace
+
+std::string RedactConninfo(std::string_view conninfo) {
+  std::string out;
+  size_t from = 0;
+  for (auto [pos, len] : PasswordSpans(conninfo)) {
+    out.append(conninfo.substr(from, pos - from));
+    out += "***";
+    from = pos + len;
+  }
+  out.append(conninfo.substr(std::min(from, conninfo.size())));
+  return out;
+}
+
+std::vector<std::string> ConninfoSecrets(std::string_view conninfo) {
+  std::vector<std::string> out;
+  for (auto [pos, len] : PasswordSpans(conninfo)) {
+    std::string v(conninfo.substr(pos, len));
+    if (v.size() >= 2 && v.front() == '\'' && v.back() == '\'') v = v.substr(1, v.size() - 2);
+    if (!v.empty()) out.push_back(std::move(v));
+  }
+  return out;
+}
+
+std::string RedactConninfoMessage(std::string_view message, std::string_view conninfo) {
+  std::vector<std::string> secrets = ConninfoSecrets(conninfo);
+  std::string text(message);
+  // libpq quotes the piece it stumbled on: the whole URI, or one token of it,
+  // which may be all or part of a password ("invalid percent-encoded token").
+  size_t pos = 0;
+  while (pos < text.size()) {
+    size_t open = text.find('"', pos);
+    if (open == std::string::npos) break;
+    size_t close = text.find('"', open + 1);
+    if (close == std::string::npos) break;
+    std::string piece = text.substr(open + 1, close - open - 1);
+    std::string shown = RedactConninfo(piece);
+    for (const auto& secret : secrets) {
+      if (!piece.empty() && secret.find(piece) != std::string::npos) shown = "***";
+    }
+    text.replace(open + 1, piece.size(), shown);
+    pos = open + shown.size() + 2;
+  }
+  return ScrubSecrets(std::move(text), secrets);
+}
+
+Status ValidateConninfo(std::string_view conninfo) {
+  char* err = nullptr;
+  std::string info(conninfo);
+  PQconninfoOption* opts = PQconninfoParse(info.c_str(), &err);
+  if (opts != nullptr) {
+    PQconninfoFree(opts);
+    return Status::Ok();
+  }
+  std::string why = OneLine(err != nullptr ? err : "out of memory");
+  if (err != nullptr) PQfreemem(err);
+  return Status::InvalidConfig(
+      "[postgres] conninfo does not parse (" + RedactConninfoMessage(why, conninfo) +
+      "); write a URI such as \"postgresql://digestd@db.example/digestd\" (percent-encode "
+      "special characters, such as %40 for @ in a password) or key=value pairs such as "
+      "\"host=/run/postgresql dbname=digestd\"; keep a password in ~/.pgpass or PGPASSFILE "
+      "rather than in the config");
 }
 
 struct PgConn::Resolve {
@@ -185,7 +263,8 @@ PgConn::PgConn(uv_loop_t* loop, PgConnOptions options) : loop_(loop), options_(s
     if (err != nullptr) PQfreemem(err);
     target_ = RedactConninfo(options_.conninfo);
     // libpq echoes pieces of a bad string; keep any password out of them.
-    parse_error_ = RedactConninfo(parse_error_);
+    secrets_ = ConninfoSecrets(options_.conninfo);
+    parse_error_ = RedactConninfoMessage(parse_error_, options_.conninfo);
     return;
   }
   bool has_app_name = false;
@@ -203,6 +282,8 @@ PgConn::PgConn(uv_loop_t* loop, PgConnOptions options) : loop_(loop), options_(s
     values_.push_back(std::move(v));
   }
   PQconninfoFree(opts);
+  // The password as written too (percent-encoded in a URI), should libpq echo it.
+  for (auto& secret : ConninfoSecrets(options_.conninfo)) secrets_.push_back(std::move(secret));
   if (!has_app_name) {
     keys_.push_back("fallback_application_name");
     values_.push_back("digestd");
@@ -815,15 +896,7 @@ void PgConn::ArmTimer(UvHandle<uv_timer_t>& timer, uint64_t ms, uv_timer_cb cb) 
 }
 
 std::string PgConn::Redact(std::string text) const {
-  for (const auto& secret : secrets_) {
-    if (secret.size() < 2) continue;
-    size_t pos = 0;
-    while ((pos = text.find(secret, pos)) != std::string::npos) {
-      text.replace(pos, secret.size(), "***");
-      pos += 3;
-    }
-  }
-  return text;
+  return ScrubSecrets(std::move(text), secrets_);
 }
 
 PgConnState PgConn::state() const {

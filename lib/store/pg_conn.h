@@ -266,7 +266,23 @@ class PgConn {
 };
 
 // `conninfo` with every password replaced by "***", for messages about a
-// connection string that did not parse (so cannot be described).
+// connection string that did not parse (so cannot be described), and for
+// `digestd --print-config`. Works on strings libpq cannot parse too.
 std::string RedactConninfo(std::string_view conninfo);
+
+// The passwords written in `conninfo` (as written: percent-encoded in a URI),
+// found the way RedactConninfo finds them.
+std::vector<std::string> ConninfoSecrets(std::string_view conninfo);
+
+// `message` (about `conninfo`, such as libpq's parse error) with the
+// passwords in `conninfo` removed: every quoted piece that is a URI is
+// redacted, every quoted piece that is part of a password becomes "***", and
+// any other occurrence of a password too.
+std::string RedactConninfoMessage(std::string_view message, std::string_view conninfo);
+
+// Ok when libpq can parse `conninfo` (PQconninfoParse); otherwise an
+// InvalidConfig that says what is wrong and how to write it, without the
+// password. `digestd --check-config` and startup refuse such a string.
+[[nodiscard]] Status ValidateConninfo(std::string_view conninfo);
 
 }  // namespace digestd

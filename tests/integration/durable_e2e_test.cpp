@@ -404,7 +404,10 @@ TEST_F(DurableE2E, ExpiredLeaseIsRecoveredElsewhereAndTheLateResultIsIgnored) {
   json sub = Call(
       a, {{"op", "submit"}, {"kind", "noop"}, {"key", "slow"}, {"input", {{"sleep_ms", 2500}}}});
   ASSERT_EQ(sub["ok"], true);
-  ASSERT_TRUE(WaitCount("key = 'slow' AND status = 'running' AND lease_owner = 'stalled'", 1));
+  // Started, and its start recorded: the stalled attempt counts.
+  ASSERT_TRUE(WaitCount(
+      "key = 'slow' AND status = 'running' AND lease_owner = 'stalled' AND started_at IS NOT NULL",
+      1));
   a.Signal(SIGSTOP);  // a hung node: no renewals, no result
   ASSERT_TRUE(Start(b, kb));
   EXPECT_TRUE(WaitCount("key = 'slow' AND status = 'done' AND lease_owner = 'rescuer'", 1, 30s))

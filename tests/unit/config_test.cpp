@@ -110,6 +110,23 @@ TEST(Config, StringWhereNumberExpectedAndNumberWhereStringExpected) {
                       "digestd.conf:2:", "allow_uids");
 }
 
+TEST(Config, ConnectionCapsPerUidAndReservedSlots) {
+  Config defaults;
+  EXPECT_EQ(defaults.control.max_clients_per_uid, 256);
+  EXPECT_EQ(defaults.control.reserved_clients, 4);
+  auto c = ParseConfig(
+      "[control]\nmax_clients = 50\nmax_clients_per_uid = 8\n"
+      "reserved_clients = 2\n",
+      "digestd.conf");
+  ASSERT_TRUE(c.ok()) << c.status().message();
+  EXPECT_EQ(c->control.max_clients_per_uid, 8);
+  EXPECT_EQ(c->control.reserved_clients, 2);
+  ExpectOneLineNaming(ErrorOf("[control]\nmax_clients = 4\nreserved_clients = 4\n"),
+                      "digestd.conf:3:", "reserved_clients");
+  ExpectOneLineNaming(ErrorOf("[control]\nmax_clients_per_uid = 0\n"),
+                      "digestd.conf:2:", "max_clients_per_uid");
+}
+
 TEST(Config, OutOfRangeNamesFileLineKeyAndTheAllowedRange) {
   std::string msg = ErrorOf("[queues]\ninteractive = 0\n");
   ExpectOneLineNaming(msg, "digestd.conf:2:", "interactive");

@@ -11,6 +11,7 @@
 #include <atomic>
 #include <csignal>
 #include <cstring>
+#include <memory>
 #include <thread>
 #include <vector>
 
@@ -407,6 +408,62 @@ TEST_F(ControlServerTest, ClientsBeyondMaxClientsAreTurnedAway) {
       ControlClient d;
       if (!d.Connect(socket_path_).ok()) return false;
       auto answer = d.Call({{"op", "ping"}});
+      return answer.ok() && answer.value()["ok"] == true;
+    }));
+  });
+  EXPECT_GE(server_->rejected(), 1u);
+}
+
+TEST(ControlServerLimits, OneUidIsCappedAndTheLastSlotsAreKeptForRootAndTheDaemon) {
+  ControlServer::Options o;
+  o.max_clients = 10;
+  o.max_clients_per_uid = 3;
+  o.reserved_clients = 2;
+  auto refused = [&](size_t open, size_t mine, bool privileged) {
+    return ControlServer::Refusal(o, open, mine, 1000, privileged);
+  };
+  // Another user: up to its cap, and never into the reserved slots.
+  EXPECT_EQ(refused(0, 2, false), "");
+  EXPECT_NE(refused(0, 3, false).find("max_clients_per_uid"), std::string::npos);
+  EXPECT_NE(refused(0, 3, false).find("uid 1000 already has 3"), std::string::npos);
+  EXPECT_EQ(refused(7, 0, false), "");
+  EXPECT_NE(refused(8, 0, false).find("reserved_clients"), std::string::npos);
+  // Root or the daemon's own user: the reserved slots, and no per-uid cap.
+  EXPECT_EQ(refused(8, 0, true), "");
+  EXPECT_EQ(refused(9, 9, true), "");
+  // max_clients is the ceiling for everyone.
+  EXPECT_NE(refused(10, 0, true).find("max_clients limit"), std::string::npos);
+}
+
+TEST_F(ControlServerTest, TheServersOwnUserIsNotCappedPerUidButByMaxClients) {
+  // The test's uid is the server's own (or root): a per-uid cap of 2 does not
+  // apply to it, the 5 slots of max_clients do, reserved ones included.
+  Listen({.max_line_bytes = 1 << 20,
+          .max_clients = 5,
+          .idle_timeout_s = 0,
+          .max_clients_per_uid = 2,
+          .reserved_clients = 1});
+  RunClient([&] {
+    std::vector<std::unique_ptr<ControlClient>> held;
+    for (int i = 0; i < 5; ++i) {
+      held.push_back(std::make_unique<ControlClient>());
+      Connect(*held.back());
+      auto answer = held.back()->Call({{"op", "ping"}});
+      ASSERT_TRUE(answer.ok()) << i << ": " << answer.status().ToString();
+      EXPECT_EQ(answer.value()["ok"], true) << i << ": " << answer.value().dump();
+    }
+    ControlClient extra;
+    Connect(extra);
+    json refused = ReadAnswer(extra);
+    EXPECT_EQ(refused["error"]["code"], "unavailable") << refused.dump();
+    EXPECT_NE(testing::ErrorMessage(refused).find("max_clients limit"), std::string::npos);
+    EXPECT_TRUE(ClosedByServer(extra));
+    // A slot given back is free again.
+    held.front()->Close();
+    EXPECT_TRUE(WaitFor([&] {
+      ControlClient again;
+      if (!again.Connect(socket_path_).ok()) return false;
+      auto answer = again.Call({{"op", "ping"}});
       return answer.ok() && answer.value()["ok"] == true;
     }));
   });

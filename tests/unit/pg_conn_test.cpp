@@ -249,6 +249,54 @@ TEST_F(PgConnTest, PasswordsNeverAppearInMessages) {
   EXPECT_EQ(RedactConninfo("host=db password = 'a b' user=me"), "host=db password = *** user=me");
 }
 
+// libpq's parse errors quote the piece that broke: the whole URI, or a
+// token that is (part of) the password. None of it may reach a message.
+TEST(PgConnSecrets, UnparseableConninfoNeverShowsItsPassword) {
+  TestLoop loop;
+  for (std::string info :
+       {"postgresql://me:hunter2xyz@[::1/x",
+        "postgresql://me:hunter2xyz%zz@/x?host=/nonexistent-dir", "postgresql://me:hunter2%@/x",
+        "postgresql:///x?host=/nonexistent-dir&password=hunter2xyz%zz",
+        "host=/nonexistent-dir password='hunter2xyz"}) {
+    PgConn conn(loop.get(), {info});
+    conn.Start();
+    ASSERT_TRUE(loop.RunUntil([&] { return !conn.state().last_error.empty(); })) << info;
+    PgConnState s = conn.state();
+    EXPECT_EQ(s.last_error.find("hunter2"), std::string::npos) << s.last_error;
+    EXPECT_NE(s.last_error.find("does not parse"), std::string::npos) << s.last_error;
+    EXPECT_EQ(s.target.find("hunter2"), std::string::npos) << s.target;
+    EXPECT_EQ(conn.Describe().find("hunter2"), std::string::npos);
+    conn.Close();
+
+    Status st = ValidateConninfo(info);
+    ASSERT_FALSE(st.ok()) << info;
+    EXPECT_EQ(st.code(), Status::Code::kInvalidConfig);
+    EXPECT_EQ(st.message().find("hunter2"), std::string::npos) << st.message();
+    EXPECT_NE(st.message().find("[postgres] conninfo does not parse"), std::string::npos);
+    EXPECT_NE(st.message().find(".pgpass"), std::string::npos) << st.message();
+  }
+  // What libpq said is kept where it holds no secret.
+  Status st = ValidateConninfo("postgresql://me@db/x?frobnicate=1");
+  EXPECT_NE(st.message().find("invalid URI query parameter: \"frobnicate\""), std::string::npos)
+      << st.message();
+  EXPECT_TRUE(ValidateConninfo("postgresql://me:s3cret@db/x?sslmode=require").ok());
+  EXPECT_TRUE(ValidateConninfo("host=/run/postgresql dbname=digestd password='a b'").ok());
+}
+
+TEST(PgConnSecrets, RedactsPasswordsInMessagesAboutAConninfo) {
+  const std::string uri = "postgresql://me:s3cret@[::1/x";
+  EXPECT_EQ(RedactConninfoMessage("end of string in URI: \"" + uri + "\"", uri),
+            "end of string in URI: \"postgresql://me:***@[::1/x\"");
+  EXPECT_EQ(RedactConninfoMessage("invalid percent-encoded token: \"s3%zz\"",
+                                  "postgresql://me:s3%zz@db/x"),
+            "invalid percent-encoded token: \"***\"");
+  EXPECT_EQ(RedactConninfoMessage("bad s3cret here", "host=db password=s3cret"), "bad *** here");
+  EXPECT_EQ(ConninfoSecrets("host=db password='a b' user=me"), std::vector<std::string>{"a b"});
+  EXPECT_EQ(ConninfoSecrets("postgresql://me:pw@db/x?password=two"),
+            (std::vector<std::string>{"pw", "two"}));
+  EXPECT_TRUE(ConninfoSecrets("postgresql://me@db:5432/x").empty());
+}
+
 TEST_F(PgConnTest, ConnectAttemptThatHangsTimesOut) {
   // A listening socket that never accepts: the TCP handshake completes in
   // the kernel, the startup packet is never answered.
