@@ -156,8 +156,8 @@ void PgStore::OnLeasesLost(std::vector<uint64_t> ids) {
         "stopping it here",
         job->key.c_str());
     if (job->state == JobState::kQueued) {
-      job->state = JobState::kCancelled;  // the dispatcher skips it
       env_.jobs->MarkReleased(job);
+      job->state = JobState::kCancelled;  // after MarkReleased: the dispatcher skips it
       ForgetClaim(job);
     } else {
       job->cancel->store(true, std::memory_order_relaxed);
@@ -188,8 +188,8 @@ void PgStore::DropExpiredClaim(const JobPtr& job) {
       "paused or starved for %d s); lease recovery hands it to a node that can run it",
       job->key.c_str(), config().postgres.lease_s);
   job->lease_lost = true;
-  job->state = JobState::kCancelled;  // the dispatcher skips it
   env_.jobs->MarkReleased(job);
+  job->state = JobState::kCancelled;  // after MarkReleased: the dispatcher skips it
   ForgetClaim(job);
 }
 
