@@ -507,6 +507,22 @@ TEST_F(ControlServerTest, FileThatIsNotASocketIsNeverRemoved) {
   server.CloseAll();
 }
 
+TEST_F(ControlServerTest, MissingSocketDirectoryIsNamedAsMissing) {
+  // What a fresh install without /run/digestd meets: libuv alone would say
+  // "permission denied".
+  std::string path = dir_.File("no-such-dir/ctl.sock");
+  ControlServer server(loop_.get(), {}, [](Request, const PeerCred&, ControlServer::Reply) {});
+  Status st = server.ListenPath(path, 0600);
+  EXPECT_FALSE(st.ok());
+  EXPECT_NE(st.message().find(dir_.File("no-such-dir") + " (for [control] socket " + path +
+                              ") does not exist; create it (systemd's RuntimeDirectory= does) "
+                              "or set [control] socket"),
+            std::string::npos)
+      << st.message();
+  EXPECT_EQ(st.message().find("ermission denied"), std::string::npos) << st.message();
+  server.CloseAll();
+}
+
 TEST_F(ControlServerTest, SocketFileGetsTheConfiguredModeAndIsRemovedOnClose) {
   Listen();
   struct stat st {};
