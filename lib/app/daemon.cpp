@@ -68,6 +68,7 @@ Status Daemon::Start() {
   loop_ready_ = true;
   started_at_ = uv_hrtime();
   node_id_ = config_.daemon.node_id.empty() ? HostName() : config_.daemon.node_id;
+  SetLogNode(node_id_);
   if (auto level = ParseLogLevel(config_.log.level)) SetLogLevel(*level);
 
   // With PostgreSQL the table holds only this node's claimed jobs (results

@@ -6,6 +6,16 @@
 
 namespace digestd {
 
+namespace {
+
+// The journal fields of a line about `job`'s attempt that ended in `outcome`.
+JobLogFields JobFields(const JobRecord& job, const WorkOutcome& outcome) {
+  return {job.key, job.kind, LaneName(job.lane), job.attempts,
+          static_cast<int64_t>(outcome.backend_ns / 1000000)};
+}
+
+}  // namespace
+
 bool UsesBackend(const JobRecord& job, const Config& config) {
   const JobKind* kind = JobKindRegistry::Global().Find(job.kind);
   return kind != nullptr && kind->UsesBackend(config);
@@ -25,8 +35,9 @@ Verdict Judge(JobRecord& job, WorkOutcome outcome, bool started, int max_attempt
       v.refund = busy;
       v.delay_ms =
           BackoffDelayMs(retry, config.backend.backoff_base_ms, config.backend.backoff_max_ms);
-      LOG_INFO("job %s: %s; retry %d in %lld ms%s", job.key.c_str(), outcome.error.c_str(), retry,
-               static_cast<long long>(v.delay_ms), busy ? " (busy: no attempt spent)" : "");
+      LOG_JOB(LogLevel::kInfo, JobFields(job, outcome), "job %s: %s; retry %d in %lld ms%s",
+              job.key.c_str(), outcome.error.c_str(), retry, static_cast<long long>(v.delay_ms),
+              busy ? " (busy: no attempt spent)" : "");
       if (busy) ++job.busy_retries;
       if (UsesBackend(job, config)) backend.NoteRetry();
       v.outcome = std::move(outcome);
@@ -36,7 +47,8 @@ Verdict Judge(JobRecord& job, WorkOutcome outcome, bool started, int max_attempt
                     " attempts ([backend] max_attempts); last error: " + outcome.error;
   }
   if (retryable || outcome.kind == WorkOutcome::Kind::kFailed) {
-    LOG_WARN("job %s (%s) failed: %s", job.key.c_str(), job.kind.c_str(), outcome.error.c_str());
+    LOG_JOB(LogLevel::kWarning, JobFields(job, outcome), "job %s (%s) failed: %s", job.key.c_str(),
+            job.kind.c_str(), outcome.error.c_str());
     const JobKind* kind = JobKindRegistry::Global().Find(job.kind);
     if (kind != nullptr && job.input) {
       // A summary screen never shows a hole: store the kind's stand-in, with

@@ -101,7 +101,8 @@ void BackendHealth::OnOutcome(const CallStatus& call, uint64_t started_epoch) {
   if (was_allowed && !breaker_.AllowRequest()) {
     LOG_WARN(
         "backend %s: circuit breaker open after %d failures in a row (%s); "
-        "jobs stay queued, probing in %d s",
+        "jobs stay queued, probing in %d s; fix what the reason says and they resume when a "
+        "probe answers (digestctl status shows the breaker)",
         backend_.url.c_str(), breaker_.consecutive_failures(), breaker_.reason().c_str(),
         backend_.breaker_open_s);
     ArmProbeTimer();

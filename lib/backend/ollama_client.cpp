@@ -231,7 +231,8 @@ CallStatus ClassifyCurlError(CURLcode rc, const char* errbuf, const Transfer& t,
     case CURLE_COULDNT_RESOLVE_HOST:
     case CURLE_COULDNT_RESOLVE_PROXY:
       s.error = "cannot connect to Ollama at " + url + ": " + detail +
-                "; is it running, and is [backend] url right?";
+                "; start Ollama (systemctl start ollama) or fix [backend] url; for Ollama on "
+                "another machine, allow its address in the unit (IPAddressAllow=)";
       break;
     case CURLE_OPERATION_TIMEDOUT:
       if (!t.got_byte) {
@@ -239,7 +240,9 @@ CallStatus ClassifyCurlError(CURLcode rc, const char* errbuf, const Transfer& t,
         curl_easy_getinfo(t.easy, CURLINFO_CONNECT_TIME_T, &connect_us);
         if (connect_us == 0) {
           s.error = "connecting to Ollama at " + url + " timed out after " +
-                    Seconds(o.connect_timeout) + " ([backend] connect_timeout_ms)";
+                    Seconds(o.connect_timeout) +
+                    " ([backend] connect_timeout_ms); check that the host is up and that a "
+                    "firewall lets this machine reach its port";
           break;
         }
       }
@@ -425,6 +428,11 @@ CallStatus Perform(const OllamaClientOptions& o, const Request& req,
     s.cls = ClassOfStatus(t->http_status);
     s.error = "Ollama answered HTTP " + std::to_string(t->http_status) + " on " + req.path + ": " +
               ErrorBodyMessage(t->body);
+    if (t->http_status == 404 && s.error.find("not found") != std::string::npos) {
+      s.error +=
+          "; pull the model on the Ollama host (ollama pull <model>) or name one it has in "
+          "[backend] model or embed_model";
+    }
     return finish(s);
   }
   return finish(s);

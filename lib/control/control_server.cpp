@@ -275,6 +275,23 @@ void ControlServer::SetOptions(const Options& options) {
 
 Status ControlServer::ListenPath(const std::string& path, unsigned mode) {
   struct stat st {};
+  // libuv reports a bind into a missing directory as EACCES or ENOENT, which
+  // reads as a permission problem; name the real one first.
+  std::string dir = path.substr(0, path.find_last_of('/'));
+  if (dir.empty()) dir = "/";
+  if (path.find('/') != std::string::npos) {
+    if (stat(dir.c_str(), &st) != 0) {
+      if (errno == ENOENT) {
+        return Status::IoError("the socket directory " + dir + " (for [control] socket " + path +
+                               ") does not exist; create it (systemd's RuntimeDirectory= "
+                               "does) or set [control] socket");
+      }
+    } else if (!S_ISDIR(st.st_mode)) {
+      return Status::IoError(dir + " (for [control] socket " + path +
+                             ") is not a directory; set [control] socket to a path in a "
+                             "directory");
+    }
+  }
   if (lstat(path.c_str(), &st) == 0) {
     if (!S_ISSOCK(st.st_mode)) {
       return Status::IoError(path +
@@ -312,10 +329,10 @@ Status ControlServer::ListenPath(const std::string& path, unsigned mode) {
   rc = uv_pipe_bind(listener_.get(), path.c_str());
   umask(old);
   if (rc != 0) {
-    std::string dir = path.substr(0, path.find_last_of('/'));
     return Status::IoError("cannot bind the control socket " + path + ": " + uv_strerror(rc) +
-                           "; check that " + (dir.empty() ? "/" : dir) +
-                           " exists and is writable, or set [control] socket");
+                           "; check that " + dir +
+                           " is writable by the daemon's user (the unit's User=), or set "
+                           "[control] socket");
   }
   chmod(path.c_str(), mode);
   if (stat(path.c_str(), &st) == 0) path_ino_ = st.st_ino;

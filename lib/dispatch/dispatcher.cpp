@@ -12,9 +12,49 @@ struct Dispatcher::WorkItem {
   Dispatcher* owner = nullptr;  // null once detached by ~Dispatcher; loop thread only
   JobPtr job;                   // loop thread only: never read in OnWork
   const JobKind* kind = nullptr;
-  WorkContext ctx;      // all the pool thread may touch
-  WorkOutcome outcome;  // written by the pool thread, read after work
+  WorkContext ctx;          // all the pool thread may touch
+  WorkOutcome outcome;      // written by the pool thread, read after work
+  uint64_t started_ns = 0;  // uv_hrtime when it was handed to the pool
 };
+
+namespace {
+
+std::string_view OutcomeName(WorkOutcome::Kind kind) {
+  switch (kind) {
+    case WorkOutcome::Kind::kDone:
+      return "done";
+    case WorkOutcome::Kind::kFailed:
+      return "failed";
+    case WorkOutcome::Kind::kRetry:
+      return "retry";
+    case WorkOutcome::Kind::kBusy:
+      return "busy";
+    case WorkOutcome::Kind::kCancelled:
+      return "cancelled";
+  }
+  return "done";
+}
+
+// The per-job debug lines: one when an attempt starts, one when it ends.
+void LogStarted(const JobRecord& job, int attempt) {
+  LOG_JOB(LogLevel::kDebug, (JobLogFields{job.key, job.kind, LaneName(job.lane), attempt, -1}),
+          "job %s (%s, %s lane): attempt %d started", job.key.c_str(), job.kind.c_str(),
+          LaneName(job.lane).data(), attempt);
+}
+
+void LogEnded(const JobRecord& job, int attempt, const WorkOutcome& outcome, uint64_t started_ns) {
+  if (!LogEnabled(LogLevel::kDebug)) return;
+  const double ran_s = static_cast<double>(uv_hrtime() - started_ns) / 1e9;
+  const auto backend_ms = static_cast<int64_t>(outcome.backend_ns / 1000000);
+  LOG_JOB(LogLevel::kDebug,
+          (JobLogFields{job.key, job.kind, LaneName(job.lane), attempt, backend_ms}),
+          "job %s (%s, %s lane): attempt %d ended %s after %.3f s (backend %lld ms)%s%s",
+          job.key.c_str(), job.kind.c_str(), LaneName(job.lane).data(), attempt,
+          OutcomeName(outcome.kind).data(), ran_s, static_cast<long long>(backend_ms),
+          outcome.error.empty() ? "" : ": ", outcome.error.c_str());
+}
+
+}  // namespace
 
 Dispatcher::Dispatcher(uv_loop_t* loop, size_t interactive_capacity, size_t background_capacity,
                        WorkerLimits limits, int pool_size, const JobKindRegistry& kinds,
@@ -181,6 +221,8 @@ void Dispatcher::Start(JobPtr job) {
   item->job = std::move(job);
   int lane = static_cast<int>(item->job->lane);
   if (hooks_.on_start) hooks_.on_start(item->job);
+  LogStarted(*item->job, item->ctx.attempt);
+  item->started_ns = uv_hrtime();
   int rc = uv_queue_work(loop_, &item->req, &Dispatcher::OnWork, &Dispatcher::OnAfterWork);
   if (rc != 0) {
     // libuv's rule: the callbacks will not run, so finish the job here.
@@ -219,9 +261,13 @@ WorkOutcome Dispatcher::RunGuarded(const JobKind& kind, const WorkContext& ctx) 
 void Dispatcher::RunOnLoop(const JobKind& kind, JobPtr job) {
   WorkContext ctx = ContextFor(*job);
   if (hooks_.on_start) hooks_.on_start(job);
+  LogStarted(*job, ctx.attempt);
+  const uint64_t started_ns = uv_hrtime();
   ++dispatched_;
   ++ran_on_loop_;
-  if (hooks_.on_finish) hooks_.on_finish(job, RunGuarded(kind, ctx));
+  WorkOutcome outcome = RunGuarded(kind, ctx);
+  LogEnded(*job, ctx.attempt, outcome, started_ns);
+  if (hooks_.on_finish) hooks_.on_finish(job, std::move(outcome));
 }
 
 void Dispatcher::OnWork(uv_work_t* req) {
@@ -239,6 +285,7 @@ void Dispatcher::OnAfterWork(uv_work_t* req, int status) {
   if (status == UV_ECANCELED) {
     item->outcome = WorkOutcome::Cancelled("cancelled before it started");
   }
+  LogEnded(*item->job, item->ctx.attempt, item->outcome, item->started_ns);
   if (self->hooks_.on_finish) self->hooks_.on_finish(item->job, std::move(item->outcome));
   self->Pump();
 }

@@ -419,6 +419,11 @@ void BatchWriter::OnFlushed(Flight& flight, Result<std::vector<PgResult>> result
   stats_.results_written += flight.finish_ids.size();
   if (!flight.finish_ids.empty()) ++batches_with_results_;
   if (isolate_ > 0) isolate_ -= std::min(isolate_, flight.rows);
+  LOG_DEBUG(
+      "writer: committed a batch of %zu rows (%zu submits, %zu finishes, %zu requeues, %zu "
+      "renewals, %zu leases lost) in %.1f ms",
+      flight.rows, flight.submits.size(), flight.finish_ids.size(), flight.requeue_ids.size(),
+      flight.renewals.size(), lost.size(), stats_.last_commit_ms);
 
   std::vector<std::pair<RowCallback, RowOutcome>> calls;
   calls.reserve(flight.rows);

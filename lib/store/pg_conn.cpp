@@ -169,6 +169,31 @@ std::string ScrubSecrets(std::string text, const std::vector<std::string>& secre
 
 }  // namespace
 
+std::string PgConnectHint(std::string_view error) {
+  auto has = [&](std::string_view what) { return error.find(what) != std::string_view::npos; };
+  if (has("password authentication failed") || has("no password supplied") ||
+      has("authentication failed")) {
+    return "; check the role's password (ALTER ROLE ... PASSWORD), the password in [postgres] "
+           "conninfo or the daemon user's ~/.pgpass, and the auth method pg_hba.conf gives "
+           "this host and user";
+  }
+  if (has("no pg_hba.conf entry")) {
+    return "; add a line for this host, user and database to the server's pg_hba.conf and "
+           "reload PostgreSQL";
+  }
+  if (has("role \"") && has("does not exist")) {
+    return "; create the role (createuser) or set user= in [postgres] conninfo";
+  }
+  if (has("database \"") && has("does not exist")) {
+    return "; create the database (createdb -O <role>) or set dbname= in [postgres] conninfo";
+  }
+  if (has("Connection refused") || has("No such file or directory")) {
+    return "; check that PostgreSQL is running and host=/port= in [postgres] conninfo point at "
+           "it";
+  }
+  return "";
+}
+
 std::string RedactConninfo(std::string_view conninfo) {
   std::string out;
   size_t from = 0;
@@ -485,7 +510,7 @@ void PgConn::AttemptFailed(const std::string& why) {
   TearDownSocket();
   phase_ = Phase::kWaiting;
   ++failures_;
-  last_error_ = Redact(OneLine(why));
+  last_error_ = Redact(OneLine(why)) + PgConnectHint(why);
   last_error_unix_ms_ = UnixMillis();
   ScheduleRetry();
   LOG_WARN("%s: cannot connect to %s: %s; retrying in %lld ms", options_.label.c_str(),

@@ -265,6 +265,13 @@ class PgConn {
   std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
 
+// What to do about a failed connection attempt, from libpq's message `error`
+// (libpq gives no SQLSTATE for a connection that was refused): for an
+// authentication failure (SQLSTATE 28P01/28000), a missing role or database,
+// or a refused connection, a "; ..." clause to append; "" when there is no
+// better advice than the message. Any thread.
+std::string PgConnectHint(std::string_view error);
+
 // `conninfo` with every password replaced by "***", for messages about a
 // connection string that did not parse (so cannot be described), and for
 // `digestd --print-config`. Works on strings libpq cannot parse too.

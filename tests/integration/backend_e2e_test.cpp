@@ -405,6 +405,12 @@ TEST_F(BackendE2E, BreakerOpensKeepsJobsQueuedAndClosesAfterRecovery) {
   const std::string reason = s["backend"]["breaker"].value("reason", "");
   EXPECT_NE(reason.find("cannot connect"), std::string::npos) << s.dump();
   EXPECT_TRUE(s["backend"]["breaker"].contains("probe_in_ms")) << s.dump();
+  // The log line says what to do, not only what happened.
+  const std::string opened = daemon_.WaitForLog("circuit breaker open");
+  EXPECT_NE(opened.find("jobs stay queued, probing in 1 s; fix what the reason says and they "
+                        "resume when a probe answers (digestctl status shows the breaker)"),
+            std::string::npos)
+      << opened;
 
   // Let at least two probes fail while it stays open: nothing else is sent,
   // and no job spends an attempt or fails.

@@ -7,13 +7,16 @@
 #include "store/batch_writer.h"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
+#include <cstdio>
 #include <memory>
 #include <set>
 #include <string>
 #include <vector>
 
 #include "../support/pg_fixture.h"
+#include "obs/log.h"
 #include "util/clock.h"
 
 namespace digestd {
@@ -181,6 +184,35 @@ TEST_F(BatchWriterTest, IdleWriterCommitsALoneSubmitAtOnce) {
   EXPECT_GT(got->inserted.id, 0u);
   // Committed by the time the callback runs.
   EXPECT_EQ(Scalar("SELECT status FROM digestd.jobs WHERE key = 'lone'"), "queued");
+}
+
+TEST_F(BatchWriterTest, EachCommittedBatchIsLoggedAtDebug) {
+  TestLoop loop;
+  Rig rig(loop, conninfo(), Opts(50, 60000));
+  ASSERT_TRUE(rig.ok);
+  std::FILE* file = std::tmpfile();
+  ASSERT_NE(file, nullptr);
+  int saved = dup(STDERR_FILENO);
+  dup2(fileno(file), STDERR_FILENO);
+  SetLogLevel(LogLevel::kDebug);
+  int got = 0;
+  for (const char* key : {"logged1", "logged2"}) {
+    Status st = rig.writer->Enqueue(WriteRow::Submit(Job(key), [&](const RowOutcome&) { ++got; }));
+    EXPECT_TRUE(st.ok()) << st.ToString();
+  }
+  bool done = loop.RunUntil([&] { return got == 2; });
+  SetLogLevel(LogLevel::kInfo);
+  dup2(saved, STDERR_FILENO);
+  close(saved);
+  std::string out(8192, '\0');
+  std::rewind(file);
+  out.resize(std::fread(out.data(), 1, out.size(), file));
+  std::fclose(file);
+  ASSERT_TRUE(done);
+  EXPECT_NE(out.find("debug: writer: committed a batch of 2 rows (2 submits, 0 finishes, 0 "
+                     "requeues, 0 renewals, 0 leases lost) in "),
+            std::string::npos)
+      << out;
 }
 
 TEST_F(BatchWriterTest, SubmitsOfOneTurnShareOneCommitAndLaterOnesTheNext) {

@@ -507,6 +507,51 @@ TEST_F(ControlServerTest, FileThatIsNotASocketIsNeverRemoved) {
   server.CloseAll();
 }
 
+TEST_F(ControlServerTest, MissingSocketDirectoryIsNamedAsMissing) {
+  // What a fresh install without /run/digestd meets: libuv alone would say
+  // "permission denied".
+  std::string path = dir_.File("no-such-dir/ctl.sock");
+  ControlServer server(loop_.get(), {}, [](Request, const PeerCred&, ControlServer::Reply) {});
+  Status st = server.ListenPath(path, 0600);
+  EXPECT_FALSE(st.ok());
+  EXPECT_NE(st.message().find(dir_.File("no-such-dir") + " (for [control] socket " + path +
+                              ") does not exist; create it (systemd's RuntimeDirectory= does) "
+                              "or set [control] socket"),
+            std::string::npos)
+      << st.message();
+  EXPECT_EQ(st.message().find("ermission denied"), std::string::npos) << st.message();
+  server.CloseAll();
+}
+
+TEST_F(ControlServerTest, SocketDirectoryThatIsAFileIsNamed) {
+  ASSERT_TRUE(testing::WriteTextFile(dir_.File("plain"), "x"));
+  std::string path = dir_.File("plain/ctl.sock");
+  ControlServer server(loop_.get(), {}, [](Request, const PeerCred&, ControlServer::Reply) {});
+  Status st = server.ListenPath(path, 0600);
+  EXPECT_FALSE(st.ok());
+  EXPECT_NE(st.message().find(dir_.File("plain") + " (for [control] socket " + path +
+                              ") is not a directory; set [control] socket"),
+            std::string::npos)
+      << st.message();
+  server.CloseAll();
+}
+
+TEST_F(ControlServerTest, AFailedBindSaysWhatToCheck) {
+  // /proc exists and is a directory, but nothing can be created in it (even
+  // by root, as the tests may run).
+  const std::string path = "/proc/digestd-test-ctl.sock";
+  ControlServer server(loop_.get(), {}, [](Request, const PeerCred&, ControlServer::Reply) {});
+  Status st = server.ListenPath(path, 0600);
+  EXPECT_FALSE(st.ok());
+  EXPECT_NE(st.message().find("cannot bind the control socket " + path + ": "), std::string::npos)
+      << st.message();
+  EXPECT_NE(st.message().find("; check that /proc is writable by the daemon's user (the unit's "
+                              "User=), or set [control] socket"),
+            std::string::npos)
+      << st.message();
+  server.CloseAll();
+}
+
 TEST_F(ControlServerTest, SocketFileGetsTheConfiguredModeAndIsRemovedOnClose) {
   Listen();
   struct stat st {};

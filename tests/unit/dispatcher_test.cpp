@@ -6,7 +6,10 @@
 
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <condition_variable>
+#include <cstdio>
 #include <cstdlib>
 #include <map>
 #include <mutex>
@@ -16,6 +19,7 @@
 #include <vector>
 
 #include "../support/test_loop.h"
+#include "obs/log.h"
 
 namespace digestd {
 namespace {
@@ -217,6 +221,32 @@ TEST_F(DispatcherTest, StartsJobsUpToTheLimitAtOnce) {
   EXPECT_EQ(dispatcher_->in_flight(), 3);
   ASSERT_EQ(finished_.size(), 1u);
   EXPECT_EQ(finished_[0].kind, WorkOutcome::Kind::kDone);
+}
+
+TEST_F(DispatcherTest, EachAttemptIsLoggedAtDebugWhenItStartsAndEnds) {
+  Make(/*max=*/2, /*reserved=*/0);
+  std::FILE* file = std::tmpfile();
+  ASSERT_NE(file, nullptr);
+  int saved = dup(STDERR_FILENO);
+  dup2(fileno(file), STDERR_FILENO);
+  SetLogLevel(LogLevel::kDebug);
+  SubmitOk("book:7/ch:3", Lane::kInteractive);
+  Release("book:7/ch:3");
+  SetLogLevel(LogLevel::kInfo);
+  dup2(saved, STDERR_FILENO);
+  close(saved);
+  std::string out(8192, '\0');
+  std::rewind(file);
+  out.resize(std::fread(out.data(), 1, out.size(), file));
+  std::fclose(file);
+  EXPECT_NE(out.find("debug: job book:7/ch:3 (block, interactive lane): attempt 1 started\n"),
+            std::string::npos)
+      << out;
+  EXPECT_NE(
+      out.find("debug: job book:7/ch:3 (block, interactive lane): attempt 1 ended done after "),
+      std::string::npos)
+      << out;
+  EXPECT_NE(out.find(" s (backend 0 ms)\n"), std::string::npos) << out;
 }
 
 TEST_F(DispatcherTest, InteractiveLaneIsDispatchedBeforeBackground) {

@@ -188,6 +188,10 @@ TEST_F(OllamaClientTest, UnknownModelIsFatalWithOllamasMessage) {
   EXPECT_EQ(r.status.cls, CallClass::kFatal);
   EXPECT_EQ(r.status.http_status, 404);
   EXPECT_NE(r.status.error.find("model 'llama9' not found"), std::string::npos) << r.status.error;
+  EXPECT_NE(r.status.error.find("; pull the model on the Ollama host (ollama pull <model>) or "
+                                "name one it has in [backend] model or embed_model"),
+            std::string::npos)
+      << r.status.error;
 
   EmbedResult e = Client().Embed({{"model", "all-minilm"}, {"input", {"x"}}}, nullptr);
   EXPECT_EQ(e.status.cls, CallClass::kFatal);
@@ -352,6 +356,11 @@ TEST_F(OllamaClientTest, RefusedConnectionIsRetryable) {
   EXPECT_EQ(r.status.cls, CallClass::kRetryable);
   EXPECT_EQ(r.status.http_status, 0);
   EXPECT_NE(r.status.error.find("cannot connect to Ollama"), std::string::npos) << r.status.error;
+  EXPECT_NE(r.status.error.find("; start Ollama (systemctl start ollama) or fix [backend] url; "
+                                "for Ollama on another machine, allow its address in the unit "
+                                "(IPAddressAllow=)"),
+            std::string::npos)
+      << r.status.error;
 }
 
 TEST_F(OllamaClientTest, BadUrlIsFatal) {

@@ -216,6 +216,10 @@ TEST_F(PgConnTest, DownConnectionRefusesWorkAndSaysWhyAndWhen) {
   PgConnState s = conn.state();
   EXPECT_FALSE(s.up);
   EXPECT_NE(s.last_error.find("nonexistent-dir"), std::string::npos) << s.last_error;
+  EXPECT_NE(s.last_error.find("; check that PostgreSQL is running and host=/port= in [postgres] "
+                              "conninfo point at it"),
+            std::string::npos)
+      << s.last_error;
   EXPECT_GT(s.next_attempt_unix_ms, 0);
   bool called = false;
   Status st = conn.Query(Sql("SELECT 1"), [&](QueryResult) { called = true; });
@@ -227,6 +231,27 @@ TEST_F(PgConnTest, DownConnectionRefusesWorkAndSaysWhyAndWhen) {
   loop.RunTurns();
   EXPECT_FALSE(called) << "a refused call must never call its callback";
   EXPECT_EQ(observed, 0) << "never up, so never a change";
+}
+
+TEST(PgConnectHint, SaysWhatToDoForTheFailuresAUserMeets) {
+  // libpq's texts for SQLSTATE 28P01 and 28000, and the usual set-up slips.
+  EXPECT_NE(PgConnectHint("connection to server at \"db\" (10.0.0.2), port 5432 failed: FATAL:  "
+                          "password authentication failed for user \"digestd\"")
+                .find("check the role's password (ALTER ROLE ... PASSWORD), the password in "
+                      "[postgres] conninfo or the daemon user's ~/.pgpass, and the auth method "
+                      "pg_hba.conf gives this host and user"),
+            std::string::npos);
+  EXPECT_NE(PgConnectHint("fe_sendauth: no password supplied").find("~/.pgpass"),
+            std::string::npos);
+  EXPECT_NE(PgConnectHint("FATAL:  no pg_hba.conf entry for host \"10.0.0.3\", user \"digestd\", "
+                          "database \"digestd\", no encryption")
+                .find("add a line for this host, user and database to the server's pg_hba.conf"),
+            std::string::npos);
+  EXPECT_NE(PgConnectHint("FATAL:  role \"digestd\" does not exist").find("createuser"),
+            std::string::npos);
+  EXPECT_NE(PgConnectHint("FATAL:  database \"digestd\" does not exist").find("createdb"),
+            std::string::npos);
+  EXPECT_EQ(PgConnectHint("something nobody foresaw"), "");
 }
 
 TEST_F(PgConnTest, PasswordsNeverAppearInMessages) {
