@@ -162,6 +162,7 @@ Status Daemon::StartSignalsAndTimers() {
           // uv_signal callbacks run on the loop, not in signal context: the
           // reload runs here; a shutdown only moves the daemon into draining.
           if (signum == SIGHUP) {
+            LOG_NOTICE("reload: SIGHUP received, re-reading the config");
             nlohmann::json changes;
             Status rs = self->Reload(&changes);
             if (!rs.ok())
