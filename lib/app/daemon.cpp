@@ -366,6 +366,9 @@ void Daemon::FinishShutdown() {
   sighup_.Close();
   status_timer_.Close();
   notifier_->Close();
+  // An open breaker's probe timer would otherwise keep the loop, and the
+  // exit, waiting until the next probe.
+  backend_->Close();
 }
 
 }  // namespace digestd

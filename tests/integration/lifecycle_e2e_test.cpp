@@ -227,8 +227,11 @@ TEST_P(LifecycleE2E, JobCancelledBeforeItRanHasNoAttemptAndNoRunTime) {
   DaemonProcess daemon;
   ASSERT_TRUE(daemon.Start({.store = GetParam(), .config = WorkersConfig(1, 1)}));
   daemon.SubmitNoop("long", 60000);
-  daemon.SubmitNoop("waiting", 10);
-  ASSERT_TRUE(WaitFor([&] { return daemon.Status()["workers"]["busy"] == 1; }));
+  ASSERT_TRUE(WaitFor([&] {
+    json l = daemon.CallOk({{"op", "result"}, {"key", "long"}});
+    return l["status"] == "running" && l.contains("run_ms");
+  }));
+  daemon.SubmitNoop("waiting", 10);  // behind "long" on the only worker
   daemon.CallOk({{"op", "cancel"}, {"key", "waiting"}});
   json w = daemon.CallOk({{"op", "result"}, {"key", "waiting"}, {"wait_ms", 10000}});
   EXPECT_EQ(w["status"], "cancelled") << w.dump();
@@ -240,10 +243,6 @@ TEST_P(LifecycleE2E, JobCancelledBeforeItRanHasNoAttemptAndNoRunTime) {
   EXPECT_NE(shown.out.find("attempts 0"), std::string::npos) << shown.out;
   EXPECT_EQ(shown.out.find("ran "), std::string::npos) << shown.out;
 
-  ASSERT_TRUE(WaitFor([&] {
-    json l = daemon.CallOk({{"op", "result"}, {"key", "long"}});
-    return l["status"] == "running" && l.contains("run_ms");
-  }));
   daemon.CallOk({{"op", "cancel"}, {"key", "long"}});
   json l = daemon.CallOk({{"op", "result"}, {"key", "long"}, {"wait_ms", 10000}});
   EXPECT_EQ(l["status"], "cancelled") << l.dump();
