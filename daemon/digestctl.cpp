@@ -129,6 +129,7 @@ int main(int argc, char** argv) {
   } else if (cmd == "submit") {
     req = {{"op", "submit"}};
     std::string batch;
+    std::string batch_path;
     if (args.Has() && args.items[args.pos].rfind("--", 0) != 0) req["kind"] = args.Next();
     while (args.Has()) {
       std::string a = args.Next();
@@ -144,11 +145,12 @@ int main(int argc, char** argv) {
         req["input"] = std::move(input);
       } else if (a == "--batch") {
         if (!ReadFile(v, &batch)) return Fail("cannot read %s", v);
+        batch_path = v;
       } else {
         return Fail("unknown submit option '%s'", a);
       }
     }
-    if (!batch.empty()) {
+    if (!batch_path.empty()) {
       json all = json::parse(batch, nullptr, false);
       if (all.is_discarded()) {
         all = json::array();
@@ -160,6 +162,11 @@ int main(int argc, char** argv) {
           if (one.is_discarded()) return Fail("a line of the batch file is not JSON: %s", line);
           all.push_back(std::move(one));
         }
+      }
+      if (all.is_object()) all = json::array({std::move(all)});  // a file of one line
+      if (!all.is_array() || all.empty()) {
+        return Fail("%s holds no jobs: give one job object per line, or a JSON array of them",
+                    batch_path);
       }
       req = {{"op", "submit"}, {"jobs", all}};
     } else if (!req.contains("kind")) {
@@ -181,6 +188,9 @@ int main(int argc, char** argv) {
       } else {
         return Fail("unexpected argument '%s'", a);
       }
+    }
+    if (!req.contains("key") && !req.contains("group")) {
+      return Fail("result needs a KEY or --group G%s", "");
     }
   } else if (cmd == "cancel") {
     if (!args.Has()) return Fail("cancel needs a KEY%s", "");
@@ -241,6 +251,12 @@ int main(int argc, char** argv) {
       std::printf("%s\n", j.dump(2).c_str());
     }
     std::fflush(stdout);
+    // A batch where no job was accepted is a failure even when digestd
+    // answered "ok" (it does not today, but the count is what matters).
+    if (cmd == "submit" && j.contains("accepted") && j.value("accepted", 0) == 0) {
+      std::fprintf(stderr, "digestctl: no job of the batch was accepted\n");
+      return kExitError;
+    }
     if (cmd != "watch") return 0;
     std::this_thread::sleep_for(std::chrono::milliseconds(interval_ms));
   }

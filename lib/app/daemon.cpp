@@ -163,6 +163,7 @@ Status Daemon::StartSignalsAndTimers() {
           // uv_signal callbacks run on the loop, not in signal context: the
           // reload runs here; a shutdown only moves the daemon into draining.
           if (signum == SIGHUP) {
+            LOG_NOTICE("reload: SIGHUP received, re-reading the config");
             nlohmann::json changes;
             Status rs = self->Reload(&changes);
             if (!rs.ok())
@@ -366,6 +367,9 @@ void Daemon::FinishShutdown() {
   sighup_.Close();
   status_timer_.Close();
   notifier_->Close();
+  // An open breaker's probe timer would otherwise keep the loop, and the
+  // exit, waiting until the next probe.
+  backend_->Close();
 }
 
 }  // namespace digestd

@@ -23,9 +23,13 @@ JobView ViewOf(const JobRecord& job, Nanos now, int max_attempts) {
   v.max_attempts = job.max_attempts > 0 ? job.max_attempts : max_attempts;
   v.busy_retries = job.busy_retries;
   v.submitted_unix_ms = job.submitted_unix_ms;
-  Nanos started = job.started_at ? job.started_at : (job.finished_at ? job.finished_at : now);
+  // A queued job (new, held back, or waiting for a retry) has no run time,
+  // whatever an earlier attempt took: it has waited since it was submitted.
+  bool queued = job.state == JobState::kQueued;
+  Nanos started =
+      queued ? now : (job.started_at ? job.started_at : (job.finished_at ? job.finished_at : now));
   v.queued_ms = NanosToMillis(started > job.submitted_at ? started - job.submitted_at : 0);
-  if (job.started_at) {
+  if (job.started_at && !queued) {
     Nanos end = job.finished_at ? job.finished_at : now;
     v.run_ms = NanosToMillis(end > job.started_at ? end - job.started_at : 0);
   }
@@ -43,17 +47,27 @@ JobView ViewOf(const StoredJob& job, int64_t now_unix_ms) {
   v.state = job.state;
   v.attempts = job.attempts;
   v.max_attempts = job.max_attempts;
+  v.busy_retries = job.busy_retries;
   v.submitted_unix_ms = job.created_at_ms;
-  int64_t started = job.started_at_ms ? job.started_at_ms
-                                      : (job.finished_at_ms ? job.finished_at_ms : now_unix_ms);
+  // A claimed job this node has not started yet (its ring is waiting, such as
+  // for the backend's breaker) is still queued to whoever asks; the table
+  // calls it running only to hold the lease.
+  if (job.state == JobState::kRunning && job.started_at_ms == 0) v.state = JobState::kQueued;
+  // A queued job (new, claimed, held back, or waiting for a retry) has no
+  // run time, whatever an earlier attempt took.
+  bool queued = v.state == JobState::kQueued;
+  int64_t started =
+      queued ? now_unix_ms
+             : (job.started_at_ms ? job.started_at_ms
+                                  : (job.finished_at_ms ? job.finished_at_ms : now_unix_ms));
   if (job.created_at_ms) {
     v.queued_ms = static_cast<double>(std::max<int64_t>(0, started - job.created_at_ms));
   }
-  if (job.started_at_ms) {
+  if (job.started_at_ms && !queued) {
     int64_t end = job.finished_at_ms ? job.finished_at_ms : now_unix_ms;
     v.run_ms = static_cast<double>(std::max<int64_t>(0, end - job.started_at_ms));
   }
-  if (job.state == JobState::kRunning) v.node = job.lease_owner;
+  if (v.state == JobState::kRunning) v.node = job.lease_owner;
   if (job.state == JobState::kQueued && job.run_after_ms > now_unix_ms) {
     v.run_after_unix_ms = job.run_after_ms;
   }

@@ -13,6 +13,14 @@
 
 namespace digestd {
 
+namespace {
+
+// After a job finishes, the backlog counts in status are read again within
+// this long (and no more often, however many jobs finish).
+constexpr uint64_t kBacklogAfterFinishMs = 200;
+
+}  // namespace
+
 struct PgStore::SubmitBatch {
   nlohmann::json id;
   ControlServer::Reply reply;
@@ -418,14 +426,23 @@ void PgStore::OnJobFinished(const JobPtr& job, WorkOutcome outcome) {
 
 void PgStore::WriteFinish(const JobPtr& job, JobState state, nlohmann::json result,
                           std::string error, RowCallback then) {
-  FinishRow row{job->row_id,      job->lease_token,    job->key, state, std::move(result),
-                std::move(error), job->started_unix_ms};
+  FinishRow row{job->row_id,      job->lease_token,     job->key,    state, std::move(result),
+                std::move(error), job->started_unix_ms, UnixMillis()};
   book_.Unsettle(job->row_id, job->lease_token);
   Write(WriteRow::Finish(
       std::move(row), [this, key = job->key, id = job->row_id, token = job->lease_token,
                        then = std::move(then)](const RowOutcome& o) {
         book_.Settle(id, token);
         if (then) then(o);
+        // The backlog counts in status change with every finished job:
+        // count again soon rather than at the next backlog_interval_ms.
+        uv_timer_t* backlog = backlog_timer_.get();
+        if (o.status.ok() && o.accepted && !closed_ && uv_is_active(backlog_timer_.base()) &&
+            uv_timer_get_due_in(backlog) > kBacklogAfterFinishMs) {
+          uv_timer_start(
+              backlog, [](uv_timer_t* t) { static_cast<PgStore*>(t->data)->OnPeriodic(t); },
+              kBacklogAfterFinishMs, uv_timer_get_repeat(backlog));
+        }
         if (o.status.ok() && !o.accepted) {
           ++lease_ignored_;
           LOG_WARN(

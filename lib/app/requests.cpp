@@ -20,10 +20,27 @@ nlohmann::json PercentilesJson(const Percentiles& p) {
           {"max_ms", p.max_ms}};
 }
 
+// The backend's health, with "held": the jobs queued in the rings while the
+// breaker (or a busy hold) keeps backend requests back; a lane's head holds
+// the rest behind it, so they all wait for the backend.
+nlohmann::json BackendJson(const BackendHealth& backend, const Dispatcher& dispatcher) {
+  nlohmann::json b = backend.ToJson();
+  b["held"] = backend.AllowRequest()
+                  ? 0
+                  : dispatcher.depth(Lane::kInteractive) + dispatcher.depth(Lane::kBackground);
+  return b;
+}
+
+// "workers" without "min", "max" or "reserved" only reads the limits.
+bool ChangesWorkers(const Request& req) {
+  return req.body.contains("min") || req.body.contains("max") || req.body.contains("reserved");
+}
+
 }  // namespace
 
 void Daemon::Handle(Request req, const PeerCred& peer, ControlServer::Reply reply) {
-  if (IsMutatingOp(req.op) && !Allowed(peer)) {
+  bool mutating = IsMutatingOp(req.op) && (req.op != "workers" || ChangesWorkers(req));
+  if (mutating && !Allowed(peer)) {
     reply.Send(
         ErrorLine(req.id, Status::Forbidden("uid " + std::to_string(peer.uid) + " (gid " +
                                             std::to_string(peer.gid) + ") may not use \"" + req.op +
@@ -96,7 +113,7 @@ nlohmann::json Daemon::StatusJson() const {
         {"waiting_retry", store_->waiting_retry()},
         {"known", jobs_->size()}}},
       {"latency", PercentilesJson(jobs_->latency().Compute())},
-      {"backend", backend_->ToJson()},
+      {"backend", BackendJson(*backend_, *dispatcher_)},
       {"run_time", PercentilesJson(jobs_->run_time().Compute())},
       {"db", store_->StatusJson()},
       {"control",
@@ -121,6 +138,15 @@ std::string Daemon::MetricsText() const {
 
 std::string Daemon::StatusLine() const {
   const auto& c = jobs_->counters();
+  std::string prefix;
+  nlohmann::json b = backend_->ToJson();
+  nlohmann::json breaker = b.value("breaker", nlohmann::json::object());
+  std::string state = breaker.value("state", "closed");
+  if (state != "closed") {
+    std::string reason = breaker.value("reason", "");
+    if (reason.size() > 120) reason = reason.substr(0, 117) + "...";
+    prefix = "backend down (breaker " + state + (reason.empty() ? "" : ": " + reason) + "), ";
+  }
   char buf[256];
   std::snprintf(buf, sizeof(buf),
                 "busy %d/%d, interactive %zu/%zu, background %zu/%zu, done %llu, failed %llu",
@@ -128,7 +154,7 @@ std::string Daemon::StatusLine() const {
                 dispatcher_->depth(Lane::kInteractive), dispatcher_->capacity(Lane::kInteractive),
                 dispatcher_->depth(Lane::kBackground), dispatcher_->capacity(Lane::kBackground),
                 static_cast<unsigned long long>(c.done), static_cast<unsigned long long>(c.failed));
-  return buf + store_->StatusSuffix();
+  return prefix + buf + store_->StatusSuffix();
 }
 
 void Daemon::OpSubmit(const Request& req, const ControlServer::Reply& reply) {
@@ -176,6 +202,13 @@ void Daemon::OpCancel(const Request& req, const ControlServer::Reply& reply) {
 
 void Daemon::OpWorkers(const Request& req, const ControlServer::Reply& reply) {
   const auto& cur = dispatcher_->limits();
+  if (!ChangesWorkers(req)) {
+    reply.Send(OkLine(req.id, {{"limit", cur.limit},
+                               {"min", cur.min},
+                               {"max", cur.max},
+                               {"reserved", cur.interactive_reserved}}));
+    return;
+  }
   int64_t min = cur.min, max = cur.max, reserved = cur.interactive_reserved;
   Status st = GetInt(req.body, "min", &min, 1, 1024);
   if (st.ok()) st = GetInt(req.body, "max", &max, 1, 1024);
@@ -197,8 +230,11 @@ void Daemon::OpWorkers(const Request& req, const ControlServer::Reply& reply) {
 }
 
 void Daemon::OpReload(const Request& req, const ControlServer::Reply& reply) {
+  // Logged as a SIGHUP reload is, so the journal tells the same story.
+  LOG_NOTICE("reload: requested over the control socket, re-reading the config");
   nlohmann::json changes = nlohmann::json::object();
   Status st = Reload(&changes);
+  if (!st.ok()) LOG_ERROR("reload failed, keeping the running config: %s", st.message().c_str());
   reply.Send(st.ok() ? OkLine(req.id, std::move(changes)) : ErrorLine(req.id, st));
 }
 

@@ -31,6 +31,47 @@ std::string Ms(double ms) {
 
 }  // namespace
 
+std::string FormatBackend(const nlohmann::json& s) {
+  auto b = s.value("backend", nlohmann::json::object());
+  if (b.empty()) return "";
+  auto breaker = b.value("breaker", nlohmann::json::object());
+  std::string state = breaker.value("state", b.value("state", "closed"));
+  const char* health = state == "closed" ? "up" : state == "open" ? "down" : "probing";
+  std::string out;
+  char line[512];
+  std::snprintf(line, sizeof line, "backend      %s  %s  %s  breaker %s  in flight %d",
+                b.value("kind", "?").c_str(), b.value("url", "?").c_str(), health, state.c_str(),
+                b.value("in_flight", 0));
+  out += line;
+  auto lat = b.value("latency", nlohmann::json::object());
+  if (lat.value("count", 0ULL) == 0) {
+    out += "  latency (no requests yet)\n";
+  } else {
+    out += "  latency p50 " + Ms(lat.value("p50_ms", 0.0)) + " p99 " +
+           Ms(lat.value("p99_ms", 0.0)) + "\n";
+  }
+  if (state != "closed") {
+    out += "  breaker    " + state;
+    if (breaker.contains("reason")) out += ": " + breaker.value("reason", "");
+    if (breaker.contains("probe_in_ms")) {
+      out += "; next probe in " +
+             FormatDuration(static_cast<double>(breaker.value("probe_in_ms", 0LL)) / 1000.0);
+    } else if (state == "half-open") {
+      out += "; probing now";
+    }
+    out += "\n";
+  }
+  auto held = b.value("held", 0LL);
+  if (held > 0) {
+    std::snprintf(line, sizeof line, "  held       %lld queued jobs wait for the backend (%s)\n",
+                  held,
+                  state == "closed" ? "it answered busy; they start when the hold ends"
+                                    : "they start when the breaker closes");
+    out += line;
+  }
+  return out;
+}
+
 std::string FormatDuration(double s) {
   char buf[32];
   if (s < 60) {
@@ -81,6 +122,7 @@ std::string FormatStatus(const nlohmann::json& s) {
                   Ms(Get(s, "latency", "p99_ms", 0.0)).c_str(), count);
     out += line;
   }
+  out += FormatBackend(s);
   auto db = s.value("db", nlohmann::json::object());
   if (db.value("store", "") == "postgres") {
     auto w = db.value("writer", nlohmann::json::object());
@@ -96,7 +138,7 @@ std::string FormatStatus(const nlohmann::json& s) {
     }
     std::snprintf(line, sizeof line,
                   "  writer     ring %lld / %lld  rows %llu  batches %llu  last commit %s  "
-                  "commits/1000 results %.1f\n",
+                  "%.1f commits per 1000 finished jobs\n",
                   w.value("depth", 0LL), w.value("capacity", 0LL), w.value("rows_written", 0ULL),
                   w.value("batches", 0ULL), Ms(w.value("last_commit_ms", 0.0)).c_str(),
                   w.value("commits_per_1000_results", 0.0));
@@ -140,6 +182,9 @@ std::string FormatJob(const nlohmann::json& j) {
                 j.value("attempts", 0), Ms(j.value("queued_ms", 0.0)).c_str());
   out += line;
   if (j.contains("run_ms")) out += "  ran " + Ms(j.value("run_ms", 0.0));
+  if (j.value("busy_retries", 0) > 0) {
+    out += "  busy retries " + std::to_string(j.value("busy_retries", 0));
+  }
   out += "\n";
   if (j.contains("result")) out += "result: " + j["result"].dump(2) + "\n";
   if (j.contains("error")) out += "error: " + j.value("error", "") + "\n";

@@ -9,6 +9,10 @@ namespace digestd {
 
 // `status` as a compact table a person reads at a glance.
 std::string FormatStatus(const nlohmann::json& status);
+// The backend lines of FormatStatus: kind, URL, up/down, breaker, in flight
+// and latency; when the breaker is not closed its reason and next probe; and
+// the jobs held back waiting for it.
+std::string FormatBackend(const nlohmann::json& status);
 // One job from `result`: its state, timings, and result or error.
 std::string FormatJob(const nlohmann::json& job);
 // "1h02m", "3m05s", "12.4s".

@@ -119,7 +119,8 @@ PgStatement Stmt(const char* name, std::string sql, std::vector<std::optional<st
 // (quadratic in the batch).
 const char* kFinishSql = R"(WITH u AS (
   SELECT * FROM jsonb_to_recordset($2::jsonb)
-    AS u(id bigint, token bigint, status text, result jsonb, error text, started_ms bigint)
+    AS u(id bigint, token bigint, status text, result jsonb, error text, started_ms bigint,
+         finished_ms bigint)
 ), upd AS (
   UPDATE digestd.jobs j
      SET status = u.status, result = u.result, error = u.error,
@@ -128,7 +129,9 @@ const char* kFinishSql = R"(WITH u AS (
          started_at = CASE WHEN u.started_ms > 0
                            THEN coalesce(j.started_at, to_timestamp(u.started_ms / 1000.0))
                            ELSE j.started_at END,
-         finished_at = now(), updated_at = now(), lease_until = NULL
+         finished_at = CASE WHEN u.finished_ms > 0 THEN to_timestamp(u.finished_ms / 1000.0)
+                            ELSE now() END,
+         updated_at = now(), lease_until = NULL
     FROM u
    WHERE j.id = u.id AND j.lease_token = u.token AND j.lease_owner = $1
      AND j.status || '' = 'running'
@@ -304,6 +307,7 @@ PgStatement JobStore::FinishStatement(const std::vector<FinishRow>& rows) const 
     }
     if (!r.error.empty()) row["error"] = Text(r.error);
     if (r.started_ms > 0) row["started_ms"] = r.started_ms;
+    if (r.finished_ms > 0) row["finished_ms"] = r.finished_ms;
     arr.push_back(std::move(row));
   }
   return Stmt("digestd_finish", kFinishSql, {node_id_, Dump(arr)});

@@ -124,6 +124,9 @@ struct FinishRow {
   nlohmann::json result;
   std::string error;
   int64_t started_ms = 0;  // > 0: the attempt started then (counted unless marked)
+  // > 0: the job ended then (Unix ms), so finished_at - started_at is the
+  // job's own run time, not the writer's wait; 0: the commit's time.
+  int64_t finished_ms = 0;
 };
 
 // Puts a running job back in the queue, due after `delay_ms`.

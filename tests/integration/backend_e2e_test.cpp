@@ -446,6 +446,62 @@ TEST_F(BackendE2E, BreakerOpensKeepsJobsQueuedAndClosesAfterRecovery) {
   EXPECT_EQ(fake_.Requests("/api/generate"), static_cast<uint64_t>(kJobs + 1));
 }
 
+// Where users look during an outage: the `digestctl status` table has a
+// backend line with the breaker's reason and next probe and the jobs it
+// holds, systemd's STATUS= says the backend is down, and the held jobs read
+// as queued (no run time).
+TEST_F(BackendE2E, StatusTableAndSystemdStatusShowTheOpenBreaker) {
+  ASSERT_TRUE(StartFake());
+  Sections config = BaseConfig(fake_.url());
+  config["workers"]["max"] = "1";
+  config["backend"]["breaker_failures"] = "2";
+  config["backend"]["breaker_open_s"] = "60";  // stays open for the whole test
+  config["backend"]["max_attempts"] = "10";
+  config["daemon"]["status_interval_ms"] = "100";
+  ASSERT_TRUE(StartDaemon(config));
+  const std::string url = fake_.url();
+  ASSERT_EQ(fake_.Stop(), "");  // connections are refused from now on
+
+  std::vector<std::string> keys;
+  for (int i = 0; i < 3; ++i) {
+    keys.push_back("held" + std::to_string(i));
+    Submit("generate", keys.back(), {{"prompt", "Hello " + std::to_string(i)}});
+  }
+  json s;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        s = Status();
+        return s["backend"]["state"] == "open" && s["backend"].value("held", 0) > 0;
+      },
+      kLongDeadline))
+      << s.dump();
+
+  testing::ProcessOutput table =
+      testing::RunProcess({DIGESTCTL_BIN, "--socket", daemon_.SocketPath(), "status"});
+  ASSERT_TRUE(table.status.has_value());
+  EXPECT_EQ(table.status->ToString(), "exit 0") << table.err;
+  EXPECT_NE(table.out.find("backend      ollama  " + url + "  down  breaker open  in flight 0"),
+            std::string::npos)
+      << table.out;
+  EXPECT_NE(table.out.find("  breaker    open: "), std::string::npos) << table.out;
+  EXPECT_NE(table.out.find("cannot connect"), std::string::npos) << table.out;
+  EXPECT_NE(table.out.find("; next probe in "), std::string::npos) << table.out;
+  EXPECT_NE(table.out.find("queued jobs wait for the backend"), std::string::npos) << table.out;
+
+  for (const auto& key : keys) {
+    json job = Job(key);
+    EXPECT_EQ(job["status"], "queued") << job.dump();
+    EXPECT_FALSE(job.contains("run_ms")) << job.dump();
+  }
+
+  auto at = daemon_.WaitForMessage("STATUS=backend down (breaker open: ");
+  ASSERT_TRUE(at.has_value()) << ::testing::PrintToString(daemon_.Messages());
+  EXPECT_NE(daemon_.Messages()[*at].find("cannot connect"), std::string::npos)
+      << daemon_.Messages()[*at];
+  // Held jobs are cancelled, so the daemon stops at once.
+  for (const auto& key : keys) CallOk({{"op", "cancel"}, {"key", key}});
+}
+
 // ---------------------------------------------------------------------------
 // Cancel, connections, shutdown.
 

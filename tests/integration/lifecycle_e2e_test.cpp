@@ -169,6 +169,88 @@ TEST_P(LifecycleE2E, WorkersOpChangesTheLimit) {
   EXPECT_TRUE(daemon.Stop());
 }
 
+// conf/digestd.conf's note on raising [workers] max says what the daemon
+// does: up to the start value plus the pool's headroom, no further.
+TEST_P(LifecycleE2E, RaisingWorkersMaxFollowsTheConfFilesNote) {
+  std::string conf = testing::ReadTextFile(std::string(DIGESTD_SOURCE_DIR) + "/conf/digestd.conf");
+  ASSERT_NE(conf, "");
+  EXPECT_NE(
+      conf.find("# the thread pool size (the start value plus 4, which uses up the headroom);"),
+      std::string::npos);
+  DaemonProcess daemon;
+  ASSERT_TRUE(daemon.Start({.store = GetParam(), .config = WorkersConfig(1, 4)}));
+  // Up to the start value plus 4, over the socket and by reload.
+  EXPECT_EQ(daemon.CallOk({{"op", "workers"}, {"max", 8}})["max"], 8);
+  auto above = daemon.Call({{"op", "workers"}, {"max", 9}});
+  ASSERT_TRUE(above.ok());
+  EXPECT_EQ(above.value()["error"]["code"], "bad_request") << above.value().dump();
+  EXPECT_NE(testing::ErrorMessage(above.value()).find("restart"), std::string::npos);
+  ASSERT_TRUE(daemon.WriteConfig(WorkersConfig(1, 9)));
+  auto reload_above = daemon.Call({{"op", "reload"}});
+  ASSERT_TRUE(reload_above.ok());
+  EXPECT_EQ(reload_above.value()["ok"], false) << reload_above.value().dump();
+  EXPECT_NE(testing::ErrorMessage(reload_above.value()).find("restart"), std::string::npos);
+  ASSERT_TRUE(daemon.WriteConfig(WorkersConfig(1, 8)));
+  daemon.CallOk({{"op", "reload"}});
+  EXPECT_EQ(daemon.Status()["workers"]["max"], 8);
+  EXPECT_TRUE(daemon.Stop());
+}
+
+// The backlog counts in status are read again when work finishes, not only
+// every backlog_interval_ms (ten minutes here).
+TEST_P(LifecycleE2E, BacklogIsRefreshedWhenWorkFinishes) {
+  if (!Pg()) GTEST_SKIP() << "the backlog is PostgreSQL's";
+  DaemonProcess daemon;
+  ASSERT_TRUE(
+      daemon.Start({.store = GetParam(),
+                    .config = WorkersConfig(1, 1) + "[postgres]\nbacklog_interval_ms = 600000\n"}));
+  ASSERT_TRUE(WaitFor([&] { return daemon.Status()["db"]["backlog"]["as_of_unix_ms"] > 0; }));
+  daemon.SubmitNoop("short", 20);
+  daemon.SubmitNoop("long", 60000);
+  EXPECT_EQ(daemon.CallOk({{"op", "result"}, {"key", "short"}, {"wait_ms", 10000}})["status"],
+            "done");
+  // The count made after "short" finished sees "long" (claimed or not yet).
+  ASSERT_TRUE(WaitFor([&] {
+    json bg = daemon.Status()["db"]["backlog"]["background"];
+    return bg["running"].get<int>() + bg["queued"].get<int>() == 1;
+  })) << daemon.Status()["db"].dump();
+  daemon.CallOk({{"op", "cancel"}, {"key", "long"}});
+  ASSERT_TRUE(WaitFor([&] {
+    return daemon.Status()["db"]["backlog"]["background"]["running"] == 0;
+  })) << daemon.Status()["db"].dump();
+  EXPECT_TRUE(daemon.Stop());
+}
+
+// A job cancelled before it ran spent no attempt and has no run time; one
+// cancelled while running has both.
+TEST_P(LifecycleE2E, JobCancelledBeforeItRanHasNoAttemptAndNoRunTime) {
+  DaemonProcess daemon;
+  ASSERT_TRUE(daemon.Start({.store = GetParam(), .config = WorkersConfig(1, 1)}));
+  daemon.SubmitNoop("long", 60000);
+  ASSERT_TRUE(WaitFor([&] {
+    json l = daemon.CallOk({{"op", "result"}, {"key", "long"}});
+    return l["status"] == "running" && l.contains("run_ms");
+  }));
+  daemon.SubmitNoop("waiting", 10);  // behind "long" on the only worker
+  daemon.CallOk({{"op", "cancel"}, {"key", "waiting"}});
+  json w = daemon.CallOk({{"op", "result"}, {"key", "waiting"}, {"wait_ms", 10000}});
+  EXPECT_EQ(w["status"], "cancelled") << w.dump();
+  EXPECT_EQ(w["attempts"], 0) << w.dump();
+  EXPECT_FALSE(w.contains("run_ms")) << w.dump();
+  ProcessOutput shown =
+      RunProcess({DIGESTCTL_BIN, "--socket", daemon.SocketPath(), "result", "waiting"});
+  ASSERT_TRUE(shown.status.has_value());
+  EXPECT_NE(shown.out.find("attempts 0"), std::string::npos) << shown.out;
+  EXPECT_EQ(shown.out.find("ran "), std::string::npos) << shown.out;
+
+  daemon.CallOk({{"op", "cancel"}, {"key", "long"}});
+  json l = daemon.CallOk({{"op", "result"}, {"key", "long"}, {"wait_ms", 10000}});
+  EXPECT_EQ(l["status"], "cancelled") << l.dump();
+  EXPECT_EQ(l["attempts"], 1) << l.dump();
+  EXPECT_TRUE(l.contains("run_ms")) << l.dump();
+  EXPECT_TRUE(daemon.Stop());
+}
+
 TEST_P(LifecycleE2E, SighupReloadChangesWorkersAndLogsWhatChanged) {
   DaemonProcess daemon;
   ASSERT_TRUE(
@@ -187,6 +269,7 @@ TEST_P(LifecycleE2E, SighupReloadChangesWorkersAndLogsWhatChanged) {
   EXPECT_EQ(s["queues"]["interactive"]["capacity"], 50);
   EXPECT_NE(daemon.WaitForLog("reload: [workers] max: 8 -> 4"), "") << daemon.StderrText();
   EXPECT_NE(daemon.WaitForLog("reload: [workers] min: 2 -> 1"), "") << daemon.StderrText();
+  EXPECT_NE(daemon.WaitForLog("reload: SIGHUP received"), "") << daemon.StderrText();
   std::string restart = daemon.WaitForLog("[queues] interactive: 50 -> 60");
   EXPECT_NE(restart.find("restart"), std::string::npos) << daemon.StderrText();
   EXPECT_TRUE(daemon.Stop());
@@ -200,6 +283,10 @@ TEST_P(LifecycleE2E, ReloadOpReportsWhatChanged) {
   ASSERT_TRUE(answer["changed"].is_array()) << answer.dump();
   EXPECT_EQ(answer["changed"], json::array({"[workers] max: 8 -> 5"})) << answer.dump();
   EXPECT_EQ(daemon.Status()["workers"]["max"], 5);
+  // Logged as a SIGHUP reload is: the trigger, then what changed.
+  EXPECT_NE(daemon.WaitForLog("reload: requested over the control socket"), "")
+      << daemon.StderrText();
+  EXPECT_NE(daemon.WaitForLog("reload: [workers] max: 8 -> 5"), "") << daemon.StderrText();
   EXPECT_TRUE(daemon.Stop());
 }
 
@@ -224,6 +311,10 @@ TEST_P(LifecycleE2E, ReloadWithABrokenConfigKeepsRunningAndReportsTheError) {
   std::string message = testing::ErrorMessage(answer.value());
   EXPECT_NE(message.find(daemon.ConfigPath() + ":3:"), std::string::npos) << message;
   EXPECT_NE(message.find("frobnicate"), std::string::npos) << message;
+  // The failure is logged as a failed SIGHUP reload is.
+  std::string op_logged = daemon.WaitForLog("frobnicate");
+  EXPECT_NE(op_logged.find("reload failed, keeping the running config"), std::string::npos)
+      << daemon.StderrText();
   EXPECT_EQ(daemon.Status()["workers"]["max"], 8);
   EXPECT_TRUE(daemon.Stop());
 }
@@ -491,6 +582,49 @@ TEST_P(LifecycleE2E, DigestctlStatusPrintsATableAndJson) {
                                     {"DIGESTD_SOCKET=" + daemon.SocketPath()});
   ASSERT_TRUE(by_env.status.has_value());
   EXPECT_EQ(by_env.status->ToString(), "exit 0") << by_env.err;
+  EXPECT_TRUE(daemon.Stop());
+}
+
+TEST(LifecycleE2EOffline, DigestctlUsageErrorsExitTwoBeforeConnecting) {
+  testing::TempDir dir;
+  std::string nothing = dir.File("none.sock");
+  ProcessOutput no_key = RunProcess({DIGESTCTL_BIN, "--socket", nothing, "result"});
+  ASSERT_TRUE(no_key.status.has_value());
+  EXPECT_EQ(no_key.status->ToString(), "exit 2") << no_key.err;
+  EXPECT_NE(no_key.err.find("KEY"), std::string::npos) << no_key.err;
+  ProcessOutput wait_only =
+      RunProcess({DIGESTCTL_BIN, "--socket", nothing, "result", "--wait", "1s"});
+  ASSERT_TRUE(wait_only.status.has_value());
+  EXPECT_EQ(wait_only.status->ToString(), "exit 2") << wait_only.err;
+
+  std::string empty = dir.File("empty.ndjson");
+  ASSERT_TRUE(testing::WriteTextFile(empty, "\n  \n"));
+  ProcessOutput no_jobs =
+      RunProcess({DIGESTCTL_BIN, "--socket", nothing, "submit", "--batch", empty});
+  ASSERT_TRUE(no_jobs.status.has_value());
+  EXPECT_EQ(no_jobs.status->ToString(), "exit 2") << no_jobs.err;
+  EXPECT_NE(no_jobs.err.find("no jobs"), std::string::npos) << no_jobs.err;
+}
+
+TEST_P(LifecycleE2E, DigestctlSubmitBatchExitsNonZeroWhenNothingWasAccepted) {
+  DaemonProcess daemon;
+  ASSERT_TRUE(daemon.Start({.store = GetParam()}));
+  std::string bad = daemon.dir().File("bad.ndjson");
+  ASSERT_TRUE(testing::WriteTextFile(bad,
+                                     "{\"kind\":\"frobnicate\",\"key\":\"x1\"}\n"
+                                     "{\"kind\":\"frobnicate\",\"key\":\"x2\"}\n"));
+  ProcessOutput none =
+      RunProcess({DIGESTCTL_BIN, "--socket", daemon.SocketPath(), "submit", "--batch", bad});
+  ASSERT_TRUE(none.status.has_value());
+  EXPECT_EQ(none.status->ToString(), "exit 1") << none.out << none.err;
+
+  std::string good = daemon.dir().File("good.ndjson");
+  ASSERT_TRUE(testing::WriteTextFile(good, "{\"kind\":\"noop\",\"key\":\"g1\"}\n"));
+  ProcessOutput one =
+      RunProcess({DIGESTCTL_BIN, "--socket", daemon.SocketPath(), "submit", "--batch", good});
+  ASSERT_TRUE(one.status.has_value());
+  EXPECT_EQ(one.status->ToString(), "exit 0") << one.out << one.err;
+  EXPECT_EQ(daemon.CallOk({{"op", "result"}, {"key", "g1"}, {"wait_ms", 10000}})["status"], "done");
   EXPECT_TRUE(daemon.Stop());
 }
 

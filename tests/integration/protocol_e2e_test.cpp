@@ -560,8 +560,9 @@ TEST(ProtocolE2EAllowList, MutatingOpsAreForbiddenToUidsOutsideTheAllowList) {
                            {{"op", "workers"}, {"max", 2}},
                            {{"op", "drain"}},
                            {{"op", "ping"}, {"id", 2}},
-                           {{"op", "status"}}});
-  ASSERT_EQ(lines.size(), 5u) << ::testing::PrintToString(lines);
+                           {{"op", "status"}},
+                           {{"op", "workers"}}});
+  ASSERT_EQ(lines.size(), 6u) << ::testing::PrintToString(lines);
   for (int i = 0; i < 3; ++i) {
     json answer = json::parse(lines[i], nullptr, false);
     ASSERT_TRUE(answer.is_object()) << lines[i];
@@ -573,6 +574,10 @@ TEST(ProtocolE2EAllowList, MutatingOpsAreForbiddenToUidsOutsideTheAllowList) {
   EXPECT_EQ(ping["pong"], true) << lines[3];
   json status = json::parse(lines[4], nullptr, false);
   EXPECT_EQ(status["ok"], true) << lines[4];
+  // "workers" without a bound only reads the limits.
+  json workers = json::parse(lines[5], nullptr, false);
+  EXPECT_EQ(workers["ok"], true) << lines[5];
+  EXPECT_TRUE(workers.contains("limit")) << lines[5];
 
   // Nothing the forbidden client asked for happened.
   auto check = daemon.Call({{"op", "status"}});

@@ -296,6 +296,22 @@ TEST_F(JobStoreTest, ClaimsLostBeforeTheyStartedNeverFailTheJob) {
   EXPECT_GT(Lookup("waiting")->started_at_ms, 0);
 }
 
+// A finish row carries when the job ended, so the row's run time is the
+// job's own and not how long the result waited for the writer's commit.
+TEST_F(JobStoreTest, FinishRecordsWhenTheJobEndedNotWhenItWasCommitted) {
+  Insert({Job("timed")});
+  auto got = Claim(*store_, Lane::kBackground, 1);
+  ASSERT_EQ(got.size(), 1u);
+  FinishRow done = Done(got[0], {{"ok", true}});
+  int64_t now = UnixMillis();
+  done.started_ms = now - 60000;   // ran for 1.5 s, a minute ago
+  done.finished_ms = now - 58500;  // and its result waited since
+  EXPECT_EQ(Finish(*store_, {done}), std::vector<bool>{true});
+  auto row = Lookup("timed");
+  ASSERT_TRUE(row);
+  EXPECT_EQ(row->finished_at_ms - row->started_at_ms, 1500);
+}
+
 // A busy answer (429/503) spends no attempt, even when its start was
 // recorded, and its count travels with the job through the table, so the
 // next node's backoff keeps growing.

@@ -34,13 +34,62 @@ TEST(JobView, BothStoresRenderTheSameFieldsForTheSameJob) {
   row.started_at_ms = 5250;
   row.finished_at_ms = 5750;
   row.result = {{"slept_ms", 0}};
+  rec.busy_retries = 2;
+  row.busy_retries = 2;
   json mem = JobJson(ViewOf(rec, 2'000'000'000, 3));
   json pg = JobJson(ViewOf(row, 9000));
-  mem.erase("busy_retries");  // the table does not keep it
   EXPECT_EQ(mem, pg);
+  // Busy retries are reported by both stores.
+  EXPECT_EQ(pg["busy_retries"], 2);
   EXPECT_EQ(pg["queued_ms"], 250.0);
   EXPECT_EQ(pg["run_ms"], 500.0);
   EXPECT_EQ(pg["max_attempts"], 3);
+}
+
+TEST(JobView, AClaimedJobNotStartedYetReadsAsQueuedWithoutRunTime) {
+  // A job in this node's ring (claimed, lease held) that the breaker holds.
+  StoredJob row;
+  row.key = "k";
+  row.kind = "summarize";
+  row.state = JobState::kRunning;
+  row.lease_owner = "node-a";
+  row.created_at_ms = 5000;
+  json held = JobJson(ViewOf(row, 12810));
+  EXPECT_EQ(held["status"], "queued") << held.dump();
+  EXPECT_EQ(held["queued_ms"], 7810.0);
+  EXPECT_FALSE(held.contains("run_ms")) << held.dump();
+  // Once its start is recorded it runs.
+  row.started_at_ms = 12000;
+  row.attempts = 1;
+  json running = JobJson(ViewOf(row, 12810));
+  EXPECT_EQ(running["status"], "running") << running.dump();
+  EXPECT_EQ(running["run_ms"], 810.0);
+  EXPECT_EQ(running["node"], "node-a");
+}
+
+TEST(JobView, AJobWaitingForARetryHasNoRunTimeInEitherStore) {
+  // Its first attempt ran from 1.25 s to 1.5 s; it has been queued since.
+  JobRecord rec;
+  rec.key = "k";
+  rec.kind = "generate";
+  rec.state = JobState::kQueued;
+  rec.attempts = 1;
+  rec.submitted_at = 1'000'000'000;
+  rec.started_at = 1'250'000'000;
+  json mem = JobJson(ViewOf(rec, 9'000'000'000, 3));
+  EXPECT_EQ(mem["status"], "queued") << mem.dump();
+  EXPECT_FALSE(mem.contains("run_ms")) << mem.dump();
+  EXPECT_EQ(mem["queued_ms"], 8000.0);
+  StoredJob row;
+  row.key = "k";
+  row.kind = "generate";
+  row.state = JobState::kQueued;
+  row.attempts = 1;
+  row.created_at_ms = 1000;
+  row.started_at_ms = 1250;
+  json pg = JobJson(ViewOf(row, 9000));
+  EXPECT_FALSE(pg.contains("run_ms")) << pg.dump();
+  EXPECT_EQ(pg["queued_ms"], 8000.0);
 }
 
 TEST(JobView, GroupStatusFollowsItsParts) {

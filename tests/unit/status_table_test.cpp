@@ -1,0 +1,58 @@
+#include "client/status_table.h"
+
+#include <gtest/gtest.h>
+
+namespace digestd {
+namespace {
+
+using nlohmann::json;
+
+json Backend(const std::string& state) {
+  json b = {{"kind", "ollama"},
+            {"url", "http://127.0.0.1:11434"},
+            {"state", state},
+            {"breaker", {{"state", state}}},
+            {"in_flight", 2},
+            {"latency", {{"count", 10}, {"p50_ms", 120.0}, {"p95_ms", 300.0}, {"p99_ms", 1500.0}}}};
+  return b;
+}
+
+TEST(StatusTable, BackendLineShowsKindUrlStateInFlightAndLatency) {
+  std::string out = FormatStatus({{"backend", Backend("closed")}});
+  EXPECT_NE(out.find("backend      ollama  http://127.0.0.1:11434  up  breaker closed  in flight 2"
+                     "  latency p50 120.0 ms p99 1.50 s\n"),
+            std::string::npos)
+      << out;
+  EXPECT_EQ(out.find("held"), std::string::npos) << out;
+}
+
+TEST(StatusTable, OpenBreakerShowsItsReasonNextProbeAndHeldJobs) {
+  json b = Backend("open");
+  b["breaker"]["reason"] = "connection refused";
+  b["breaker"]["probe_in_ms"] = 4200;
+  b["held"] = 3;
+  std::string out = FormatStatus({{"backend", b}});
+  EXPECT_NE(out.find("  down  breaker open"), std::string::npos) << out;
+  EXPECT_NE(out.find("  breaker    open: connection refused; next probe in 4.2s\n"),
+            std::string::npos)
+      << out;
+  EXPECT_NE(out.find("  held       3 queued jobs wait for the backend"), std::string::npos) << out;
+}
+
+TEST(StatusTable, WriterCommitRateHasALabelThatSaysWhatItCounts) {
+  json db = {
+      {"store", "postgres"}, {"state", "up"}, {"writer", {{"commits_per_1000_results", 12.5}}}};
+  std::string out = FormatStatus({{"db", db}});
+  EXPECT_NE(out.find("12.5 commits per 1000 finished jobs"), std::string::npos) << out;
+  EXPECT_EQ(out.find("commits/1000"), std::string::npos) << out;
+}
+
+TEST(StatusTable, JobShowsBusyRetriesWhenThereWereAny) {
+  json job = {{"key", "k"}, {"kind", "summarize"}, {"status", "done"}, {"busy_retries", 2}};
+  EXPECT_NE(FormatJob(job).find("busy retries 2"), std::string::npos) << FormatJob(job);
+  job["busy_retries"] = 0;
+  EXPECT_EQ(FormatJob(job).find("busy retries"), std::string::npos) << FormatJob(job);
+}
+
+}  // namespace
+}  // namespace digestd
