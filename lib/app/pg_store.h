@@ -139,6 +139,9 @@ class PgStore final : public Store {
   // A claimed job whose lease ran out before it could start (this node was
   // paused or starved): dropped here, left to lease recovery.
   void DropExpiredClaim(const JobPtr& job);
+  // A claimed job still in its ring that this node gives up: out of the
+  // book and the job table, and marked so the dispatcher skips it.
+  void SkipQueuedClaim(const JobPtr& job);
   void Recover(bool startup);
   void RunRetention();
   void RefreshBacklog();

@@ -156,9 +156,7 @@ void PgStore::OnLeasesLost(std::vector<uint64_t> ids) {
         "stopping it here",
         job->key.c_str());
     if (job->state == JobState::kQueued) {
-      env_.jobs->MarkReleased(job);
-      job->state = JobState::kCancelled;  // after MarkReleased: the dispatcher skips it
-      ForgetClaim(job);
+      SkipQueuedClaim(job);
     } else {
       job->cancel->store(true, std::memory_order_relaxed);
       book_.Forget(job);  // its outcome is dropped on return
@@ -188,8 +186,13 @@ void PgStore::DropExpiredClaim(const JobPtr& job) {
       "paused or starved for %d s); lease recovery hands it to a node that can run it",
       job->key.c_str(), config().postgres.lease_s);
   job->lease_lost = true;
+  SkipQueuedClaim(job);
+}
+
+void PgStore::SkipQueuedClaim(const JobPtr& job) {
   env_.jobs->MarkReleased(job);
-  job->state = JobState::kCancelled;  // after MarkReleased: the dispatcher skips it
+  job->state =
+      JobState::kCancelled;  // after MarkReleased (it sets queued): the dispatcher skips it
   ForgetClaim(job);
 }
 

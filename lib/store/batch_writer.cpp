@@ -399,8 +399,9 @@ void BatchWriter::OnFlushed(Flight& flight, Result<std::vector<PgResult>> result
   std::vector<uint64_t> lost;
   if (!flight.renewals.empty()) lost = JobStore::ParseLost(flight.renewals, next());
 
-  // Jobs this batch ended need no renewal any more.
-  if (!renewals_.empty() && (!flight.finish_ids.empty() || !flight.requeue_ids.empty())) {
+  // Jobs this batch ended need no renewal or start mark any more.
+  if ((!renewals_.empty() || !marks_.empty()) &&
+      (!flight.finish_ids.empty() || !flight.requeue_ids.empty())) {
     std::unordered_set<uint64_t> ended(flight.finish_ids.begin(), flight.finish_ids.end());
     ended.insert(flight.requeue_ids.begin(), flight.requeue_ids.end());
     renewals_.erase(std::remove_if(renewals_.begin(), renewals_.end(),
