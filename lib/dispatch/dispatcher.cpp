@@ -244,6 +244,7 @@ WorkContext Dispatcher::ContextFor(const JobRecord& job) const {
   ctx.key = job.key;
   ctx.input = job.input;
   ctx.cancel = job.cancel;
+  ctx.progress = job.progress;
   ctx.attempt = job.attempts + 1;
   ctx.config = config_;
   return ctx;

@@ -71,6 +71,11 @@ struct JobRecord {
   Mark mark = Mark::kNone;  // the start mark of the current attempt
   // Set by the loop thread to ask a running job to stop; read by its worker.
   std::shared_ptr<std::atomic<bool>> cancel = std::make_shared<std::atomic<bool>>(false);
+  // How far the running attempt got: stream chunks received from the backend
+  // so far. Written by its worker, read by the loop thread (preemption takes
+  // the request with the least progress). Reset when an attempt starts.
+  std::shared_ptr<std::atomic<uint64_t>> progress = std::make_shared<std::atomic<uint64_t>>(0);
+  int preempted = 0;  // times a background attempt was aborted for interactive work
 };
 
 using JobPtr = std::shared_ptr<JobRecord>;
@@ -80,10 +85,24 @@ struct WorkContext {
   std::string_view key;  // points into the record's key, which outlives the work
   std::shared_ptr<const nlohmann::json> input;
   std::shared_ptr<std::atomic<bool>> cancel;
+  // Chunks received so far, for the loop's preemption choice; the worker
+  // adds to it (relaxed), never reads it for anything else.
+  std::shared_ptr<std::atomic<uint64_t>> progress;
   int attempt = 1;
   // The config when the job started; immutable, shared with the loop.
   std::shared_ptr<const Config> config;
   bool cancelled() const { return cancel->load(std::memory_order_relaxed); }
+};
+
+// What the backend's last answer said about its timing, for the model's
+// learned capacity (dispatch/model_capacity.h). Durations in nanoseconds as
+// Ollama sends them; a field it left out stays empty.
+struct BackendTiming {
+  std::optional<int64_t> total_ns;
+  std::optional<int64_t> load_ns;
+  std::optional<int64_t> prompt_eval_ns;
+  std::optional<int64_t> eval_ns;
+  bool timed_out = false;  // a connect, first-byte, idle or total timeout
 };
 
 // What a pool thread returns.
@@ -102,13 +121,16 @@ struct WorkOutcome {
   // Time spent talking to the backend, for its latency figures; 0 when the
   // kind used no backend.
   uint64_t backend_ns = 0;
+  // The backend's timing of the job's last request; empty fields when the
+  // kind used no backend or the answer had none.
+  BackendTiming timing{};
 
-  static WorkOutcome Done(nlohmann::json r) { return {Kind::kDone, std::move(r), {}, 0}; }
-  static WorkOutcome Failed(std::string e) { return {Kind::kFailed, nullptr, std::move(e), 0}; }
-  static WorkOutcome Retry(std::string e) { return {Kind::kRetry, nullptr, std::move(e), 0}; }
-  static WorkOutcome Busy(std::string e) { return {Kind::kBusy, nullptr, std::move(e), 0}; }
+  static WorkOutcome Done(nlohmann::json r) { return {Kind::kDone, std::move(r), {}, 0, {}}; }
+  static WorkOutcome Failed(std::string e) { return {Kind::kFailed, nullptr, std::move(e), 0, {}}; }
+  static WorkOutcome Retry(std::string e) { return {Kind::kRetry, nullptr, std::move(e), 0, {}}; }
+  static WorkOutcome Busy(std::string e) { return {Kind::kBusy, nullptr, std::move(e), 0, {}}; }
   static WorkOutcome Cancelled(std::string e) {
-    return {Kind::kCancelled, nullptr, std::move(e), 0};
+    return {Kind::kCancelled, nullptr, std::move(e), 0, {}};
   }
 };
 
