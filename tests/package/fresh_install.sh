@@ -23,7 +23,9 @@
 # The machine shares this host's network (so it reaches the fake and its
 # mirror), which means ports 5432, 9090, 9464 and 11434 on 127.0.0.1 must be
 # free here. FRESH_KEEP=1 leaves the machine running and its root file system
-# in place (the last lines say how to enter and remove it). Exits 0 when
+# in place (the last lines say how to enter and remove it).
+# FRESH_CACHE=FILE.tar saves the debootstrapped tree there the first time and
+# starts from it afterwards, which saves the download. Exits 0 when
 # every step passed; each step prints what it ran and the lines that matter.
 set -euo pipefail
 [ $# -ge 2 ] || { sed -n '16,21p' "$0" >&2; exit 2; }
@@ -81,10 +83,16 @@ wait_in_machine() {
   return 1
 }
 
-step "debootstrap bookworm from $mirror into $root"
-debootstrap --include=dbus,systemd-sysv bookworm "$root" "$mirror" >"$root.debootstrap.log" 2>&1 ||
-  { tail -20 "$root.debootstrap.log" >&2; rm -f "$root.debootstrap.log"; fail "debootstrap failed"; }
-rm -f "$root.debootstrap.log"
+if [ -n "${FRESH_CACHE:-}" ] && [ -f "$FRESH_CACHE" ]; then
+  step "a fresh bookworm tree from $FRESH_CACHE"
+  tar -xpf "$FRESH_CACHE" -C "$root"
+else
+  step "debootstrap bookworm from $mirror into $root"
+  debootstrap --include=dbus,systemd-sysv bookworm "$root" "$mirror" >"$root.debootstrap.log" 2>&1 ||
+    { tail -20 "$root.debootstrap.log" >&2; rm -f "$root.debootstrap.log"; fail "debootstrap failed"; }
+  rm -f "$root.debootstrap.log"
+  if [ -n "${FRESH_CACHE:-}" ]; then tar -cpf "$FRESH_CACHE" -C "$root" .; fi
+fi
 echo fresh >"$root/etc/hostname"
 printf '127.0.0.1 localhost\n127.0.1.1 fresh\n' >"$root/etc/hosts"
 cat >"$root/etc/apt/sources.list" <<EOF
@@ -101,8 +109,8 @@ systemd-nspawn -D "$root" -M digestd-fresh --register=no --keep-unit -b \
   >"$root/root/nspawn-console.log" 2>&1 </dev/null &
 nspawn_pid=$!
 for _ in $(seq 60); do [ -n "$(leader)" ] && break; sleep 1; done
-wait_in_machine 120 'systemctl is-system-running | grep -qE "running|degraded"' ||
-  fail "the machine did not finish booting: $(in_machine 'systemctl is-system-running' 2>&1)"
+wait_in_machine 300 'systemctl is-system-running | grep -qE "running|degraded"' ||
+  fail "the machine did not finish booting in 300 s: $(in_machine 'systemctl is-system-running; systemctl list-jobs --no-pager' 2>&1)"
 in_machine 'systemctl is-system-running || true; head -1 /etc/os-release'
 
 step "fake Ollama on 127.0.0.1:11434"
