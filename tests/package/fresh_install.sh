@@ -43,6 +43,7 @@ for port in 5432 9090 9464 11434; do
 done
 
 root=$(mktemp -d /var/tmp/digestd-fresh.XXXXXX)
+chmod 0755 "$root"  # the machine's /: mktemp made it 0700, which locks out its system users
 nspawn_pid="" fake_pid=""
 fail() {
   echo "FAIL: $*" >&2
@@ -86,6 +87,7 @@ wait_in_machine() {
 if [ -n "${FRESH_CACHE:-}" ] && [ -f "$FRESH_CACHE" ]; then
   step "a fresh bookworm tree from $FRESH_CACHE"
   tar -xpf "$FRESH_CACHE" -C "$root"
+  chmod 0755 "$root"
 else
   step "debootstrap bookworm from $mirror into $root"
   debootstrap --include=dbus,systemd-sysv bookworm "$root" "$mirror" >"$root.debootstrap.log" 2>&1 ||
