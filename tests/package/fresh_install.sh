@@ -135,8 +135,10 @@ in_machine "sudo -u postgres psql -c 'CREATE ROLE digestd LOGIN' -c 'CREATE DATA
   fail "creating the role and database"
 in_machine "sudo -u digestd psql 'postgresql:///digestd?host=/run/postgresql' -c 'SELECT current_user'" |
   grep -q digestd || fail "psql as digestd"
-in_machine 'sudo -u digestd digestd --config /etc/digestd/digestd.conf --migrate-only 2>&1' |
-  tee /dev/stderr | grep -q "schema digestd is at version" || fail "--migrate-only"
+out=$(in_machine 'sudo -u digestd digestd --config /etc/digestd/digestd.conf --migrate-only 2>&1') ||
+  fail "--migrate-only: $out"
+echo "$out"
+grep -q "schema digestd is at version" <<<"$out" || fail "--migrate-only did not report the schema version"
 
 step "README step 4: --check-config"
 in_machine 'sudo digestd --config /etc/digestd/digestd.conf --check-config' || fail "--check-config"
@@ -153,8 +155,9 @@ grep -qE '^backend .* up +breaker closed' "$root/root/status.txt" || fail "statu
 grep -qE '^db +up' "$root/root/status.txt" || fail "status has no db up line"
 in_machine "su - appuser -c \"digestctl submit summarize --key test:1 --input '{\\\"text\\\":\\\"Ada opened the ledger. The keeper watched.\\\"}'\"" ||
   fail "digestctl submit"
-in_machine "su - appuser -c 'digestctl result test:1 --wait 60s'" | tee /dev/stderr | head -1 |
-  grep -q 'test:1  summarize  done' || fail "test:1 did not finish done"
+out=$(in_machine "su - appuser -c 'digestctl result test:1 --wait 60s'") || fail "digestctl result: $out"
+echo "$out"
+head -1 <<<"$out" | grep -q 'test:1  summarize  done' || fail "test:1 did not finish done"
 
 step "README step 8: Prometheus scrapes /metrics"
 in_machine "sed -i 's/^listen = \"\"/listen = \"127.0.0.1:9464\"/' /etc/digestd/digestd.conf && grep -n '^listen' /etc/digestd/digestd.conf" ||
