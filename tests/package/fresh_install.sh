@@ -53,6 +53,7 @@ step() { echo; echo "=== $*"; }
 cleanup() {
   if [ "${FRESH_KEEP:-0}" = 1 ] && [ -n "$nspawn_pid" ]; then
     echo "kept: the machine runs as nspawn pid $nspawn_pid, root $root"
+    echo "  the fake Ollama runs as pid $fake_pid (kill $fake_pid)"
     echo "  enter: nsenter -t $(leader) -a /bin/bash -l"
     echo "  stop:  kill -RTMIN+4 $(leader); then rm -rf $root"
     return
