@@ -17,6 +17,11 @@ class EmbedKind final : public JobKind {
   std::string_view name() const override { return "embed"; }
 
   bool UsesBackend(const Config& config) const override { return config.backend.kind == "ollama"; }
+  std::optional<BackendModel> ModelOf(const nlohmann::json& input,
+                                      const Config& config) const override {
+    if (!UsesBackend(config)) return std::nullopt;
+    return BackendModel{StringField(input, "model", config.backend.embed_model), true};
+  }
 
   Status Validate(const nlohmann::json& input, const Config& config) const override {
     Status st = CheckInputFields(input, {"texts", "model"}, kUsage);

@@ -71,6 +71,11 @@ class GenerateKind final : public JobKind {
   std::string_view name() const override { return "generate"; }
 
   bool UsesBackend(const Config& config) const override { return config.backend.kind == "ollama"; }
+  std::optional<BackendModel> ModelOf(const nlohmann::json& input,
+                                      const Config& config) const override {
+    if (!UsesBackend(config)) return std::nullopt;
+    return BackendModel{StringField(input, "model", config.backend.model), false};
+  }
 
   Status Validate(const nlohmann::json& input, const Config& config) const override {
     Status st = CheckInputFields(input, {"prompt", "system", "model", "options", "format", "think"},

@@ -92,6 +92,9 @@ class JobTable {
   // A job handed back to the PostgreSQL queue unfinished (released at
   // shutdown, or its lease lost): counted as released, no longer running.
   void MarkReleased(const JobPtr& job);
+  // A running job's attempt was aborted for interactive work: queued again,
+  // the attempt given back (the dispatcher counts the preemption).
+  void MarkPreempted(const JobPtr& job);
   void NoteDuplicate() { ++counters_.duplicates; }
   void NoteSubmitted() { ++counters_.submitted; }
   // A new job of `kind` on `lane` was stored elsewhere (PostgreSQL): counted

@@ -30,6 +30,11 @@ class SummarizeKind final : public JobKind {
   std::string_view name() const override { return "summarize"; }
 
   bool UsesBackend(const Config& config) const override { return config.backend.kind == "ollama"; }
+  std::optional<BackendModel> ModelOf(const nlohmann::json& input,
+                                      const Config& config) const override {
+    if (!UsesBackend(config)) return std::nullopt;
+    return BackendModel{StringField(input, "model", config.backend.model), false};
+  }
 
   // [summarize] fallback: the leading sentences, the placeholder, or null.
   nlohmann::json FinalFailureResult(const nlohmann::json& input,
