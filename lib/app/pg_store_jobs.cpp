@@ -354,6 +354,7 @@ void PgStore::Cancel(const Request& req, const std::string& key,
           return;
         }
         if (*r) {
+          env_.jobs->NoteCancelled();
           reply.Send(OkLine(id, {{"key", key}, {"status", "cancelled"}, {"cancelled", true}}));
           return;
         }

@@ -96,6 +96,8 @@ class JobTable {
   // the attempt given back (the dispatcher counts the preemption).
   void MarkPreempted(const JobPtr& job);
   void NoteDuplicate() { ++counters_.duplicates; }
+  // A job queued elsewhere (PostgreSQL's table) was cancelled by this node.
+  void NoteCancelled() { ++counters_.cancelled; }
   void NoteSubmitted() { ++counters_.submitted; }
   // A new job of `kind` on `lane` was stored elsewhere (PostgreSQL): counted
   // in counters() and in its tally.
