@@ -78,11 +78,11 @@ struct Steady {
 
 // Capacity-drop figures of one mode.
 struct Drop {
-  double outstanding_s = -1;  // until requests at the server <= new capacity for good; -1 never
-  double wait_s = -1;         // until the slot wait is near zero for good; -1 never
-  double final_outstanding = 0;
-  double final_wait_ms = 0;  // mean slot wait of admissions in the second half
-  double fraction = 0;       // throughput in the second half / (new C/L)
+  double outstanding_s = -1;     // until requests at the server <= new capacity for good; -1 never
+  double wait_s = -1;            // until the slot wait is near zero for good; -1 never
+  double final_outstanding = 0;  // requests at the server, mean over the second half
+  double final_wait_ms = 0;      // mean slot wait of admissions in the second half
+  double fraction = 0;           // throughput in the second half / (new C/L)
   std::string fake;
 };
 
@@ -175,7 +175,6 @@ Drop RunDrop(Rig& rig, const Options& opt, const Mode& mode) {
     }
     if (i == 0) d.outstanding_s = 0;
   }
-  d.final_outstanding = points.empty() ? 0 : points.back().outstanding;
   // Slot wait of the admissions per L-long bin; near zero from which bin on.
   const double bin_s = opt.latency_ms / 1000.0;
   std::map<long, std::pair<double, double>> bins;  // bin -> (admitted, wait ms)
@@ -193,12 +192,15 @@ Drop RunDrop(Rig& rig, const Options& opt, const Mode& mode) {
       break;
     }
   }
-  double adm = 0, wait = 0;
+  double adm = 0, wait = 0, outstanding = 0, n = 0;
   for (size_t i = 1; i < points.size(); ++i) {
     if (points[i].t < opt.observe_s / 2) continue;
     adm += points[i].admitted - points[i - 1].admitted;
     wait += points[i].slot_wait_ms - points[i - 1].slot_wait_ms;
+    outstanding += points[i].outstanding;
+    ++n;
   }
+  d.final_outstanding = n > 0 ? outstanding / n : 0;
   d.final_wait_ms = adm > 0 ? wait / adm : 0;
   d.fraction = (done_end - done_half) / half_s / (opt.drop_to * 1000.0 / opt.latency_ms);
   return d;
@@ -322,13 +324,13 @@ int main(int argc, char** argv) {
     const double goal_s = kFollowGoal * opt.latency_ms / 1000.0;
     std::printf("\ncapacity drop %d -> %d with a backlog (goal: followed within %.0f L = %.1f s)\n",
                 opt.drop_from, opt.drop_to, kFollowGoal, goal_s);
-    std::printf("  %-10s %-26s %-26s %-22s %s\n", "mode", "at the server <= new C",
-                "slot wait <= L/10", "after: at server, wait", "thr/(new C/L), 2nd half");
+    std::printf("  %-10s %-26s %-26s %-24s %s\n", "mode", "at the server <= new C",
+                "slot wait <= L/10", "2nd half: at the server", "thr/(new C/L)");
     for (size_t i = 0; i < drops.size(); ++i) {
       const Drop& d = drops[i];
       const bool out_ok = d.outstanding_s >= 0 && d.outstanding_s <= goal_s;
       const bool wait_ok = d.wait_s >= 0 && d.wait_s <= goal_s;
-      std::printf("  %-10s %-20s %-5s %-20s %-5s %4.0f, %6.0f ms       %.3f\n",
+      std::printf("  %-10s %-20s %-5s %-20s %-5s %4.1f, wait %5.0f ms     %.3f\n",
                   opt.modes[i].name.c_str(), Follow(d.outstanding_s, opt.observe_s).c_str(),
                   Verdict(out_ok), Follow(d.wait_s, opt.observe_s).c_str(), Verdict(wait_ok),
                   d.final_outstanding, d.final_wait_ms, d.fraction);
