@@ -17,7 +17,10 @@
 //      is later). Before each, the background backlog is topped up to
 //      --background jobs not yet done, so it never runs dry. Background
 //      throughput over that window (jobs.done from status, less the
-//      interactive jobs) as a fraction of the ideal C/L.
+//      interactive jobs) as a fraction of the ideal C/L. The interval keeps
+//      the interactive jobs' own share of the capacity small (L / interval
+//      / C: 0.10 at C = 1 with 3 s), so the background goal is reachable;
+//      background work thrown away (a preempted request) lowers it.
 //
 // Goals (issue 9): loaded/idle <= 1.25 (p50 and p99), digestd's share of the
 // idle latency <= 10 ms at p50, background throughput >= 0.85 of C/L while
