@@ -82,6 +82,7 @@ struct Options {
   std::string pg_dir;    // pg-throwaway directory; default $DIGESTD_PG_DIR
   bool keep_tmp = false;
   bool json = false;
+  bool keep_rows = false;  // leave the last run's rows (and dead rows) in the table
   bool submits = true, e2e = true, backlog = true;  // --only
   std::vector<std::string> set;                     // --set SECTION.KEY=VALUE config overrides
 };
@@ -466,6 +467,8 @@ Options ParseFlags(int argc, char** argv) {
           {"only", "WHAT",
            "measure only these, comma-separated: submits, e2e, backlog\n(default all three)"},
           {"json", "", "also print a JSON line per e2e and backlog run (tests/bench/peers)"},
+          {"keep-rows", "",
+           "leave the last run's rows in digestd.jobs (for a look at its statistics)"},
           {"keep-tmp", "", "keep the temp dir (config and digestd's log)"},
       });
   flags.Parse(argc, argv);
@@ -488,6 +491,7 @@ Options ParseFlags(int argc, char** argv) {
   }
   o.keep_tmp = flags.Has("keep-tmp");
   o.json = flags.Has("json");
+  o.keep_rows = flags.Has("keep-rows");
   if (flags.Has("only")) {
     o.submits = o.e2e = o.backlog = false;
     std::string list = flags.String("only") + ",";
@@ -668,7 +672,7 @@ int main(int argc, char** argv) {
     if (!opt.submits && !opt.e2e) with_daemon([](Daemon&) { return 0; });
     backlog = RunBacklog(opt, daemon, sql, postmaster, &exits);
   }
-  ResetTable(sql);
+  if (!opt.keep_rows) ResetTable(sql);
 
   if (opt.submits) {
     std::printf(
