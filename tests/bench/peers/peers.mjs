@@ -10,9 +10,10 @@
 //   backlog  --jobs no-op jobs enqueued in bulk and checkpointed before the
 //            clock starts; timed from starting the worker until the last job
 //            is complete in the table.
-//   e2e      timed from starting the worker and the enqueue together (batches
-//            of 500 from 4 concurrent callers) until the last job is
-//            complete in the table.
+//   e2e      the worker already running and idle (digestd started, the
+//            others' workers started on an empty queue); timed from the
+//            first enqueue (batches of 500 from 4 concurrent callers) until
+//            the last job is complete in the table.
 //
 // digestd runs under durable_bench (--only backlog|e2e --json): a fresh
 // digestd per run, submits over its control socket. graphile-worker and

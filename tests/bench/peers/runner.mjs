@@ -4,10 +4,11 @@
 //
 //   backlog  N jobs are enqueued in bulk before the clock starts; the clock
 //            runs from starting the worker until every job is complete.
-//   e2e      the clock starts, then the worker starts and this process
+//   e2e      the worker is started (and idle, its queue empty) before the
+//            clock starts, as durable_bench's digestd is; then this process
 //            enqueues the N jobs in batches of --batch from --clients
-//            concurrent callers while the worker runs; it stops when every
-//            job is complete.
+//            concurrent callers while the worker runs; the clock stops when
+//            every job is complete.
 //
 // The protocol with peers.mjs, one line each on stdout: after the set-up
 // (schema installed afresh, backlog enqueued, CHECKPOINT) it prints
@@ -111,20 +112,15 @@ async function graphile() {
   await gw.runMigrations({ connectionString, logger });
   const observerPid = (await admin.query("SELECT pg_backend_pid() AS p")).rows[0].p;
   const utils = await gw.makeWorkerUtils({ connectionString, logger });
-  const specs = (start, n) =>
-    Array.from({ length: n }, (_, i) => ({ identifier: "noop", payload: { i: start + i } }));
+  const specs = (from, n) =>
+    Array.from({ length: n }, (_, i) => ({ identifier: "noop", payload: { i: from + i } }));
   if (args.method === "backlog") {
-    await inBatches(jobs, 1000, 1, (start, n) => utils.addJobs(specs(start, n)));
+    await inBatches(jobs, 1000, 1, (from, n) => utils.addJobs(specs(from, n)));
   }
-  await admin.query("CHECKPOINT");
-  say({ ready: true, pid: process.pid, observer_pid: observerPid });
-  if ((await nextLine()) === null) process.exit(1);
-
-  const t0 = process.hrtime.bigint();
   let ran = 0;
   let allRan;
   const ranAll = new Promise((r) => (allRan = r));
-  const runner = await gw.run({
+  const start = () => gw.run({
     connectionString,
     logger,
     concurrency: 16,
@@ -138,8 +134,16 @@ async function graphile() {
     },
     preset: { worker: { localQueue: { size: 100 }, completeJobBatchDelay: 0 } },
   });
-  if (args.method === "e2e") {
-    await inBatches(jobs, batch, clients, (start, n) => utils.addJobs(specs(start, n)));
+  let runner = args.method === "e2e" ? await start() : null;
+  await admin.query("CHECKPOINT");
+  say({ ready: true, pid: process.pid, observer_pid: observerPid });
+  if ((await nextLine()) === null) process.exit(1);
+
+  const t0 = process.hrtime.bigint();
+  if (args.method === "backlog") {
+    runner = await start();
+  } else {
+    await inBatches(jobs, batch, clients, (from, n) => utils.addJobs(specs(from, n)));
   }
   await ranAll;
   await confirmEmpty(async () =>
@@ -170,27 +174,31 @@ async function pgBoss() {
   await boss.start();
   await boss.createQueue(queue);
   const observerPid = (await admin.query("SELECT pg_backend_pid() AS p")).rows[0].p;
-  const insert = (start, n) =>
-    boss.insert(Array.from({ length: n }, (_, i) => ({ name: queue, data: { i: start + i } })));
+  const insert = (from, n) =>
+    boss.insert(Array.from({ length: n }, (_, i) => ({ name: queue, data: { i: from + i } })));
   if (args.method === "backlog") await inBatches(jobs, 1000, 1, insert);
+  const batchSize = 100;
+  let ran = 0;
+  let allRan;
+  const ranAll = new Promise((r) => (allRan = r));
+  const start = async () => {
+    for (let w = 0; w < 4; ++w) {
+      let id = null;
+      id = await boss.work(queue, { batchSize, pollingIntervalSeconds: 0.5 }, async (got) => {
+        ran += got.length;
+        if (ran >= jobs) allRan();
+        if (got.length === batchSize && id !== null) boss.notifyWorker(id);
+      });
+    }
+  };
+  if (args.method === "e2e") await start();
   await admin.query("CHECKPOINT");
   say({ ready: true, pid: process.pid, observer_pid: observerPid });
   if ((await nextLine()) === null) process.exit(1);
 
   const t0 = process.hrtime.bigint();
-  const batchSize = 100;
-  let ran = 0;
-  let allRan;
-  const ranAll = new Promise((r) => (allRan = r));
-  for (let w = 0; w < 4; ++w) {
-    let id = null;
-    id = await boss.work(queue, { batchSize, pollingIntervalSeconds: 0.5 }, async (got) => {
-      ran += got.length;
-      if (ran >= jobs) allRan();
-      if (got.length === batchSize && id !== null) boss.notifyWorker(id);
-    });
-  }
-  if (args.method === "e2e") await inBatches(jobs, batch, clients, insert);
+  if (args.method === "backlog") await start();
+  else await inBatches(jobs, batch, clients, insert);
   await ranAll;
   await confirmEmpty(async () =>
     Number((await admin.query(
