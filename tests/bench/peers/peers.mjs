@@ -223,6 +223,9 @@ console.log(durable ? "durability: ON (PostgreSQL's durable defaults)"
 const versions = ["graphile-worker", "pg-boss"].map(
   (p) => `${p} ${require(`${p}/package.json`).version}`).join(", ");
 console.log(`${versions}, Node.js ${process.version}; ${process.env.PEERS_DIGESTD_VERSION || "digestd " + args.digestd}`);
+console.log("tuning: graphile-worker concurrency 16, localQueue.size 100, completeJobBatchDelay 0; " +
+  "pg-boss 4 workers, batchSize 100, woken at once after a full batch (notifyWorker), polling 0.5 s; " +
+  "digestd as durable_bench configures it");
 
 const results = {};  // system -> method -> [per round]
 for (const s of systems) results[s] = { backlog: [], e2e: [] };
