@@ -159,6 +159,15 @@ void Dispatcher::ApplyModelSettings(ModelSlot& slot) {
 Dispatcher::ModelSlot* Dispatcher::SlotFor(const BackendModel& model) {
   auto it = models_.find(model.name);
   if (it == models_.end()) {
+    // Jobs may name any model: forget idle ones (what they learned too)
+    // rather than grow without bound.
+    if (models_.size() >= kMaxModels) {
+      std::erase_if(models_, [](const auto& entry) {
+        const ModelSlot& s = entry.second;
+        return s.cap.in_flight() == 0 && s.waiting == 0 && s.parked[0].empty() &&
+               s.parked[1].empty();
+      });
+    }
     it = models_.try_emplace(model.name, limits_.max, static_cast<int64_t>(uv_now(loop_))).first;
     it->second.embedding = model.embedding;
     ApplyModelSettings(it->second);

@@ -166,6 +166,8 @@ class Dispatcher {
     JobPtr job;  // nullptr: a poison pill
   };
   struct WorkItem;
+  // Model slots kept at most while idle ones can be forgotten.
+  static constexpr size_t kMaxModels = 64;
   // One backend model: its limit, and the jobs parked while it was full.
   struct ModelSlot {
     ModelSlot(int max, int64_t now_ms) : cap(max, 1, now_ms) {}
