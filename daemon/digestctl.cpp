@@ -30,7 +30,9 @@ void Usage(FILE* out) {
       "  watch [--interval 1s]       status, refreshed until interrupted\n"
       "  ping                        check that digestd answers\n"
       "  submit KIND [--key K] [--group G] [--lane interactive|background]\n"
-      "              [--input JSON | --input-file FILE]\n"
+      "              [--input JSON | --input-file FILE] [--wait 5s]\n"
+      "                              --wait: run it as interactive and print the finished\n"
+      "                              job (or its state when the time is up)\n"
       "  submit --batch FILE         one job object per line (or a JSON array)\n"
       "  result KEY [--wait 2s]      a job's state and result\n"
       "  result --group G [--wait 2s]\n"
@@ -137,6 +139,9 @@ int main(int argc, char** argv) {
       std::string v = args.Next();
       if (a == "--key" || a == "--group" || a == "--lane") {
         req[a.substr(2)] = v;
+      } else if (a == "--wait") {
+        if (!ParseDurationMs(v, &wait_ms)) return Fail("--wait needs a duration such as 5s%s", "");
+        req["wait_ms"] = wait_ms;
       } else if (a == "--input" || a == "--input-file") {
         std::string text = v;
         if (a == "--input-file" && !ReadFile(v, &text)) return Fail("cannot read %s", v);
@@ -245,7 +250,7 @@ int main(int argc, char** argv) {
       std::printf("group %s: %s (%lld of %lld ready)\n", j.value("group", "").c_str(),
                   j.value("status", "").c_str(), j.value("ready", 0LL), j.value("total", 0LL));
       for (const auto& p : j["parts"]) std::fputs(digestd::FormatJob(p).c_str(), stdout);
-    } else if (cmd == "result") {
+    } else if (cmd == "result" || (cmd == "submit" && j.contains("attempts"))) {
       std::fputs(digestd::FormatJob(j).c_str(), stdout);
     } else {
       std::printf("%s\n", j.dump(2).c_str());

@@ -90,6 +90,14 @@ Status Daemon::Start() {
   hooks.on_finish = [this](const JobPtr& job, WorkOutcome outcome) {
     store_->OnJobFinished(job, std::move(outcome));
   };
+  hooks.on_preempted = [this](const JobPtr& job) {
+    if (UsesBackend(*job, config_)) {
+      CallStatus aborted;
+      aborted.cls = CallClass::kCancelled;
+      backend_->OnOutcome(aborted, job->backend_epoch);
+    }
+    jobs_->MarkPreempted(job);
+  };
   hooks.on_drained = [this] {
     if (phase_ == Phase::kDraining) store_->OnDrained();
   };

@@ -22,6 +22,7 @@ JobView ViewOf(const JobRecord& job, Nanos now, int max_attempts) {
   v.attempts = job.attempts;
   v.max_attempts = job.max_attempts > 0 ? job.max_attempts : max_attempts;
   v.busy_retries = job.busy_retries;
+  v.preempted = job.preempted;
   v.submitted_unix_ms = job.submitted_unix_ms;
   // A queued job (new, held back, or waiting for a retry) has no run time,
   // whatever an earlier attempt took: it has waited since it was submitted.
@@ -48,6 +49,7 @@ JobView ViewOf(const StoredJob& job, int64_t now_unix_ms) {
   v.attempts = job.attempts;
   v.max_attempts = job.max_attempts;
   v.busy_retries = job.busy_retries;
+  v.preempted = job.preempted;
   v.submitted_unix_ms = job.created_at_ms;
   // A claimed job this node has not started yet (its ring is waiting, such as
   // for the backend's breaker) is still queued to whoever asks; the table
@@ -85,6 +87,7 @@ nlohmann::json JobJson(const JobView& job) {
                       {"max_attempts", job.max_attempts},
                       {"submitted_at_ms", job.submitted_unix_ms}};
   if (job.busy_retries) j["busy_retries"] = *job.busy_retries;
+  j["preempted"] = job.preempted;
   if (!job.group.empty()) j["group"] = job.group;
   if (job.queued_ms) j["queued_ms"] = *job.queued_ms;
   if (job.run_ms) j["run_ms"] = *job.run_ms;

@@ -28,6 +28,7 @@ struct JobView {
   int attempts = 0;
   int max_attempts = 0;
   std::optional<int> busy_retries;  // busy (429/503) answers so far
+  int preempted = 0;                // attempts aborted for interactive work
   int64_t submitted_unix_ms = 0;    // 0: unknown
   std::optional<double> queued_ms;  // submit -> start (or now, while queued)
   std::optional<double> run_ms;     // start -> finish (or now, while running)

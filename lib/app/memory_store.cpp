@@ -49,9 +49,13 @@ Result<nlohmann::json> MemoryStore::SubmitOne(const nlohmann::json& spec) {
 }
 
 void MemoryStore::Submit(const Request& req, std::vector<const nlohmann::json*> specs, bool single,
-                         const ControlServer::Reply& reply) {
+                         const ControlServer::Reply& reply, SubmitThen then) {
   if (single) {
     auto one = SubmitOne(*specs[0]);
+    if (one.ok() && then) {
+      then(std::move(one).value());
+      return;
+    }
     reply.Send(one.ok() ? OkLine(req.id, std::move(one).value()) : ErrorLine(req.id, one.status()));
     return;
   }

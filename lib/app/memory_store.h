@@ -28,7 +28,7 @@ class MemoryStore final : public Store {
     return "jobs in memory only ([jobs] store = \"memory\")";
   }
   void Submit(const Request& req, std::vector<const nlohmann::json*> specs, bool single,
-              const ControlServer::Reply& reply) override;
+              const ControlServer::Reply& reply, SubmitThen then) override;
   void GetResult(const Request& req, ResultQuery query, const ControlServer::Reply& reply) override;
   void Cancel(const Request& req, const std::string& key,
               const ControlServer::Reply& reply) override;

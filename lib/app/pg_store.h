@@ -54,7 +54,7 @@ class PgStore final : public Store {
   Status Start() override;
   std::string Describe() const override;
   void Submit(const Request& req, std::vector<const nlohmann::json*> specs, bool single,
-              const ControlServer::Reply& reply) override;
+              const ControlServer::Reply& reply, SubmitThen then) override;
   void GetResult(const Request& req, ResultQuery query, const ControlServer::Reply& reply) override;
   void Cancel(const Request& req, const std::string& key,
               const ControlServer::Reply& reply) override;
@@ -107,6 +107,17 @@ class PgStore final : public Store {
 
   // pg_store_jobs.cpp: results and their waits.
   void CheckDbWait(const std::shared_ptr<DbWait>& wait, bool final);
+  // A `result` waits for this job (its key, or its group).
+  bool HasWaiter(const std::string& key, const std::string& group) const;
+
+ public:
+  void PromoteQueued(const ResultQuery& query) override;
+  uint64_t promoted() const override { return promoted_; }
+
+ private:
+  // Reads the job again for every wait on its key or group (after its
+  // finish committed).
+  void WakeWaiters(const std::string& key, const std::string& group);
   void EndDbWait(const std::shared_ptr<DbWait>& wait);
   void OnNotify(const std::string& channel, const std::string& payload);
   // Rows: queues the row that ends `job` under its lease; `then` (may be
@@ -182,6 +193,7 @@ class PgStore final : public Store {
   uint64_t leases_lost_ = 0;
   uint64_t expired_unstarted_ = 0;  // claims dropped: their lease ran out before a start
   uint64_t lease_ignored_ = 0;      // finish rows the lease guard refused
+  uint64_t promoted_ = 0;           // queued rows moved to the interactive lane
   std::unordered_map<std::string, std::vector<std::shared_ptr<DbWait>>> key_waits_;
   std::vector<std::shared_ptr<DbWait>> group_waits_;
   UvHandle<uv_timer_t> ready_timer_;      // ready without the database, after ready_timeout_s

@@ -33,7 +33,11 @@ void PgStore::Refill(bool poll) {
     // of jobs, never a handful (each claim costs about the same to plan).
     size_t low = std::min(size.low_water, cap / 2);
     if (depth > low || depth >= cap) continue;
-    int n = static_cast<int>(std::min(cap - depth, size.batch));
+    // No more than the lane's backend models can start soon: jobs claimed
+    // beyond that would wait here while another node could run them.
+    size_t room = env_.dispatcher->ClaimRoom(lane);
+    if (room == 0) continue;
+    int n = static_cast<int>(std::min({cap - depth, size.batch, room}));
     Status st =
         store_->Claim(lane, n, pc.lease_s,
                       [this, lane, n, sent_ns = uv_hrtime()](Result<std::vector<StoredJob>> r) {
@@ -74,6 +78,7 @@ void PgStore::OnClaimed(Lane lane, int asked, uint64_t sent_ns,
     job->attempts = sj.attempts;  // attempts that started; MarkRunning counts this one
     job->max_attempts = sj.max_attempts;
     job->busy_retries = sj.busy_retries;
+    job->preempted = sj.preempted;
     job->mark_first = sj.lost_unstarted > 0;
     job->lease_deadline = sent_ns + LeaseNs();
     job->lease_token = sj.lease_token;

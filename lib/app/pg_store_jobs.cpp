@@ -1,11 +1,13 @@
 // PgStore: submits, results and their waits, cancels, and the rows that end
 // a job's attempt. The flow is described in pg_store.h.
 #include <algorithm>
+#include <climits>
 
 #include "app/job_view.h"
 #include "app/outcome_policy.h"
 #include "app/pg_store.h"
 #include "app/submit_spec.h"
+#include "jobs/job_kind.h"
 #include "jobs/llm_job.h"
 #include "obs/log.h"
 #include "util/clock.h"
@@ -44,7 +46,7 @@ std::string PgStore::UnavailableReason() const {
 }
 
 void PgStore::Submit(const Request& req, std::vector<const nlohmann::json*> specs, bool single,
-                     const ControlServer::Reply& reply) {
+                     const ControlServer::Reply& reply, SubmitThen then) {
   if (!migrated_ || !pg_->up() || !pgw_->up()) {
     reply.Send(ErrorLine(req.id, Status::Unavailable(UnavailableReason())));
     return;
@@ -55,7 +57,12 @@ void PgStore::Submit(const Request& req, std::vector<const nlohmann::json*> spec
   batch->single = single;
   batch->answers.resize(specs.size());
   batch->errors.resize(specs.size());
-  auto finish = [this](const std::shared_ptr<SubmitBatch>& b) {
+  auto finish = [this, then = std::move(then)](const std::shared_ptr<SubmitBatch>& b) {
+    if (b->single && b->errors[0].ok() && then) {
+      then(std::move(b->answers[0]));
+      Refill();
+      return;
+    }
     if (b->single) {
       b->reply.Send(b->errors[0].ok() ? OkLine(b->id, std::move(b->answers[0]))
                                       : ErrorLine(b->id, b->errors[0]));
@@ -78,8 +85,15 @@ void PgStore::Submit(const Request& req, std::vector<const nlohmann::json*> spec
     // When the lane's table holds nothing due and its ring has room, the
     // row is created claimed by this node: no claim round trip, no second
     // row version. Otherwise it waits in the table for a claim.
-    bool claim = book_.TrySelfClaim(job.lane, env_.dispatcher->depth(job.lane),
-                                    env_.dispatcher->capacity(job.lane));
+    // Only a job that can start soon here is claimed here: one whose model
+    // is full waits in the table, where any node with room claims it.
+    const size_t depth = env_.dispatcher->depth(job.lane);
+    size_t room_cap = env_.dispatcher->capacity(job.lane);
+    if (const JobKind* k = JobKindRegistry::Global().Find(job.kind); k != nullptr) {
+      int room = env_.dispatcher->RoomFor(*k, *job.input);
+      if (room != INT_MAX) room_cap = std::min(room_cap, depth + static_cast<size_t>(room));
+    }
+    bool claim = book_.TrySelfClaim(job.lane, depth, room_cap);
     if (claim) {
       job.claim_owner = env_.node_id;
       job.lease_s = cfg.postgres.lease_s;
@@ -232,6 +246,37 @@ void PgStore::CheckDbWait(const std::shared_ptr<DbWait>& wait, bool final) {
   }
 }
 
+void PgStore::PromoteQueued(const ResultQuery& query) {
+  if (closed_ || !migrated_ || !pg_->up() || phase() != Phase::kRunning) return;
+  Status st = store_->PromoteQueued(query.key, query.group, [this](Result<int64_t> moved) {
+    if (!moved.ok() || *moved <= 0 || closed_) return;
+    promoted_ += static_cast<uint64_t>(*moved);
+    // Claim them now, as interactive work.
+    book_.MarkDue(Lane::kInteractive);
+    Refill();
+  });
+  if (!st.ok()) LOG_DEBUG("promote on wait not sent: %s", st.message().c_str());
+}
+
+bool PgStore::HasWaiter(const std::string& key, const std::string& group) const {
+  if (key_waits_.count(key) > 0) return true;
+  if (group.empty()) return false;
+  return std::any_of(group_waits_.begin(), group_waits_.end(),
+                     [&group](const std::shared_ptr<DbWait>& w) { return w->group == group; });
+}
+
+void PgStore::WakeWaiters(const std::string& key, const std::string& group) {
+  if (auto it = key_waits_.find(key); it != key_waits_.end()) {
+    auto waits = it->second;  // CheckDbWait may end a wait and erase it
+    for (const auto& w : waits) CheckDbWait(w, false);
+  }
+  if (group.empty()) return;
+  auto groups = group_waits_;
+  for (const auto& w : groups) {
+    if (w->group == group) CheckDbWait(w, false);
+  }
+}
+
 void PgStore::EndDbWait(const std::shared_ptr<DbWait>& wait) {
   if (wait->ended) return;
   wait->ended = true;
@@ -309,6 +354,7 @@ void PgStore::Cancel(const Request& req, const std::string& key,
           return;
         }
         if (*r) {
+          env_.jobs->NoteCancelled();
           reply.Send(OkLine(id, {{"key", key}, {"status", "cancelled"}, {"cancelled", true}}));
           return;
         }
@@ -380,6 +426,11 @@ bool PgStore::MayStart(const JobRecord& record) {
 }
 
 void PgStore::OnJobFinished(const JobPtr& job, WorkOutcome outcome) {
+  // A slot at the job's model is free now: claim what it can start.
+  struct RefillAfter {
+    PgStore* store;
+    ~RefillAfter() { store->Refill(); }
+  } refill_after{this};
   const Config& cfg = config();
   // False only for a job the dispatcher could not start at all (its kind
   // is unknown): on_start has not run for it.
@@ -428,12 +479,18 @@ void PgStore::WriteFinish(const JobPtr& job, JobState state, nlohmann::json resu
                           std::string error, RowCallback then) {
   FinishRow row{job->row_id,      job->lease_token,     job->key,    state, std::move(result),
                 std::move(error), job->started_unix_ms, UnixMillis()};
+  row.preempted = job->preempted;
+  // Someone waits for it: committed at once, not after the batch window.
+  row.urgent = job->lane == Lane::kInteractive || HasWaiter(job->key, job->group);
   book_.Unsettle(job->row_id, job->lease_token);
   Write(WriteRow::Finish(
-      std::move(row), [this, key = job->key, id = job->row_id, token = job->lease_token,
-                       then = std::move(then)](const RowOutcome& o) {
+      std::move(row), [this, key = job->key, group = job->group, id = job->row_id,
+                       token = job->lease_token, then = std::move(then)](const RowOutcome& o) {
         book_.Settle(id, token);
         if (then) then(o);
+        // The waiters read the committed row now, not after the NOTIFY's
+        // round trip: what `result` says is what the table says.
+        if (o.status.ok() && o.accepted) WakeWaiters(key, group);
         // The backlog counts in status change with every finished job:
         // count again soon rather than at the next backlog_interval_ms.
         uv_timer_t* backlog = backlog_timer_.get();
@@ -461,6 +518,7 @@ void PgStore::WriteFinish(const JobPtr& job, JobState state, nlohmann::json resu
 void PgStore::WriteRequeue(const JobPtr& job, int64_t delay_ms, bool refund, std::string error) {
   RequeueRow row{job->row_id,      job->lease_token,     delay_ms,         refund,
                  std::move(error), job->started_unix_ms, job->busy_retries};
+  row.preempted = job->preempted;
   book_.Unsettle(job->row_id, job->lease_token);
   Write(WriteRow::Requeue(std::move(row), [this, id = job->row_id, token = job->lease_token,
                                            lane = job->lane, delay_ms](const RowOutcome& o) {

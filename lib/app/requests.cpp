@@ -110,10 +110,13 @@ nlohmann::json Daemon::StatusJson() const {
         {"cancelled", c.cancelled},
         {"released", c.released},
         {"retried", c.retried},
+        {"preempted", dispatcher_->preemptions()},
+        {"promoted", dispatcher_->promoted() + store_->promoted()},
         {"waiting_retry", store_->waiting_retry()},
         {"known", jobs_->size()}}},
       {"latency", PercentilesJson(jobs_->latency().Compute())},
       {"backend", BackendJson(*backend_, *dispatcher_)},
+      {"models", dispatcher_->ModelsJson()},
       {"run_time", PercentilesJson(jobs_->run_time().Compute())},
       {"db", store_->StatusJson()},
       {"control",
@@ -164,6 +167,47 @@ void Daemon::OpSubmit(const Request& req, const ControlServer::Reply& reply) {
                                               "submit again once it has restarted")));
     return;
   }
+  // Sync mode: a submit with wait_ms answers with the finished job when it
+  // is done within the time, else with the job as it stands then. Someone
+  // waits for it, so it is interactive.
+  if (req.body.is_object() && req.body.contains("wait_ms")) {
+    int64_t wait_ms = 0;
+    Status st = GetInt(req.body, "wait_ms", &wait_ms, 0, kMaxWaitMs);
+    if (st.ok() && req.body.contains("jobs")) {
+      st = Status::BadRequest(
+          "wait_ms waits for a single job; submit a batch without it and wait with "
+          "{\"op\":\"result\",\"group\":…,\"wait_ms\":…}");
+    }
+    if (!st.ok()) {
+      reply.Send(ErrorLine(req.id, st));
+      return;
+    }
+    Request sync = req;
+    sync.body.erase("wait_ms");
+    sync.body["lane"] = "interactive";
+    if (!sync.body.contains("key") || sync.body["key"].is_null())
+      sync.body["key"] = jobs_->NewKey(node_id_);
+    auto owned = std::make_shared<Request>(std::move(sync));
+    std::vector<const nlohmann::json*> specs;
+    bool single = false;
+    Status checked = CheckSubmit(*owned, config_, &specs, &single);
+    if (!checked.ok()) {
+      reply.Send(ErrorLine(req.id, checked));
+      return;
+    }
+    store_->Submit(*owned, std::move(specs), single, reply,
+                   [this, owned, wait_ms, reply](nlohmann::json answer) {
+                     ResultQuery q;
+                     q.key = answer.value("key", owned->body["key"].get<std::string>());
+                     q.wait_ms = wait_ms;
+                     // An existing job the key named may be background work
+                     // still queued: someone waits for it now.
+                     if (JobPtr j = jobs_->Find(q.key)) dispatcher_->Promote(j);
+                     if (answer.value("existing", false)) store_->PromoteQueued(q);
+                     store_->GetResult(*owned, std::move(q), reply);
+                   });
+    return;
+  }
   std::vector<const nlohmann::json*> specs;
   bool single = false;
   Status checked = CheckSubmit(req, config_, &specs, &single);
@@ -185,6 +229,18 @@ void Daemon::OpResult(const Request& req, const ControlServer::Reply& reply) {
   if (!st.ok()) {
     reply.Send(ErrorLine(req.id, st));
     return;
+  }
+  // Someone waits now: queued background work they wait for becomes
+  // interactive, here and in the table.
+  if (q.wait_ms > 0 && phase_ == Phase::kRunning) {
+    std::vector<JobPtr> jobs;
+    if (!q.key.empty()) {
+      if (JobPtr j = jobs_->Find(q.key)) jobs.push_back(std::move(j));
+    } else {
+      jobs = jobs_->FindGroup(q.group);  // a copy: promoting may start (and end) jobs
+    }
+    for (const auto& j : jobs) dispatcher_->Promote(j);
+    store_->PromoteQueued(q);
   }
   store_->GetResult(req, std::move(q), reply);
 }

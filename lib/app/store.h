@@ -74,12 +74,21 @@ class Store {
 
   // Control ops. Each answers through `reply` exactly once. `specs` were
   // checked by CheckSubmit (submit_spec.h); `single`: a one-job submit.
+  // `then` (single submits only, may be empty): called with the accepted
+  // job's answer instead of sending it, for a submit that waits for the job.
+  using SubmitThen = std::function<void(nlohmann::json answer)>;
   virtual void Submit(const Request& req, std::vector<const nlohmann::json*> specs, bool single,
-                      const ControlServer::Reply& reply) = 0;
+                      const ControlServer::Reply& reply, SubmitThen then = {}) = 0;
   virtual void GetResult(const Request& req, ResultQuery query,
                          const ControlServer::Reply& reply) = 0;
   virtual void Cancel(const Request& req, const std::string& key,
                       const ControlServer::Reply& reply) = 0;
+  // A `result` waits for these jobs: the store moves the queued background
+  // ones it keeps outside this node's rings to the interactive lane (the
+  // Daemon promotes those in the rings). Default: nothing outside the rings.
+  virtual void PromoteQueued(const ResultQuery& /*query*/) {}
+  // Jobs moved to the interactive lane outside the rings.
+  virtual uint64_t promoted() const { return 0; }
 
   // Dispatcher events.
   virtual void OnJobStarted(const JobPtr& job) = 0;

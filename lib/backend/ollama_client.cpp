@@ -104,9 +104,11 @@ struct Transfer {
   std::chrono::milliseconds idle_timeout{0};
   Abort abort = Abort::kNone;
   long http_status = 0;
-  NdjsonStream* stream = nullptr;  // set: a 200 body is NDJSON and goes here
-  std::string body;                // otherwise the body (capped)
-  size_t max_body = 0;             // cap for a 200 body; beyond it: kTooLarge
+  NdjsonStream* stream = nullptr;             // set: a 200 body is NDJSON and goes here
+  std::atomic<uint64_t>* progress = nullptr;  // may be null: +1 per stream line
+  size_t lines_counted = 0;                   // stream lines already added to *progress
+  std::string body;                           // otherwise the body (capped)
+  size_t max_body = 0;                        // cap for a 200 body; beyond it: kTooLarge
   size_t body_seen = 0;
 
   // Checked from the progress callback and between polls. Returns true when
@@ -133,6 +135,15 @@ struct Transfer {
     last_byte = Clock::now();
     got_byte = true;
   }
+
+  // Adds the stream lines decoded since the last call to *progress.
+  void CountLines() {
+    if (stream == nullptr || stream->lines() == lines_counted) return;
+    if (progress != nullptr) {
+      progress->fetch_add(stream->lines() - lines_counted, std::memory_order_relaxed);
+    }
+    lines_counted = stream->lines();
+  }
 };
 
 size_t OnHeader(char* data, size_t size, size_t n, void* user) {
@@ -155,6 +166,7 @@ size_t OnWrite(char* data, size_t size, size_t n, void* user) {
     // bad_alloc, which the caller's try/catch would never see from here.
     try {
       t->stream->Feed(bytes);
+      t->CountLines();
     } catch (...) {
       t->abort = Abort::kTooLarge;
       return 0;
@@ -235,6 +247,7 @@ CallStatus ClassifyCurlError(CURLcode rc, const char* errbuf, const Transfer& t,
                 "another machine, allow its address in the unit (IPAddressAllow=)";
       break;
     case CURLE_OPERATION_TIMEDOUT:
+      s.timed_out = true;
       if (!t.got_byte) {
         curl_off_t connect_us = 0;
         curl_easy_getinfo(t.easy, CURLINFO_CONNECT_TIME_T, &connect_us);
@@ -273,6 +286,7 @@ struct Request {
   std::string body;
   NdjsonStream* stream;  // null: a plain JSON answer
   size_t max_body;
+  std::atomic<uint64_t>* progress = nullptr;  // may be null
 };
 
 // Runs one POST on this thread's handle. On return t->body / t->stream hold
@@ -317,6 +331,7 @@ CallStatus Perform(const OllamaClientOptions& o, const Request& req,
   t->idle_timeout = o.idle_timeout;
   t->stream = req.stream;
   t->max_body = req.max_body;
+  t->progress = req.progress;
 
   curl_easy_setopt(easy, CURLOPT_URL, url.c_str());
   curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
@@ -382,12 +397,14 @@ CallStatus Perform(const OllamaClientOptions& o, const Request& req,
       return finish(s);
     case Abort::kFirstByte:
       s.cls = CallClass::kRetryable;
+      s.timed_out = true;
       s.error = "Ollama sent nothing within " + Seconds(o.first_byte_timeout) +
                 " ([backend] first_byte_timeout_s): a model load that takes longer, or a "
                 "server that hangs";
       return finish(s);
     case Abort::kIdle:
       s.cls = CallClass::kRetryable;
+      s.timed_out = true;
       s.error = "Ollama went silent for " + Seconds(o.idle_timeout) +
                 " in the middle of an answer ([backend] idle_timeout_s)";
       return finish(s);
@@ -493,23 +510,27 @@ void OllamaClient::GlobalInit() {
   std::call_once(once, [] { curl_global_init(CURL_GLOBAL_DEFAULT); });
 }
 
-GenerateResult OllamaClient::Generate(const json& request, const std::atomic<bool>* cancel) const {
-  return Stream("/api/generate", NdjsonStream::Format::kGenerate, request, cancel, options_);
+GenerateResult OllamaClient::Generate(const json& request, const std::atomic<bool>* cancel,
+                                      std::atomic<uint64_t>* progress) const {
+  return Stream("/api/generate", NdjsonStream::Format::kGenerate, request, cancel, progress,
+                options_);
 }
 
-GenerateResult OllamaClient::Chat(const json& request, const std::atomic<bool>* cancel) const {
-  return Stream("/api/chat", NdjsonStream::Format::kChat, request, cancel, options_);
+GenerateResult OllamaClient::Chat(const json& request, const std::atomic<bool>* cancel,
+                                  std::atomic<uint64_t>* progress) const {
+  return Stream("/api/chat", NdjsonStream::Format::kChat, request, cancel, progress, options_);
 }
 
 GenerateResult OllamaClient::Stream(const char* path, NdjsonStream::Format format,
                                     const json& request, const std::atomic<bool>* cancel,
+                                    std::atomic<uint64_t>* progress,
                                     const OllamaClientOptions& options) const {
   GenerateResult r;
   json body = request;
   body["stream"] = true;
   NdjsonStream stream(format, options.stream_limits);
   Transfer t;
-  r.status = Perform(options, Request{path, DumpRequest(body), &stream, 0}, cancel, &t);
+  r.status = Perform(options, Request{path, DumpRequest(body), &stream, 0, progress}, cancel, &t);
   if (r.status.ok() || t.abort == Abort::kStream) {
     if (!stream.Finish()) {
       r.status.cls = stream.retryable() ? CallClass::kRetryable : CallClass::kFatal;
@@ -522,6 +543,7 @@ GenerateResult OllamaClient::Stream(const char* path, NdjsonStream::Format forma
       r.status.error.clear();
     }
   }
+  t.CountLines();  // a last line without "\n", decoded by Finish()
   r.text = stream.text();
   r.thinking = stream.thinking();
   r.model = stream.model();
@@ -530,13 +552,15 @@ GenerateResult OllamaClient::Stream(const char* path, NdjsonStream::Format forma
   return r;
 }
 
-EmbedResult OllamaClient::Embed(const json& request, const std::atomic<bool>* cancel) const {
+EmbedResult OllamaClient::Embed(const json& request, const std::atomic<bool>* cancel,
+                                std::atomic<uint64_t>* progress) const {
   EmbedResult r;
   Transfer t;
   r.status = Perform(options_,
                      Request{"/api/embed", DumpRequest(request), nullptr, options_.max_body_bytes},
                      cancel, &t);
   if (!r.status.ok()) return r;
+  if (progress != nullptr) progress->fetch_add(1, std::memory_order_relaxed);
   auto bad = [&](const std::string& what) {
     r.status.cls = CallClass::kFatal;
     r.status.error = "bad answer from Ollama on /api/embed: " + what;
@@ -581,7 +605,8 @@ CallStatus OllamaClient::Probe(const Config::Backend& backend, std::chrono::mill
   o.first_byte_timeout = deadline;
   o.request_timeout = deadline;
   o.idle_timeout = std::min(o.idle_timeout, deadline);
-  return Stream("/api/generate", NdjsonStream::Format::kGenerate, request, cancel, o).status;
+  return Stream("/api/generate", NdjsonStream::Format::kGenerate, request, cancel, nullptr, o)
+      .status;
 }
 
 void ApplyServerOptions(const Config::Backend& backend, json* request) {

@@ -31,6 +31,12 @@
 // within about 100 ms (the progress callback runs at least that often)
 // and the connection is closed, which makes Ollama stop the generation.
 //
+// Progress: Generate, Chat and Embed take an optional counter that the
+// calling pool thread's request adds to (relaxed) as the answer arrives: 1
+// per NDJSON line of a stream (blank lines not counted), 1 for an embed
+// answer once its body is complete. The loop reads it to tell how far a
+// running request got (jobs/job.h, JobRecord::progress).
+//
 // Every result is classified (CallClass): ok; busy (HTTP 429, 503: retry
 // later without spending an attempt); retryable (connection refused or
 // reset, any timeout, HTTP 408, 500, 502, 504 and other 5xx, a stream cut
@@ -43,6 +49,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -67,6 +74,9 @@ struct CallStatus {
   // From starting the request to its end (success or failure): the latency
   // sample for `status`.
   std::chrono::nanoseconds elapsed{0};
+  // The request ended by one of the client's timeouts (connect, first byte,
+  // idle, request): a sign that the server is overloaded, not that it failed.
+  bool timed_out = false;
 
   bool ok() const { return cls == CallClass::kOk; }
 };
@@ -118,16 +128,21 @@ class OllamaClient {
 
   // POST /api/generate with `request` as Ollama takes it (model, prompt,
   // system, options, format, think, keep_alive, …); "stream" is forced to
-  // true. Pool thread only. `cancel` may be null; it must outlive the call.
-  GenerateResult Generate(const nlohmann::json& request, const std::atomic<bool>* cancel) const;
+  // true. Pool thread only. `cancel` and `progress` may be null; they must
+  // outlive the call. `progress` gains 1 per streamed line.
+  GenerateResult Generate(const nlohmann::json& request, const std::atomic<bool>* cancel,
+                          std::atomic<uint64_t>* progress = nullptr) const;
 
   // POST /api/chat with `request` (model, messages, options, …); "stream" is
   // forced to true. As Generate.
-  GenerateResult Chat(const nlohmann::json& request, const std::atomic<bool>* cancel) const;
+  GenerateResult Chat(const nlohmann::json& request, const std::atomic<bool>* cancel,
+                      std::atomic<uint64_t>* progress = nullptr) const;
 
   // POST /api/embed with `request` (model, input: [texts…], …). The answer
   // must hold one vector per input, all of one length, or it is fatal.
-  EmbedResult Embed(const nlohmann::json& request, const std::atomic<bool>* cancel) const;
+  // `progress` (may be null) gains 1 when a complete 200 answer has arrived.
+  EmbedResult Embed(const nlohmann::json& request, const std::atomic<bool>* cancel,
+                    std::atomic<uint64_t>* progress = nullptr) const;
 
   // A real, tiny inference request: /api/generate on backend.model with
   // num_predict 1 and the server options every job sends (keep_alive,
@@ -143,7 +158,7 @@ class OllamaClient {
  private:
   GenerateResult Stream(const char* path, NdjsonStream::Format format,
                         const nlohmann::json& request, const std::atomic<bool>* cancel,
-                        const OllamaClientOptions& options) const;
+                        std::atomic<uint64_t>* progress, const OllamaClientOptions& options) const;
 
   OllamaClientOptions options_;
 };

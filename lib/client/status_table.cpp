@@ -72,6 +72,39 @@ std::string FormatBackend(const nlohmann::json& s) {
   return out;
 }
 
+std::string FormatModels(const nlohmann::json& s) {
+  std::string out;
+  char line[512];
+  auto models = s.value("models", nlohmann::json::array());
+  if (!models.is_array()) return out;
+  for (const auto& m : models) {
+    if (!m.is_object()) continue;
+    std::snprintf(line, sizeof line,
+                  "  model      %s%s  limit %d (%s, max %d)  in flight %d  waiting %d  server "
+                  "wait %s\n",
+                  m.value("model", "?").c_str(), m.value("embedding", false) ? " (embed)" : "",
+                  m.value("limit", 0), m.value("mode", "?").c_str(), m.value("max", 0),
+                  m.value("in_flight", 0), m.value("waiting", 0),
+                  Ms(m.value("server_wait_ms", 0.0)).c_str());
+    out += line;
+    std::string why = m.value("reason", "");
+    if (!why.empty()) {
+      out += "             limit " + why + " (" +
+             FormatDuration(m.value("changed_ms_ago", 0.0) / 1000.0) + " ago)\n";
+    }
+  }
+  auto pre = Get(s, "jobs", "preempted", 0ULL);
+  auto pro = Get(s, "jobs", "promoted", 0ULL);
+  if (pre > 0 || pro > 0) {
+    std::snprintf(line, sizeof line,
+                  "  lanes      %llu background requests preempted for interactive jobs, %llu "
+                  "jobs promoted (a result waited for them)\n",
+                  pre, pro);
+    out += line;
+  }
+  return out;
+}
+
 std::string FormatDuration(double s) {
   char buf[32];
   if (s < 60) {
@@ -123,6 +156,7 @@ std::string FormatStatus(const nlohmann::json& s) {
     out += line;
   }
   out += FormatBackend(s);
+  out += FormatModels(s);
   auto db = s.value("db", nlohmann::json::object());
   if (db.value("store", "") == "postgres") {
     auto w = db.value("writer", nlohmann::json::object());
@@ -185,6 +219,7 @@ std::string FormatJob(const nlohmann::json& j) {
   if (j.value("busy_retries", 0) > 0) {
     out += "  busy retries " + std::to_string(j.value("busy_retries", 0));
   }
+  if (j.value("preempted", 0) > 0) out += "  preempted " + std::to_string(j.value("preempted", 0));
   out += "\n";
   if (j.contains("result")) out += "result: " + j["result"].dump(2) + "\n";
   if (j.contains("error")) out += "error: " + j.value("error", "") + "\n";

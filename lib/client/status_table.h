@@ -13,6 +13,10 @@ std::string FormatStatus(const nlohmann::json& status);
 // and latency; when the breaker is not closed its reason and next probe; and
 // the jobs held back waiting for it.
 std::string FormatBackend(const nlohmann::json& status);
+// The per-model lines: each backend model's limit (learned or pinned), in
+// flight, jobs waiting for it, the server wait it sees and why the limit
+// last changed; then the preemption and promotion counts.
+std::string FormatModels(const nlohmann::json& status);
 // One job from `result`: its state, timings, and result or error.
 std::string FormatJob(const nlohmann::json& job);
 // "1h02m", "3m05s", "12.4s".

@@ -13,7 +13,7 @@ namespace digestd {
 
 namespace {
 
-enum class Kind { kInt, kString, kMode, kIdList };
+enum class Kind { kInt, kString, kMode, kIdList, kBool, kAutoInt };
 
 struct KeyDef {
   ConfigKeySpec spec;
@@ -38,6 +38,22 @@ struct KeyDef {
         [](Config& c, int64_t v) { c.field = static_cast<decltype(c.field)>(v); },                \
         [](const Config& c) { return static_cast<int64_t>(c.field); }, nullptr, nullptr, nullptr, \
         nullptr                                                                                   \
+  }
+
+// An integer in [lo, hi], or the string "auto" (stored as 0).
+#define AUTO_INT_KEY(sec, key, field, lo, hi, reload)                                             \
+  KeyDef {                                                                                        \
+    {sec, #key, reload}, Kind::kAutoInt, lo, hi,                                                  \
+        [](Config& c, int64_t v) { c.field = static_cast<decltype(c.field)>(v); },                \
+        [](const Config& c) { return static_cast<int64_t>(c.field); }, nullptr, nullptr, nullptr, \
+        nullptr                                                                                   \
+  }
+
+#define BOOL_KEY(sec, key, field, reload)                                                        \
+  KeyDef {                                                                                       \
+    {sec, #key, reload}, Kind::kBool, 0, 1, [](Config& c, int64_t v) { c.field = v != 0; },      \
+        [](const Config& c) { return static_cast<int64_t>(c.field ? 1 : 0); }, nullptr, nullptr, \
+        nullptr, nullptr                                                                         \
   }
 
 #define STR_KEY(sec, key, field, reload, checker)                 \
@@ -161,6 +177,8 @@ const std::vector<KeyDef>& Defs() {
       INT_KEY("workers", min, workers.min, 1, 1024, true),
       INT_KEY("workers", max, workers.max, 1, 1024, true),
       INT_KEY("workers", interactive_reserved, workers.interactive_reserved, 0, 1023, true),
+      BOOL_KEY("workers", preempt, workers.preempt, true),
+      INT_KEY("workers", max_preemptions, workers.max_preemptions, 0, 1000, true),
       INT_KEY("queues", interactive, queues.interactive, 1, 1000000, false),
       INT_KEY("queues", background, queues.background, 1, 1000000, false),
       INT_KEY("queues", write, queues.write, 1, 1000000, false),
@@ -236,6 +254,7 @@ const std::vector<KeyDef>& Defs() {
       INT_KEY("backend", breaker_open_s, backend.breaker_open_s, 1, 86400, true),
       INT_KEY("backend", max_input_bytes, backend.max_input_bytes, 1024, 64 * 1024 * 1024, true),
       INT_KEY("backend", max_embed_texts, backend.max_embed_texts, 1, 100000, true),
+      AUTO_INT_KEY("backend", parallel, backend.parallel, 1, 1024, true),
       INT_KEY("summarize", max_words, summarize.max_words, 1, 1000, true),
       STR_KEY("summarize", fallback, summarize.fallback, true, CheckFallback),
       STR_KEY("summarize", placeholder_text, summarize.placeholder_text, true, CheckPlaceholder),
@@ -309,17 +328,37 @@ Status ApplyKey(Config& config, const KeyDef& def, const toml::node& node,
                       std::string(def.spec.name);
   switch (def.kind) {
     case Kind::kInt: {
-      auto v = node.is_integer() ? node.value<int64_t>() : std::nullopt;
-      if (!node.is_integer() || !v) {
+      if (!node.is_integer()) {
         return Status::InvalidConfig(where + " must be an integer between " +
                                      std::to_string(def.min) + " and " + std::to_string(def.max));
       }
-      if (*v < def.min || *v > def.max) {
-        return Status::InvalidConfig(where + " = " + std::to_string(*v) +
+      const int64_t v = node.value_or<int64_t>(0);
+      if (v < def.min || v > def.max) {
+        return Status::InvalidConfig(where + " = " + std::to_string(v) +
                                      " is out of range: allowed " + std::to_string(def.min) +
                                      " to " + std::to_string(def.max));
       }
-      def.set_int(config, *v);
+      def.set_int(config, v);
+      return Status::Ok();
+    }
+    case Kind::kBool: {
+      if (!node.is_boolean()) {
+        return Status::InvalidConfig(where + " must be true or false (without quotes)");
+      }
+      def.set_int(config, node.value_or(false) ? 1 : 0);
+      return Status::Ok();
+    }
+    case Kind::kAutoInt: {
+      if (node.is_string() && *node.value<std::string>() == "auto") {
+        def.set_int(config, 0);
+        return Status::Ok();
+      }
+      const int64_t v = node.is_integer() ? node.value_or<int64_t>(0) : int64_t{0};
+      if (!node.is_integer() || v < def.min || v > def.max) {
+        return Status::InvalidConfig(where + " must be \"auto\" or an integer between " +
+                                     std::to_string(def.min) + " and " + std::to_string(def.max));
+      }
+      def.set_int(config, v);
       return Status::Ok();
     }
     case Kind::kString:
@@ -545,6 +584,12 @@ std::string ConfigValueString(const Config& config, std::string_view section,
   switch (def->kind) {
     case Kind::kInt:
       return std::to_string(def->get_int(config));
+    case Kind::kBool:
+      return def->get_int(config) != 0 ? "true" : "false";
+    case Kind::kAutoInt: {
+      int64_t v = def->get_int(config);
+      return v == 0 ? "\"auto\"" : std::to_string(v);
+    }
     case Kind::kString:
     case Kind::kMode: {
       std::ostringstream os;
@@ -583,6 +628,8 @@ Config MergeReloadable(const Config& running, const Config& fresh) {
     if (!d.spec.reloadable) continue;
     switch (d.kind) {
       case Kind::kInt:
+      case Kind::kBool:
+      case Kind::kAutoInt:
         d.set_int(out, d.get_int(fresh));
         break;
       case Kind::kString:

@@ -21,6 +21,8 @@ struct Config {
     int min = 3;                   // lowest worker limit `workers` may set
     int max = 16;                  // highest worker limit; sizes the thread pool
     int interactive_reserved = 1;  // slots background work may never take
+    bool preempt = true;           // abort background LLM work for interactive jobs
+    int max_preemptions = 3;       // a job preempted this often is not preempted again
   } workers;
   struct Queues {
     int interactive = 200;  // ring capacity of the interactive lane
@@ -75,6 +77,9 @@ struct Config {
     int breaker_open_s = 30;           // how long it stays open before one probe
     int64_t max_input_bytes = 262144;  // largest text (each field) a job may carry
     int max_embed_texts = 256;         // most texts in one embed job
+    // Requests in flight to one generation model at most: 0 ("auto") learns
+    // each model's capacity (dispatch/model_capacity.h); N pins it.
+    int parallel = 0;
   } backend;
   // The summarize job kind.
   struct Summarize {

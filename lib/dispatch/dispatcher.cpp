@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cassert>
+#include <climits>
 
 #include "obs/log.h"
 
@@ -15,6 +16,11 @@ struct Dispatcher::WorkItem {
   WorkContext ctx;          // all the pool thread may touch
   WorkOutcome outcome;      // written by the pool thread, read after work
   uint64_t started_ns = 0;  // uv_hrtime when it was handed to the pool
+  // Loop thread only: the job's model slot (nullptr: no backend model) and
+  // its capacity ticket; whether it is being aborted for an interactive job.
+  ModelSlot* slot = nullptr;
+  CapacityTicket ticket;
+  bool preempting = false;
 };
 
 namespace {
@@ -33,6 +39,35 @@ std::string_view OutcomeName(WorkOutcome::Kind kind) {
       return "cancelled";
   }
   return "done";
+}
+
+// What a finished request showed its model's capacity.
+CapacitySample SampleOf(const WorkOutcome& outcome) {
+  CapacitySample s;
+  switch (outcome.kind) {
+    case WorkOutcome::Kind::kDone:
+      s.outcome = CapacityOutcome::kOk;
+      break;
+    case WorkOutcome::Kind::kBusy:
+      s.outcome = CapacityOutcome::kBusy;
+      break;
+    case WorkOutcome::Kind::kRetry:
+    case WorkOutcome::Kind::kFailed:
+      s.outcome = outcome.timing.timed_out ? CapacityOutcome::kTimeout : CapacityOutcome::kError;
+      break;
+    case WorkOutcome::Kind::kCancelled:
+      s.outcome = CapacityOutcome::kCancelled;
+      break;
+  }
+  // A done job that stored a stand-in (fallback) has no answer's timing.
+  if (s.outcome == CapacityOutcome::kOk && !outcome.error.empty() && !outcome.timing.total_ns)
+    s.outcome = CapacityOutcome::kError;
+  s.total_ns = outcome.timing.total_ns;
+  s.load_ns = outcome.timing.load_ns;
+  s.prompt_eval_ns = outcome.timing.prompt_eval_ns;
+  s.eval_ns = outcome.timing.eval_ns;
+  s.latency_ns = static_cast<int64_t>(outcome.backend_ns);
+  return s;
 }
 
 // The per-job debug lines: one when an attempt starts, one when it ends.
@@ -89,16 +124,155 @@ Status Dispatcher::Enqueue(JobPtr job) {
     return Status::Unavailable("digestd is shutting down and accepts no new jobs");
   }
   auto& ring = rings_[static_cast<int>(job->lane)];
-  if (ring.size() >= ring.capacity() - 1) {
+  if (ring.size() >= ring.capacity() - 1 || depth(job->lane) >= capacity(job->lane)) {
     return Status::QueueFull("the " + std::string(LaneName(job->lane)) + " lane is full (" +
                              std::to_string(ring.capacity() - 1) +
                              " jobs); retry later or raise [queues] " +
                              std::string(LaneName(job->lane)));
   }
+  job->queue_seq = ++next_seq_;
+  if (ModelSlot* slot = SlotOf(*job)) ++slot->waiting;
   bool pushed = ring.Push(Entry{std::move(job)});
   (void)pushed;  // the size check above guarantees room
   Pump();
   return Status::Ok();
+}
+
+void Dispatcher::SetConfig(std::shared_ptr<const Config> config) {
+  config_ = std::move(config);
+  for (auto& [name, slot] : models_) ApplyModelSettings(slot);
+  Pump();
+}
+
+void Dispatcher::ApplyModelSettings(ModelSlot& slot) {
+  const int64_t now = static_cast<int64_t>(uv_now(loop_));
+  slot.cap.SetBounds(limits_.max, now);
+  // Ollama runs an embedding model one request at a time.
+  int pin = slot.embedding ? 1 : config_->backend.parallel;
+  if (pin > 0) {
+    slot.cap.Pin(pin, now);
+  } else if (slot.cap.pinned()) {
+    slot.cap.Unpin(now);
+  }
+}
+
+Dispatcher::ModelSlot* Dispatcher::SlotFor(const BackendModel& model) {
+  auto it = models_.find(model.name);
+  if (it == models_.end()) {
+    // Jobs may name any model: forget idle ones (what they learned too)
+    // rather than grow without bound.
+    if (models_.size() >= kMaxModels) {
+      std::erase_if(models_, [](const auto& entry) {
+        const ModelSlot& s = entry.second;
+        return s.cap.in_flight() == 0 && s.waiting == 0 && s.parked[0].empty() &&
+               s.parked[1].empty();
+      });
+    }
+    it = models_.try_emplace(model.name, limits_.max, static_cast<int64_t>(uv_now(loop_))).first;
+    it->second.embedding = model.embedding;
+    ApplyModelSettings(it->second);
+  }
+  return &it->second;
+}
+
+Dispatcher::ModelSlot* Dispatcher::SlotOf(JobRecord& job) {
+  if (!job.model_resolved) {
+    job.model_resolved = true;
+    const JobKind* kind = kinds_.Find(job.kind);
+    if (kind != nullptr && job.input) {
+      if (auto m = kind->ModelOf(*job.input, *config_)) {
+        job.model = std::move(m->name);
+        job.embedding_model = m->embedding;
+      }
+    }
+  }
+  if (job.model.empty()) return nullptr;
+  return SlotFor(BackendModel{job.model, job.embedding_model});
+}
+
+bool Dispatcher::Startable(const JobRecord& job, const ModelSlot* slot) const {
+  if (slot == nullptr || slot->active() < slot->cap.limit()) return true;
+  return job.lane == Lane::kInteractive && Victim(slot) != nullptr;
+}
+
+Dispatcher::WorkItem* Dispatcher::Victim(const ModelSlot* slot) const {
+  if (!config_->workers.preempt) return nullptr;
+  WorkItem* best = nullptr;
+  uint64_t least = UINT64_MAX;
+  for (WorkItem* item : items_) {
+    if (item->slot != slot || item->preempting || item->job->lane != Lane::kBackground) continue;
+    if (item->job->preempted >= config_->workers.max_preemptions) continue;
+    uint64_t p = item->job->progress->load(std::memory_order_relaxed);
+    if (p < least) {
+      least = p;
+      best = item;
+    }
+  }
+  return best;
+}
+
+bool Dispatcher::Skip(int lane, const JobPtr& job) {
+  if (static_cast<int>(job->lane) != lane) {
+    if (stale_[lane] > 0) --stale_[lane];
+    return true;
+  }
+  if (job->state == JobState::kQueued) return false;
+  if (ModelSlot* slot = SlotOf(*job); slot != nullptr && slot->waiting > 0) --slot->waiting;
+  return true;
+}
+
+bool Dispatcher::Promote(const JobPtr& job) {
+  if (pills_in_ || job->state != JobState::kQueued || job->lane != Lane::kBackground) return false;
+  job->lane = Lane::kInteractive;
+  ++stale_[static_cast<int>(Lane::kBackground)];
+  front_[static_cast<int>(Lane::kInteractive)].push_back(job);
+  ++promoted_;
+  Pump();
+  return true;
+}
+
+size_t Dispatcher::ClaimRoom(Lane lane) const {
+  int l = static_cast<int>(lane);
+  if (!backend_lane_[l]) return SIZE_MAX;
+  if (models_.empty()) return depth(lane) == 0 ? 1 : 0;
+  long room = 0;
+  for (const auto& [name, slot] : models_) {
+    room += std::max(0, slot.cap.limit() - slot.active() - slot.waiting);
+    if (lane == Lane::kInteractive && config_->workers.preempt) {
+      for (WorkItem* item : items_) {
+        if (item->slot == &slot && !item->preempting && item->job->lane == Lane::kBackground &&
+            item->job->preempted < config_->workers.max_preemptions)
+          ++room;
+      }
+    }
+  }
+  return static_cast<size_t>(std::max(0L, room));
+}
+
+int Dispatcher::RoomFor(const JobKind& kind, const nlohmann::json& input) {
+  auto m = kind.ModelOf(input, *config_);
+  if (!m) return INT_MAX;
+  const ModelSlot* slot = SlotFor(*m);
+  return std::max(0, slot->cap.limit() - slot->active() - slot->waiting);
+}
+
+nlohmann::json Dispatcher::ModelsJson() const {
+  const int64_t now = static_cast<int64_t>(uv_now(loop_));
+  nlohmann::json out = nlohmann::json::array();
+  for (const auto& [name, slot] : models_) {
+    nlohmann::json m = slot.cap.ToJson(now);
+    m["model"] = name;
+    m["embedding"] = slot.embedding;
+    m["waiting"] = slot.waiting;
+    m["preempting"] = slot.preempting;
+    out.push_back(std::move(m));
+  }
+  return out;
+}
+
+const ModelCapacity* Dispatcher::capacity_of(const std::string& model) const {
+  auto it = models_.find(model);
+  return it == models_.end() ? nullptr : &it->second.cap;
 }
 
 Status Dispatcher::SetLimits(int min, int max, int interactive_reserved) {
@@ -121,6 +295,7 @@ Status Dispatcher::SetLimits(int min, int max, int interactive_reserved) {
   limits_.max = max;
   limits_.interactive_reserved = interactive_reserved;
   limits_.limit = raise ? max : std::clamp(limits_.limit, min, max);
+  for (auto& [name, slot] : models_) ApplyModelSettings(slot);
   Pump();
   return Status::Ok();
 }
@@ -148,54 +323,149 @@ void Dispatcher::CancelInFlight() {
 
 std::vector<JobPtr> Dispatcher::TakeQueued() {
   std::vector<JobPtr> out;
+  auto take = [&out](int lane, JobPtr job) {
+    // A promoted job's old entry in the other lane is not a second job.
+    if (job && static_cast<int>(job->lane) == lane) out.push_back(std::move(job));
+  };
   for (int lane = 0; lane < kLaneCount; ++lane) {
-    while (auto entry = rings_[lane].Pop()) {
-      if (entry->job) out.push_back(std::move(entry->job));
+    for (auto& job : front_[lane]) take(lane, std::move(job));
+    front_[lane].clear();
+    for (auto& [name, slot] : models_) {
+      for (auto& job : slot.parked[lane]) take(lane, std::move(job));
+      slot.parked[lane].clear();
     }
+    while (auto entry = rings_[lane].Pop()) take(lane, std::move(entry->job));
+    parked_[lane] = 0;
+    stale_[lane] = 0;
     if (pills_in_) lane_closed_[lane] = true;
   }
+  for (auto& [name, slot] : models_) slot.waiting = 0;
   return out;
 }
 
 size_t Dispatcher::depth(Lane lane) const {
-  const auto& ring = rings_[static_cast<int>(lane)];
+  int l = static_cast<int>(lane);
+  const auto& ring = rings_[l];
   size_t n = ring.size();
-  if (pills_in_ && !lane_closed_[static_cast<int>(lane)] && n > 0) --n;  // the pill
-  return n;
+  if (pills_in_ && !lane_closed_[l] && n > 0) --n;  // the pill
+  n += front_[l].size() + parked_[l];
+  return n > stale_[l] ? n - stale_[l] : 0;
 }
 
 size_t Dispatcher::capacity(Lane lane) const {
   return rings_[static_cast<int>(lane)].capacity() - 1;
 }
 
+Dispatcher::Pick Dispatcher::PickNext(int lane) {
+  Pick pick;
+  // 1. Jobs put back at the head of the lane or promoted into it, in order;
+  // one whose model is full lets the next one (another model) go first.
+  auto& front = front_[lane];
+  while (!front.empty() && Skip(lane, front.front())) front.pop_front();
+  for (size_t i = 0; i < front.size(); ++i) {
+    const JobPtr& job = front[i];
+    if (static_cast<int>(job->lane) != lane || job->state != JobState::kQueued) continue;
+    if (Startable(*job, SlotOf(*job))) {
+      pick.from = Pick::From::kFront;
+      pick.index = i;
+      pick.job = job;
+      return pick;
+    }
+  }
+  // 2. Parked jobs (popped from the ring while their model was full) came
+  // before every job still in the ring: the oldest whose model has room.
+  if (parked_[lane] > 0) {
+    for (auto& [name, slot] : models_) {
+      auto& q = slot.parked[lane];
+      while (!q.empty() && Skip(lane, q.front())) {
+        q.pop_front();
+        --parked_[lane];
+      }
+      if (q.empty() || !Startable(*q.front(), &slot)) continue;
+      if (!pick.job || q.front()->queue_seq < pick.job->queue_seq) {
+        pick.from = Pick::From::kParked;
+        pick.slot = &slot;
+        pick.job = q.front();
+      }
+    }
+    if (pick.job) return pick;
+  }
+  // 3. The ring: a head job whose model is full is parked, so the jobs
+  // behind it are not held up.
+  auto& ring = rings_[lane];
+  while (!ring.empty()) {
+    Entry* head = ring.Front();
+    if (!head->job) {
+      // The pill: the lane closes once nothing before it waits any more.
+      if (front.empty() && parked_[lane] == 0) {
+        ring.Pop();
+        lane_closed_[lane] = true;
+        LOG_INFO("%s lane reached its shutdown pill", LaneName(static_cast<Lane>(lane)).data());
+      }
+      return pick;
+    }
+    if (Skip(lane, head->job)) {
+      ring.Pop();
+      continue;
+    }
+    ModelSlot* slot = SlotOf(*head->job);
+    if (Startable(*head->job, slot)) {
+      pick.from = Pick::From::kRing;
+      pick.job = head->job;
+      return pick;
+    }
+    slot->parked[lane].push_back(std::move(head->job));
+    ++parked_[lane];
+    ring.Pop();
+  }
+  return pick;
+}
+
+void Dispatcher::Take(int lane, const Pick& pick) {
+  switch (pick.from) {
+    case Pick::From::kFront:
+      front_[lane].erase(front_[lane].begin() + static_cast<std::ptrdiff_t>(pick.index));
+      break;
+    case Pick::From::kParked:
+      pick.slot->parked[lane].pop_front();
+      --parked_[lane];
+      break;
+    case Pick::From::kRing:
+      rings_[lane].Pop();
+      break;
+    case Pick::From::kNone:
+      break;
+  }
+}
+
 void Dispatcher::Pump() {
   if (pumping_) return;  // a hook re-entered; the outer loop continues
   pumping_ = true;
-  while (in_flight_ < limits_.limit) {
-    std::optional<Entry> next;
+  // Slots of requests being aborted are as good as free: their threads
+  // return within the client's cancel check.
+  while (in_flight_ - preempting_ < limits_.limit) {
+    JobPtr next;
     for (int lane = 0; lane < kLaneCount && !next; ++lane) {
       if (lane_closed_[lane]) continue;
-      auto& ring = rings_[lane];
-      if (ring.empty()) continue;
-      if (lane == static_cast<int>(Lane::kBackground) && ring.Front()->job != nullptr &&
-          in_flight_ >= limits_.limit - limits_.interactive_reserved) {
+      if (lane == static_cast<int>(Lane::kBackground) &&
+          in_flight_ - preempting_ >= limits_.limit - limits_.interactive_reserved) {
         continue;  // the remaining slots are reserved for interactive work
       }
-      if (ring.Front()->job != nullptr && ring.Front()->job->state == JobState::kQueued &&
-          hooks_.can_start && !hooks_.can_start(*ring.Front()->job)) {
-        continue;  // held back (breaker open); the lane waits for Kick()
+      Pick pick = PickNext(lane);
+      if (!pick.job) continue;
+      if (hooks_.can_start && !hooks_.can_start(*pick.job)) {
+        if (pick.job->state == JobState::kQueued) continue;  // held back; waits for Kick()
       }
-      next = ring.Pop();
-      if (!next->job) {
-        lane_closed_[lane] = true;
-        LOG_INFO("%s lane reached its shutdown pill", LaneName(static_cast<Lane>(lane)).data());
-        next.reset();
+      Take(lane, pick);
+      if (pick.job->state != JobState::kQueued) {  // dropped by the store meanwhile
+        Skip(lane, pick.job);
         continue;
       }
+      next = std::move(pick.job);
     }
     if (!next) break;
-    if (next->job->state != JobState::kQueued) continue;  // cancelled while queued
-    Start(std::move(next->job));
+    if (ModelSlot* slot = SlotOf(*next); slot != nullptr && slot->waiting > 0) --slot->waiting;
+    Start(std::move(next));
   }
   pumping_ = false;
   if (Drained() && hooks_.on_drained) hooks_.on_drained();
@@ -213,9 +483,29 @@ void Dispatcher::Start(JobPtr job) {
     RunOnLoop(*kind, std::move(job));
     return;
   }
+  backend_lane_[static_cast<int>(job->lane)] = !job->model.empty();
   auto item = std::make_unique<WorkItem>();
   item->owner = this;
   item->kind = kind;
+  if (ModelSlot* slot = SlotOf(*job)) {
+    if (slot->active() >= slot->cap.limit()) {
+      // Only an interactive job gets here with its model full (Startable):
+      // abort the background request with the least progress.
+      if (WorkItem* victim = Victim(slot)) {
+        victim->preempting = true;
+        ++slot->preempting;
+        ++preempting_;
+        ++preemptions_;
+        victim->ctx.cancel->store(true, std::memory_order_relaxed);
+        LOG_INFO("job %s (background, %s): aborted for interactive job %s (preempted %d times)",
+                 victim->job->key.c_str(), job->model.c_str(), job->key.c_str(),
+                 victim->job->preempted + 1);
+      }
+    }
+    item->slot = slot;
+    item->ticket = slot->cap.OnStart();
+  }
+  job->progress->store(0, std::memory_order_relaxed);
   item->ctx = ContextFor(*job);
   item->req.data = item.get();
   item->job = std::move(job);
@@ -227,6 +517,11 @@ void Dispatcher::Start(JobPtr job) {
   if (rc != 0) {
     // libuv's rule: the callbacks will not run, so finish the job here.
     LOG_ERROR("uv_queue_work failed: %s", uv_strerror(rc));
+    if (item->slot != nullptr) {
+      item->slot->cap.OnFinish(item->ticket,
+                               CapacitySample{CapacityOutcome::kError, {}, {}, {}, {}, 0},
+                               static_cast<int64_t>(uv_now(loop_)));
+    }
     if (hooks_.on_finish) {
       hooks_.on_finish(item->job,
                        WorkOutcome::Failed(std::string("could not start: ") + uv_strerror(rc)));
@@ -287,7 +582,29 @@ void Dispatcher::OnAfterWork(uv_work_t* req, int status) {
     item->outcome = WorkOutcome::Cancelled("cancelled before it started");
   }
   LogEnded(*item->job, item->ctx.attempt, item->outcome, item->started_ns);
-  if (self->hooks_.on_finish) self->hooks_.on_finish(item->job, std::move(item->outcome));
+  const JobPtr& job = item->job;
+  if (item->slot != nullptr) {
+    ModelSlot* slot = item->slot;
+    slot->cap.OnFinish(item->ticket, SampleOf(item->outcome),
+                       static_cast<int64_t>(uv_now(self->loop_)));
+    if (item->preempting) {
+      --slot->preempting;
+      --self->preempting_;
+    }
+  }
+  // Aborted for an interactive job (not by a cancel or the shutdown): back
+  // to the head of its lane, its attempt given back.
+  if (item->preempting && item->outcome.kind == WorkOutcome::Kind::kCancelled &&
+      !job->user_cancelled && !self->pills_in_) {
+    ++job->preempted;
+    if (self->hooks_.on_preempted) self->hooks_.on_preempted(job);
+    job->cancel->store(false, std::memory_order_relaxed);
+    if (ModelSlot* slot = self->SlotOf(*job)) ++slot->waiting;
+    self->front_[static_cast<int>(job->lane)].push_front(job);
+    self->Pump();
+    return;
+  }
+  if (self->hooks_.on_finish) self->hooks_.on_finish(job, std::move(item->outcome));
   self->Pump();
 }
 

@@ -10,6 +10,22 @@
 // interactive_reserved, so those slots stay free for the interactive lane
 // (docs/architecture.md, "Lanes and worker slots").
 //
+// Per-model limits: a job whose kind calls the LLM backend (JobKind::ModelOf)
+// also needs room at its model: fewer requests in flight to that model than
+// its ModelCapacity allows ([backend] parallel: learned, or pinned; embedding
+// models 1). A lane's head job whose model is full is parked in a queue of
+// its model, in order, so the jobs behind it (other models, noops) still
+// start; a parked job starts before any later job of its lane once its model
+// has room. Jobs put back at the head of a lane (preempted) or moved into
+// the interactive lane (promoted) wait in a front queue served first.
+//
+// Preemption ([workers] preempt): an interactive job whose model is full of
+// background requests aborts the one with the least progress (its cancel
+// flag; the client closes the connection, which stops Ollama's generation)
+// and starts at once. The aborted job comes back through on_preempted (the
+// store gives its attempt back) and waits at the head of its lane. A job
+// preempted [workers] max_preemptions times is not preempted again.
+//
 // Poison pills: PutPills() appends a pill to each ring; everything queued
 // before a pill is still dispatched, nothing after it (docs/architecture.md,
 // "Shutdown").
@@ -34,10 +50,15 @@
 #include <uv.h>
 
 #include <cstdint>
+#include <deque>
 #include <functional>
+#include <map>
 #include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
 #include <unordered_set>
 
+#include "dispatch/model_capacity.h"
 #include "jobs/job.h"
 #include "jobs/job_kind.h"
 #include "queue/ring_queue.h"
@@ -65,6 +86,10 @@ class Dispatcher {
     // backend's circuit breaker is open). The job then waits in its ring,
     // and so does its lane, until Kick(). May be empty: always true.
     std::function<bool(const JobRecord&)> can_start;
+    // A running background job was aborted for an interactive one: the
+    // store makes it queued again without spending its attempt. The
+    // dispatcher then puts it at the head of its lane. May be empty.
+    std::function<void(const JobPtr&)> on_preempted;
   };
 
   // `loop` must outlive the Dispatcher. `pool_size` is the thread pool size
@@ -100,8 +125,31 @@ class Dispatcher {
   // the caller to release. Nothing queued is dispatched afterwards.
   std::vector<JobPtr> TakeQueued();
 
-  // The config that jobs started from now on see (reload swaps it).
-  void SetConfig(std::shared_ptr<const Config> config) { config_ = std::move(config); }
+  // The config that jobs started from now on see (reload swaps it); also
+  // [backend] parallel and [workers] preempt / max_preemptions.
+  void SetConfig(std::shared_ptr<const Config> config);
+
+  // Someone waits for `job` now: a queued background job moves to the
+  // interactive lane (ahead of that lane's ring). False when it is not a
+  // queued background job here.
+  bool Promote(const JobPtr& job);
+
+  // How many more jobs `lane` should take from the shared table now: what
+  // the models its jobs go to can start soon (free room at each model,
+  // less the jobs already waiting here; for the interactive lane also the
+  // background requests it may preempt). Unbounded (SIZE_MAX) while the
+  // lane's work calls no backend model.
+  size_t ClaimRoom(Lane lane) const;
+  // Whether a new job of `kind` with `input` could start at its model
+  // soon: free room at the model, less the jobs waiting for it here. INT_MAX
+  // for a job that calls no backend model.
+  int RoomFor(const JobKind& kind, const nlohmann::json& input);
+
+  // Per model: {"model","embedding","mode","limit","max","in_flight",
+  // "waiting","reason","changed_ms_ago","server_wait_ms",...}.
+  nlohmann::json ModelsJson() const;
+  // nullptr when no job of `model` was seen.
+  const ModelCapacity* capacity_of(const std::string& model) const;
 
   size_t depth(Lane lane) const;
   size_t capacity(Lane lane) const;
@@ -110,14 +158,47 @@ class Dispatcher {
   int pool_size() const { return pool_size_; }
   uint64_t dispatched() const { return dispatched_; }
   uint64_t ran_on_loop() const { return ran_on_loop_; }  // of dispatched()
+  uint64_t preemptions() const { return preemptions_; }  // background requests aborted
+  uint64_t promoted() const { return promoted_; }        // moved to the interactive lane
 
  private:
   struct Entry {
     JobPtr job;  // nullptr: a poison pill
   };
   struct WorkItem;
+  // Model slots kept at most while idle ones can be forgotten.
+  static constexpr size_t kMaxModels = 64;
+  // One backend model: its limit, and the jobs parked while it was full.
+  struct ModelSlot {
+    ModelSlot(int max, int64_t now_ms) : cap(max, 1, now_ms) {}
+    ModelCapacity cap;
+    bool embedding = false;
+    int preempting = 0;  // aborted for an interactive job, not yet returned
+    int waiting = 0;     // queued here (any lane, any queue) for this model
+    std::deque<JobPtr> parked[kLaneCount];
+    int active() const { return cap.in_flight() - preempting; }
+  };
+  // Where the next job of a lane comes from.
+  struct Pick {
+    enum class From { kNone, kFront, kParked, kRing } from = From::kNone;
+    size_t index = 0;           // kFront
+    ModelSlot* slot = nullptr;  // kParked
+    JobPtr job;
+  };
 
   void Pump();
+  Pick PickNext(int lane);
+  void Take(int lane, const Pick& pick);
+  // The job's model slot (created on first sight), or nullptr when its kind
+  // calls no backend model.
+  ModelSlot* SlotOf(JobRecord& job);
+  ModelSlot* SlotFor(const BackendModel& model);
+  void ApplyModelSettings(ModelSlot& slot);
+  bool Startable(const JobRecord& job, const ModelSlot* slot) const;
+  WorkItem* Victim(const ModelSlot* slot) const;
+  // An entry of `lane` is stale when its job moved lanes (promoted); one
+  // that is no longer queued is skipped too. Either way it leaves `waiting`.
+  bool Skip(int lane, const JobPtr& job);
   void Start(JobPtr job);
   void RunOnLoop(const JobKind& kind, JobPtr job);
   WorkContext ContextFor(const JobRecord& job) const;
@@ -137,8 +218,21 @@ class Dispatcher {
   Hooks hooks_;
   int in_flight_ = 0;
   int in_flight_lane_[kLaneCount] = {0, 0};
+  int preempting_ = 0;  // of in_flight_: aborted, not yet returned
   uint64_t dispatched_ = 0;
   uint64_t ran_on_loop_ = 0;
+  uint64_t preemptions_ = 0;
+  uint64_t promoted_ = 0;
+  // Jobs put back at the head of a lane or promoted into it; served before
+  // the parked queues and the ring.
+  std::deque<JobPtr> front_[kLaneCount];
+  size_t parked_[kLaneCount] = {0, 0};  // jobs in the model slots' parked queues
+  size_t stale_[kLaneCount] = {0, 0};   // entries left behind by promoted jobs
+  uint64_t next_seq_ = 0;               // enqueue order, across queues
+  // Whether the lane's last started job called a backend model (claims then
+  // follow the models' room); true until a job without one starts.
+  bool backend_lane_[kLaneCount] = {true, true};
+  std::map<std::string, ModelSlot, std::less<>> models_;
   std::shared_ptr<const Config> config_ = std::make_shared<const Config>();
   bool pumping_ = false;
   // Work items queued on the pool and not yet returned; owned here.

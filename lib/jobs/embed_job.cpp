@@ -17,6 +17,11 @@ class EmbedKind final : public JobKind {
   std::string_view name() const override { return "embed"; }
 
   bool UsesBackend(const Config& config) const override { return config.backend.kind == "ollama"; }
+  std::optional<BackendModel> ModelOf(const nlohmann::json& input,
+                                      const Config& config) const override {
+    if (!UsesBackend(config)) return std::nullopt;
+    return BackendModel{StringField(input, "model", config.backend.embed_model), true};
+  }
 
   Status Validate(const nlohmann::json& input, const Config& config) const override {
     Status st = CheckInputFields(input, {"texts", "model"}, kUsage);
@@ -71,8 +76,8 @@ class EmbedKind final : public JobKind {
     ApplyServerOptions(config.backend, &request);
 
     OllamaClient client(config.backend);
-    EmbedResult r = client.Embed(request, ctx.cancel.get());
-    if (!r.status.ok()) return OutcomeOf(r.status, nullptr);
+    EmbedResult r = client.Embed(request, ctx.cancel.get(), ctx.progress.get());
+    if (!r.status.ok()) return OutcomeOf(r.status, nullptr, r.metrics);
     const size_t dims = r.embeddings.empty() ? 0 : r.embeddings.front().size();
     nlohmann::json result = {{"embeddings", std::move(r.embeddings)},
                              {"model", r.model.empty() ? model : r.model},
@@ -80,7 +85,7 @@ class EmbedKind final : public JobKind {
     nlohmann::json meta = ResultMeta(r.metrics, r.status, "");
     meta.erase("eval_count");
     result["meta"] = std::move(meta);
-    return OutcomeOf(r.status, std::move(result));
+    return OutcomeOf(r.status, std::move(result), r.metrics);
   }
 };
 

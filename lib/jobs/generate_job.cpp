@@ -71,6 +71,11 @@ class GenerateKind final : public JobKind {
   std::string_view name() const override { return "generate"; }
 
   bool UsesBackend(const Config& config) const override { return config.backend.kind == "ollama"; }
+  std::optional<BackendModel> ModelOf(const nlohmann::json& input,
+                                      const Config& config) const override {
+    if (!UsesBackend(config)) return std::nullopt;
+    return BackendModel{StringField(input, "model", config.backend.model), false};
+  }
 
   Status Validate(const nlohmann::json& input, const Config& config) const override {
     Status st = CheckInputFields(input, {"prompt", "system", "model", "options", "format", "think"},
@@ -129,13 +134,13 @@ class GenerateKind final : public JobKind {
     ApplyServerOptions(config.backend, &request);
 
     OllamaClient client(config.backend);
-    GenerateResult r = client.Generate(request, ctx.cancel.get());
-    if (!r.status.ok()) return OutcomeOf(r.status, nullptr);
+    GenerateResult r = client.Generate(request, ctx.cancel.get(), ctx.progress.get());
+    if (!r.status.ok()) return OutcomeOf(r.status, nullptr, r.metrics);
     nlohmann::json result = {{"text", r.text}, {"model", r.model.empty() ? model : r.model}};
     if (!r.thinking.empty()) result["thinking"] = r.thinking;
     if (r.truncated()) result["truncated"] = true;
     result["meta"] = ResultMeta(r.metrics, r.status, r.done_reason);
-    return OutcomeOf(r.status, std::move(result));
+    return OutcomeOf(r.status, std::move(result), r.metrics);
   }
 };
 

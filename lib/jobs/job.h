@@ -76,6 +76,12 @@ struct JobRecord {
   // the request with the least progress). Reset when an attempt starts.
   std::shared_ptr<std::atomic<uint64_t>> progress = std::make_shared<std::atomic<uint64_t>>(0);
   int preempted = 0;  // times a background attempt was aborted for interactive work
+  // The backend model its requests go to (JobKind::ModelOf), resolved by the
+  // dispatcher when the job is first queued; empty: no backend model.
+  bool model_resolved = false;
+  std::string model;
+  bool embedding_model = false;
+  uint64_t queue_seq = 0;  // the dispatcher's order of queueing, across lanes' queues
 };
 
 using JobPtr = std::shared_ptr<JobRecord>;

@@ -5,6 +5,8 @@
 
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -12,6 +14,14 @@
 #include "util/status.h"
 
 namespace digestd {
+
+// The backend model a job's requests go to: the key of its per-model limit
+// (dispatch/model_capacity.h). Embedding models are separate runners in
+// Ollama, with a capacity of their own.
+struct BackendModel {
+  std::string name;
+  bool embedding = false;
+};
 
 class JobKind {
  public:
@@ -32,6 +42,13 @@ class JobKind {
   // Whether jobs of this kind call the LLM backend under `config`, so the
   // circuit breaker holds them back while the backend is down.
   virtual bool UsesBackend(const Config& /*config*/) const { return false; }
+  // The model a job of this kind with `input` sends its requests to under
+  // `config`; nullopt when it uses no backend. Loop thread. Must not block,
+  // must not throw, for any validated `input`.
+  virtual std::optional<BackendModel> ModelOf(const nlohmann::json& /*input*/,
+                                              const Config& /*config*/) const {
+    return std::nullopt;
+  }
   // The result stored instead of a failure when a job of this kind fails for
   // good (a fatal error, or its last attempt spent); null: store the failure.
   // The caller keeps the failure's text beside it, so `result` says why the

@@ -142,6 +142,13 @@ void JobTable::MarkRetrying(const JobPtr& job, std::string error, bool refund) {
   ++Tally(job->kind, job->lane).retried;
 }
 
+void JobTable::MarkPreempted(const JobPtr& job) {
+  if (job->state == JobState::kRunning) --counters_.running;
+  job->state = JobState::kQueued;
+  if (job->attempts > 0) --job->attempts;  // the aborted attempt is not spent
+  job->started_at = 0;
+}
+
 void JobTable::MarkReleased(const JobPtr& job) {
   if (job->state == JobState::kRunning) --counters_.running;
   job->state = JobState::kQueued;

@@ -92,7 +92,12 @@ class JobTable {
   // A job handed back to the PostgreSQL queue unfinished (released at
   // shutdown, or its lease lost): counted as released, no longer running.
   void MarkReleased(const JobPtr& job);
+  // A running job's attempt was aborted for interactive work: queued again,
+  // the attempt given back (the dispatcher counts the preemption).
+  void MarkPreempted(const JobPtr& job);
   void NoteDuplicate() { ++counters_.duplicates; }
+  // A job queued elsewhere (PostgreSQL's table) was cancelled by this node.
+  void NoteCancelled() { ++counters_.cancelled; }
   void NoteSubmitted() { ++counters_.submitted; }
   // A new job of `kind` on `lane` was stored elsewhere (PostgreSQL): counted
   // in counters() and in its tally.

@@ -71,7 +71,18 @@ std::string StringField(const nlohmann::json& input, std::string_view field, std
   return it->get<std::string>();
 }
 
-WorkOutcome OutcomeOf(const CallStatus& status, nlohmann::json result) {
+BackendTiming TimingOf(const CallStatus& status, const GenerationMetrics& metrics) {
+  BackendTiming t;
+  t.total_ns = metrics.total_duration_ns;
+  t.load_ns = metrics.load_duration_ns;
+  t.prompt_eval_ns = metrics.prompt_eval_duration_ns;
+  t.eval_ns = metrics.eval_duration_ns;
+  t.timed_out = status.timed_out;
+  return t;
+}
+
+WorkOutcome OutcomeOf(const CallStatus& status, nlohmann::json result,
+                      const GenerationMetrics& metrics) {
   WorkOutcome out;
   switch (status.cls) {
     case CallClass::kOk:
@@ -91,6 +102,7 @@ WorkOutcome OutcomeOf(const CallStatus& status, nlohmann::json result) {
       break;
   }
   out.backend_ns = static_cast<uint64_t>(std::max<int64_t>(status.elapsed.count(), 0));
+  out.timing = TimingOf(status, metrics);
   return out;
 }
 
@@ -115,6 +127,7 @@ CallStatus CallStatusOf(const WorkOutcome& outcome) {
   }
   call.error = outcome.error;
   call.elapsed = std::chrono::nanoseconds(static_cast<int64_t>(outcome.backend_ns));
+  call.timed_out = outcome.timing.timed_out;
   return call;
 }
 

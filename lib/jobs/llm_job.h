@@ -37,13 +37,20 @@ std::string StringField(const nlohmann::json& input, std::string_view field,
                         std::string fallback = "");
 
 // ok -> Done(result), busy -> Busy, retryable -> Retry, fatal -> Failed,
-// cancelled -> Cancelled; errors carry `status.error`, and backend_ns is
-// the request's wall time (status.elapsed).
-WorkOutcome OutcomeOf(const CallStatus& status, nlohmann::json result);
+// cancelled -> Cancelled; errors carry `status.error`, backend_ns is the
+// request's wall time (status.elapsed), and timing holds what `metrics` (the
+// request's answer) says about Ollama's durations plus status.timed_out.
+WorkOutcome OutcomeOf(const CallStatus& status, nlohmann::json result,
+                      const GenerationMetrics& metrics = {});
+
+// The four durations of `metrics`, each only when Ollama sent it, and
+// status.timed_out.
+BackendTiming TimingOf(const CallStatus& status, const GenerationMetrics& metrics);
 
 // The inverse, for the backend's health figures (BackendHealth::OnOutcome):
 // Done -> ok, Busy -> busy, Retry -> retryable, Failed -> fatal, Cancelled
-// -> cancelled; error and elapsed (backend_ns) carried over, http_status 0.
+// -> cancelled; error, elapsed (backend_ns) and timed_out carried over,
+// http_status 0.
 CallStatus CallStatusOf(const WorkOutcome& outcome);
 
 // {"prompt_eval_count","eval_count","total_duration_ms","load_duration_ms",

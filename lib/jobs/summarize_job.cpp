@@ -30,6 +30,11 @@ class SummarizeKind final : public JobKind {
   std::string_view name() const override { return "summarize"; }
 
   bool UsesBackend(const Config& config) const override { return config.backend.kind == "ollama"; }
+  std::optional<BackendModel> ModelOf(const nlohmann::json& input,
+                                      const Config& config) const override {
+    if (!UsesBackend(config)) return std::nullopt;
+    return BackendModel{StringField(input, "model", config.backend.model), false};
+  }
 
   // [summarize] fallback: the leading sentences, the placeholder, or null.
   nlohmann::json FinalFailureResult(const nlohmann::json& input,
@@ -86,14 +91,14 @@ class SummarizeKind final : public JobKind {
     ApplyServerOptions(config.backend, &request);
 
     OllamaClient client(config.backend);
-    GenerateResult r = client.Chat(request, ctx.cancel.get());
-    if (!r.status.ok()) return OutcomeOf(r.status, nullptr);
+    GenerateResult r = client.Chat(request, ctx.cancel.get(), ctx.progress.get());
+    if (!r.status.ok()) return OutcomeOf(r.status, nullptr, r.metrics);
     std::string summary = TrimmedText(r.text);
     if (summary.empty()) {
       CallStatus empty = r.status;
       empty.cls = CallClass::kRetryable;
       empty.error = "Ollama returned an empty summary (done_reason \"" + r.done_reason + "\")";
-      return OutcomeOf(empty, nullptr);
+      return OutcomeOf(empty, nullptr, r.metrics);
     }
     nlohmann::json result = {
         {"summary", std::move(summary)},
@@ -102,7 +107,7 @@ class SummarizeKind final : public JobKind {
     };
     if (r.truncated()) result["truncated"] = true;
     result["meta"] = ResultMeta(r.metrics, r.status, r.done_reason);
-    return OutcomeOf(r.status, std::move(result));
+    return OutcomeOf(r.status, std::move(result), r.metrics);
   }
 
  private:

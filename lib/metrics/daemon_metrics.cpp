@@ -176,7 +176,52 @@ void Jobs(PromText& out, const Json& s, const JobTable* jobs) {
   }
 }
 
+// Per backend model: the learned (or pinned) limit, what is in flight, what
+// waits, the server wait seen; and the preemption and promotion counters.
+void Models(PromText& out, const Json& s) {
+  FromStatus(out, s, "digestd_preemptions_total", Type::kCounter,
+             "Background requests aborted so an interactive job could start at once "
+             "([workers] preempt); the job is requeued without spending an attempt.",
+             {"jobs", "preempted"});
+  FromStatus(out, s, "digestd_promotions_total", Type::kCounter,
+             "Queued background jobs moved to the interactive lane because a result waited "
+             "for them.",
+             {"jobs", "promoted"});
+  const Json* models = At(s, {"models"});
+  if (models == nullptr || !models->is_array() || models->empty()) return;
+  struct Field {
+    const char* name;
+    const char* help;
+    const char* key;
+  };
+  const Field fields[] = {
+      {"digestd_model_limit",
+       "Requests digestd keeps in flight to the model at most ([backend] "
+       "parallel: learned, or pinned).",
+       "limit"},
+      {"digestd_model_in_flight", "Requests to the model in flight now.", "in_flight"},
+      {"digestd_model_waiting_jobs", "Jobs queued in this process for the model.", "waiting"},
+      {"digestd_model_server_wait_seconds",
+       "Smoothed time a request waited at the server for a slot (total_duration minus load "
+       "and evaluation).",
+       "server_wait_ms"},
+  };
+  for (const Field& f : fields) {
+    out.Family(f.name, Type::kGauge, f.help);
+    for (const auto& m : *models) {
+      if (!m.is_object()) continue;
+      auto v = Number(m, {f.key});
+      if (!v) continue;
+      double scale = std::string_view(f.key) == "server_wait_ms" ? 1e-3 : 1;
+      out.Sample({{"model", String(m, {"model"})},
+                  {"embedding", m.value("embedding", false) ? "true" : "false"}},
+                 *v * scale);
+    }
+  }
+}
+
 void Backend(PromText& out, const Json& s, const Histogram* latency) {
+  Models(out, s);
   const Json* b = At(s, {"backend"});
   if (b == nullptr) return;
   out.Family("digestd_backend_info", Type::kGauge,

@@ -18,6 +18,7 @@ struct BatchWriter::Flight {
   std::vector<uint64_t> requeue_ids;
   std::vector<LeaseRef> renewals;  // start marks included (started_ms > 0)
   size_t urgent_marks = 0;
+  size_t urgent_rows = 0;  // finish rows someone waits for
   uint64_t started_ns = 0;
 };
 
@@ -80,6 +81,8 @@ Status BatchWriter::Enqueue(WriteRow row) {
     refused_ = true;
     return Status::QueueFull("the write ring is full (" + std::to_string(options_.capacity) +
                              " rows)");
+  } else if (IsUrgent(row)) {
+    ++urgent_rows_;
   }
   uint64_t now = uv_now(loop_);
   ring_.push_back(Entry{std::move(row), now, uv_hrtime()});
@@ -144,6 +147,7 @@ void BatchWriter::Close() {
   ring_.clear();
   in_flight_ = 0;
   waiting_submits_ = 0;
+  urgent_rows_ = 0;
   drain_done_ = nullptr;
   auto alive = alive_;
   RowOutcome out;
@@ -169,7 +173,7 @@ int64_t BatchWriter::DueInMs() const {
                            std::max<size_t>(1, options_.capacity / 4));
     return draining_ || ring_.size() >= full ? 0 : -1;
   }
-  if (draining_ || isolate_ > 0 || waiting_submits_ > 0 || urgent_marks_ > 0 ||
+  if (draining_ || isolate_ > 0 || waiting_submits_ > 0 || urgent_marks_ > 0 || urgent_rows_ > 0 ||
       options_.batch_ms == 0 || ring_.size() >= static_cast<size_t>(options_.batch_rows)) {
     return 0;
   }
@@ -250,6 +254,7 @@ void BatchWriter::StartFlush() {
       flight->submits.push_back(std::move(key_only));
       ++batch_submits;
     } else if (auto* f = std::get_if<FinishRow>(&row)) {
+      if (f->urgent) ++flight->urgent_rows;
       finishes.push_back(*f);
       flight->finish_ids.push_back(f->id);
       ended.insert(f->id);
@@ -304,6 +309,7 @@ void BatchWriter::StartFlush() {
   flights_.push_back(flight);
   in_flight_ += n;
   waiting_submits_ -= batch_submits;
+  urgent_rows_ -= std::min(urgent_rows_, flight->urgent_rows);
   Pump();  // a second full batch may go beside this one
 }
 
@@ -329,6 +335,7 @@ void BatchWriter::OnFlushed(Flight& flight, Result<std::vector<PgResult>> result
                  std::make_move_iterator(flight.entries.end()));
     returned_ += flight.entries.size();
     waiting_submits_ += flight.submits.size();
+    urgent_rows_ += flight.urgent_rows;
     flight.entries.clear();
     if (flights_.empty()) {
       failed_since_idle_ = false;
@@ -495,6 +502,8 @@ void BatchWriter::FailSubmits(const Status& why) {
   ring_.swap(kept);
   returned_ = returned_kept;
   waiting_submits_ = 0;
+  urgent_rows_ = static_cast<size_t>(
+      std::count_if(ring_.begin(), ring_.end(), [](const Entry& e) { return IsUrgent(e.row); }));
   if (isolate_ > ring_.size()) isolate_ = ring_.size();
   Status st = why.code() == Status::Code::kUnavailable
                   ? Status::Unavailable("the job was not stored: " + why.message() +

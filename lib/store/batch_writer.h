@@ -28,7 +28,8 @@
 //        b. a submit is waiting -- someone waits for its acknowledgement; the
 //           batch starts at the next turn of the loop, so every row queued
 //           in the current turn (a batch submit, a burst of clients) shares
-//           one commit;
+//           one commit; the same for an urgent finish row (an interactive
+//           job's, or one a `result` waits for);
 //        c. the oldest waiting row (or lease renewal) has waited batch_ms;
 //        d. Drain() was called, or batch_ms is 0.
 //   3. Rows that arrive while a batch is in flight wait for it, unless a
@@ -38,8 +39,9 @@
 //      rules are applied again at once. So an idle writer commits a lone
 //      submit at once, under load one commit serves every submit that arrived
 //      during the previous one, and a submit waits for at most one commit in
-//      flight plus its own. Results (finish rows) alone wait up to batch_ms
-//      for their batch to fill, which keeps commits per result low.
+//      flight plus its own. Background results (finish rows nobody waits
+//      for) alone wait up to batch_ms for their batch to fill, which keeps
+//      commits per result low.
 //
 // Failures:
 //   * Connection lost (or down): rows other than submits stay in the ring,
@@ -115,6 +117,12 @@ struct WriteRow {
   }
   bool is_submit() const { return std::holds_alternative<NewJob>(row); }
 };
+
+// A finish row that someone waits for (FinishRow::urgent).
+inline bool IsUrgent(const WriteRow& row) {
+  const auto* f = std::get_if<FinishRow>(&row.row);
+  return f != nullptr && f->urgent;
+}
 
 struct BatchWriterOptions {
   size_t capacity = 500;  // [queues] write
@@ -278,6 +286,7 @@ class BatchWriter {
   bool failed_since_idle_ = false;  // a batch failed while others were in flight
   size_t returned_ = 0;             // rows at the ring's front that came back from those
   size_t waiting_submits_ = 0;      // submits in the ring
+  size_t urgent_rows_ = 0;          // finish rows in the ring someone waits for
   std::vector<LeaseRef> renewals_;  // the next set to renew
   uint64_t renewals_since_ms_ = 0;
   std::vector<LeaseRef> marks_;  // start marks not yet sent

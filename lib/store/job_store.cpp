@@ -17,7 +17,7 @@ constexpr const char* kColumns =
     "coalesce((extract(epoch FROM started_at) * 1000)::bigint, 0), "
     "coalesce((extract(epoch FROM finished_at) * 1000)::bigint, 0), "
     "(extract(epoch FROM run_after) * 1000)::bigint AS run_after_ms, lost_unstarted, "
-    "busy_retries";
+    "busy_retries, preempted";
 
 const std::string kReplacement = "\xEF\xBF\xBD";  // U+FFFD
 
@@ -90,6 +90,7 @@ StoredJob ParseStored(const PgResult& r, int row) {
   j.run_after_ms = r.Int(row, 16);
   j.lost_unstarted = static_cast<int>(r.Int(row, 17));
   j.busy_retries = static_cast<int>(r.Int(row, 18));
+  j.preempted = static_cast<int>(r.Int(row, 19));
   return j;
 }
 
@@ -120,7 +121,7 @@ PgStatement Stmt(const char* name, std::string sql, std::vector<std::optional<st
 const char* kFinishSql = R"(WITH u AS (
   SELECT * FROM jsonb_to_recordset($2::jsonb)
     AS u(id bigint, token bigint, status text, result jsonb, error text, started_ms bigint,
-         finished_ms bigint)
+         finished_ms bigint, preempted integer)
 ), upd AS (
   UPDATE digestd.jobs j
      SET status = u.status, result = u.result, error = u.error,
@@ -131,6 +132,7 @@ const char* kFinishSql = R"(WITH u AS (
                            ELSE j.started_at END,
          finished_at = CASE WHEN u.finished_ms > 0 THEN to_timestamp(u.finished_ms / 1000.0)
                             ELSE now() END,
+         preempted = coalesce(u.preempted, j.preempted),
          updated_at = now(), lease_until = NULL
     FROM u
    WHERE j.id = u.id AND j.lease_token = u.token AND j.lease_owner = $1
@@ -161,7 +163,7 @@ SELECT u.id, coalesce(j.status = u.status AND j.lease_token = u.token AND j.leas
 const char* kRequeueSql = R"(WITH u AS (
   SELECT * FROM jsonb_to_recordset($2::jsonb)
     AS u(id bigint, token bigint, delay_ms bigint, refund boolean, error text,
-         started_ms bigint, busy_retries integer)
+         started_ms bigint, busy_retries integer, preempted integer)
 ), upd AS (
   UPDATE digestd.jobs j
      SET status = 'queued',
@@ -172,6 +174,7 @@ const char* kRequeueSql = R"(WITH u AS (
              - CASE WHEN u.refund AND j.started_at IS NOT NULL THEN 1 ELSE 0 END, 0),
          started_at = NULL,
          busy_retries = coalesce(u.busy_retries, j.busy_retries),
+         preempted = coalesce(u.preempted, j.preempted),
          error = coalesce(u.error, j.error),
          lease_owner = NULL, lease_until = NULL, updated_at = now()
     FROM u
@@ -308,6 +311,7 @@ PgStatement JobStore::FinishStatement(const std::vector<FinishRow>& rows) const 
     if (!r.error.empty()) row["error"] = Text(r.error);
     if (r.started_ms > 0) row["started_ms"] = r.started_ms;
     if (r.finished_ms > 0) row["finished_ms"] = r.finished_ms;
+    if (r.preempted > 0) row["preempted"] = r.preempted;
     arr.push_back(std::move(row));
   }
   return Stmt("digestd_finish", kFinishSql, {node_id_, Dump(arr)});
@@ -321,6 +325,7 @@ PgStatement JobStore::RequeueStatement(const std::vector<RequeueRow>& rows) cons
     if (!r.error.empty()) row["error"] = Text(r.error);
     if (r.started_ms > 0) row["started_ms"] = r.started_ms;
     if (r.busy_retries >= 0) row["busy_retries"] = r.busy_retries;
+    if (r.preempted > 0) row["preempted"] = r.preempted;
     arr.push_back(std::move(row));
   }
   return Stmt("digestd_requeue", kRequeueSql, {node_id_, Dump(arr)});
@@ -562,6 +567,31 @@ DELETE FROM digestd.jobs j USING d WHERE j.id = d.id)";
       [done = std::move(done)](Result<PgResult> r) {
         if (!r.ok()) return done(r.status());
         done(r->Affected());
+      });
+}
+
+Status JobStore::PromoteQueued(std::string key, std::string group, Callback<int64_t> done) {
+  // Background jobs still queued in the table move to the interactive lane,
+  // so whichever node claims them next treats them as interactive.
+  const char* by_key = R"(WITH p AS (
+  UPDATE digestd.jobs SET lane = 0, updated_at = now()
+   WHERE key = $1 AND status = 'queued' AND lane = 1
+  RETURNING id
+)
+SELECT count(*) FROM p)";
+  const char* by_group = R"(WITH p AS (
+  UPDATE digestd.jobs SET lane = 0, updated_at = now()
+   WHERE group_key = $1 AND status = 'queued' AND lane = 1
+  RETURNING id
+)
+SELECT count(*) FROM p)";
+  bool key_query = !key.empty();
+  return conn_.Query(
+      Stmt(key_query ? "digestd_promote_key" : "digestd_promote_group",
+           key_query ? by_key : by_group, {Text(key_query ? std::move(key) : std::move(group))}),
+      [done = std::move(done)](Result<PgResult> r) {
+        if (!r.ok()) return done(r.status());
+        done(r->rows() > 0 ? r->Int(0, 0) : int64_t{0});
       });
 }
 

@@ -104,6 +104,7 @@ struct StoredJob {
   int64_t run_after_ms = 0;
   int lost_unstarted = 0;  // claims lost before their start was recorded
   int busy_retries = 0;    // busy answers so far (the backoff's exponent)
+  int preempted = 0;       // attempts aborted for interactive work (no attempt spent)
 };
 
 // A claim this node holds.
@@ -127,6 +128,10 @@ struct FinishRow {
   // > 0: the job ended then (Unix ms), so finished_at - started_at is the
   // job's own run time, not the writer's wait; 0: the commit's time.
   int64_t finished_ms = 0;
+  int preempted = 0;  // > 0: the job's preemption count from now on
+  // Someone waits for it (an interactive job, or a `result` wait): the
+  // writer commits it at once, as it does submits, not after batch_ms.
+  bool urgent = false;
 };
 
 // Puts a running job back in the queue, due after `delay_ms`.
@@ -138,6 +143,7 @@ struct RequeueRow {
   std::string error;            // kept on the row for status; "" leaves it
   int64_t started_ms = 0;       // > 0: the attempt started then (counted unless refunded)
   int busy_retries = -1;        // >= 0: the row's busy count from now on; -1 leaves it
+  int preempted = 0;            // > 0: the job's preemption count from now on
 };
 
 struct RecoverCounts {
@@ -217,6 +223,9 @@ class JobStore {
   // some daemon is running is that daemon's to cancel); `done` gets whether
   // it was. The key is NOTIFYed.
   [[nodiscard]] Status CancelQueued(std::string key, std::string why, Callback<bool> done);
+  // Moves the queued background jobs with `key` (or, when key is empty, in
+  // `group`) to the interactive lane; `done` gets how many moved.
+  [[nodiscard]] Status PromoteQueued(std::string key, std::string group, Callback<int64_t> done);
 
   // The statements and their parsers, for BatchWriter, which puts several
   // into one transaction. Parsers take the statement's own result.

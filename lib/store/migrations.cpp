@@ -116,6 +116,13 @@ const std::vector<Migration>& Migrations() {
            "COMMENT ON COLUMN digestd.jobs.lost_unstarted IS 'claims lost with their worker "
            "before the start was recorded; the next start is recorded before the job runs'",
        }},
+      {3,
+       "preemptions counted on the job",
+       {
+           "ALTER TABLE digestd.jobs ADD COLUMN preempted integer NOT NULL DEFAULT 0",
+           "COMMENT ON COLUMN digestd.jobs.preempted IS 'times a background attempt was "
+           "aborted so an interactive job could start; such an attempt is not counted'",
+       }},
   };
   return migrations;
 }

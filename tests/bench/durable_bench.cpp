@@ -19,7 +19,20 @@
 //      and its reaped children's time, and its live children's; the LISTEN
 //      backend's own time is shown apart and left out), and from digestd's
 //      status the writer's commits per 1,000 results and row wait p50/p99;
-//      then the ratio to reference figures of graphile-worker and pg-boss.
+//   4. a backlog: --jobs noop jobs inserted into digestd.jobs by one INSERT
+//      (queued, as a submit to a busy daemon leaves them) and checkpointed
+//      before the clock starts; timed from spawning a fresh digestd until the
+//      last done row is committed (counted as in 3): jobs/s and CPU per job
+//      as in 3, digestd's from its start (graphile-worker's method; the
+//      figures of tests/bench/peers compare the two methods with its and
+//      pg-boss's).
+//
+// --only picks measurements (submits, e2e, backlog; default all three);
+// --json adds one line per end-to-end or backlog run for tests/bench/peers:
+// {"method":"e2e"|"backlog","jobs":N,"seconds":S,"worker_us":...,
+// "pg_us":...,"client_us":...,"observer_us":...} (CPU totals over the run, in
+// microseconds: digestd, the cluster without the LISTEN backend, this
+// program, the LISTEN backend).
 //
 // A submit is answered only once its row is committed, so every figure is of
 // durable work. Each measurement gets a fresh digestd process (so status
@@ -41,6 +54,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <optional>
 #include <string>
 #include <thread>
 #include <vector>
@@ -52,9 +66,6 @@ namespace {
 
 using namespace digestd::bench;
 
-// Reference figures for no-op jobs on the same class of machine.
-constexpr double kGraphileLow = 12000, kGraphileHigh = 14000, kGraphileUs = 100;
-constexpr double kPgBoss = 10000, kPgBossUs = 175;
 constexpr int kPollMs = 50;       // longest wait for a notification per turn
 constexpr double kStallS = 20;    // no progress for this long ends a run
 constexpr int kAnswerMs = 30000;  // longest wait for one answer
@@ -70,7 +81,10 @@ struct Options {
   std::string conninfo;  // PostgreSQL for digestd and for this program
   std::string pg_dir;    // pg-throwaway directory; default $DIGESTD_PG_DIR
   bool keep_tmp = false;
-  std::vector<std::string> set;  // --set SECTION.KEY=VALUE config overrides
+  bool json = false;
+  bool keep_rows = false;  // leave the last run's rows (and dead rows) in the table
+  bool submits = true, e2e = true, backlog = true;  // --only
+  std::vector<std::string> set;                     // --set SECTION.KEY=VALUE config overrides
 };
 
 // ------------------------------------------------------------ blocking SQL
@@ -361,6 +375,61 @@ EndToEnd RunEndToEnd(const Options& opt, Daemon& d, const std::string& socket, l
   return r;
 }
 
+// Phase 4: opt.jobs queued rows inserted by SQL and checkpointed, then a
+// fresh digestd spawned: timed from the spawn until the last done row is
+// committed (LISTEN digestd_done, then count(*) confirms, as in phase 3).
+// The table exists: an earlier digestd migrated it.
+EndToEnd RunBacklog(const Options& opt, const DaemonOptions& options, BlockingPg& sql,
+                    long postmaster, std::vector<std::string>* exits) {
+  ResetTable(sql);
+  sql.Exec(
+      "INSERT INTO digestd.jobs (key, kind, lane, input) SELECT 'backlog-' || g, 'noop', 1, "
+      "'{\"sleep_ms\":0}'::jsonb FROM generate_series(1, " +
+      std::to_string(opt.jobs) + ") g");
+  sql.Exec("CHECKPOINT");
+  BlockingPg watch(opt.conninfo);
+  long watcher = watch.Count("SELECT pg_backend_pid()");
+  watch.Exec("LISTEN digestd_done");
+
+  EndToEnd r;
+  r.target = opt.jobs;
+  double watcher0 = ProcessCpuUs(watcher), pg0 = PostgresCpuUs(postmaster), self0 = SelfCpuUs();
+  auto t0 = Clock::now(), end = t0, last_progress = t0;
+  Daemon d(options);
+  d.Start();
+  const std::string count_done = "SELECT count(*) FROM digestd.jobs WHERE status = 'done'";
+  long notified = 0;
+  CpuMark after;
+  for (;;) {
+    long got = WaitNotified(watch, kPollMs);
+    end = Clock::now();
+    if (got > 0) last_progress = end;
+    notified += got;
+    bool stalled = Seconds(end - last_progress) > kStallS;
+    if (notified >= r.target || stalled) {
+      after = Cpu(d.pid(), postmaster);
+      r.done = watch.Count(count_done);
+      if (r.done >= r.target) break;
+      if (stalled) {
+        r.stalled = true;
+        r.stall = watch.Scalar(
+            "SELECT string_agg(status || ' ' || n, ', ') FROM "
+            "(SELECT status, count(*) AS n FROM digestd.jobs GROUP BY status ORDER BY status) s");
+        break;
+      }
+    }
+    d.DieIfExited("during the backlog run");
+  }
+  r.seconds = Seconds(end - t0);
+  r.submit_seconds = 0;
+  r.tally.accepted = r.target;
+  r.poller_us = ProcessCpuUs(watcher) - watcher0;
+  r.cpu = {after.digestd_us, after.pg_us - pg0 - r.poller_us, after.self_us - self0};
+  r.status = d.Status();
+  exits->push_back(DescribeExit(d.Stop().status));
+  return r;
+}
+
 // ------------------------------------------------------------------ setup
 
 std::string WriteConfig(const Options& opt, const BenchDir& dir, const std::string& socket) {
@@ -395,6 +464,11 @@ Options ParseFlags(int argc, char** argv) {
           {"pg-dir", "DIR",
            "pg-throwaway directory, for the postmaster pid\n(default $DIGESTD_PG_DIR)"},
           {"set", "S.K=V", "config override, V verbatim (repeatable): --set writer.batch_rows=500"},
+          {"only", "WHAT",
+           "measure only these, comma-separated: submits, e2e, backlog\n(default all three)"},
+          {"json", "", "also print a JSON line per e2e and backlog run (tests/bench/peers)"},
+          {"keep-rows", "",
+           "leave the last run's rows in digestd.jobs (for a look at its statistics)"},
           {"keep-tmp", "", "keep the temp dir (config and digestd's log)"},
       });
   flags.Parse(argc, argv);
@@ -416,6 +490,25 @@ Options ParseFlags(int argc, char** argv) {
     if (!ConfigFile().Override(s)) flags.UsageError("--set " + s + ": expected SECTION.KEY=VALUE");
   }
   o.keep_tmp = flags.Has("keep-tmp");
+  o.json = flags.Has("json");
+  o.keep_rows = flags.Has("keep-rows");
+  if (flags.Has("only")) {
+    o.submits = o.e2e = o.backlog = false;
+    std::string list = flags.String("only") + ",";
+    for (size_t at = 0, comma; (comma = list.find(',', at)) != std::string::npos; at = comma + 1) {
+      std::string w = list.substr(at, comma - at);
+      if (w == "submits") {
+        o.submits = true;
+      } else if (w == "e2e") {
+        o.e2e = true;
+      } else if (w == "backlog") {
+        o.backlog = true;
+      } else {
+        flags.UsageError("--only " + flags.String("only") + ": " +
+                         (w.empty() ? "an empty name" : w) + " is not submits, e2e or backlog");
+      }
+    }
+  }
   return o;
 }
 
@@ -442,16 +535,12 @@ void PrintSubmits(const char* what, const std::vector<SubmitFigures>& runs) {
   }
 }
 
-void PrintEndToEnd(const Options& opt, const EndToEnd& r) {
+// Phase 3's or 4's figures under `title` (and the JSON line with --json).
+void PrintRun(const Options& opt, const char* method, const std::string& title, const EndToEnd& r) {
   double jobs = static_cast<double>(r.done);
   double rate = jobs / r.seconds;
   double d_us = jobs > 0 ? r.cpu.digestd_us / jobs : 0, pg_us = jobs > 0 ? r.cpu.pg_us / jobs : 0;
-  double us = d_us + pg_us;
-  std::printf(
-      "\n3. end to end: %d noop jobs (sleep_ms 0), batches of %d from %d clients, timed from the\n"
-      "   first submit to the commit of the last done row (LISTEN digestd_done, then\n"
-      "   count(*) WHERE status = 'done' confirms)\n",
-      opt.jobs, opt.e2e_batch, opt.e2e_clients);
+  std::printf("\n%s\n", title.c_str());
   auto label = [](const char* text) { std::printf("  %-40s", text); };
   label("jobs accepted / done");
   std::printf("%ld / %ld%s\n", r.target, r.done,
@@ -461,15 +550,17 @@ void PrintEndToEnd(const Options& opt, const EndToEnd& r) {
     label("refused at submit");
     std::printf("%ld, first: %s\n", r.tally.refused, r.tally.first_error.c_str());
   }
-  label("all submits answered after");
-  std::printf("%.2f s (%.0f jobs/s submitted)\n", r.submit_seconds,
-              r.submit_seconds > 0 ? static_cast<double>(r.target) / r.submit_seconds : 0);
+  if (r.submit_seconds > 0) {
+    label("all submits answered after");
+    std::printf("%.2f s (%.0f jobs/s submitted)\n", r.submit_seconds,
+                static_cast<double>(r.target) / r.submit_seconds);
+  }
   label("last done row committed after");
   std::printf("%.2f s\n", r.seconds);
-  label("durable jobs/s, submit to done");
+  label("durable jobs/s");
   std::printf("%.0f\n", rate);
   label("CPU us/job: digestd + postgres");
-  std::printf("%.1f + %.1f = %.1f\n", d_us, pg_us, us);
+  std::printf("%.1f + %.1f = %.1f\n", d_us, pg_us, d_us + pg_us);
   label("  (not counted: the LISTEN backend)");
   std::printf("%.1f us/job; this program %.1f us/job\n", jobs > 0 ? r.poller_us / jobs : 0,
               jobs > 0 ? r.cpu.self_us / jobs : 0);
@@ -486,33 +577,13 @@ void PrintEndToEnd(const Options& opt, const EndToEnd& r) {
               Field(r.status, "/db/writer/submits_written"),
               Field(r.status, "/db/writer/results_written"),
               Field(r.status, "/db/writer/failed_batches"));
-
-  std::printf(
-      "\ncomparison (reference figures, same class of machine):\n"
-      "  graphile-worker ~12,000-14,000 no-op jobs/s at ~100 CPU us/job; pg-boss ~10,000 at "
-      "~175 us\n");
-  std::printf("  %-20s %12s %14s %12s %14s\n", "", "jobs/s", "digestd / it", "CPU us/job",
-              "digestd / it");
-  std::printf("  %-20s %12.0f %14s %12.1f %14s\n", "digestd", rate, "", us, "");
-  auto ref = [&](const char* name, double lo, double hi, double ref_us) {
-    char range[32], ratio[32];
-    if (lo == hi) {
-      std::snprintf(range, sizeof range, "%.0f", lo);
-      std::snprintf(ratio, sizeof ratio, "%.2fx", rate / lo);
-    } else {
-      std::snprintf(range, sizeof range, "%.0f-%.0f", lo, hi);
-      std::snprintf(ratio, sizeof ratio, "%.2f-%.2fx", rate / hi, rate / lo);
-    }
-    std::printf("  %-20s %12s %14s %12.0f %13.2fx\n", name, range, ratio, ref_us, us / ref_us);
-  };
-  ref("graphile-worker", kGraphileLow, kGraphileHigh, kGraphileUs);
-  ref("pg-boss", kPgBoss, kPgBoss, kPgBossUs);
-  bool fast = rate >= 2 * kGraphileHigh, lean = us > 0 && us <= kGraphileUs / 2;
-  std::printf(
-      "  goal, 2x graphile-worker's throughput at half its CPU (>= %.0f jobs/s, <= %.0f us/job):\n"
-      "    throughput %s (%.2fx of graphile-worker's best), CPU %s (%.2fx of its CPU/job)\n",
-      2 * kGraphileHigh, kGraphileUs / 2, fast ? "REACHED" : "NOT reached", rate / kGraphileHigh,
-      lean ? "REACHED" : "NOT reached", us / kGraphileUs);
+  if (opt.json) {
+    json line = {{"method", method},           {"jobs", r.done},
+                 {"seconds", r.seconds},       {"worker_us", r.cpu.digestd_us},
+                 {"pg_us", r.cpu.pg_us},       {"client_us", r.cpu.self_us},
+                 {"observer_us", r.poller_us}, {"stalled", r.stalled}};
+    std::printf("%s\n", line.dump().c_str());
+  }
 }
 
 }  // namespace
@@ -578,29 +649,58 @@ int main(int argc, char** argv) {
   };
   std::vector<SubmitFigures> single, batched;
   int run = 0;
-  for (int clients : {1, opt.clients}) {
-    single.push_back(with_daemon([&](Daemon& d) {
-      return RunSubmits(opt, d, sql, socket, postmaster, clients, 0,
-                        "s" + std::to_string(run++) + "-");
-    }));
+  if (opt.submits) {
+    for (int clients : {1, opt.clients}) {
+      single.push_back(with_daemon([&](Daemon& d) {
+        return RunSubmits(opt, d, sql, socket, postmaster, clients, 0,
+                          "s" + std::to_string(run++) + "-");
+      }));
+    }
+    for (int clients : {1, opt.clients}) {
+      batched.push_back(with_daemon([&](Daemon& d) {
+        return RunSubmits(opt, d, sql, socket, postmaster, clients, opt.batch,
+                          "b" + std::to_string(run++) + "-");
+      }));
+    }
   }
-  for (int clients : {1, opt.clients}) {
-    batched.push_back(with_daemon([&](Daemon& d) {
-      return RunSubmits(opt, d, sql, socket, postmaster, clients, opt.batch,
-                        "b" + std::to_string(run++) + "-");
-    }));
+  std::optional<EndToEnd> e2e, backlog;
+  if (opt.e2e) {
+    e2e = with_daemon([&](Daemon& d) { return RunEndToEnd(opt, d, socket, postmaster); });
   }
-  EndToEnd e2e = with_daemon([&](Daemon& d) { return RunEndToEnd(opt, d, socket, postmaster); });
-  ResetTable(sql);
+  if (opt.backlog) {
+    // The table must exist before the INSERT: a digestd that starts migrates it.
+    if (!opt.submits && !opt.e2e) with_daemon([](Daemon&) { return 0; });
+    backlog = RunBacklog(opt, daemon, sql, postmaster, &exits);
+  }
+  if (!opt.keep_rows) ResetTable(sql);
 
+  if (opt.submits) {
+    std::printf(
+        "\n1-2. durable submits, %.1f s each; a client sends its next request when the last is\n"
+        "     answered (= committed). CPU us/job: digestd + postgres over the run; the 16 slots\n"
+        "     also run the submitted jobs meanwhile (done: finished by the end of the run)\n",
+        opt.seconds);
+    PrintSubmits("1. single-job submits", single);
+    PrintSubmits("2. batch submits", batched);
+  }
+  if (e2e) {
+    PrintRun(opt, "e2e",
+             "3. end to end: " + std::to_string(opt.jobs) + " noop jobs (sleep_ms 0), batches of " +
+                 std::to_string(opt.e2e_batch) + " from " + std::to_string(opt.e2e_clients) +
+                 " clients, timed from the\n"
+                 "   first submit to the commit of the last done row (LISTEN digestd_done, then\n"
+                 "   count(*) WHERE status = 'done' confirms)",
+             *e2e);
+  }
+  if (backlog) {
+    PrintRun(opt, "backlog",
+             "4. backlog: " + std::to_string(opt.jobs) +
+                 " queued noop jobs inserted by SQL and checkpointed beforehand,\n"
+                 "   timed from spawning digestd to the commit of the last done row",
+             *backlog);
+  }
   std::printf(
-      "\n1-2. durable submits, %.1f s each; a client sends its next request when the last is\n"
-      "     answered (= committed). CPU us/job: digestd + postgres over the run; the 16 slots\n"
-      "     also run the submitted jobs meanwhile (done: finished by the end of the run)\n",
-      opt.seconds);
-  PrintSubmits("1. single-job submits", single);
-  PrintSubmits("2. batch submits", batched);
-  PrintEndToEnd(opt, e2e);
+      "\nSide by side with graphile-worker and pg-boss on one cluster: scripts/bench --peers\n");
 
   std::string how;
   for (const auto& e : exits) how += (how.empty() ? "" : ", ") + e;

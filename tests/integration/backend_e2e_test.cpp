@@ -577,6 +577,7 @@ TEST_F(BackendE2E, ShutdownAbortsLongGenerationsAfterGrace) {
   ASSERT_TRUE(StartFake({"--parallel", "2", "--token-ms", "200", "--tokens", "100000"}));
   Sections config = BaseConfig(fake_.url());
   config["workers"]["max"] = "2";
+  config["backend"]["parallel"] = "2";  // both start at once, not one while it learns
   config["daemon"]["shutdown_grace_s"] = "1";
   ASSERT_TRUE(StartDaemon(config));
   Submit("generate", "long0", {{"prompt", "One"}});

@@ -107,6 +107,24 @@ class InstantKind final : public JobKind {
   mutable std::map<std::string, std::thread::id> ran_on_;
 };
 
+// A "block" job that calls a backend model: input.model.
+class ModelKind final : public JobKind {
+ public:
+  explicit ModelKind(Gate* gate) : gate_(gate) {}
+  std::string_view name() const override { return "llm"; }
+  Status Validate(const nlohmann::json&, const Config&) const override { return Status::Ok(); }
+  std::optional<BackendModel> ModelOf(const nlohmann::json& input, const Config&) const override {
+    return BackendModel{input.value("model", "m"), false};
+  }
+  WorkOutcome Run(const WorkContext& ctx) const override {
+    if (!gate_->Wait(ctx)) return WorkOutcome::Cancelled("cancelled while blocked");
+    return WorkOutcome::Done({{"key", std::string(ctx.key)}});
+  }
+
+ private:
+  Gate* gate_;
+};
+
 struct Finished {
   std::string key;
   WorkOutcome::Kind kind;
@@ -119,6 +137,7 @@ class DispatcherTest : public ::testing::Test {
   void SetUp() override {
     ASSERT_TRUE(kPoolSized);
     kinds_.Add(std::make_unique<BlockingKind>(&gate_));
+    kinds_.Add(std::make_unique<ModelKind>(&gate_));
     auto instant = std::make_unique<InstantKind>();
     instant_ = instant.get();
     kinds_.Add(std::move(instant));
@@ -158,6 +177,10 @@ class DispatcherTest : public ::testing::Test {
       finished_.push_back({job->key, outcome.kind});
     };
     hooks.on_drained = [this] { ++drained_calls_; };
+    hooks.on_preempted = [this](const JobPtr& job) {
+      job->state = JobState::kQueued;
+      preempted_.push_back(job->key);
+    };
     dispatcher_ =
         std::make_unique<Dispatcher>(loop_.get(), interactive_capacity, background_capacity, limits,
                                      kPoolSize, kinds_, std::move(hooks));
@@ -208,6 +231,7 @@ class DispatcherTest : public ::testing::Test {
   std::vector<std::string> started_;
   std::vector<Finished> finished_;
   int drained_calls_ = 0;
+  std::vector<std::string> preempted_;
 };
 
 TEST_F(DispatcherTest, StartsJobsUpToTheLimitAtOnce) {
@@ -518,6 +542,151 @@ TEST_F(DispatcherTest, AJobThatCannotBlockRunsOnTheLoopThreadInItsSlotsTurn) {
   EXPECT_NE(instant_->RanOn("pooled"), std::thread::id());
   EXPECT_EQ(dispatcher_->ran_on_loop(), 1u);
   EXPECT_EQ(dispatcher_->dispatched(), 3u);
+}
+
+// ---------------------------------------------------------------------------
+// Per-model limits, preemption, promotion.
+
+class ModelDispatchTest : public DispatcherTest {
+ protected:
+  // [backend] parallel pinned to `parallel`; preemption as given.
+  void MakeModels(int max, int parallel, bool preempt = true, int max_preemptions = 3) {
+    Make(max, /*reserved=*/0);
+    auto config = std::make_shared<Config>();
+    config->backend.parallel = parallel;
+    config->workers.preempt = preempt;
+    config->workers.max_preemptions = max_preemptions;
+    dispatcher_->SetConfig(config);
+  }
+  JobPtr Llm(const std::string& key, const std::string& model, Lane lane) {
+    auto job = NewJob(key, lane, "llm");
+    job->input = std::make_shared<const nlohmann::json>(nlohmann::json{{"model", model}});
+    jobs_[key] = job;
+    return job;
+  }
+  void EnqueueOk(const JobPtr& job) {
+    Status st = dispatcher_->Enqueue(job);
+    ASSERT_TRUE(st.ok()) << st.ToString();
+  }
+  std::map<std::string, JobPtr> jobs_;
+};
+
+TEST_F(ModelDispatchTest, AFullModelHoldsBackOnlyItsOwnJobs) {
+  MakeModels(/*max=*/4, /*parallel=*/1);
+  EnqueueOk(Llm("a1", "A", Lane::kBackground));
+  EnqueueOk(Llm("a2", "A", Lane::kBackground));
+  EnqueueOk(Llm("b1", "B", Lane::kBackground));
+  SubmitOk("plain", Lane::kBackground);
+  // a2 waits for A; b1 and the job that calls no model pass it.
+  EXPECT_EQ(started_, (std::vector<std::string>{"a1", "b1", "plain"}));
+  EXPECT_EQ(dispatcher_->depth(Lane::kBackground), 1u);
+  ASSERT_NE(dispatcher_->capacity_of("A"), nullptr);
+  EXPECT_EQ(dispatcher_->capacity_of("A")->in_flight(), 1);
+  EXPECT_EQ(dispatcher_->ModelsJson().size(), 2u);
+  Release("a1");
+  EXPECT_EQ(started_.back(), "a2");
+  EXPECT_EQ(dispatcher_->depth(Lane::kBackground), 0u);
+}
+
+TEST_F(ModelDispatchTest, AParkedJobStartsBeforeLaterJobsOfItsModel) {
+  MakeModels(/*max=*/4, /*parallel=*/1);
+  EnqueueOk(Llm("a1", "A", Lane::kBackground));
+  EnqueueOk(Llm("a2", "A", Lane::kBackground));
+  EnqueueOk(Llm("b1", "B", Lane::kBackground));
+  EnqueueOk(Llm("a3", "A", Lane::kBackground));
+  Release("a1");
+  EXPECT_EQ(started_.back(), "a2");
+  Release("a2");
+  EXPECT_EQ(started_.back(), "a3");
+}
+
+TEST_F(ModelDispatchTest, InteractiveJobPreemptsTheBackgroundRequestWithLeastProgress) {
+  MakeModels(/*max=*/4, /*parallel=*/2);
+  EnqueueOk(Llm("bg1", "A", Lane::kBackground));
+  EnqueueOk(Llm("bg2", "A", Lane::kBackground));
+  EnqueueOk(Llm("bg3", "A", Lane::kBackground));
+  ASSERT_EQ(started_, (std::vector<std::string>{"bg1", "bg2"}));
+  jobs_["bg1"]->progress->store(7);
+  jobs_["bg2"]->progress->store(2);
+  EnqueueOk(Llm("fg", "A", Lane::kInteractive));
+  // Started at once, beside the request being aborted.
+  EXPECT_EQ(started_.back(), "fg");
+  EXPECT_TRUE(jobs_["bg2"]->cancel->load());
+  EXPECT_FALSE(jobs_["bg1"]->cancel->load());
+  EXPECT_EQ(dispatcher_->preemptions(), 1u);
+  gate_.Wake();
+  ASSERT_TRUE(RunUntil([&] { return !preempted_.empty(); }));
+  EXPECT_EQ(preempted_, (std::vector<std::string>{"bg2"}));
+  EXPECT_EQ(jobs_["bg2"]->preempted, 1);
+  EXPECT_EQ(jobs_["bg2"]->state, JobState::kQueued);
+  EXPECT_FALSE(jobs_["bg2"]->cancel->load()) << "a fresh attempt must not start cancelled";
+  // No outcome reached on_finish for it; it waits at the head of its lane,
+  // before bg3.
+  EXPECT_TRUE(finished_.empty());
+  Release("bg1");
+  EXPECT_EQ(started_.back(), "bg2");
+  Release("bg2");
+  EXPECT_EQ(started_.back(), "bg3");
+}
+
+TEST_F(ModelDispatchTest, NoPreemptionPastMaxPreemptionsOrWhenOff) {
+  MakeModels(/*max=*/4, /*parallel=*/1, /*preempt=*/true, /*max_preemptions=*/1);
+  EnqueueOk(Llm("bg", "A", Lane::kBackground));
+  jobs_["bg"]->preempted = 1;  // already preempted once
+  EnqueueOk(Llm("fg", "A", Lane::kInteractive));
+  EXPECT_EQ(started_, (std::vector<std::string>{"bg"}));
+  EXPECT_FALSE(jobs_["bg"]->cancel->load());
+  Release("bg");
+  EXPECT_EQ(started_.back(), "fg");
+  Release("fg");
+
+  MakeModels(/*max=*/4, /*parallel=*/1, /*preempt=*/false);
+  started_.clear();
+  EnqueueOk(Llm("bg-b", "A", Lane::kBackground));
+  EnqueueOk(Llm("fg-b", "A", Lane::kInteractive));
+  EXPECT_EQ(started_, (std::vector<std::string>{"bg-b"}));
+  EXPECT_EQ(dispatcher_->preemptions(), 0u);
+}
+
+TEST_F(ModelDispatchTest, PromoteMovesAQueuedBackgroundJobToTheInteractiveLane) {
+  MakeModels(/*max=*/4, /*parallel=*/1, /*preempt=*/false);
+  for (const char* k : {"p0", "p1", "p2", "p3"}) EnqueueOk(Llm(k, "A", Lane::kBackground));
+  EXPECT_FALSE(dispatcher_->Promote(jobs_["p0"])) << "running, not queued";
+  EXPECT_TRUE(dispatcher_->Promote(jobs_["p3"]));
+  EXPECT_FALSE(dispatcher_->Promote(jobs_["p3"])) << "already interactive";
+  EXPECT_EQ(jobs_["p3"]->lane, Lane::kInteractive);
+  EXPECT_EQ(dispatcher_->promoted(), 1u);
+  EXPECT_EQ(dispatcher_->depth(Lane::kBackground), 2u);
+  EXPECT_EQ(dispatcher_->depth(Lane::kInteractive), 1u);
+  Release("p0");
+  EXPECT_EQ(started_.back(), "p3");
+  Release("p3");
+  EXPECT_EQ(started_.back(), "p1");
+  // The promoted job's old place in the background lane is skipped.
+  Release("p1");
+  Release("p2");
+  EXPECT_EQ(started_, (std::vector<std::string>{"p0", "p3", "p1", "p2"}));
+  EXPECT_EQ(dispatcher_->depth(Lane::kBackground), 0u);
+}
+
+TEST_F(ModelDispatchTest, ClaimRoomFollowsTheModelsRoom) {
+  MakeModels(/*max=*/4, /*parallel=*/2);
+  EXPECT_EQ(dispatcher_->ClaimRoom(Lane::kBackground), 1u) << "nothing known: one job to learn";
+  EnqueueOk(Llm("a1", "A", Lane::kBackground));
+  EXPECT_EQ(dispatcher_->ClaimRoom(Lane::kBackground), 1u);
+  EnqueueOk(Llm("a2", "A", Lane::kBackground));
+  EXPECT_EQ(dispatcher_->ClaimRoom(Lane::kBackground), 0u);
+  EnqueueOk(Llm("a3", "A", Lane::kBackground));
+  EXPECT_EQ(dispatcher_->ClaimRoom(Lane::kBackground), 0u);
+  // The interactive lane may claim what it could preempt.
+  EXPECT_EQ(dispatcher_->ClaimRoom(Lane::kInteractive), 2u);
+  Release("a1");
+  EXPECT_EQ(dispatcher_->ClaimRoom(Lane::kBackground), 0u) << "a3 took the freed slot";
+  Release("a2");
+  EXPECT_EQ(dispatcher_->ClaimRoom(Lane::kBackground), 1u);
+  // A lane whose work calls no model claims what its pace says.
+  SubmitOk("plain", Lane::kBackground);
+  EXPECT_EQ(dispatcher_->ClaimRoom(Lane::kBackground), SIZE_MAX);
 }
 
 }  // namespace

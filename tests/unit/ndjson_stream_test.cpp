@@ -287,6 +287,28 @@ TEST(NdjsonStream, FloatAndNullCountersAreAccepted) {
   EXPECT_FALSE(s.metrics().load_duration_ns.has_value());
 }
 
+// Ollama leaves out zero-valued counters: each duration says whether it was
+// sent, so an omitted one is not taken for 0, and a 0 that was sent stays 0.
+TEST(NdjsonStream, EachDurationSaysWhetherItWasSent) {
+  NdjsonStream chat(Format::kChat);
+  chat.Feed(kChatStream);
+  ASSERT_TRUE(chat.Finish()) << chat.error();
+  EXPECT_EQ(chat.metrics().total_duration_ns, 5191566416);
+  EXPECT_FALSE(chat.metrics().load_duration_ns.has_value());
+  EXPECT_FALSE(chat.metrics().prompt_eval_duration_ns.has_value());
+  EXPECT_FALSE(chat.metrics().eval_duration_ns.has_value());
+
+  NdjsonStream zero(Format::kGenerate);
+  zero.Feed(
+      "{\"response\":\"\",\"done\":true,\"total_duration\":0,\"load_duration\":0,"
+      "\"prompt_eval_duration\":0,\"eval_duration\":0}\n");
+  ASSERT_TRUE(zero.Finish()) << zero.error();
+  EXPECT_EQ(zero.metrics().total_duration_ns, 0);
+  EXPECT_EQ(zero.metrics().load_duration_ns, 0);
+  EXPECT_EQ(zero.metrics().prompt_eval_duration_ns, 0);
+  EXPECT_EQ(zero.metrics().eval_duration_ns, 0);
+}
+
 TEST(Excerpt, CutsAtACharacterBoundaryAndMarksTheCut) {
   std::string text =
       "ab\xC3\xA9"

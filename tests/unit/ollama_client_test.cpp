@@ -24,6 +24,7 @@
 #include "../support/wait.h"
 #include "fake_process.h"
 #include "jobs/job_kind.h"
+#include "jobs/llm_job.h"
 
 namespace digestd {
 namespace {
@@ -81,7 +82,8 @@ class OllamaClientTest : public ::testing::Test {
   }
 
   WorkOutcome RunKind(const std::string& kind, const json& input,
-                      std::shared_ptr<std::atomic<bool>> cancel = nullptr) {
+                      std::shared_ptr<std::atomic<bool>> cancel = nullptr,
+                      std::shared_ptr<std::atomic<uint64_t>> progress = nullptr) {
     const JobKind* k = JobKindRegistry::Global().Find(kind);
     EXPECT_NE(k, nullptr);
     Status st = k->Validate(input, config_);
@@ -90,6 +92,7 @@ class OllamaClientTest : public ::testing::Test {
     ctx.key = "test";
     ctx.input = std::make_shared<const json>(input);
     ctx.cancel = cancel ? cancel : std::make_shared<std::atomic<bool>>(false);
+    ctx.progress = progress;  // null unless the test counts chunks
     ctx.config = std::make_shared<const Config>(config_);
     return k->Run(ctx);
   }
@@ -233,6 +236,7 @@ TEST_F(OllamaClientTest, ServerErrorsAreRetryable) {
     GenerateResult r = Client().Generate(Gen("hi"), nullptr);
     EXPECT_EQ(r.status.cls, CallClass::kRetryable) << status;
     EXPECT_EQ(r.status.http_status, status);
+    EXPECT_FALSE(r.status.timed_out);
   }
 }
 
@@ -295,6 +299,7 @@ TEST_F(OllamaClientTest, CutStreamIsRetryable) {
   GenerateResult r = Client().Chat(
       {{"model", "llama3.2"}, {"messages", {{{"role", "user"}, {"content", "hi"}}}}}, nullptr);
   EXPECT_EQ(r.status.cls, CallClass::kRetryable);
+  EXPECT_FALSE(r.status.timed_out);
   EXPECT_NE(r.status.error.find("without the final done line"), std::string::npos)
       << r.status.error;
 
@@ -312,6 +317,7 @@ TEST_F(OllamaClientTest, StallMidStreamHitsTheIdleTimeout) {
   auto took = Clock::now() - start;
   EXPECT_EQ(r.status.cls, CallClass::kRetryable);
   EXPECT_NE(r.status.error.find("went silent"), std::string::npos) << r.status.error;
+  EXPECT_TRUE(r.status.timed_out);
   EXPECT_GE(took, 500ms);
   EXPECT_LT(took, 2000ms);
 }
@@ -327,6 +333,7 @@ TEST_F(OllamaClientTest, SilenceBeforeTheFirstByteHitsTheFirstByteTimeout) {
   auto took = Clock::now() - start;
   EXPECT_EQ(r.status.cls, CallClass::kRetryable);
   EXPECT_NE(r.status.error.find("first_byte_timeout_s"), std::string::npos) << r.status.error;
+  EXPECT_TRUE(r.status.timed_out);
   EXPECT_GE(took, 500ms);
   EXPECT_LT(took, 2000ms);
 }
@@ -347,6 +354,7 @@ TEST_F(OllamaClientTest, TotalDeadlineEndsALongGeneration) {
   GenerateResult r = client.Generate(Gen("hi"), nullptr);
   EXPECT_EQ(r.status.cls, CallClass::kRetryable);
   EXPECT_NE(r.status.error.find("request_timeout_s"), std::string::npos) << r.status.error;
+  EXPECT_TRUE(r.status.timed_out);
   EXPECT_LT(Clock::now() - start, 2000ms);
 }
 
@@ -355,6 +363,7 @@ TEST_F(OllamaClientTest, RefusedConnectionIsRetryable) {
   GenerateResult r = Client().Generate(Gen("hi"), nullptr);
   EXPECT_EQ(r.status.cls, CallClass::kRetryable);
   EXPECT_EQ(r.status.http_status, 0);
+  EXPECT_FALSE(r.status.timed_out);
   EXPECT_NE(r.status.error.find("cannot connect to Ollama"), std::string::npos) << r.status.error;
   EXPECT_NE(r.status.error.find("; start Ollama (systemctl start ollama) or fix [backend] url; "
                                 "for Ollama on another machine, allow its address in the unit "
@@ -382,6 +391,7 @@ TEST_F(OllamaClientTest, CancelAbortsALongGenerationWithinASecond) {
   auto returned_at = Clock::now();
   canceller.join();
   EXPECT_EQ(r.status.cls, CallClass::kCancelled);
+  EXPECT_FALSE(r.status.timed_out);
   EXPECT_LT(returned_at - cancelled_at, 1s);
   // Closing the connection made the server stop the generation.
   EXPECT_TRUE(WaitFor([&] { return fake_->Stats().value("disconnects", 0) >= 1; }));
@@ -435,6 +445,7 @@ TEST_F(OllamaClientTest, ProbeFailsRetryablyWhenInferenceHangs) {
   auto start = Clock::now();
   CallStatus s = Client().Probe(config_.backend, 500ms);
   EXPECT_EQ(s.cls, CallClass::kRetryable) << s.error;
+  EXPECT_TRUE(s.timed_out);
   EXPECT_LT(Clock::now() - start, 2s);
   config_.backend.url = "http://127.0.0.1:" + std::to_string(ClosedPort());
   EXPECT_EQ(Client().Probe(config_.backend, 500ms).cls, CallClass::kRetryable);
@@ -461,6 +472,85 @@ TEST_F(OllamaClientTest, ServerOptionsKeepOneNumCtxPerModel) {
   ApplyServerOptions(off, &bare);
   EXPECT_FALSE(bare.contains("options"));
   EXPECT_FALSE(bare.contains("keep_alive"));
+}
+
+TEST_F(OllamaClientTest, SuccessIsNotATimeout) {
+  GenerateResult r = Client().Generate(Gen("hi"), nullptr);
+  ASSERT_TRUE(r.status.ok()) << r.status.error;
+  EXPECT_FALSE(r.status.timed_out);
+}
+
+// A connect that never completes: a listener on loopback whose accept queue
+// is full (backlog 0, never accepting, filled by two earlier connects), so
+// the kernel drops the client's SYN. Reported as a connect timeout. Skipped
+// should a kernel answer such a SYN after all.
+TEST_F(OllamaClientTest, ConnectTimeoutIsATimeout) {
+  int listener = socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(listener, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(listener, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+  ASSERT_EQ(listen(listener, 0), 0);
+  socklen_t len = sizeof addr;
+  ASSERT_EQ(getsockname(listener, reinterpret_cast<sockaddr*>(&addr), &len), 0);
+  std::vector<int> fillers;
+  for (int i = 0; i < 2; ++i) {
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+    fillers.push_back(fd);
+  }
+  config_.backend.url = "http://127.0.0.1:" + std::to_string(ntohs(addr.sin_port));
+  config_.backend.connect_timeout_ms = 300;
+  GenerateResult r = Client().Generate(Gen("hi"), nullptr);
+  for (int fd : fillers) close(fd);
+  close(listener);
+  if (r.status.error.find("connect_timeout_ms") == std::string::npos) {
+    GTEST_SKIP() << "this kernel did not leave the connect hanging: " << r.status.error;
+  }
+  EXPECT_EQ(r.status.cls, CallClass::kRetryable);
+  EXPECT_TRUE(r.status.timed_out);
+}
+
+TEST_F(OllamaClientTest, ProgressCountsStreamedLines) {
+  std::atomic<uint64_t> progress{0};
+  GenerateResult r = Client().Generate(Gen("hi"), nullptr, &progress);
+  ASSERT_TRUE(r.status.ok()) << r.status.error;
+  EXPECT_EQ(progress.load(), 9u);  // 8 token lines and the done line
+
+  progress = 0;
+  SetFake({{"tokens", 3}, {"split_utf8", true}});
+  GenerateResult c = Client().Chat(
+      {{"model", "llama3.2"}, {"messages", {{{"role", "user"}, {"content", "caf\xC3\xA9"}}}}},
+      nullptr, &progress);
+  ASSERT_TRUE(c.status.ok()) << c.status.error;
+  EXPECT_EQ(progress.load(), 4u);  // lines, not network writes
+
+  progress = 0;
+  SetFake({{"tokens", 8}, {"midstream_error_after", 3}});
+  GenerateResult e = Client().Generate(Gen("hi"), nullptr, &progress);
+  EXPECT_EQ(e.status.cls, CallClass::kRetryable);
+  EXPECT_EQ(progress.load(), 4u);  // 3 token lines and the error line
+
+  progress = 0;
+  SetFake({{"midstream_error_after", nullptr}, {"fail_next", {{{"status", 500}}}}});
+  GenerateResult failed = Client().Generate(Gen("hi"), nullptr, &progress);
+  EXPECT_EQ(failed.status.cls, CallClass::kRetryable);
+  EXPECT_EQ(progress.load(), 0u);  // an error body is not a stream
+}
+
+TEST_F(OllamaClientTest, ProgressCountsOneForAnEmbedAnswer) {
+  std::atomic<uint64_t> progress{0};
+  EmbedResult r =
+      Client().Embed({{"model", "nomic-embed-text"}, {"input", {"a", "b"}}}, nullptr, &progress);
+  ASSERT_TRUE(r.status.ok()) << r.status.error;
+  EXPECT_EQ(progress.load(), 1u);
+
+  SetFake({{"fail_next", {{{"status", 500}}}}});
+  EmbedResult failed =
+      Client().Embed({{"model", "nomic-embed-text"}, {"input", {"a"}}}, nullptr, &progress);
+  EXPECT_EQ(failed.status.cls, CallClass::kRetryable);
+  EXPECT_EQ(progress.load(), 1u);
 }
 
 // --- the job kinds end to end ---------------------------------------------
@@ -513,6 +603,72 @@ TEST_F(OllamaClientTest, EmbedJobReturnsEmbeddingsAndDims) {
   EXPECT_EQ(out.result["embeddings"].size(), 2u);
   EXPECT_EQ(out.result["dims"], 8);
   EXPECT_EQ(out.result["model"], "nomic-embed-text");
+}
+
+TEST_F(OllamaClientTest, SummarizeJobReportsTimingAndCountsChunks) {
+  SetFake({{"load_ms", 20}, {"latency_ms", 5}, {"token_ms", 1}});  // every duration > 0
+  auto progress = std::make_shared<std::atomic<uint64_t>>(0);
+  WorkOutcome out = RunKind("summarize", {{"text", "Anna found the ledger."}}, nullptr, progress);
+  ASSERT_EQ(out.kind, WorkOutcome::Kind::kDone) << out.error;
+  EXPECT_EQ(progress->load(), 9u);  // 8 token lines and the done line
+  ASSERT_TRUE(out.timing.total_ns.has_value());
+  ASSERT_TRUE(out.timing.load_ns.has_value());
+  ASSERT_TRUE(out.timing.prompt_eval_ns.has_value());
+  ASSERT_TRUE(out.timing.eval_ns.has_value());
+  EXPECT_GE(*out.timing.load_ns, 20'000'000);
+  EXPECT_GE(*out.timing.total_ns, *out.timing.load_ns + *out.timing.eval_ns);
+  EXPECT_FALSE(out.timing.timed_out);
+
+  // The model is loaded now: Ollama leaves the zero load_duration out, and
+  // the outcome says it was not sent rather than 0.
+  SetFake({{"load_ms", 0}});
+  WorkOutcome warm = RunKind("summarize", {{"text", "She hid it."}}, nullptr, progress);
+  ASSERT_EQ(warm.kind, WorkOutcome::Kind::kDone) << warm.error;
+  EXPECT_FALSE(warm.timing.load_ns.has_value());
+  EXPECT_TRUE(warm.timing.eval_ns.has_value());
+  EXPECT_EQ(warm.result["meta"]["load_duration_ms"], 0);
+  EXPECT_EQ(progress->load(), 18u);  // the counter is the loop's to reset, not the job's
+}
+
+TEST_F(OllamaClientTest, GenerateJobReportsTimingAndCountsChunks) {
+  auto progress = std::make_shared<std::atomic<uint64_t>>(0);
+  WorkOutcome out = RunKind("generate", {{"prompt", "Say hi"}, {"options", {{"num_predict", 4}}}},
+                            nullptr, progress);
+  ASSERT_EQ(out.kind, WorkOutcome::Kind::kDone) << out.error;
+  EXPECT_EQ(progress->load(), 5u);
+  EXPECT_TRUE(out.timing.total_ns.has_value());
+  EXPECT_TRUE(out.timing.eval_ns.has_value());
+  EXPECT_FALSE(out.timing.timed_out);
+}
+
+TEST_F(OllamaClientTest, EmbedJobReportsTheDurationsItHas) {
+  SetFake({{"load_ms", 20}});
+  auto progress = std::make_shared<std::atomic<uint64_t>>(0);
+  WorkOutcome out = RunKind("embed", {{"texts", {"alpha"}}}, nullptr, progress);
+  ASSERT_EQ(out.kind, WorkOutcome::Kind::kDone) << out.error;
+  EXPECT_EQ(progress->load(), 1u);
+  EXPECT_TRUE(out.timing.total_ns.has_value());
+  EXPECT_TRUE(out.timing.load_ns.has_value());
+  EXPECT_FALSE(out.timing.prompt_eval_ns.has_value());  // /api/embed does not send them
+  EXPECT_FALSE(out.timing.eval_ns.has_value());
+  EXPECT_FALSE(out.timing.timed_out);
+}
+
+TEST_F(OllamaClientTest, JobThatTimesOutSaysSo) {
+  config_.backend.first_byte_timeout_s = 1;
+  SetFake({{"first_byte_stall_ms", 10000}});
+  auto progress = std::make_shared<std::atomic<uint64_t>>(0);
+  WorkOutcome out = RunKind("summarize", {{"text", "Hi."}}, nullptr, progress);
+  EXPECT_EQ(out.kind, WorkOutcome::Kind::kRetry) << out.error;
+  EXPECT_TRUE(out.timing.timed_out);
+  EXPECT_FALSE(out.timing.total_ns.has_value());
+  EXPECT_EQ(progress->load(), 0u);
+  EXPECT_TRUE(CallStatusOf(out).timed_out);
+
+  SetFake({{"fail_next", {{{"status", 500}, {"body", json{{"error", "crash"}}}}}}});
+  WorkOutcome crash = RunKind("generate", {{"prompt", "x"}});
+  EXPECT_EQ(crash.kind, WorkOutcome::Kind::kRetry);
+  EXPECT_FALSE(crash.timing.timed_out);
 }
 
 TEST_F(OllamaClientTest, JobOutcomesFollowTheClassification) {
