@@ -31,8 +31,6 @@ void Usage(FILE* out) {
       "  ping                        check that digestd answers\n"
       "  submit KIND [--key K] [--group G] [--lane interactive|background]\n"
       "              [--input JSON | --input-file FILE] [--wait 5s]\n"
-      "                              --wait: run it as interactive and print the finished\n"
-      "                              job (or its state when the time is up)\n"
       "  submit --batch FILE         one job object per line (or a JSON array)\n"
       "  result KEY [--wait 2s]      a job's state and result\n"
       "  result --group G [--wait 2s]\n"
@@ -41,6 +39,8 @@ void Usage(FILE* out) {
       "  reload                      re-read the config file (like SIGHUP)\n"
       "  drain                       finish running work and stop\n"
       "\n"
+      "submit --wait runs the job as interactive and prints the finished job, or its\n"
+      "state when the time is up.\n"
       "The socket is --socket, else $DIGESTD_SOCKET, else /run/digestd/control.sock.\n"
       "Exit status: 0 ok, 1 digestd answered an error, 2 usage, 3 digestd unreachable.\n",
       out);

@@ -9,6 +9,7 @@
 #include "app/memory_store.h"
 #include "app/outcome_policy.h"
 #include "app/pg_store.h"
+#include "backend/ollama_client.h"
 #include "control/peer_access.h"
 #include "obs/log.h"
 
@@ -98,6 +99,7 @@ Status Daemon::Start() {
     }
     jobs_->MarkPreempted(job);
   };
+  hooks.wake_workers = [] { OllamaClient::WakeAll(); };
   hooks.on_drained = [this] {
     if (phase_ == Phase::kDraining) store_->OnDrained();
   };

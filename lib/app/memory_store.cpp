@@ -5,6 +5,7 @@
 #include "app/job_view.h"
 #include "app/outcome_policy.h"
 #include "app/submit_spec.h"
+#include "backend/ollama_client.h"
 #include "jobs/llm_job.h"
 #include "obs/log.h"
 
@@ -166,6 +167,7 @@ void MemoryStore::Cancel(const Request& req, const std::string& key,
   } else if (job->state == JobState::kRunning) {
     job->user_cancelled = true;
     job->cancel->store(true, std::memory_order_relaxed);
+    OllamaClient::WakeAll();  // the transfer aborts now, not at its next poll
     cancelled = true;
   }
   reply.Send(OkLine(

@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "app/pg_store.h"
+#include "backend/ollama_client.h"
 #include "obs/log.h"
 #include "util/clock.h"
 
@@ -164,7 +165,8 @@ void PgStore::OnLeasesLost(std::vector<uint64_t> ids) {
       SkipQueuedClaim(job);
     } else {
       job->cancel->store(true, std::memory_order_relaxed);
-      book_.Forget(job);  // its outcome is dropped on return
+      OllamaClient::WakeAll();  // the transfer aborts now, not at its next poll
+      book_.Forget(job);        // its outcome is dropped on return
     }
   }
 }

@@ -7,6 +7,7 @@
 #include "app/outcome_policy.h"
 #include "app/pg_store.h"
 #include "app/submit_spec.h"
+#include "backend/ollama_client.h"
 #include "jobs/job_kind.h"
 #include "jobs/llm_job.h"
 #include "obs/log.h"
@@ -338,6 +339,7 @@ void PgStore::Cancel(const Request& req, const std::string& key,
     if (job->state == JobState::kRunning) {
       job->user_cancelled = true;
       job->cancel->store(true, std::memory_order_relaxed);
+      OllamaClient::WakeAll();  // the transfer aborts now, not at its next poll
       reply.Send(OkLine(req.id, {{"key", key}, {"status", "running"}, {"cancelled", true}}));
       return;
     }

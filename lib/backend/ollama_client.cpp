@@ -76,6 +76,43 @@ HandlePool& Handles() {
   return pool;
 }
 
+// The multi handles of the requests waiting in curl_multi_poll now, so a
+// cancel set on another thread can wake them at once (WakeAll) instead of
+// after kPollMs. A handle is registered for the length of its transfer loop.
+class Polling {
+ public:
+  void Add(CURLM* m) {
+    std::lock_guard<std::mutex> lock(mu_);
+    active_.push_back(m);
+  }
+  void Remove(CURLM* m) {
+    std::lock_guard<std::mutex> lock(mu_);
+    active_.erase(std::remove(active_.begin(), active_.end(), m), active_.end());
+  }
+  // Under the mutex: a handle is never woken after Remove() returned.
+  void WakeAll() {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (CURLM* m : active_) curl_multi_wakeup(m);
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<CURLM*> active_;  // guarded by mu_
+};
+
+Polling& Pollers() {
+  static Polling polling;
+  return polling;
+}
+
+struct PollingScope {
+  CURLM* multi;
+  explicit PollingScope(CURLM* m) : multi(m) { Pollers().Add(m); }
+  ~PollingScope() { Pollers().Remove(multi); }
+  PollingScope(const PollingScope&) = delete;
+  PollingScope& operator=(const PollingScope&) = delete;
+};
+
 // A handle lent for one request, given back when it goes out of scope.
 struct HandleLease {
   std::unique_ptr<CurlHandle> handle = Handles().Take();
@@ -360,6 +397,7 @@ CallStatus Perform(const OllamaClientOptions& o, const Request& req,
   }
   CURLcode rc = CURLE_OK;
   bool completed = false;
+  std::optional<PollingScope> polling(std::in_place, h.multi);
   for (;;) {
     int running = 0;
     CURLMcode mc = curl_multi_perform(h.multi, &running);
@@ -381,6 +419,7 @@ CallStatus Perform(const OllamaClientOptions& o, const Request& req,
     if (t->ShouldStop()) break;
     curl_multi_poll(h.multi, nullptr, 0, kPollMs, nullptr);
   }
+  polling.reset();
   // Removing an unfinished transfer closes its connection, which is what
   // makes Ollama cancel the generation.
   curl_multi_remove_handle(h.multi, easy);
@@ -504,6 +543,10 @@ OllamaClientOptions OllamaClientOptions::FromConfig(const Config::Backend& backe
 }
 
 OllamaClient::OllamaClient(OllamaClientOptions options) : options_(std::move(options)) {}
+
+void OllamaClient::WakeAll() {
+  Pollers().WakeAll();
+}
 
 void OllamaClient::GlobalInit() {
   static std::once_flag once;

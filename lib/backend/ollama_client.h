@@ -125,6 +125,10 @@ class OllamaClient {
   // starts; idempotent. The first request also calls it, which is safe with
   // the thread-safe init of libcurl >= 7.84 (Debian 12 ships 7.88).
   static void GlobalInit();
+  // Wakes every request waiting for bytes, so one whose cancel flag was
+  // just set aborts now rather than within the ~100 ms poll. Any thread;
+  // costs one wake-up per request in flight.
+  static void WakeAll();
 
   // POST /api/generate with `request` as Ollama takes it (model, prompt,
   // system, options, format, think, keep_alive, …); "stream" is forced to

@@ -319,6 +319,7 @@ void Dispatcher::CancelInFlight() {
     item->ctx.cancel->store(true, std::memory_order_relaxed);
     uv_cancel(reinterpret_cast<uv_req_t*>(&item->req));  // fails harmlessly once running
   }
+  if (!items_.empty() && hooks_.wake_workers) hooks_.wake_workers();
 }
 
 std::vector<JobPtr> Dispatcher::TakeQueued() {
@@ -497,6 +498,7 @@ void Dispatcher::Start(JobPtr job) {
         ++preempting_;
         ++preemptions_;
         victim->ctx.cancel->store(true, std::memory_order_relaxed);
+        if (hooks_.wake_workers) hooks_.wake_workers();
         LOG_INFO("job %s (background, %s): aborted for interactive job %s (preempted %d times)",
                  victim->job->key.c_str(), job->model.c_str(), job->key.c_str(),
                  victim->job->preempted + 1);

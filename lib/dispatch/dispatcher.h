@@ -90,6 +90,9 @@ class Dispatcher {
     // store makes it queued again without spending its attempt. The
     // dispatcher then puts it at the head of its lane. May be empty.
     std::function<void(const JobPtr&)> on_preempted;
+    // Cancel flags of running jobs were just set: wake their workers so
+    // they notice at once (the Ollama client's wait). May be empty.
+    std::function<void()> wake_workers;
   };
 
   // `loop` must outlive the Dispatcher. `pool_size` is the thread pool size

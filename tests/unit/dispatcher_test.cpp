@@ -689,5 +689,24 @@ TEST_F(ModelDispatchTest, ClaimRoomFollowsTheModelsRoom) {
   EXPECT_EQ(dispatcher_->ClaimRoom(Lane::kBackground), SIZE_MAX);
 }
 
+TEST_F(ModelDispatchTest, WorkerBoundsAndReloadsBoundEveryModel) {
+  MakeModels(/*max=*/6, /*parallel=*/0);  // auto
+  EnqueueOk(Llm("a1", "A", Lane::kBackground));
+  const ModelCapacity* a = dispatcher_->capacity_of("A");
+  ASSERT_NE(a, nullptr);
+  EXPECT_FALSE(a->pinned());
+  EXPECT_EQ(a->max(), 6);
+  ASSERT_TRUE(dispatcher_->SetLimits(1, 3, 0).ok());  // digestctl workers --max 3
+  EXPECT_EQ(a->max(), 3);
+  auto pinned = std::make_shared<Config>();
+  pinned->backend.parallel = 2;  // a reload that pins it
+  dispatcher_->SetConfig(pinned);
+  EXPECT_TRUE(a->pinned());
+  EXPECT_EQ(a->limit(), 2);
+  dispatcher_->SetConfig(std::make_shared<Config>());  // back to "auto"
+  EXPECT_FALSE(a->pinned());
+  Release("a1");
+}
+
 }  // namespace
 }  // namespace digestd
