@@ -70,11 +70,12 @@ int RunMigrateOnly(const Config& config) {
     uv_run(&loop, UV_RUN_DEFAULT);
     if (code == 2) {
       std::string err = conn.state().last_error;
-      LOG_ERROR(
-          "could not reach PostgreSQL at %s within %d s: %s; check [postgres] conninfo and "
-          "that the server runs",
-          conn.Describe().c_str(), config.postgres.connect_timeout_s * 2,
-          err.empty() ? "no answer" : err.c_str());
+      // A hint from the connect error says what to fix; the generic advice
+      // only when there is none.
+      const bool hinted = err.find("; ") != std::string::npos;
+      LOG_ERROR("could not reach PostgreSQL at %s within %d s: %s%s", conn.Describe().c_str(),
+                config.postgres.connect_timeout_s * 2, err.empty() ? "no answer" : err.c_str(),
+                hinted ? "" : "; check [postgres] conninfo and that the server runs");
       code = 1;
     }
     conn.Close();

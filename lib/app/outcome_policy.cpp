@@ -47,13 +47,20 @@ Verdict Judge(JobRecord& job, WorkOutcome outcome, bool started, int max_attempt
                     " attempts ([backend] max_attempts); last error: " + outcome.error;
   }
   if (retryable || outcome.kind == WorkOutcome::Kind::kFailed) {
-    LOG_JOB(LogLevel::kWarning, JobFields(job, outcome), "job %s (%s) failed: %s", job.key.c_str(),
-            job.kind.c_str(), outcome.error.c_str());
     const JobKind* kind = JobKindRegistry::Global().Find(job.kind);
+    nlohmann::json stand_in;
+    if (kind != nullptr && job.input) stand_in = kind->FinalFailureResult(*job.input, config);
+    if (stand_in.is_null()) {
+      LOG_JOB(LogLevel::kWarning, JobFields(job, outcome), "job %s (%s) failed: %s",
+              job.key.c_str(), job.kind.c_str(), outcome.error.c_str());
+    } else {
+      LOG_JOB(LogLevel::kWarning, JobFields(job, outcome),
+              "job %s (%s) done with a stand-in result (the fallback): %s", job.key.c_str(),
+              job.kind.c_str(), outcome.error.c_str());
+    }
     if (kind != nullptr && job.input) {
       // A summary screen never shows a hole: store the kind's stand-in, with
       // the reason in error so `result` says why it is one.
-      nlohmann::json stand_in = kind->FinalFailureResult(*job.input, config);
       if (!stand_in.is_null()) {
         WorkOutcome stored = WorkOutcome::Done(std::move(stand_in));
         stored.error = std::move(outcome.error);

@@ -189,8 +189,17 @@ void PgStore::OnDbReady() {
   Status st = Migrate(*pg_, [this](Status result) {
     migrating_ = false;
     if (!result.ok()) {
+      const bool newer = store_error_ == result.message();
       store_error_ = result.message();
       migrate_retry_at_ = uv_now(env_.loop) + kMigrateRetryMs;
+      if (result.message().find("newer than this digestd knows") != std::string::npos) {
+        // Retrying cannot help and CREATE is not the problem: say it once.
+        if (!newer) {
+          LOG_ERROR("cannot use schema digestd on %s: %s", pg_->Describe().c_str(),
+                    result.message().c_str());
+        }
+        return;
+      }
       LOG_ERROR(
           "cannot bring schema digestd up to date on %s: %s; fix the database (the user "
           "needs CREATE on it) -- digestd tries again every %llu s",

@@ -41,6 +41,10 @@ std::string PgStore::UnavailableReason() const {
     return "PostgreSQL is unreachable (" + (err.empty() ? std::string("connecting") : err) +
            "); nothing was accepted, submit again later";
   }
+  if (store_error_.find("newer than this digestd knows") != std::string::npos) {
+    return "the job table's schema is newer than this digestd (" + store_error_ +
+           "); nothing was accepted: upgrade digestd";
+  }
   return "the job table is not ready yet (schema migration " +
          (store_error_.empty() ? std::string("in progress") : "failing: " + store_error_) +
          "); nothing was accepted, submit again shortly";

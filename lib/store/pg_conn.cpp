@@ -171,6 +171,11 @@ std::string ScrubSecrets(std::string text, const std::vector<std::string>& secre
 
 std::string PgConnectHint(std::string_view error) {
   auto has = [&](std::string_view what) { return error.find(what) != std::string_view::npos; };
+  if (has("Peer authentication failed")) {
+    return "; peer authentication admits only the system user of the same name as the role: "
+           "run digestd as that user (the unit's User=, or sudo -u USER), or set user= in "
+           "[postgres] conninfo to a role of that name";
+  }
   if (has("password authentication failed") || has("no password supplied") ||
       has("authentication failed")) {
     return "; check the role's password (ALTER ROLE ... PASSWORD), the password in [postgres] "
@@ -182,7 +187,9 @@ std::string PgConnectHint(std::string_view error) {
            "reload PostgreSQL";
   }
   if (has("role \"") && has("does not exist")) {
-    return "; create the role (createuser) or set user= in [postgres] conninfo";
+    return "; create the role (createuser), or set user= in [postgres] conninfo (without it "
+           "the role is the name of the system user digestd runs as: run it as that user, such "
+           "as sudo -u digestd)";
   }
   if (has("database \"") && has("does not exist")) {
     return "; create the database (createdb -O <role>) or set dbname= in [postgres] conninfo";

@@ -251,6 +251,12 @@ TEST(PgConnectHint, SaysWhatToDoForTheFailuresAUserMeets) {
             std::string::npos);
   EXPECT_NE(PgConnectHint("FATAL:  database \"digestd\" does not exist").find("createdb"),
             std::string::npos);
+  // Peer authentication is not a password problem: it names the user to run as.
+  std::string peer = PgConnectHint("FATAL:  Peer authentication failed for user \"digestd\"");
+  EXPECT_NE(peer.find("run digestd as that user"), std::string::npos) << peer;
+  EXPECT_EQ(peer.find("password"), std::string::npos) << peer;
+  EXPECT_NE(PgConnectHint("FATAL:  role \"root\" does not exist").find("sudo -u digestd"),
+            std::string::npos);
   EXPECT_EQ(PgConnectHint("something nobody foresaw"), "");
 }
 
