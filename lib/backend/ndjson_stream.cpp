@@ -157,7 +157,7 @@ class NdjsonStream::LineSax {
   bool start_object(std::size_t) {
     const bool message_value = pending_ == Slot::kMessage;
     if (!Value(Type::kObject) || !Enter()) return false;
-    in_message_ = message_value;  // now at depth 2, inside the message object
+    if (message_value) in_message_ = true;  // at depth 2 now; cleared back at depth 1
     return true;
   }
   bool end_object() {

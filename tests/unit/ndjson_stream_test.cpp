@@ -365,6 +365,15 @@ TEST(NdjsonStream, NestedFieldsWithTheSameNamesAreIgnored) {
   ASSERT_TRUE(s.Finish()) << s.error();
   EXPECT_EQ(s.text(), "ok");
   EXPECT_EQ(s.metrics().eval_count, 2);
+
+  // message's own fields after a nested object still count.
+  NdjsonStream after(Format::kChat);
+  after.Feed(
+      "{\"message\":{\"tool_calls\":[{\"function\":{\"content\":1}}],\"role\":\"assistant\","
+      "\"content\":\"late\",\"thinking\":\"t\"},\"done\":true}\n");
+  ASSERT_TRUE(after.Finish()) << after.error();
+  EXPECT_EQ(after.text(), "late");
+  EXPECT_EQ(after.thinking(), "t");
 }
 
 TEST(NdjsonStream, CountersBeyondInt64AreClampedNotWrapped) {
