@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <initializer_list>
+#include <memory>
 #include <nlohmann/json.hpp>
 
 #include "util/json_parse.h"
@@ -43,34 +45,257 @@ size_t Utf8SequenceLength(std::string_view s, size_t i) {
   return n;
 }
 
-// Reads an optional counter; false when present with a type Ollama never sends.
-bool ReadCounter(const json& j, const char* key, std::optional<int64_t>* out) {
-  auto it = j.find(key);
-  if (it == j.end() || it->is_null()) return true;
-  if (it->is_number_integer()) {
-    *out = it->get<int64_t>();
-  } else if (it->is_number_unsigned()) {
-    *out = static_cast<int64_t>(std::min<uint64_t>(it->get<uint64_t>(), INT64_MAX));
-  } else if (it->is_number_float()) {
-    double v = it->get<double>();
-    if (!(v > -9.2e18 && v < 9.2e18)) return false;  // also refuses NaN
-    *out = static_cast<int64_t>(v);
-  } else {
+}  // namespace
+
+// What one stream line said, as nlohmann's parser reports it
+// (json::sax_parse): only the fields digestd uses are kept, and no DOM is
+// built. One instance per NdjsonStream, reused for every line, so its
+// string buffers keep their capacity. Duplicate keys behave as in a DOM
+// parse: the last one wins. Nesting deeper than kMaxJsonDepth stops the
+// parse, as ParseJsonBounded does.
+class NdjsonStream::LineSax {
+ public:
+  enum class Type : uint8_t { kAbsent, kNull, kString, kBoolean, kNumber, kObject, kOther };
+
+  struct Text {
+    Type type = Type::kAbsent;
+    std::string value;  // when kString
+    void Reset() { type = Type::kAbsent; }
+    // An optional string field: absent or null is "", another type is false.
+    bool Read(std::string_view* out) const {
+      if (type == Type::kString) *out = value;
+      return type == Type::kString || type == Type::kAbsent || type == Type::kNull;
+    }
+  };
+
+  struct Counter {
+    Type type = Type::kAbsent;
+    bool valid = true;  // false: a float out of int64's range, or NaN
+    int64_t value = 0;
+    void Reset() {
+      type = Type::kAbsent;
+      valid = true;
+    }
+    // An optional counter: absent or null stays empty; another type than a
+    // number, or a number out of range, is false.
+    bool Read(std::optional<int64_t>* out) const {
+      if (type == Type::kAbsent || type == Type::kNull) return true;
+      if (type != Type::kNumber || !valid) return false;
+      *out = value;
+      return true;
+    }
+  };
+
+  enum class Outcome { kOk, kNotJson, kTooDeep };
+
+  // Parses `line`; afterwards the accessors describe it.
+  Outcome Parse(std::string_view line, NdjsonStream::Format format) {
+    chat_ = format == NdjsonStream::Format::kChat;
+    error.Reset();
+    done = Type::kAbsent;
+    done_value = false;
+    model.Reset();
+    text.Reset();
+    thinking.Reset();
+    message = Type::kAbsent;
+    done_reason.Reset();
+    for (Counter* c : {&prompt_eval_count, &eval_count, &total_duration, &load_duration,
+                       &prompt_eval_duration, &eval_duration}) {
+      c->Reset();
+    }
+    root_ = Type::kAbsent;
+    depth_ = 0;
+    in_message_ = false;
+    pending_ = Slot::kNone;
+    outcome_ = Outcome::kOk;
+    if (!json::sax_parse(line, this) && outcome_ == Outcome::kOk) outcome_ = Outcome::kNotJson;
+    return outcome_;
+  }
+
+  // The top-level value is an object.
+  bool is_object() const { return root_ == Type::kObject; }
+
+  Text error;  // its value only when a string
+  Type done = Type::kAbsent;
+  bool done_value = false;
+  Text model;
+  Text text;                     // response (generate) or message.content (chat)
+  Text thinking;                 // thinking (generate) or message.thinking (chat)
+  Type message = Type::kAbsent;  // chat only
+  Text done_reason;
+  Counter prompt_eval_count, eval_count, total_duration, load_duration, prompt_eval_duration,
+      eval_duration;
+
+  // nlohmann's SAX interface. Returning false stops the parse.
+  bool null() { return Value(Type::kNull); }
+  bool boolean(bool v) {
+    if (pending_ == Slot::kDone) done_value = v;
+    return Value(Type::kBoolean);
+  }
+  bool number_integer(json::number_integer_t v) {
+    if (Counter* c = PendingCounter()) c->value = v;
+    return Value(Type::kNumber);
+  }
+  bool number_unsigned(json::number_unsigned_t v) {
+    if (Counter* c = PendingCounter()) {
+      c->value = static_cast<int64_t>(std::min<uint64_t>(v, INT64_MAX));
+    }
+    return Value(Type::kNumber);
+  }
+  bool number_float(json::number_float_t v, const json::string_t&) {
+    if (Counter* c = PendingCounter()) {
+      c->valid = v > -9.2e18 && v < 9.2e18;  // also refuses NaN
+      c->value = c->valid ? static_cast<int64_t>(v) : 0;
+    }
+    return Value(Type::kNumber);
+  }
+  bool string(json::string_t& v) {
+    if (Text* t = PendingText()) t->value.assign(v);
+    return Value(Type::kString);
+  }
+  bool binary(json::binary_t&) { return Value(Type::kOther); }
+  bool start_object(std::size_t) {
+    const bool message_value = pending_ == Slot::kMessage;
+    if (!Value(Type::kObject) || !Enter()) return false;
+    if (message_value) in_message_ = true;  // at depth 2 now; cleared back at depth 1
+    return true;
+  }
+  bool end_object() {
+    --depth_;
+    if (depth_ <= 1) in_message_ = false;
+    return true;
+  }
+  bool start_array(std::size_t) { return Value(Type::kOther) && Enter(); }
+  bool end_array() {
+    --depth_;
+    return true;
+  }
+  bool key(json::string_t& k) {
+    pending_ = Slot::kNone;
+    if (depth_ == 1) {
+      pending_ = TopLevelSlot(k);
+      if (pending_ == Slot::kMessage) {  // a later "message" replaces the earlier one
+        text.Reset();
+        thinking.Reset();
+      }
+    } else if (depth_ == 2 && in_message_) {
+      if (k == "content") pending_ = Slot::kText;
+      if (k == "thinking") pending_ = Slot::kThinking;
+    }
+    return true;
+  }
+  template <class Exception>
+  bool parse_error(std::size_t, const std::string&, const Exception&) {
+    outcome_ = Outcome::kNotJson;
     return false;
   }
-  return true;
-}
 
-// Reads an optional string field; false when present with another type.
-bool ReadString(const json& j, const char* key, std::string_view* out) {
-  auto it = j.find(key);
-  if (it == j.end() || it->is_null()) return true;
-  if (!it->is_string()) return false;
-  *out = it->get_ref<const std::string&>();
-  return true;
-}
+ private:
+  enum class Slot {
+    kNone,
+    kError,
+    kDone,
+    kModel,
+    kText,
+    kThinking,
+    kMessage,
+    kDoneReason,
+    kPromptEvalCount,
+    kEvalCount,
+    kTotalDuration,
+    kLoadDuration,
+    kPromptEvalDuration,
+    kEvalDuration,
+  };
 
-}  // namespace
+  Slot TopLevelSlot(std::string_view k) const {
+    if (k == "done") return Slot::kDone;
+    if (k == "model") return Slot::kModel;
+    if (k == "error") return Slot::kError;
+    if (chat_) {
+      if (k == "message") return Slot::kMessage;
+    } else {
+      if (k == "response") return Slot::kText;
+      if (k == "thinking") return Slot::kThinking;
+    }
+    if (k == "done_reason") return Slot::kDoneReason;
+    if (k == "prompt_eval_count") return Slot::kPromptEvalCount;
+    if (k == "eval_count") return Slot::kEvalCount;
+    if (k == "total_duration") return Slot::kTotalDuration;
+    if (k == "load_duration") return Slot::kLoadDuration;
+    if (k == "prompt_eval_duration") return Slot::kPromptEvalDuration;
+    if (k == "eval_duration") return Slot::kEvalDuration;
+    return Slot::kNone;
+  }
+
+  Text* PendingText() {
+    switch (pending_) {
+      case Slot::kError:
+        return &error;
+      case Slot::kModel:
+        return &model;
+      case Slot::kText:
+        return &text;
+      case Slot::kThinking:
+        return &thinking;
+      case Slot::kDoneReason:
+        return &done_reason;
+      default:
+        return nullptr;
+    }
+  }
+
+  Counter* PendingCounter() {
+    switch (pending_) {
+      case Slot::kPromptEvalCount:
+        return &prompt_eval_count;
+      case Slot::kEvalCount:
+        return &eval_count;
+      case Slot::kTotalDuration:
+        return &total_duration;
+      case Slot::kLoadDuration:
+        return &load_duration;
+      case Slot::kPromptEvalDuration:
+        return &prompt_eval_duration;
+      case Slot::kEvalDuration:
+        return &eval_duration;
+      default:
+        return nullptr;
+    }
+  }
+
+  // A value of `type` arrived: it belongs to the pending key, if any.
+  bool Value(Type type) {
+    if (depth_ == 0) root_ = type;
+    if (Text* t = PendingText()) {
+      t->type = type;
+    } else if (Counter* c = PendingCounter()) {
+      c->type = type;
+      if (type != Type::kNumber) c->valid = true;
+    } else if (pending_ == Slot::kDone) {
+      done = type;
+    } else if (pending_ == Slot::kMessage) {
+      message = type;
+    }
+    pending_ = Slot::kNone;
+    return true;
+  }
+
+  bool Enter() {
+    if (++depth_ > kMaxJsonDepth) {
+      outcome_ = Outcome::kTooDeep;
+      return false;
+    }
+    return true;
+  }
+
+  bool chat_ = false;
+  Type root_ = Type::kAbsent;
+  int depth_ = 0;
+  bool in_message_ = false;
+  Slot pending_ = Slot::kNone;
+  Outcome outcome_ = Outcome::kOk;
+};
 
 std::string Excerpt(std::string_view raw, size_t max_bytes) {
   std::string out;
@@ -97,7 +322,12 @@ std::string Excerpt(std::string_view raw, size_t max_bytes) {
   return out;
 }
 
-NdjsonStream::NdjsonStream(Format format, Limits limits) : format_(format), limits_(limits) {}
+NdjsonStream::NdjsonStream(Format format, Limits limits)
+    : format_(format), limits_(limits), sax_(std::make_unique<LineSax>()) {}
+
+NdjsonStream::~NdjsonStream() = default;
+NdjsonStream::NdjsonStream(NdjsonStream&&) noexcept = default;
+NdjsonStream& NdjsonStream::operator=(NdjsonStream&&) noexcept = default;
 
 bool NdjsonStream::Feed(std::string_view bytes) {
   while (!bytes.empty() && !failed() && !done_) {
@@ -122,9 +352,8 @@ bool NdjsonStream::Feed(std::string_view bytes) {
       Line(piece);  // the common case: the whole line arrived in this piece
     } else {
       partial_.append(piece);
-      std::string line = std::move(partial_);
-      partial_.clear();
-      Line(line);
+      Line(partial_);
+      partial_.clear();  // keeps its capacity for the next split line
     }
   }
   return !failed();
@@ -134,9 +363,8 @@ bool NdjsonStream::Finish() {
   if (!finished_) {
     finished_ = true;
     if (!failed() && !done_ && !partial_.empty()) {
-      std::string line = std::move(partial_);
+      Line(partial_);
       partial_.clear();
-      Line(line);
     }
     if (!failed() && !done_) {
       Fail(Failure::kIncomplete, lines_ == 0
@@ -171,66 +399,68 @@ void NdjsonStream::Line(std::string_view line) {
   auto malformed = [&](std::string_view what) {
     Fail(Failure::kMalformed, "Ollama sent " + std::string(what) + ": " + Excerpt(line));
   };
-  json j;
-  try {
-    j = ParseJsonBounded(line);
-  } catch (const JsonTooDeep&) {
-    return malformed("a line nested too deeply");
-  } catch (const json::exception&) {
-    return malformed("a line that is not JSON");
+  LineSax& j = *sax_;
+  switch (j.Parse(line, format_)) {
+    case LineSax::Outcome::kOk:
+      break;
+    case LineSax::Outcome::kTooDeep:
+      return malformed("a line nested too deeply");
+    case LineSax::Outcome::kNotJson:
+      return malformed("a line that is not JSON");
   }
   if (!j.is_object()) return malformed("a line that is not a JSON object");
 
-  if (auto err = j.find("error"); err != j.end()) {
-    std::string message =
-        Excerpt(err->is_string() ? err->get_ref<const std::string&>() : err->dump(), 2000);
+  if (j.error.type != LineSax::Type::kAbsent) {
+    std::string message;
+    if (j.error.type == LineSax::Type::kString) {
+      message = Excerpt(j.error.value, 2000);
+    } else {
+      // Not Ollama's shape, and rare: quote the value as JSON text.
+      json whole = TryParseJsonBounded(line);
+      auto err = whole.is_object() ? whole.find("error") : whole.end();
+      message = Excerpt(err != whole.end() ? err->dump() : std::string("null"), 2000);
+    }
     if (message.empty()) message = "Ollama reported an error with an empty message";
     Fail(Failure::kErrorLine, std::move(message));
     return;
   }
 
-  auto done = j.find("done");
-  if (done == j.end() || !done->is_boolean()) {
+  if (j.done != LineSax::Type::kBoolean) {
     return malformed("a line without a boolean \"done\"");
   }
   std::string_view model;
-  if (!ReadString(j, "model", &model)) return malformed("a line whose \"model\" is not a string");
+  if (!j.model.Read(&model)) return malformed("a line whose \"model\" is not a string");
   if (!model.empty()) model_ = model;
 
   std::string_view text, thinking;
   if (format_ == Format::kGenerate) {
-    if (!ReadString(j, "response", &text)) {
-      return malformed("a line whose \"response\" is not a string");
-    }
-    if (!ReadString(j, "thinking", &thinking)) {
+    if (!j.text.Read(&text)) return malformed("a line whose \"response\" is not a string");
+    if (!j.thinking.Read(&thinking)) {
       return malformed("a line whose \"thinking\" is not a string");
     }
-  } else {
-    auto message = j.find("message");
-    if (message != j.end() && !message->is_null()) {
-      if (!message->is_object()) return malformed("a line whose \"message\" is not an object");
-      if (!ReadString(*message, "content", &text)) {
-        return malformed("a line whose \"message.content\" is not a string");
-      }
-      if (!ReadString(*message, "thinking", &thinking)) {
-        return malformed("a line whose \"message.thinking\" is not a string");
-      }
+  } else if (j.message != LineSax::Type::kAbsent && j.message != LineSax::Type::kNull) {
+    if (j.message != LineSax::Type::kObject) {
+      return malformed("a line whose \"message\" is not an object");
+    }
+    if (!j.text.Read(&text)) {
+      return malformed("a line whose \"message.content\" is not a string");
+    }
+    if (!j.thinking.Read(&thinking)) {
+      return malformed("a line whose \"message.thinking\" is not a string");
     }
   }
   if (!AppendText(&text_, text) || !AppendText(&thinking_, thinking)) return;
 
-  if (!done->get<bool>()) return;
+  if (!j.done_value) return;
   std::string_view reason;
-  if (!ReadString(j, "done_reason", &reason)) {
+  if (!j.done_reason.Read(&reason)) {
     return malformed("a final line whose \"done_reason\" is not a string");
   }
   GenerationMetrics m;
-  if (!ReadCounter(j, "prompt_eval_count", &m.prompt_eval_count) ||
-      !ReadCounter(j, "eval_count", &m.eval_count) ||
-      !ReadCounter(j, "total_duration", &m.total_duration_ns) ||
-      !ReadCounter(j, "load_duration", &m.load_duration_ns) ||
-      !ReadCounter(j, "prompt_eval_duration", &m.prompt_eval_duration_ns) ||
-      !ReadCounter(j, "eval_duration", &m.eval_duration_ns)) {
+  if (!j.prompt_eval_count.Read(&m.prompt_eval_count) || !j.eval_count.Read(&m.eval_count) ||
+      !j.total_duration.Read(&m.total_duration_ns) || !j.load_duration.Read(&m.load_duration_ns) ||
+      !j.prompt_eval_duration.Read(&m.prompt_eval_duration_ns) ||
+      !j.eval_duration.Read(&m.eval_duration_ns)) {
     return malformed("a final line with a counter that is not a number");
   }
   done_reason_ = reason;

@@ -25,12 +25,18 @@
 // are ignored: the answer is complete. After the first failure every further
 // byte is ignored and the failure stays as it was.
 //
+// Each line is parsed with nlohmann::json's SAX interface, keeping only the
+// fields above (no DOM), into buffers reused from line to line. Duplicate
+// keys count as in a DOM parse (the last wins); nesting deeper than
+// kMaxJsonDepth (util/json_parse.h) is kMalformed.
+//
 // Pure: no I/O, no globals; one instance per response, used by one thread.
 // Safe on any input (this is the fuzz target's entry point).
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -38,7 +44,10 @@
 namespace digestd {
 
 // Ollama's counters from a final chunk (or a non-streamed reply). All are
-// optional: Ollama omits zero values. Durations are in nanoseconds.
+// optional: Ollama omits zero values, and a field it left out stays empty
+// (never 0), so a reader can tell "not sent" from a sent 0. Durations are in
+// nanoseconds. A float is truncated; an unsigned value beyond int64 is
+// clamped to INT64_MAX.
 struct GenerationMetrics {
   std::optional<int64_t> prompt_eval_count;
   std::optional<int64_t> eval_count;
@@ -70,6 +79,9 @@ class NdjsonStream {
 
   explicit NdjsonStream(Format format) : NdjsonStream(format, Limits{}) {}
   NdjsonStream(Format format, Limits limits);
+  ~NdjsonStream();
+  NdjsonStream(NdjsonStream&&) noexcept;
+  NdjsonStream& operator=(NdjsonStream&&) noexcept;
 
   // Consumes the next piece of the body. Returns false once the stream has
   // failed (the caller may stop reading); true otherwise, including after the
@@ -103,13 +115,16 @@ class NdjsonStream {
   size_t lines() const { return lines_; }
 
  private:
+  class LineSax;  // ndjson_stream.cpp
+
   void Line(std::string_view line);
   void Fail(Failure failure, std::string message);
   bool AppendText(std::string* to, std::string_view piece);
 
   Format format_;
   Limits limits_;
-  std::string partial_;  // bytes of the current, unfinished line
+  std::unique_ptr<LineSax> sax_;  // the line parser, reused
+  std::string partial_;           // bytes of the current, unfinished line
   std::string text_;
   std::string thinking_;
   std::string model_;

@@ -7,7 +7,13 @@
 //      fraction of the ideal C/L, and digestd's CPU time (user + sys from
 //      /proc/PID/stat) per job.
 //   2. daemon-bound: a 0 ms fake with 16 slots on both sides: jobs per second
-//      end to end, and CPU per job again.
+//      end to end, and CPU per job again. With --per-token N the same daemon
+//      then runs --per-token-jobs jobs whose answers stream N tokens, and the
+//      two CPU figures give digestd's CPU per streamed token (the slope) and
+//      per job without tokens (the intercept).
+//
+// --kind picks the job kind fed: generate (/api/generate) or summarize
+// (/api/chat, the kind apps send most).
 //
 // Completion is read from `status` counters (jobs.done + jobs.failed). The
 // status calls the feeder makes are counted and cost digestd a little CPU,
@@ -46,11 +52,14 @@ using namespace digestd::bench;
 struct Options {
   std::string digestd;
   std::string fake;
-  long jobs = 0;         // phase 1
-  long fast_jobs = 0;    // phase 2
-  int capacity = 0;      // C: fake slots = digestd worker slots in phase 1
-  int latency_ms = 0;    // L: per request in phase 1
-  int tokens = 0;        // streamed tokens per generation
+  long jobs = 0;       // phase 1
+  long fast_jobs = 0;  // phase 2
+  int capacity = 0;    // C: fake slots = digestd worker slots in phase 1
+  int latency_ms = 0;  // L: per request in phase 1
+  int tokens = 0;      // streamed tokens per generation
+  int per_token = 0;   // phase 2 again with this many tokens; 0: not
+  long per_token_jobs = 0;
+  std::string kind = "generate";
   int fast_slots = 0;    // phase 2 slots on both sides
   int max_batch = 1000;  // jobs per submit ([jobs] max_batch)
   int ring = 2000;       // [queues] background
@@ -89,6 +98,10 @@ class Fake {
 
   std::string url() const { return process_.url(); }
   json Stats() { return process_.Stats(); }
+  void Set(const json& patch) {
+    std::string failed = process_.Set(patch);
+    if (!failed.empty()) Die("cannot change the fake's settings: %s", failed.c_str());
+  }
 
  private:
   digestd::testing::FakeOllamaProcess process_;
@@ -146,8 +159,9 @@ Run Feed(const Options& opt, const std::string& socket, pid_t pid, long n, doubl
       std::string batch = R"({"op":"submit","jobs":[)";
       for (long i = 0; i < room; ++i) {
         batch += (i ? "," : "");
-        batch += R"({"kind":"generate","input":{"prompt":"bench job )" +
-                 std::to_string(submitted + i) + R"("}})";
+        batch += opt.kind == "summarize" ? R"({"kind":"summarize","input":{"text":"bench job )"
+                                         : R"({"kind":"generate","input":{"prompt":"bench job )";
+        batch += std::to_string(submitted + i) + R"("}})";
       }
       batch += "]}";
       json answer = CallJson(c, batch);
@@ -221,6 +235,10 @@ Options ParseFlags(int argc, char** argv) {
           {"latency-ms", "L", "time per request in the capacity-bound run", "50"},
           {"fast-slots", "S", "slots on both sides in the 0 ms run", "16"},
           {"tokens", "N", "streamed tokens per generation", "8"},
+          {"per-token", "N",
+           "after the 0 ms run, run it again with N tokens per answer and print CPU per token"},
+          {"per-token-jobs", "N", "jobs in the run with --per-token tokens", "2000"},
+          {"kind", "KIND", "job kind fed: generate or summarize", "generate"},
           {"only", "WHICH", "run only the capacity-bound (capacity) or the 0 ms run (fast)"},
           {"wrapper", "CMD", "run digestd under CMD (split at spaces), e.g. valgrind"},
           {"ready-timeout", "S", "wait for READY=1; raise it under a wrapper", "10"},
@@ -238,6 +256,15 @@ Options ParseFlags(int argc, char** argv) {
   o.latency_ms = static_cast<int>(flags.Integer("latency-ms", 1, 60000));
   o.fast_slots = static_cast<int>(flags.Integer("fast-slots", 1, 256));
   o.tokens = static_cast<int>(flags.Integer("tokens", 1, 100000));
+  if (flags.Has("per-token")) {
+    o.per_token = static_cast<int>(flags.Integer("per-token", 1, 100000));
+    if (o.per_token == o.tokens) flags.UsageError("--per-token must differ from --tokens");
+  }
+  o.per_token_jobs = flags.Integer("per-token-jobs", 1, 10000000);
+  o.kind = flags.String("kind");
+  if (o.kind != "generate" && o.kind != "summarize") {
+    flags.UsageError("--kind takes generate or summarize");
+  }
   if (flags.Has("only")) {
     std::string w = flags.String("only");
     if (w != "capacity" && w != "fast") flags.UsageError("--only takes capacity or fast");
@@ -319,12 +346,30 @@ int main(int argc, char** argv) {
     Run r = Feed(opt, socket, d.pid(), opt.fast_jobs, 0.02);
     if (perf > 0) StopChild(perf, SIGINT, std::chrono::seconds(60));
     json fs = fake.Stats();
+    Run many;
+    json many_fs;
+    if (opt.per_token > 0) {
+      fake.Set({{"tokens", opt.per_token}});
+      many = Feed(opt, socket, d.pid(), opt.per_token_jobs, 0.02);
+      many_fs = fake.Stats();
+    }
     std::string exit = DescribeExit(d.Stop(std::chrono::seconds(wrapped ? 600 : 60)).status);
     std::printf(
-        "\n2. daemon-bound: fake with 0 ms per request (%d tokens), C = %d; "
+        "\n2. daemon-bound: %s jobs, fake with 0 ms per request (%d tokens), C = %d; "
         "[workers] max = %d\n",
-        opt.tokens, opt.fast_slots, opt.fast_slots);
+        opt.kind.c_str(), opt.tokens, opt.fast_slots, opt.fast_slots);
     Report(r, fs, wrapped);
+    if (opt.per_token > 0) {
+      std::printf("\n2b. the same daemon, %d tokens per answer\n", opt.per_token);
+      Report(many, many_fs, wrapped);
+      const double few_us = r.cpu.total() * 1e6 / static_cast<double>(r.jobs);
+      const double many_us = many.cpu.total() * 1e6 / static_cast<double>(many.jobs);
+      const double per_token = (many_us - few_us) / (opt.per_token - opt.tokens);
+      Line("CPU per job and per token",
+           "%.1f us/job at %d tokens, %.1f us/job at %d tokens: %.2f us per token, %.1f us per "
+           "job at 0 tokens",
+           few_us, opt.tokens, many_us, opt.per_token, per_token, few_us - per_token * opt.tokens);
+    }
     Line("digestd after SIGTERM", "%s", exit.c_str());
     if (perf > 0) Line("perf record", "%s", opt.perf_record.c_str());
   }

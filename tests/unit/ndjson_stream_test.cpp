@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdint>
 #include <string>
 
 namespace digestd {
@@ -307,6 +308,94 @@ TEST(NdjsonStream, EachDurationSaysWhetherItWasSent) {
   EXPECT_EQ(zero.metrics().load_duration_ns, 0);
   EXPECT_EQ(zero.metrics().prompt_eval_duration_ns, 0);
   EXPECT_EQ(zero.metrics().eval_duration_ns, 0);
+}
+
+// The line parser is reused from line to line: nothing a line said may leak
+// into the next.
+TEST(NdjsonStream, FieldsDoNotCarryOverFromTheLineBefore) {
+  NdjsonStream s(Format::kChat);
+  s.Feed(
+      "{\"model\":\"a\",\"message\":{\"content\":\"x\",\"thinking\":\"t\"},\"done\":false,"
+      "\"eval_count\":5,\"total_duration\":7}\n"
+      "{\"done\":false}\n"
+      "{\"message\":null,\"done\":false}\n"
+      "{\"done\":true,\"done_reason\":\"stop\"}\n");
+  ASSERT_TRUE(s.Finish()) << s.error();
+  EXPECT_EQ(s.text(), "x");
+  EXPECT_EQ(s.thinking(), "t");
+  EXPECT_EQ(s.model(), "a");
+  EXPECT_FALSE(s.metrics().eval_count.has_value());
+  EXPECT_FALSE(s.metrics().total_duration_ns.has_value());
+
+  NdjsonStream g(Format::kGenerate);
+  g.Feed("{\"done\":false,\"done_reason\":7,\"eval_count\":\"x\"}\n{\"done\":true}\n");
+  EXPECT_TRUE(g.Finish()) << g.error();  // only a final line's counters are checked
+  EXPECT_EQ(g.done_reason(), "");
+}
+
+// As in a DOM parse, the last of duplicate keys wins, and a later "message"
+// replaces the whole earlier one.
+TEST(NdjsonStream, TheLastOfDuplicateKeysWins) {
+  NdjsonStream g(Format::kGenerate);
+  g.Feed("{\"response\":\"a\",\"response\":\"b\",\"done\":true,\"done\":false}\n");
+  EXPECT_FALSE(g.done());
+  EXPECT_EQ(g.text(), "b");
+
+  NdjsonStream c(Format::kChat);
+  c.Feed(
+      "{\"message\":{\"content\":\"a\",\"thinking\":\"t\"},\"message\":{\"content\":\"b\"},"
+      "\"done\":true}\n");
+  EXPECT_TRUE(c.Finish()) << c.error();
+  EXPECT_EQ(c.text(), "b");
+  EXPECT_EQ(c.thinking(), "");
+
+  NdjsonStream bad(Format::kGenerate);
+  bad.Feed("{\"response\":\"a\",\"response\":1,\"done\":false}\n");
+  EXPECT_EQ(bad.failure(), Failure::kMalformed);
+}
+
+// Only the top-level fields (and message's own) count: the same names deeper
+// down are data.
+TEST(NdjsonStream, NestedFieldsWithTheSameNamesAreIgnored) {
+  NdjsonStream s(Format::kChat);
+  s.Feed(
+      "{\"x\":{\"done\":7,\"error\":\"no\",\"message\":{\"content\":1}},"
+      "\"message\":{\"content\":\"ok\",\"tool_calls\":[{\"content\":5,\"thinking\":[]}]},"
+      "\"context\":[{\"response\":3}],\"done\":true,\"eval_count\":2}\n");
+  ASSERT_TRUE(s.Finish()) << s.error();
+  EXPECT_EQ(s.text(), "ok");
+  EXPECT_EQ(s.metrics().eval_count, 2);
+
+  // message's own fields after a nested object still count.
+  NdjsonStream after(Format::kChat);
+  after.Feed(
+      "{\"message\":{\"tool_calls\":[{\"function\":{\"content\":1}}],\"role\":\"assistant\","
+      "\"content\":\"late\",\"thinking\":\"t\"},\"done\":true}\n");
+  ASSERT_TRUE(after.Finish()) << after.error();
+  EXPECT_EQ(after.text(), "late");
+  EXPECT_EQ(after.thinking(), "t");
+}
+
+TEST(NdjsonStream, CountersBeyondInt64AreClampedNotWrapped) {
+  NdjsonStream s(Format::kGenerate);
+  s.Feed(
+      "{\"done\":true,\"eval_count\":18446744073709551615,"
+      "\"total_duration\":9223372036854775808,\"load_duration\":-5}\n");
+  ASSERT_TRUE(s.Finish()) << s.error();
+  EXPECT_EQ(s.metrics().eval_count, INT64_MAX);
+  EXPECT_EQ(s.metrics().total_duration_ns, INT64_MAX);
+  EXPECT_EQ(s.metrics().load_duration_ns, -5);
+
+  NdjsonStream big(Format::kGenerate);
+  big.Feed("{\"done\":true,\"eval_duration\":9.3e18}\n");
+  EXPECT_EQ(big.failure(), Failure::kMalformed);
+}
+
+TEST(NdjsonStream, NullErrorIsAnErrorLine) {
+  NdjsonStream s(Format::kGenerate);
+  s.Feed("{\"error\":null,\"done\":true}\n");
+  EXPECT_EQ(s.failure(), Failure::kErrorLine);
+  EXPECT_EQ(s.error(), "null");
 }
 
 TEST(Excerpt, CutsAtACharacterBoundaryAndMarksTheCut) {
