@@ -237,7 +237,9 @@ size_t Dispatcher::ClaimRoom(Lane lane) const {
   if (models_.empty()) return depth(lane) == 0 ? 1 : 0;
   long room = 0;
   for (const auto& [name, slot] : models_) {
-    room += std::max(0, slot.cap.limit() - slot.active() - slot.waiting);
+    // One job ahead per model: the next slot that frees starts it without
+    // waiting for a claim's round trip.
+    room += std::max(0, slot.cap.limit() + 1 - slot.active() - slot.waiting);
     if (lane == Lane::kInteractive && config_->workers.preempt) {
       for (WorkItem* item : items_) {
         if (item->slot == &slot && !item->preempting && item->job->lane == Lane::kBackground &&

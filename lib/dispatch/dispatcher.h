@@ -138,9 +138,9 @@ class Dispatcher {
   bool Promote(const JobPtr& job);
 
   // How many more jobs `lane` should take from the shared table now: what
-  // the models its jobs go to can start soon (free room at each model,
-  // less the jobs already waiting here; for the interactive lane also the
-  // background requests it may preempt). Unbounded (SIZE_MAX) while the
+  // the models its jobs go to can start soon (free room at each model plus
+  // one job ahead, less the jobs already waiting here; for the interactive
+  // lane also the background requests it may preempt). Unbounded (SIZE_MAX) while the
   // lane's work calls no backend model.
   size_t ClaimRoom(Lane lane) const;
   // Whether a new job of `kind` with `input` could start at its model

@@ -672,18 +672,19 @@ TEST_F(ModelDispatchTest, PromoteMovesAQueuedBackgroundJobToTheInteractiveLane) 
 TEST_F(ModelDispatchTest, ClaimRoomFollowsTheModelsRoom) {
   MakeModels(/*max=*/4, /*parallel=*/2);
   EXPECT_EQ(dispatcher_->ClaimRoom(Lane::kBackground), 1u) << "nothing known: one job to learn";
+  // Room at the model (2 slots) plus one job ahead.
   EnqueueOk(Llm("a1", "A", Lane::kBackground));
-  EXPECT_EQ(dispatcher_->ClaimRoom(Lane::kBackground), 1u);
+  EXPECT_EQ(dispatcher_->ClaimRoom(Lane::kBackground), 2u);
   EnqueueOk(Llm("a2", "A", Lane::kBackground));
-  EXPECT_EQ(dispatcher_->ClaimRoom(Lane::kBackground), 0u);
+  EXPECT_EQ(dispatcher_->ClaimRoom(Lane::kBackground), 1u);
   EnqueueOk(Llm("a3", "A", Lane::kBackground));
-  EXPECT_EQ(dispatcher_->ClaimRoom(Lane::kBackground), 0u);
+  EXPECT_EQ(dispatcher_->ClaimRoom(Lane::kBackground), 0u) << "a3 waits: the one ahead";
   // The interactive lane may claim what it could preempt.
   EXPECT_EQ(dispatcher_->ClaimRoom(Lane::kInteractive), 2u);
   Release("a1");
-  EXPECT_EQ(dispatcher_->ClaimRoom(Lane::kBackground), 0u) << "a3 took the freed slot";
+  EXPECT_EQ(dispatcher_->ClaimRoom(Lane::kBackground), 1u) << "a3 took the freed slot";
   Release("a2");
-  EXPECT_EQ(dispatcher_->ClaimRoom(Lane::kBackground), 1u);
+  EXPECT_EQ(dispatcher_->ClaimRoom(Lane::kBackground), 2u);
   // A lane whose work calls no model claims what its pace says.
   SubmitOk("plain", Lane::kBackground);
   EXPECT_EQ(dispatcher_->ClaimRoom(Lane::kBackground), SIZE_MAX);
