@@ -589,8 +589,13 @@ void Dispatcher::OnAfterWork(uv_work_t* req, int status) {
   const JobPtr& job = item->job;
   if (item->slot != nullptr) {
     ModelSlot* slot = item->slot;
+    const int before = slot->cap.limit();
     slot->cap.OnFinish(item->ticket, SampleOf(item->outcome),
                        static_cast<int64_t>(uv_now(self->loop_)));
+    if (slot->cap.limit() != before) {
+      LOG_INFO("model %s: limit %d -> %d: %s", job->model.c_str(), before, slot->cap.limit(),
+               slot->cap.reason().c_str());
+    }
     if (item->preempting) {
       --slot->preempting;
       --self->preempting_;

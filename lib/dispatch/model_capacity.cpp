@@ -199,6 +199,10 @@ void ModelCapacity::OnQueued(const CapacityTicket& ticket, const Reading& r, int
 
 void ModelCapacity::OnGood(const CapacityTicket& ticket, int64_t now_ms) {
   if (ticket.level < limit_) return;  // the limit was not filled: no evidence for more
+  // Started before the limit last changed: it says nothing about the new
+  // limit (after a cut, requests that were already running do not wait,
+  // yet the server may be full of others waiting).
+  if (ticket.seq < change_seq_) return;
   ++good_;
   if (limit_ >= max_) return;
   if (ceiling_ != 0 && limit_ >= ceiling_) {
@@ -245,6 +249,7 @@ void ModelCapacity::Change(int limit, std::string why, int64_t now_ms) {
   reason_ = std::move(why);
   changed_at_ms_ = now_ms;
   good_ = 0;
+  change_seq_ = next_seq_;
 }
 
 nlohmann::json ModelCapacity::ToJson(int64_t now_ms) const {

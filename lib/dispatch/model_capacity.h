@@ -34,8 +34,8 @@
 //    a capacity drop from 8 to 2 is followed within a few service times
 //    instead of one step per round trip.
 //    The level that queued is remembered (the probe ceiling).
-//  * Good (not queued) and the limit was filled (level >= limit): counts
-//    toward a raise. After a window of max(kMinRaiseSamples,
+//  * Good (not queued), the limit was filled (level >= limit) and the
+//    request started after the limit last changed: counts toward a raise. After a window of max(kMinRaiseSamples,
 //    kRaiseRounds x limit) good samples the limit goes up by one. A limit
 //    that is not filled never rises, because nothing shows that more would
 //    fit. Raising to the probe ceiling takes kProbeHoldoffRounds x limit
@@ -224,6 +224,7 @@ class ModelCapacity {
   int ceiling_ = 0;                // lowest level seen queueing, 0: none
   int probe_failures_ = 0;         // queued probes of ceiling_ in a row
   uint64_t overload_cut_seq_ = 0;  // tickets below this predate the last busy cut
+  uint64_t change_seq_ = 0;        // tickets below this predate the last limit change
   std::vector<Level> levels_;      // by level; [0] unused
 };
 

@@ -371,6 +371,28 @@ TEST(ModelCapacity, NeverRaisesALimitThatIsNotFilled) {
   EXPECT_NE(Record(sim, cap, 20 * 8).first_at(8), -1) << cap.reason();
 }
 
+TEST(ModelCapacity, RequestsStartedBeforeACutDoNotRaiseItAgain) {
+  ModelCapacity cap(16, 8);
+  std::vector<CapacityTicket> tickets;
+  for (int i = 0; i < 8; ++i) tickets.push_back(cap.OnStart());
+  // The last one waited three service times: the server now serves 2.
+  CapacitySample waited;
+  waited.total_ns = 400 * kNsPerMs;
+  waited.prompt_eval_ns = 10 * kNsPerMs;
+  waited.eval_ns = 90 * kNsPerMs;
+  cap.OnFinish(tickets.back(), waited, 1);
+  const int cut = cap.limit();
+  ASSERT_LT(cut, 8) << cap.reason();
+  // The other seven were running already: they did not wait, yet they say
+  // nothing about the new limit.
+  CapacitySample served;
+  served.total_ns = 101 * kNsPerMs;
+  served.prompt_eval_ns = 10 * kNsPerMs;
+  served.eval_ns = 90 * kNsPerMs;
+  for (int i = 0; i < 7; ++i) cap.OnFinish(tickets[static_cast<size_t>(i)], served, 2);
+  EXPECT_EQ(cap.limit(), cut) << cap.reason();
+}
+
 TEST(ModelCapacity, PinnedNeverMoves) {
   ModelCapacity cap(16);
   cap.Pin(4, 10);
