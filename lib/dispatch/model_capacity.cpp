@@ -172,6 +172,12 @@ void ModelCapacity::OnQueued(const CapacityTicket& ticket, const Reading& r, int
     }
   }
   target = std::max(1, target);
+  // A severe wait says the capacity is about `target`: one more is a probe,
+  // held off like one, not a plain raise.
+  if (estimated && (ceiling_ == 0 || target + 1 < ceiling_)) {
+    ceiling_ = target + 1;
+    probe_failures_ = 1;
+  }
   // The ceiling: the lowest level seen queueing. A new failure of the level
   // being probed (the limit still at it) doubles the hold-off; samples
   // still in flight from the same probe (the limit already below) do not.
