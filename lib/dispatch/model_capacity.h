@@ -33,10 +33,12 @@
 //    Little's law gives, level x service / (wait + service) rounded up, so
 //    a capacity drop from 8 to 2 is followed within a few service times
 //    instead of one step per round trip.
-//    The level that queued is remembered (the probe ceiling).
+//    The level that queued is remembered (the probe ceiling); after a
+//    severe wait, the level one above the estimate.
 //  * Good (not queued), the limit was filled (level >= limit) and the
-//    request started after the limit last changed: counts toward a raise. After a window of max(kMinRaiseSamples,
-//    kRaiseRounds x limit) good samples the limit goes up by one. A limit
+//    request started after the limit last changed: counts toward a raise.
+//    After a window of max(kMinRaiseSamples, kRaiseRounds x limit) good
+//    samples the limit goes up by one. A limit
 //    that is not filled never rises, because nothing shows that more would
 //    fit. Raising to the probe ceiling takes kProbeHoldoffRounds x limit
 //    good samples instead, doubling with each failed probe of that level up
