@@ -117,8 +117,7 @@ class CriticalPathE2E : public ::testing::TestWithParam<const char*> {
   }
 
   // The jobs' options.num_predict sets each answer's length.
-  ::testing::AssertionResult StartFake(FakeOllamaProcess& fake, const TempDir& dir,
-                                       json settings) {
+  ::testing::AssertionResult StartFake(FakeOllamaProcess& fake, const TempDir& dir, json settings) {
     settings["tokens"] = 1000;
     std::string failed = fake.Start(FAKE_OLLAMA_BIN, dir.path());
     if (failed.empty()) failed = fake.Set(settings);
