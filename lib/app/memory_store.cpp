@@ -163,6 +163,7 @@ void MemoryStore::Cancel(const Request& req, const std::string& key,
   bool cancelled = false;
   if (job->state == JobState::kQueued) {
     env_.jobs->MarkCancelled(job, "cancelled by request before it ran");
+    env_.dispatcher->Sweep();
     cancelled = true;
   } else if (job->state == JobState::kRunning) {
     job->user_cancelled = true;

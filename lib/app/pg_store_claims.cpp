@@ -152,6 +152,7 @@ void PgStore::RenewLeases() {
 }
 
 void PgStore::OnLeasesLost(std::vector<uint64_t> ids) {
+  bool dropped_queued = false;
   for (uint64_t id : ids) {
     JobPtr job = book_.Find(id);
     if (!job) continue;
@@ -163,12 +164,15 @@ void PgStore::OnLeasesLost(std::vector<uint64_t> ids) {
         job->key.c_str());
     if (job->state == JobState::kQueued) {
       SkipQueuedClaim(job);
+      dropped_queued = true;
     } else {
       job->cancel->store(true, std::memory_order_relaxed);
       OllamaClient::WakeAll();  // the transfer aborts now, not at its next poll
       book_.Forget(job);        // its outcome is dropped on return
     }
   }
+  // Their places in the lanes go, so the models' room is claimed again.
+  if (dropped_queued) env_.dispatcher->Sweep();
 }
 
 void PgStore::OnLeasesRenewed(const std::vector<LeaseRef>& renewed, uint64_t sent_ns) {

@@ -328,6 +328,7 @@ void PgStore::Cancel(const Request& req, const std::string& key,
       job->user_cancelled = true;
       env_.jobs->MarkCancelled(job, "cancelled by request before it ran");
       ForgetClaim(job);
+      env_.dispatcher->Sweep();
       WriteFinish(job, JobState::kCancelled, nullptr, "cancelled by request before it ran",
                   [reply, id = req.id, key](const RowOutcome& o) {
                     if (!o.status.ok()) {

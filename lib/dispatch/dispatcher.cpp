@@ -346,6 +346,39 @@ std::vector<JobPtr> Dispatcher::TakeQueued() {
   return out;
 }
 
+void Dispatcher::Sweep() {
+  if (pumping_) return;  // a hook of Pump's own; Pump skips such entries itself
+  auto live = [](int lane, const JobPtr& job) {
+    return static_cast<int>(job->lane) == lane && job->state == JobState::kQueued;
+  };
+  for (auto& [name, slot] : models_) slot.waiting = 0;
+  auto count = [this](const JobPtr& job) {
+    if (ModelSlot* slot = SlotOf(*job)) ++slot->waiting;
+  };
+  for (int lane = 0; lane < kLaneCount; ++lane) {
+    std::erase_if(front_[lane], [&](const JobPtr& job) { return !live(lane, job); });
+    for (const JobPtr& job : front_[lane]) count(job);
+    parked_[lane] = 0;
+    for (auto& [name, slot] : models_) {
+      std::erase_if(slot.parked[lane], [&](const JobPtr& job) { return !live(lane, job); });
+      parked_[lane] += slot.parked[lane].size();
+      for (const JobPtr& job : slot.parked[lane]) count(job);
+    }
+    // The ring keeps its order: every entry goes round once, the dead ones
+    // are left out.
+    auto& ring = rings_[lane];
+    for (size_t n = ring.size(); n > 0; --n) {
+      Entry e = std::move(*ring.Pop());
+      if (e.job && !live(lane, e.job)) continue;
+      if (e.job) count(e.job);
+      bool pushed = ring.Push(std::move(e));
+      (void)pushed;  // one out, one back in
+    }
+    stale_[lane] = 0;
+  }
+  Pump();
+}
+
 size_t Dispatcher::depth(Lane lane) const {
   int l = static_cast<int>(lane);
   const auto& ring = rings_[l];

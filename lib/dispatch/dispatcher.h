@@ -128,6 +128,12 @@ class Dispatcher {
   // the caller to release. Nothing queued is dispatched afterwards.
   std::vector<JobPtr> TakeQueued();
 
+  // Drops the entries of jobs that left the queue elsewhere (cancelled, or
+  // released when this node's lease on them was lost) and of promoted jobs'
+  // old places, so depth() and each model's waiting count only live jobs and
+  // claims see the room they left; then dispatches. Call after such a change.
+  void Sweep();
+
   // The config that jobs started from now on see (reload swaps it); also
   // [backend] parallel and [workers] preempt / max_preemptions.
   void SetConfig(std::shared_ptr<const Config> config);

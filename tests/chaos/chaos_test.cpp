@@ -170,6 +170,11 @@ std::string ConfigFor(const std::string& conninfo, const Knobs& k) {
 json Generate(const std::string& key) {
   return {{"kind", "generate"}, {"key", key}, {"input", {{"prompt", "chaos " + key}}}};
 }
+json Generate(const std::string& key, const std::string& model) {
+  json j = Generate(key);
+  j["input"]["model"] = model;
+  return j;
+}
 std::string PromptOf(const std::string& key) {
   return "chaos " + key;
 }
@@ -550,8 +555,11 @@ TEST_F(Chaos, KillNineUnderLoad) {
 // wasting LLM time).
 TEST_F(Chaos, SigstopPastTheLease) {
   FakeServer fake;
-  ASSERT_TRUE(
-      fake.Start({"--parallel", "8", "--latency-ms", "50", "--token-ms", "20", "--tokens", "8"}));
+  // Eight models: a node claims only what each model can start soon (its
+  // limit plus one ahead), so with two worker slots and eight models it
+  // holds claimed jobs it has not started, which is the case under test.
+  ASSERT_TRUE(fake.Start({"--parallel", "8", "--latency-ms", "50", "--token-ms", "20", "--tokens",
+                          "8", "--models", "m0,m1,m2,m3,m4,m5,m6,m7"}));
   const int kJobs = 60;
   Knobs ka;
   ka.node_id = "late";
@@ -569,7 +577,8 @@ TEST_F(Chaos, SigstopPastTheLease) {
   DoneListener done(conninfo());
   ASSERT_TRUE(done.listening());
   json jobs = json::array();
-  for (int i = 0; i < kJobs; ++i) jobs.push_back(Generate("b:" + std::to_string(i)));
+  for (int i = 0; i < kJobs; ++i)
+    jobs.push_back(Generate("b:" + std::to_string(i), "m" + std::to_string(i % 8)));
   ASSERT_EQ(SubmitBatch(a, jobs).size(), static_cast<size_t>(kJobs));
   // Frozen with jobs running and more claimed but not started.
   ASSERT_TRUE(WaitFor(
@@ -601,7 +610,7 @@ TEST_F(Chaos, SigstopPastTheLease) {
                StatusNumber(a, "/db/writer/depth") == 0;
       },
       30s, 20ms);
-  EXPECT_TRUE(settled) << a.StderrText();
+  EXPECT_TRUE(settled) << a.Call({{"op", "status"}}, 5000)->dump() << "\n" << a.StderrText();
   WaitFor([&] { return done.Counts().size() >= static_cast<size_t>(kJobs); }, 10s, 20ms);
 
   auto after_resume = fake.Prompts();

@@ -690,6 +690,34 @@ TEST_F(ModelDispatchTest, ClaimRoomFollowsTheModelsRoom) {
   EXPECT_EQ(dispatcher_->ClaimRoom(Lane::kBackground), SIZE_MAX);
 }
 
+TEST_F(ModelDispatchTest, JobsDroppedWhileQueuedLeaveDepthAndClaimRoomAtOnce) {
+  MakeModels(/*max=*/4, /*parallel=*/1, /*preempt=*/false);
+  for (const char* k : {"a1", "a2", "a3", "a4"}) EnqueueOk(Llm(k, "A", Lane::kBackground));
+  EnqueueOk(Llm("b1", "B", Lane::kBackground));
+  EnqueueOk(Llm("b2", "B", Lane::kBackground));
+  ASSERT_TRUE(dispatcher_->Promote(jobs_["a4"]));        // leaves a stale place behind
+  EXPECT_EQ(dispatcher_->depth(Lane::kBackground), 3u);  // a2 and a3 parked, b2
+  EXPECT_EQ(dispatcher_->ClaimRoom(Lane::kBackground), 0u);
+  // Elsewhere (a cancel, a lost lease) a2, a3 and b2 leave the queue while
+  // every slot of their models is taken: nothing pumps through them.
+  for (const char* k : {"a2", "a3", "b2"}) jobs_[k]->state = JobState::kCancelled;
+  dispatcher_->Sweep();
+  EXPECT_EQ(dispatcher_->depth(Lane::kBackground), 0u);
+  EXPECT_EQ(dispatcher_->depth(Lane::kInteractive), 1u) << "a4 still waits, promoted";
+  // B is full and has nothing waiting: one job ahead; A has a4 waiting.
+  EXPECT_EQ(dispatcher_->ClaimRoom(Lane::kBackground), 1u);
+  for (const auto& m : dispatcher_->ModelsJson()) {
+    EXPECT_EQ(m["waiting"], m["model"] == "A" ? 1 : 0) << m.dump();
+  }
+  Release("a1");
+  EXPECT_EQ(started_.back(), "a4");
+  Release("a4");
+  Release("b1");
+  EXPECT_EQ(started_, (std::vector<std::string>{"a1", "b1", "a4"}));
+  EXPECT_EQ(dispatcher_->depth(Lane::kBackground), 0u);
+  EXPECT_EQ(dispatcher_->depth(Lane::kInteractive), 0u);
+}
+
 TEST_F(ModelDispatchTest, WorkerBoundsAndReloadsBoundEveryModel) {
   MakeModels(/*max=*/6, /*parallel=*/0);  // auto
   EnqueueOk(Llm("a1", "A", Lane::kBackground));
