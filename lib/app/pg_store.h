@@ -109,6 +109,9 @@ class PgStore final : public Store {
   void CheckDbWait(const std::shared_ptr<DbWait>& wait, bool final);
   // A `result` waits for this job (its key, or its group).
   bool HasWaiter(const std::string& key, const std::string& group) const;
+  // A wait on `key` (or on `group` when it is not empty) began: a finish of
+  // it that still waits for the batch window is committed at once.
+  void HurryFinishes(const std::string& key, const std::string& group);
 
  public:
   void PromoteQueued(const ResultQuery& query) override;

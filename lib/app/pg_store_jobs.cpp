@@ -176,6 +176,9 @@ void PgStore::GetResult(const Request& req, ResultQuery query, const ControlServ
             w->owner->CheckDbWait(w->shared_from_this(), /*final=*/true);
           },
           static_cast<uint64_t>(query.wait_ms), 0);
+      // A job that finished before anyone asked may still be in the
+      // writer's batch window: it is the critical path now.
+      HurryFinishes(wait->key, wait->group);
     }
   }
   CheckDbWait(wait, wait->expired);
@@ -261,6 +264,17 @@ void PgStore::PromoteQueued(const ResultQuery& query) {
     Refill();
   });
   if (!st.ok()) LOG_DEBUG("promote on wait not sent: %s", st.message().c_str());
+}
+
+void PgStore::HurryFinishes(const std::string& key, const std::string& group) {
+  auto match = [&key, &group](const FinishRow& f) {
+    return group.empty() ? f.key == key : f.group == group;
+  };
+  // Rows the full ring refused go in later, urgent from now on.
+  for (auto& row : pending_rows_) {
+    if (auto* f = std::get_if<FinishRow>(&row.row); f != nullptr && match(*f)) f->urgent = true;
+  }
+  if (writer_) writer_->Hurry(match);
 }
 
 bool PgStore::HasWaiter(const std::string& key, const std::string& group) const {
@@ -487,6 +501,7 @@ void PgStore::WriteFinish(const JobPtr& job, JobState state, nlohmann::json resu
   FinishRow row{job->row_id,      job->lease_token,     job->key,    state, std::move(result),
                 std::move(error), job->started_unix_ms, UnixMillis()};
   row.preempted = job->preempted;
+  row.group = job->group;
   // Someone waits for it: committed at once, not after the batch window.
   row.urgent = job->lane == Lane::kInteractive || HasWaiter(job->key, job->group);
   book_.Unsettle(job->row_id, job->lease_token);

@@ -90,6 +90,19 @@ Status BatchWriter::Enqueue(WriteRow row) {
   return Status::Ok();
 }
 
+size_t BatchWriter::Hurry(const std::function<bool(const FinishRow&)>& match) {
+  size_t n = 0;
+  for (auto& e : ring_) {
+    auto* f = std::get_if<FinishRow>(&e.row.row);
+    if (f == nullptr || f->urgent || !match(*f)) continue;
+    f->urgent = true;
+    ++urgent_rows_;
+    ++n;
+  }
+  if (n > 0) Pump();
+  return n;
+}
+
 void BatchWriter::RenewLeases(std::vector<LeaseRef> leases) {
   if (closed_) return;
   if (renewals_.empty() && !leases.empty()) renewals_since_ms_ = uv_now(loop_);

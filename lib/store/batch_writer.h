@@ -210,6 +210,12 @@ class BatchWriter {
   // requeued meanwhile are left out. Call every lease_s / 3 or so.
   void RenewLeases(std::vector<LeaseRef> leases);
 
+  // Someone now waits for the finish rows that `match` picks: those still in
+  // the ring become urgent (the next batch leaves at the next turn of the
+  // loop, as for an interactive finish). Rows already in flight commit soon
+  // anyway. Returns how many rows it made urgent.
+  size_t Hurry(const std::function<bool(const FinishRow&)>& match);
+
   // Records that a job started (`lease.started_ms` > 0), which counts its
   // attempt: the mark rides along in a coming batch like a renewal (due
   // within batch_ms), and is dropped when the job's finish or requeue row,

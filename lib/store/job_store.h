@@ -132,6 +132,7 @@ struct FinishRow {
   // Someone waits for it (an interactive job, or a `result` wait): the
   // writer commits it at once, as it does submits, not after batch_ms.
   bool urgent = false;
+  std::string group = {};  // not written; lets a `result` wait on a group find it
 };
 
 // Puts a running job back in the queue, due after `delay_ms`.

@@ -386,6 +386,31 @@ TEST_F(CriticalPathPg, InteractiveAndWaitedForFinishesSkipTheBatchWindow) {
   EXPECT_EQ(b.value("status", ""), "done") << "someone waited for it: " << b.dump();
 }
 
+// A background job that finished before anyone asked: its finish waits in
+// the writer's batch window until a `result` wait arrives, which commits it
+// at once.
+TEST_F(CriticalPathPg, AWaitForAFinishInTheBatchWindowCommitsItAtOnce) {
+  ASSERT_TRUE(StartFake(fake_, fake_dir_, {{"parallel", 2}}));
+  Sections config = BaseConfig(fake_.url());
+  config["writer"]["batch_ms"] = "60000";
+  ASSERT_TRUE(StartDaemon(daemon_, config, "postgres"));
+  Submit(daemon_, Generate("early-b", "llama3.2", 2));
+  json part = Generate("early-g1", "llama3.2", 2);
+  part["group"] = "early-g";
+  Submit(daemon_, part);
+  // Finished here (counted), not yet committed.
+  ASSERT_TRUE(
+      WaitFor([&] { return daemon_.Status().at("jobs").value("done", 0) == 2; }, kLongDeadline));
+  json before = CallOk(daemon_, {{"op", "result"}, {"key", "early-b"}});
+  EXPECT_NE(before.value("status", ""), "done")
+      << "committed before anyone waited: " << before.dump();
+  json b = CallOk(daemon_, {{"op", "result"}, {"key", "early-b"}, {"wait_ms", 20000}}, 30000);
+  EXPECT_EQ(b.value("status", ""), "done") << b.dump();
+  json g = CallOk(daemon_, {{"op", "result"}, {"group", "early-g"}, {"wait_ms", 20000}}, 30000);
+  EXPECT_EQ(g.value("status", ""), "completed") << g.dump();
+  EXPECT_EQ(g.value("ready", 0), 1) << g.dump();
+}
+
 TEST_F(CriticalPathPg, TwoDaemonsShareABurstSubmittedToOne) {
   json settings = {{"parallel", 1}, {"token_ms", 100}};
   ASSERT_TRUE(StartFake(fake_, fake_dir_, settings));
