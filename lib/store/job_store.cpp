@@ -527,12 +527,24 @@ Status JobStore::LookupGroup(std::string group, Callback<std::vector<StoredJob>>
                      });
 }
 
-Status JobStore::BacklogCounts(Callback<Backlog> done) {
-  const char* sql = R"(SELECT status, lane, count(*) FILTER (WHERE run_after <= now()),
+const char* JobStore::BacklogSql() {
+  // One count per state, each through its partial index (jobs_claim,
+  // jobs_lease), so the cost follows the backlog, not the finished rows
+  // that retention keeps: one `status IN (...)` scans the whole table.
+  return R"(SELECT 'queued', lane, count(*) FILTER (WHERE run_after <= now()),
        count(*) FILTER (WHERE run_after > now())
   FROM digestd.jobs
- WHERE status IN ('queued', 'running')
- GROUP BY status, lane)";
+ WHERE status = 'queued'
+ GROUP BY lane
+UNION ALL
+SELECT 'running', lane, count(*), 0
+  FROM digestd.jobs
+ WHERE status = 'running'
+ GROUP BY lane)";
+}
+
+Status JobStore::BacklogCounts(Callback<Backlog> done) {
+  const char* sql = BacklogSql();
   return conn_.Query(Stmt("digestd_backlog", sql, {}),
                      [done = std::move(done)](Result<PgResult> r) {
                        if (!r.ok()) return done(r.status());

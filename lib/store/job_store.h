@@ -215,6 +215,8 @@ class JobStore {
   // indexes, not the table: cheap with any number of finished rows, but
   // still a query -- cache it, do not run it per status call.
   [[nodiscard]] Status BacklogCounts(Callback<Backlog> done);
+  // Its statement (a test checks its plan reads only the partial indexes).
+  static const char* BacklogSql();
   // Deletes at most `limit` finished jobs whose finished_at is older than
   // `retention_s` seconds, oldest first; `done` gets how many. Repeat while
   // it returns `limit`.
