@@ -60,6 +60,9 @@ class Daemon {
   void OpReload(const Request& req, const ControlServer::Reply& reply);
   void OpDrain(const Request& req, const ControlServer::Reply& reply);
   nlohmann::json StatusJson() const;
+  // `hello`: the protocol version, digestd's version, the ops, job kinds
+  // and features this daemon has, so a client can check what it talks to.
+  nlohmann::json HelloJson() const;
   std::string StatusLine() const;
   std::string MetricsText() const;  // the body of GET /metrics
 

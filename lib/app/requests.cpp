@@ -47,7 +47,9 @@ void Daemon::Handle(Request req, const PeerCred& peer, ControlServer::Reply repl
                                             "\"; add it to [control] allow_uids or allow_gids")));
     return;
   }
-  if (req.op == "ping") {
+  if (req.op == "hello") {
+    reply.Send(OkLine(req.id, HelloJson()));
+  } else if (req.op == "ping") {
     reply.Send(OkLine(req.id, {{"pong", true}}));
   } else if (req.op == "status") {
     reply.Send(OkLine(req.id, StatusJson()));
@@ -71,6 +73,20 @@ void Daemon::Handle(Request req, const PeerCred& peer, ControlServer::Reply repl
 bool Daemon::Allowed(const PeerCred& peer) const {
   return PeerMayChangeState(peer, config_.control.allow_uids, config_.control.allow_gids,
                             geteuid());
+}
+
+nlohmann::json Daemon::HelloJson() const {
+  nlohmann::json ops = nlohmann::json::array();
+  for (std::string_view op : KnownOps()) ops.push_back(op);
+  return {{"protocol", kProtocolVersion},
+          {"version", DIGESTD_VERSION},
+          {"node_id", node_id_},
+          {"store", store_->StatusJson().value("store", "")},
+          {"ops", std::move(ops)},
+          {"kinds", JobKindRegistry::Global().List()},
+          {"features",
+           {"groups", "result_wait", "sync_submit", "promote_on_wait", "preemption",
+            "learned_capacity"}}};
 }
 
 nlohmann::json Daemon::StatusJson() const {

@@ -24,6 +24,10 @@ struct ParsedLine {
   Request request;
 };
 
+// The control protocol's version, answered by `hello`: raised when an op,
+// field or answer changes in a way an existing client would misread.
+inline constexpr int kProtocolVersion = 1;
+
 // The ops digestd answers, for validation and error messages.
 const std::vector<std::string_view>& KnownOps();
 // Ops that change state; the allow-list applies to these.

@@ -18,6 +18,12 @@ const JobKind* JobKindRegistry::Find(std::string_view name) const {
   return nullptr;
 }
 
+std::vector<std::string> JobKindRegistry::List() const {
+  std::vector<std::string> out;
+  for (const auto& k : kinds_) out.emplace_back(k->name());
+  return out;
+}
+
 std::string JobKindRegistry::Names() const {
   std::string out;
   for (const auto& k : kinds_) {

@@ -70,6 +70,8 @@ class JobKindRegistry {
   const JobKind* Find(std::string_view name) const;
   // "noop, summarize" — for error messages.
   std::string Names() const;
+  // The same names, in registration order.
+  std::vector<std::string> List() const;
 
  private:
   std::vector<std::unique_ptr<JobKind>> kinds_;

@@ -11,6 +11,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <vector>
@@ -106,6 +107,24 @@ TEST_P(ProtocolE2E, PingIsAnswered) {
   EXPECT_EQ(answer["ok"], true);
   EXPECT_EQ(answer["pong"], true);
   EXPECT_EQ(answer["id"], 1);
+}
+
+TEST_P(ProtocolE2E, HelloNamesTheProtocolVersionOpsKindsAndStore) {
+  json answer = Call({{"op", "hello"}, {"id", "h"}});
+  EXPECT_EQ(answer["ok"], true) << answer.dump();
+  EXPECT_EQ(answer["id"], "h");
+  EXPECT_EQ(answer.value("protocol", 0), 1) << answer.dump();
+  EXPECT_FALSE(answer.value("version", "").empty()) << answer.dump();
+  EXPECT_EQ(answer.value("store", ""), GetParam()) << answer.dump();
+  auto has = [&](const char* field, const char* name) {
+    const json& list = answer.value(field, json::array());
+    return std::find(list.begin(), list.end(), name) != list.end();
+  };
+  for (const char* op : {"hello", "submit", "result", "cancel", "status"})
+    EXPECT_TRUE(has("ops", op)) << op << " in " << answer.dump();
+  for (const char* kind : {"noop", "summarize", "embed", "generate"})
+    EXPECT_TRUE(has("kinds", kind)) << kind << " in " << answer.dump();
+  EXPECT_TRUE(has("features", "sync_submit")) << answer.dump();
 }
 
 TEST_P(ProtocolE2E, LineThatIsNotJsonGetsBadRequest) {
