@@ -385,6 +385,10 @@ TEST_F(FakeOllamaTest, BadRequestsGetOllamaErrors) {
 
 TEST_F(FakeOllamaTest, ParallelSlotsBoundConcurrency) {
   Configure({{"parallel", 2}, {"latency_ms", 400}});
+  // The model loaded first: requests that arrive while it loads all wait
+  // (queued), however many slots it will have.
+  json warm = {{"model", "llama3.2"}, {"prompt", "warm"}, {"stream", false}};
+  ASSERT_EQ(Client().Do("POST", url_ + "/api/generate", warm.dump()).status, 200);
   std::vector<std::thread> clients;
   std::atomic<int> ok{0};
   for (int i = 0; i < 4; ++i) {
@@ -403,7 +407,7 @@ TEST_F(FakeOllamaTest, ParallelSlotsBoundConcurrency) {
   EXPECT_EQ(s.max_in_flight_observed, 2);
   EXPECT_EQ(s.max_queued_observed, 2);
   EXPECT_EQ(s.in_flight, 0);
-  EXPECT_EQ(s.requests_by_path["/api/generate"], 4u);
+  EXPECT_EQ(s.requests_by_path["/api/generate"], 5u);
 }
 
 TEST(FakeSchedulerTest, SlotsAreHandedOutInArrivalOrder) {
