@@ -203,7 +203,9 @@ Dispatcher::WorkItem* Dispatcher::Victim(const ModelSlot* slot) const {
     if (item->slot != slot || item->preempting || item->job->lane != Lane::kBackground) continue;
     if (item->job->preempted >= config_->workers.max_preemptions) continue;
     uint64_t p = item->job->progress->load(std::memory_order_relaxed);
-    if (p < least) {
+    // Least progress; of equals, the latest started: the least work thrown
+    // away, and likely the one still waiting at the server.
+    if (p < least || (p == least && item->started_ns > best->started_ns)) {
       least = p;
       best = item;
     }
@@ -524,20 +526,25 @@ void Dispatcher::Start(JobPtr job) {
   item->owner = this;
   item->kind = kind;
   if (ModelSlot* slot = SlotOf(*job)) {
-    if (slot->active() >= slot->cap.limit()) {
+    // An interactive job must not wait at the server either: it needs a
+    // slot within what the server is known to take. While the limit probes
+    // one over that, it may take two requests' places (the probe's, which
+    // waits at the server anyway, and one more).
+    const int room = job->lane == Lane::kInteractive ? slot->cap.proven() : slot->cap.limit();
+    while (slot->active() >= room) {
       // Only an interactive job gets here with its model full (Startable):
       // abort the background request with the least progress.
-      if (WorkItem* victim = Victim(slot)) {
-        victim->preempting = true;
-        ++slot->preempting;
-        ++preempting_;
-        ++preemptions_;
-        victim->ctx.cancel->store(true, std::memory_order_relaxed);
-        if (hooks_.wake_workers) hooks_.wake_workers();
-        LOG_INFO("job %s (background, %s): aborted for interactive job %s (preempted %d times)",
-                 victim->job->key.c_str(), job->model.c_str(), job->key.c_str(),
-                 victim->job->preempted + 1);
-      }
+      WorkItem* victim = Victim(slot);
+      if (victim == nullptr) break;
+      victim->preempting = true;
+      ++slot->preempting;
+      ++preempting_;
+      ++preemptions_;
+      victim->ctx.cancel->store(true, std::memory_order_relaxed);
+      if (hooks_.wake_workers) hooks_.wake_workers();
+      LOG_INFO("job %s (background, %s): aborted for interactive job %s (preempted %d times)",
+               victim->job->key.c_str(), job->model.c_str(), job->key.c_str(),
+               victim->job->preempted + 1);
     }
     item->slot = slot;
     item->ticket = slot->cap.OnStart();

@@ -210,6 +210,7 @@ void ModelCapacity::OnGood(const CapacityTicket& ticket, int64_t now_ms) {
   // yet the server may be full of others waiting).
   if (ticket.seq < change_seq_) return;
   ++good_;
+  if (good_ >= RaiseWindow()) unproven_ = false;
   if (limit_ >= max_) return;
   if (ceiling_ != 0 && limit_ >= ceiling_) {
     // A full window at the level that once queued: it serves now.
@@ -251,6 +252,7 @@ int ModelCapacity::ProbeHoldoff() const {
 void ModelCapacity::Change(int limit, std::string why, int64_t now_ms) {
   limit = std::clamp(limit, 1, max_);
   if (limit == limit_) return;
+  unproven_ = limit > limit_ && !pinned_;  // a learned raise, not a user's number
   limit_ = limit;
   reason_ = std::move(why);
   changed_at_ms_ = now_ms;

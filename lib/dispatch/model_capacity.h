@@ -163,6 +163,11 @@ class ModelCapacity {
   // Whether one more request may be sent to the model now.
   bool CanStart() const { return in_flight_ < limit_; }
   int limit() const { return limit_; }
+  // The most requests known to run at once without waiting at the server:
+  // the limit, or one below it after a raise until a raise window of
+  // requests sent with the new limit filled were served without waiting
+  // (while the limit probes, the request over the capacity would wait).
+  int proven() const { return unproven_ ? std::max(1, limit_ - 1) : limit_; }
   int in_flight() const { return in_flight_; }
   int max() const { return max_; }
   // Why the limit last changed, e.g. "4 in flight waited 180 ms at the
@@ -227,6 +232,7 @@ class ModelCapacity {
   int probe_failures_ = 0;         // queued probes of ceiling_ in a row
   uint64_t overload_cut_seq_ = 0;  // tickets below this predate the last busy cut
   uint64_t change_seq_ = 0;        // tickets below this predate the last limit change
+  bool unproven_ = false;          // raised, and no full window of good samples since
   std::vector<Level> levels_;      // by level; [0] unused
 };
 

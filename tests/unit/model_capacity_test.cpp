@@ -342,6 +342,25 @@ TEST(ModelCapacity, ACycleOfQueueingCutsAtMostToTheLevelBelow) {
   EXPECT_EQ(cap.limit(), 3);
 }
 
+// While the limit probes a level that queued before, the proven level (what
+// an interactive job may count on without waiting at the server) stays one
+// below it; otherwise it is the limit.
+TEST(ModelCapacity, ProvenStaysBelowAProbeOfALevelThatQueued) {
+  ModelCapacity cap(16);
+  SimServer sim(&cap, {4, 100, 0.0, Fields::kAll});
+  int probes = 0, settled = 0;
+  sim.Run(3000, [&] {
+    ASSERT_LE(cap.proven(), 4) << "limit " << cap.limit() << ": " << cap.reason();
+    if (cap.limit() == 5) ++probes;
+    if (cap.limit() == 4 && cap.proven() == 4) ++settled;
+  });
+  EXPECT_GT(probes, 0) << "the limit never probed 5";
+  EXPECT_GT(settled, 0) << "4 was never proven";
+  ModelCapacity pinned(16);
+  pinned.Pin(3, 0);
+  EXPECT_EQ(pinned.proven(), 3);
+}
+
 TEST(ModelCapacity, AColdLoadIsNotMistakenForQueueing) {
   for (Fields fields : {Fields::kAll, Fields::kTotalAndLoad}) {
     SCOPED_TRACE(fields == Fields::kAll ? "generate" : "embed");
