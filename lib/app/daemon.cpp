@@ -75,6 +75,8 @@ Status Daemon::Start() {
   // With PostgreSQL the table holds only this node's claimed jobs (results
   // are read from the database); the memory store sets its retention.
   jobs_ = std::make_unique<JobTable>(0);
+  jobs_->SetObserver(
+      [this](std::string_view state, const JobRecord& job) { events_.Publish(state, job); });
   WorkerLimits limits{config_.workers.min, config_.workers.max,
                       config_.workers.interactive_reserved, config_.workers.max};
   Dispatcher::Hooks hooks;
@@ -146,6 +148,7 @@ Status Daemon::Start() {
   env.pool_size = pool_size_;
   env.phase = &phase_;
   env.jobs = jobs_.get();
+  env.events = &events_;
   env.dispatcher = dispatcher_.get();
   env.backend = backend_.get();
   env.notifier = notifier_.get();

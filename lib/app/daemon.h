@@ -18,6 +18,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "app/event_hub.h"
 #include "app/store.h"
 #include "backend/backend_health.h"
 #include "config/config.h"
@@ -59,6 +60,7 @@ class Daemon {
   void OpWorkers(const Request& req, const ControlServer::Reply& reply);
   void OpReload(const Request& req, const ControlServer::Reply& reply);
   void OpDrain(const Request& req, const ControlServer::Reply& reply);
+  void OpSubscribe(const Request& req, const ControlServer::Reply& reply);
   nlohmann::json StatusJson() const;
   // `hello`: the protocol version, digestd's version, the ops, job kinds
   // and features this daemon has, so a client can check what it talks to.
@@ -86,6 +88,7 @@ class Daemon {
   uint64_t watchdog_ms_ = 0;
   uint64_t reloads_ = 0;
 
+  EventHub events_;  // before jobs_: the table's observer publishes here
   std::unique_ptr<JobTable> jobs_;
   std::unique_ptr<Dispatcher> dispatcher_;
   std::unique_ptr<ControlServer> control_;

@@ -39,7 +39,11 @@ void PlanPerExecution(PgConn& conn) {
 
 }  // namespace
 
-PgStore::PgStore(StoreEnv env) : env_(std::move(env)) {}
+PgStore::PgStore(StoreEnv env) : env_(std::move(env)) {
+  // A finish is told to subscribers once committed (WriteFinish), so what
+  // `result` reads after a "done" event is what the event said.
+  env_.jobs->SetTerminalEvents(false);
+}
 
 PgStore::~PgStore() = default;
 

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <climits>
 
+#include "app/event_hub.h"
 #include "app/job_view.h"
 #include "app/outcome_policy.h"
 #include "app/pg_store.h"
@@ -107,11 +108,22 @@ void PgStore::Submit(const Request& req, std::vector<const nlohmann::json*> spec
     const uint64_t queued_ns = uv_hrtime();
     std::string key = job.key;
     std::string kind = job.kind;  // copied before `job` is moved below
+    std::string group = job.group;
     Lane lane = job.lane;
     batch->answers[i] = {{"key", key}};
     Status enq =
-        WriteSubmit(WriteRow::Submit(std::move(job), [this, batch, i, key, kind, lane, finish, own,
-                                                      queued_ns](const RowOutcome& o) {
+        WriteSubmit(WriteRow::Submit(std::move(job), [this, batch, i, key, kind, group, lane,
+                                                      finish, own, queued_ns](const RowOutcome& o) {
+          // Told before a job claimed at its insert can start here.
+          if (o.status.ok() && o.inserted.created && o.inserted.id != 0 && env_.events != nullptr &&
+              env_.events->active()) {
+            JobRecord r;
+            r.key = key;
+            r.group = group;
+            r.kind = kind;
+            r.lane = lane;
+            env_.events->Publish("queued", r);
+          }
           if (own) {
             bool adopted = o.status.ok() && o.inserted.created && o.inserted.lease_token != 0;
             // Unavailable: it may have committed, claimed by nobody.
@@ -369,13 +381,25 @@ void PgStore::Cancel(const Request& req, const std::string& key,
     return;
   }
   Status st = store_->CancelQueued(
-      key, "cancelled by request before it ran", [this, reply, id = req.id, key](Result<bool> r) {
+      key, "cancelled by request before it ran",
+      [this, reply, id = req.id, key](Result<std::optional<StoredJob>> r) {
         if (!r.ok()) {
           reply.Send(ErrorLine(id, r.status()));
           return;
         }
-        if (*r) {
+        if (r->has_value()) {
           env_.jobs->NoteCancelled();
+          if (env_.events != nullptr && env_.events->active()) {
+            const StoredJob& s = **r;
+            JobRecord job;
+            job.key = s.key;
+            job.group = s.group;
+            job.kind = s.kind;
+            job.lane = s.lane;
+            job.attempts = s.attempts;
+            job.error = s.error;
+            env_.events->Publish("cancelled", job);
+          }
           reply.Send(OkLine(id, {{"key", key}, {"status", "cancelled"}, {"cancelled", true}}));
           return;
         }
@@ -506,10 +530,16 @@ void PgStore::WriteFinish(const JobPtr& job, JobState state, nlohmann::json resu
   row.urgent = job->lane == Lane::kInteractive || HasWaiter(job->key, job->group);
   book_.Unsettle(job->row_id, job->lease_token);
   Write(WriteRow::Finish(
-      std::move(row), [this, key = job->key, group = job->group, id = job->row_id,
+      std::move(row), [this, job, state, key = job->key, group = job->group, id = job->row_id,
                        token = job->lease_token, then = std::move(then)](const RowOutcome& o) {
         book_.Settle(id, token);
         if (then) then(o);
+        if (o.status.ok() && o.accepted && env_.events != nullptr) {
+          env_.events->Publish(state == JobState::kDone     ? "done"
+                               : state == JobState::kFailed ? "failed"
+                                                            : "cancelled",
+                               *job);
+        }
         // The waiters read the committed row now, not after the NOTIFY's
         // round trip: what `result` says is what the table says.
         if (o.status.ok() && o.accepted) WakeWaiters(key, group);

@@ -65,6 +65,8 @@ void Daemon::Handle(Request req, const PeerCred& peer, ControlServer::Reply repl
     OpReload(req, reply);
   } else if (req.op == "drain") {
     OpDrain(req, reply);
+  } else if (req.op == "subscribe") {
+    OpSubscribe(req, reply);
   } else {
     reply.Send(ErrorLine(req.id, Status::UnknownOp("unknown op \"" + req.op + "\"")));
   }
@@ -73,6 +75,18 @@ void Daemon::Handle(Request req, const PeerCred& peer, ControlServer::Reply repl
 bool Daemon::Allowed(const PeerCred& peer) const {
   return PeerMayChangeState(peer, config_.control.allow_uids, config_.control.allow_gids,
                             geteuid());
+}
+
+void Daemon::OpSubscribe(const Request& req, const ControlServer::Reply& reply) {
+  Result<EventFilter> filter = EventFilter::FromRequest(req.body);
+  if (!filter.ok()) {
+    reply.Send(ErrorLine(req.id, filter.status()));
+    return;
+  }
+  ControlServer::Stream stream = reply.SendAndStream(
+      OkLine(req.id, {{"subscribed", true}, {"max_unread_bytes", EventHub::kMaxUnsentBytes}}),
+      EventHub::kMaxUnsentBytes);
+  if (stream.open()) events_.Add(std::move(stream), std::move(*filter));
 }
 
 nlohmann::json Daemon::HelloJson() const {
@@ -86,7 +100,7 @@ nlohmann::json Daemon::HelloJson() const {
           {"kinds", JobKindRegistry::Global().List()},
           {"features",
            {"groups", "result_wait", "sync_submit", "promote_on_wait", "preemption",
-            "learned_capacity"}}};
+            "learned_capacity", "events"}}};
 }
 
 nlohmann::json Daemon::StatusJson() const {
@@ -135,6 +149,7 @@ nlohmann::json Daemon::StatusJson() const {
       {"models", dispatcher_->ModelsJson()},
       {"run_time", PercentilesJson(jobs_->run_time().Compute())},
       {"db", store_->StatusJson()},
+      {"events", events_.StatusJson()},
       {"control",
        {{"clients", control_->clients()},
         {"accepted", control_->accepted()},

@@ -36,6 +36,8 @@ namespace digestd {
 enum class Phase { kRunning, kDraining, kStopping };
 
 // What a store may use of the Daemon. Every pointer outlives the store.
+class EventHub;
+
 struct StoreEnv {
   uv_loop_t* loop = nullptr;
   const Config* config = nullptr;  // the running config; ApplyConfig() follows a reload
@@ -46,6 +48,10 @@ struct StoreEnv {
   Dispatcher* dispatcher = nullptr;
   BackendHealth* backend = nullptr;
   Notifier* notifier = nullptr;
+  // `subscribe`'s subscribers: the JobTable tells them of state changes;
+  // a store that keeps no record of a job (a submit to PostgreSQL) or that
+  // tells terminal states only once committed publishes those itself.
+  EventHub* events = nullptr;
   // The store can serve: READY=1 may go out. Called once; a store that gave
   // up waiting for its database ([postgres] ready_timeout_s) says so itself.
   std::function<void()> ready;

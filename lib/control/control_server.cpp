@@ -42,6 +42,30 @@ class ControlServer::Connection : public std::enable_shared_from_this<Connection
   bool close_after_ = false;  // close once what is queued is written
   bool closing_ = false;
   bool counted_ = false;  // admitted, and so counted in per_uid_
+  // An event stream (Reply::SendAndStream): its bound on unread bytes, and
+  // the lines dropped since the client last kept up.
+  bool streaming_ = false;
+  size_t stream_max_ = 0;
+  uint64_t stream_lost_ = 0;
+
+  // The {"event":"lost"} line, when it fits.
+  bool PushLost() {
+    std::string line = R"({"event":"lost","count":)" + std::to_string(stream_lost_) + "}\n";
+    if (Unsent() + line.size() > stream_max_) return false;
+    stream_lost_ = 0;
+    auto slot = std::make_shared<Slot>();
+    slot->ready = true;
+    slot->line = std::move(line);
+    pending_.push_back(std::move(slot));
+    Flush();
+    return true;
+  }
+
+  size_t Unsent() const {
+    size_t n = uv_stream_get_write_queue_size(reinterpret_cast<const uv_stream_t*>(&pipe_));
+    for (const auto& s : pending_) n += s->line.size();
+    return n;
+  }
 
   uv_stream_t* stream() { return reinterpret_cast<uv_stream_t*>(&pipe_); }
 
@@ -191,6 +215,9 @@ class ControlServer::Connection : public std::enable_shared_from_this<Connection
 
   void AfterWrite() {
     if (closing_) return;
+    // An event stream that caught up is told what it missed at once, not
+    // only with the next event.
+    if (streaming_ && stream_lost_ > 0 && writes_in_flight_ == 0 && !close_after_) PushLost();
     if (!Congested() && !close_after_) StartReading();
     MaybeClose();
   }
@@ -205,6 +232,42 @@ void ControlServer::Reply::Send(std::string line) const {
   slot_->ready = true;
   slot_->line = std::move(line);
   if (auto conn = conn_.lock()) conn->Flush();
+}
+
+ControlServer::Stream ControlServer::Reply::SendAndStream(std::string line,
+                                                          size_t max_unsent) const {
+  auto conn = conn_.lock();
+  if (!conn || conn->closing_ || !slot_ || slot_->ready) return Stream();
+  conn->streaming_ = true;
+  conn->stream_max_ = max_unsent;
+  Send(std::move(line));
+  return Stream(conn);
+}
+
+bool ControlServer::Stream::Push(std::string_view line) const {
+  auto conn = conn_.lock();
+  if (!conn || conn->closing_ || conn->close_after_) return false;
+  if (conn->stream_lost_ > 0 && !conn->PushLost()) {
+    ++conn->stream_lost_;
+    return false;
+  }
+  std::string out(line);
+  out += '\n';
+  if (conn->Unsent() + out.size() > conn->stream_max_) {
+    ++conn->stream_lost_;
+    return false;
+  }
+  auto slot = std::make_shared<Slot>();
+  slot->ready = true;
+  slot->line = std::move(out);
+  conn->pending_.push_back(std::move(slot));
+  conn->Flush();
+  return true;
+}
+
+bool ControlServer::Stream::open() const {
+  auto conn = conn_.lock();
+  return conn && !conn->closing_ && !conn->close_after_;
 }
 
 bool ControlServer::Reply::open() const {
@@ -399,7 +462,7 @@ void ControlServer::OnSweep(uv_timer_t* timer) {
   uint64_t limit = static_cast<uint64_t>(self->options_.idle_timeout_s) * 1000;
   std::vector<Connection*> idle;
   for (auto& [raw, conn] : self->conns_) {
-    if (conn->pending_.empty() && conn->writes_in_flight_ == 0 &&
+    if (!conn->streaming_ && conn->pending_.empty() && conn->writes_in_flight_ == 0 &&
         now - conn->last_active_ >= limit) {
       idle.push_back(raw);
     }

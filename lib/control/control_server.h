@@ -70,6 +70,28 @@ class ControlServer {
   class Connection;
   struct Slot;
 
+  // A connection that a request turned into an event stream (subscribe):
+  // lines are written as they come, after the answers before them. What the
+  // client leaves unread is bounded: a line that would take the unsent bytes
+  // past the bound is dropped and counted, and the next line that fits is
+  // preceded by one {"event":"lost","count":N}. Never blocks, never grows
+  // past the bound. Cheap to copy; every copy writes to the same
+  // connection, weakly (a gone client makes Push a no-op). Loop thread only.
+  class Stream {
+   public:
+    Stream() = default;
+    // Queues `line` (a JSON object, without its newline). False when the
+    // client has gone or the line was dropped.
+    bool Push(std::string_view line) const;
+    // False once the client has gone.
+    bool open() const;
+
+   private:
+    friend class ControlServer;
+    explicit Stream(std::weak_ptr<Connection> conn) : conn_(std::move(conn)) {}
+    std::weak_ptr<Connection> conn_;
+  };
+
   // The right to answer one request, exactly once. Cheap to copy; every copy
   // answers the same slot. Loop thread only.
   class Reply {
@@ -78,6 +100,10 @@ class ControlServer {
     // Sends a full response line (from OkLine/ErrorLine). A second call, or a
     // call after the client left, does nothing.
     void Send(std::string line) const;
+    // Sends `line` as the answer and keeps the connection as an event stream
+    // with at most `max_unsent` bytes unread; the idle timeout no longer
+    // applies to it. An empty Stream when the client has gone.
+    Stream SendAndStream(std::string line, size_t max_unsent) const;
     // False once the client has gone; a waiting handler may give up early.
     bool open() const;
 

@@ -16,8 +16,9 @@ std::string Dump(const nlohmann::json& j) {
 }  // namespace
 
 const std::vector<std::string_view>& KnownOps() {
-  static const std::vector<std::string_view> ops = {
-      "hello", "ping", "status", "submit", "result", "cancel", "workers", "reload", "drain"};
+  static const std::vector<std::string_view> ops = {"hello",  "ping",     "status",  "submit",
+                                                    "result", "cancel",   "workers", "reload",
+                                                    "drain",  "subscribe"};
   return ops;
 }
 

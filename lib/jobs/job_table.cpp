@@ -37,6 +37,7 @@ JobPtr JobTable::Create(std::string key, std::string group, std::string kind, La
   if (!job->group.empty()) by_group_[job->group].push_back(job);
   ++counters_.submitted;
   ++Tally(job->kind, job->lane).submitted;
+  Notify("queued", *job);
   return job;
 }
 
@@ -90,6 +91,7 @@ void JobTable::MarkRunning(const JobPtr& job) {
   job->started_at = uv_hrtime();
   ++job->attempts;
   ++counters_.running;
+  Notify("started", *job);
 }
 
 void JobTable::MarkFinished(const JobPtr& job, WorkOutcome outcome) {
@@ -130,7 +132,16 @@ void JobTable::MarkFinished(const JobPtr& job, WorkOutcome outcome) {
   }
   latency_.Record(job->finished_at - job->submitted_at);
   latency_seconds_[lane].Observe(static_cast<double>(job->finished_at - job->submitted_at) / 1e9);
+  NotifyTerminal(*job);
   Finished(job);
+}
+
+void JobTable::NotifyTerminal(const JobRecord& job) const {
+  if (!terminal_events_) return;
+  Notify(job.state == JobState::kDone     ? "done"
+         : job.state == JobState::kFailed ? "failed"
+                                          : "cancelled",
+         job);
 }
 
 void JobTable::MarkRetrying(const JobPtr& job, std::string error, bool refund) {
@@ -140,6 +151,7 @@ void JobTable::MarkRetrying(const JobPtr& job, std::string error, bool refund) {
   if (refund && job->attempts > 0) --job->attempts;
   ++counters_.retried;
   ++Tally(job->kind, job->lane).retried;
+  Notify("retried", *job);
 }
 
 void JobTable::MarkPreempted(const JobPtr& job) {
@@ -147,6 +159,7 @@ void JobTable::MarkPreempted(const JobPtr& job) {
   job->state = JobState::kQueued;
   if (job->attempts > 0) --job->attempts;  // the aborted attempt is not spent
   job->started_at = 0;
+  Notify("preempted", *job);
 }
 
 void JobTable::MarkReleased(const JobPtr& job) {
@@ -154,6 +167,7 @@ void JobTable::MarkReleased(const JobPtr& job) {
   job->state = JobState::kQueued;
   ++counters_.released;
   ++Tally(job->kind, job->lane).released;
+  Notify("released", *job);
 }
 
 void JobTable::MarkCancelled(const JobPtr& job, const std::string& why) {
@@ -162,6 +176,7 @@ void JobTable::MarkCancelled(const JobPtr& job, const std::string& why) {
   job->finished_at = uv_hrtime();
   ++counters_.cancelled;
   ++Tally(job->kind, job->lane).cancelled;
+  NotifyTerminal(*job);
   Finished(job);
 }
 

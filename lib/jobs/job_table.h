@@ -57,6 +57,20 @@ using JobTallies = std::map<std::string, std::array<JobTally, kLaneCount>, std::
 
 class JobTable {
  public:
+  // Told of every state change of a job here: "queued" (Create), "started",
+  // "retried", "preempted", "released", and -- unless terminal events are
+  // left to the store (SetTerminalEvents(false): the PostgreSQL store tells
+  // them once the finish is committed) -- "done", "failed", "cancelled".
+  // Called after the record changed; must not change the table.
+  using Observer = std::function<void(std::string_view state, const JobRecord& job)>;
+  void SetObserver(Observer observer) { observer_ = std::move(observer); }
+  void SetTerminalEvents(bool here) { terminal_events_ = here; }
+  // Tells the observer of `state` of `job` (also for a store's own events).
+  void Notify(std::string_view state, const JobRecord& job) const {
+    if (observer_) observer_(state, job);
+  }
+  bool observed() const { return static_cast<bool>(observer_); }
+
   // A callback fired once when the awaited job (or whole group) is terminal.
   using Waiter = std::function<void()>;
 
@@ -136,6 +150,9 @@ class JobTable {
  private:
   JobTally& Tally(std::string_view kind, Lane lane);
   void Finished(const JobPtr& job);
+  void NotifyTerminal(const JobRecord& job) const;
+  Observer observer_;
+  bool terminal_events_ = true;
   // Removes `job` from the key and group lookups (when it is the one there).
   void Unlink(const JobPtr& job);
   void Evict();

@@ -607,19 +607,26 @@ SELECT count(*) FROM p)";
       });
 }
 
-Status JobStore::CancelQueued(std::string key, std::string why, Callback<bool> done) {
-  const char* sql = R"(WITH c AS (
+Status JobStore::CancelQueued(std::string key, std::string why,
+                              Callback<std::optional<StoredJob>> done) {
+  std::string sql = std::string(R"(WITH c AS (
   UPDATE digestd.jobs
      SET status = 'cancelled', error = $2, finished_at = now(), updated_at = now()
    WHERE key = $1 AND status = 'queued'
-  RETURNING key
+  RETURNING *
+), n AS (
+  SELECT pg_notify('digestd_done', json_build_array(key)::text) FROM c
 )
-SELECT key, pg_notify('digestd_done', json_build_array(key)::text) IS NULL FROM c)";
-  return conn_.Query(Stmt("digestd_cancel", sql, {Text(std::move(key)), Text(std::move(why))}),
-                     [done = std::move(done)](Result<PgResult> r) {
-                       if (!r.ok()) return done(r.status());
-                       done(r->rows() > 0);
-                     });
+SELECT )") + kColumns +
+                    " FROM c, (SELECT count(*) FROM n) AS notified";
+  return conn_.Query(
+      Stmt("digestd_cancel", std::move(sql), {Text(std::move(key)), Text(std::move(why))}),
+      [done = std::move(done)](Result<PgResult> r) {
+        if (!r.ok()) return done(r.status());
+        std::vector<StoredJob> rows = ParseStoredRows(*r);
+        if (rows.empty()) return done(std::optional<StoredJob>());
+        done(std::optional<StoredJob>(std::move(rows.front())));
+      });
 }
 
 }  // namespace digestd

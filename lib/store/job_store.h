@@ -223,9 +223,11 @@ class JobStore {
   [[nodiscard]] Status DeleteFinishedOlderThan(int64_t retention_s, int limit,
                                                Callback<uint64_t> done);
   // Cancels the job with `key` if it is still queued in the table (a job
-  // some daemon is running is that daemon's to cancel); `done` gets whether
-  // it was. The key is NOTIFYed.
-  [[nodiscard]] Status CancelQueued(std::string key, std::string why, Callback<bool> done);
+  // some daemon is running is that daemon's to cancel); `done` gets the
+  // cancelled job (key, group, kind, lane, attempts, state, error), or
+  // nullopt when nothing queued had the key. The key is NOTIFYed.
+  [[nodiscard]] Status CancelQueued(std::string key, std::string why,
+                                    Callback<std::optional<StoredJob>> done);
   // Moves the queued background jobs with `key` (or, when key is empty, in
   // `group`) to the interactive lane; `done` gets how many moved.
   [[nodiscard]] Status PromoteQueued(std::string key, std::string group, Callback<int64_t> done);

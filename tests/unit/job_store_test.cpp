@@ -475,13 +475,17 @@ TEST_F(JobStoreTest, LookupsBacklogAndCancel) {
   EXPECT_EQ(backlog->value().queued[0], 0);
   EXPECT_EQ(backlog->value().running[0], 0);
 
-  auto cancel = Await<Result<bool>>(
+  auto cancel = Await<Result<std::optional<StoredJob>>>(
       loop_, [&](auto cb) { return store_->CancelQueued("solo", "cancelled by request", cb); });
   ASSERT_TRUE(cancel && cancel->ok());
-  EXPECT_TRUE(cancel->value());
-  auto twice = Await<Result<bool>>(
+  ASSERT_TRUE(cancel->value().has_value());
+  EXPECT_EQ(cancel->value()->key, "solo");
+  EXPECT_EQ(cancel->value()->kind, "noop");
+  EXPECT_EQ(cancel->value()->state, JobState::kCancelled);
+  auto twice = Await<Result<std::optional<StoredJob>>>(
       loop_, [&](auto cb) { return store_->CancelQueued("solo", "cancelled by request", cb); });
-  EXPECT_FALSE(twice->value());
+  ASSERT_TRUE(twice && twice->ok());
+  EXPECT_FALSE(twice->value().has_value());
   EXPECT_EQ(Lookup("solo")->state, JobState::kCancelled);
 }
 

@@ -1,0 +1,71 @@
+// EventHub: the `subscribe` op's subscribers and what they are sent. Each
+// subscriber is a control connection turned into an event stream
+// (ControlServer::Stream, which bounds what a slow reader leaves unread)
+// with a filter; Publish sends a job's state change, as one JSON line, to
+// every subscriber whose filter it matches. The line is built once per
+// change and only when someone matches, so with no subscribers an event
+// costs a test of an empty list.
+//
+// Loop thread only. Owns its subscriber list; the streams refer to their
+// connections weakly, and a subscriber whose client has gone is dropped at
+// the next Publish.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "control/control_server.h"
+#include "jobs/job.h"
+#include "util/status.h"
+
+namespace digestd {
+
+// What a subscriber asked for; an empty field matches everything.
+struct EventFilter {
+  std::string key;
+  std::string group;
+  std::string prefix;  // of the key
+  std::optional<Lane> lane;
+
+  bool Matches(const JobRecord& job) const;
+  // From a subscribe request's fields: bad_request naming a field that is
+  // not what it should be.
+  static Result<EventFilter> FromRequest(const nlohmann::json& body);
+};
+
+class EventHub {
+ public:
+  // The most bytes a subscriber may leave unread before events are dropped
+  // for it (and it is told how many with {"event":"lost"}).
+  static constexpr size_t kMaxUnsentBytes = 1 << 20;
+
+  void Add(ControlServer::Stream stream, EventFilter filter);
+  // Whether anyone listens (a caller may skip building what it would send).
+  bool active() const { return !subs_.empty(); }
+  // Sends `state` of `job` to the subscribers it matches.
+  void Publish(std::string_view state, const JobRecord& job);
+  // The JSON line of an event (for Publish and tests).
+  static std::string EventLine(std::string_view state, const JobRecord& job, int64_t now_unix_ms);
+
+  size_t subscribers() const { return subs_.size(); }
+  uint64_t sent() const { return sent_; }
+  uint64_t dropped() const { return dropped_; }
+  // {"subscribers","sent","dropped"} for `status`.
+  nlohmann::json StatusJson() const;
+
+ private:
+  struct Subscriber {
+    ControlServer::Stream stream;
+    EventFilter filter;
+  };
+  std::vector<Subscriber> subs_;
+  uint64_t sent_ = 0;
+  uint64_t dropped_ = 0;  // lines a slow subscriber did not get
+};
+
+}  // namespace digestd
