@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <deque>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -27,7 +28,10 @@ void Usage(FILE* out) {
       "\n"
       "commands:\n"
       "  status                      queues, workers, jobs and latency (--json: raw)\n"
-      "  watch [--interval 1s]       status, refreshed until interrupted\n"
+      "  watch [--interval 5s]       status, recent events and group progress, redrawn\n"
+      "                              as jobs change state (and at least every interval)\n"
+      "  events [--key K] [--group G] [--prefix P] [--lane L]\n"
+      "                              job state changes as they happen, one per line\n"
       "  ping                        check that digestd answers\n"
       "  submit KIND [--key K] [--group G] [--lane interactive|background]\n"
       "              [--input JSON | --input-file FILE] [--wait 5s]\n"
@@ -44,6 +48,90 @@ void Usage(FILE* out) {
       "The socket is --socket, else $DIGESTD_SOCKET, else /run/digestd/control.sock.\n"
       "Exit status: 0 ok, 1 digestd answered an error, 2 usage, 3 digestd unreachable.\n",
       out);
+}
+
+// `events` and `watch`: subscribes with `sub` and prints each event as it
+// comes (events), or redraws status, the recent events and group progress
+// whenever jobs change state, at most ten times a second and at least every
+// `interval_ms` (watch). Runs until interrupted or digestd closes the
+// connection (exit status 3 then).
+int Follow(const std::string& path, const json& sub, bool raw_json, bool watch,
+           int64_t interval_ms) {
+  digestd::ControlClient events, status;
+  for (auto* c : {&events, &status}) {
+    if (!watch && c == &status) break;
+    if (digestd::Status st = c->Connect(path); !st.ok()) {
+      std::fprintf(stderr, "digestctl: %s\n", st.message().c_str());
+      return kExitUnreachable;
+    }
+  }
+  auto answer = events.Call(sub);
+  if (!answer.ok()) {
+    std::fprintf(stderr, "digestctl: %s\n", answer.status().message().c_str());
+    return kExitUnreachable;
+  }
+  if (!answer->value("ok", false)) {
+    auto err = answer->value("error", json::object());
+    std::fprintf(stderr, "digestctl: %s: %s\n", err.value("code", "error").c_str(),
+                 err.value("message", "").c_str());
+    return kExitError;
+  }
+  std::deque<std::string> recent;
+  digestd::GroupProgress groups;
+  auto draw = [&]() -> bool {
+    auto st = status.Call({{"op", "status"}});
+    if (!st.ok() || !st->value("ok", false)) {
+      std::fprintf(stderr, "digestctl: %s\n",
+                   st.ok() ? st->dump().c_str() : st.status().message().c_str());
+      return false;
+    }
+    std::string screen = "\033[H\033[2J" + digestd::FormatStatus(*st);
+    screen += "\nrecent events\n";
+    for (const auto& line : recent) screen += "  " + line;
+    std::string bars = groups.Format();
+    if (!bars.empty()) screen += "\ngroups (jobs seen since watch began)\n" + bars;
+    std::fputs(screen.c_str(), stdout);
+    std::fflush(stdout);
+    return true;
+  };
+  using Clock = std::chrono::steady_clock;
+  using std::chrono::milliseconds;
+  const auto kMinGap = milliseconds(100);
+  auto last_draw = Clock::now() - kMinGap;
+  auto next_draw = Clock::now();
+  bool dirty = true;
+  for (;;) {
+    int wait_ms = 3600 * 1000;
+    if (watch) {
+      auto now = Clock::now();
+      if (now >= next_draw || (dirty && now - last_draw >= kMinGap)) {
+        if (!draw()) return kExitUnreachable;
+        dirty = false;
+        last_draw = now = Clock::now();
+        next_draw = now + milliseconds(interval_ms);
+      }
+      auto until = dirty ? last_draw + kMinGap : next_draw;
+      wait_ms = static_cast<int>(
+          std::max<int64_t>(1, std::chrono::duration_cast<milliseconds>(until - now).count()));
+    }
+    auto line = events.TryReadLine(wait_ms);
+    if (!line.ok()) {
+      std::fprintf(stderr, "digestctl: %s\n", line.status().message().c_str());
+      return kExitUnreachable;
+    }
+    if (!line->has_value()) continue;
+    json e = json::parse(**line, nullptr, false);
+    if (e.is_discarded()) continue;
+    if (!watch) {
+      std::fputs(raw_json ? (**line + "\n").c_str() : digestd::FormatEvent(e).c_str(), stdout);
+      std::fflush(stdout);
+      continue;
+    }
+    groups.Add(e);
+    recent.push_back(digestd::FormatEvent(e));
+    if (recent.size() > 8) recent.pop_front();
+    dirty = true;
+  }
 }
 
 // "2s", "500ms", "1m", "1.5s", or plain milliseconds.
@@ -115,19 +203,36 @@ int main(int argc, char** argv) {
   std::string cmd = args.Next();
   json req;
   int64_t wait_ms = 0;
-  int64_t interval_ms = 1000;
-  if (cmd == "status" || cmd == "ping" || cmd == "reload" || cmd == "drain" || cmd == "watch") {
-    req = {{"op", cmd == "watch" ? "status" : cmd}};
+  int64_t interval_ms = 5000;
+  if (cmd == "events") {
+    json sub = {{"op", "subscribe"}};
     while (args.Has()) {
       std::string a = args.Next();
-      if (cmd == "watch" && a == "--interval" && args.Has()) {
+      if ((a == "--key" || a == "--group" || a == "--prefix" || a == "--lane") && args.Has()) {
+        sub[a.substr(2)] = args.Next();
+      } else {
+        return Fail("unexpected argument '%s'", a);
+      }
+    }
+    return Follow(digestd::ResolveSocketPath(socket_flag), sub, raw_json, /*watch=*/false, 0);
+  }
+  if (cmd == "watch") {
+    while (args.Has()) {
+      std::string a = args.Next();
+      if (a == "--interval" && args.Has()) {
         if (!ParseDurationMs(args.Next(), &interval_ms) || interval_ms < 100) {
-          return Fail("--interval needs a duration of at least 100ms, such as 1s%s", "");
+          return Fail("--interval needs a duration of at least 100ms, such as 5s%s", "");
         }
       } else {
         return Fail("unexpected argument '%s'", a);
       }
     }
+    return Follow(digestd::ResolveSocketPath(socket_flag), {{"op", "subscribe"}}, raw_json,
+                  /*watch=*/true, interval_ms);
+  }
+  if (cmd == "status" || cmd == "ping" || cmd == "reload" || cmd == "drain") {
+    req = {{"op", cmd}};
+    if (args.Has()) return Fail("unexpected argument '%s'", args.Next());
   } else if (cmd == "submit") {
     req = {{"op", "submit"}};
     std::string batch;
@@ -243,8 +348,7 @@ int main(int argc, char** argv) {
     j.erase("ok");
     if (raw_json) {
       std::printf("%s\n", j.dump().c_str());
-    } else if (cmd == "status" || cmd == "watch") {
-      if (cmd == "watch") std::fputs("\033[H\033[2J", stdout);
+    } else if (cmd == "status") {
       std::fputs(digestd::FormatStatus(j).c_str(), stdout);
     } else if (cmd == "result" && j.contains("parts")) {
       std::printf("group %s: %s (%lld of %lld ready)\n", j.value("group", "").c_str(),
@@ -262,7 +366,6 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "digestctl: no job of the batch was accepted\n");
       return kExitError;
     }
-    if (cmd != "watch") return 0;
-    std::this_thread::sleep_for(std::chrono::milliseconds(interval_ms));
+    return 0;
   }
 }

@@ -80,6 +80,16 @@ Status ControlClient::SendLine(const std::string& line) {
 }
 
 Result<std::string> ControlClient::ReadLine(int timeout_ms) {
+  Result<std::optional<std::string>> r = TryReadLine(timeout_ms);
+  if (!r.ok()) return r.status();
+  if (!r->has_value()) {
+    return Status::Unavailable("digestd did not answer within " + std::to_string(timeout_ms) +
+                               " ms");
+  }
+  return std::move(**r);
+}
+
+Result<std::optional<std::string>> ControlClient::TryReadLine(int timeout_ms) {
   if (fd_ < 0) return Status::Unavailable("not connected");
   auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
   for (;;) {
@@ -87,15 +97,12 @@ Result<std::string> ControlClient::ReadLine(int timeout_ms) {
     if (nl != std::string::npos) {
       std::string line = buf_.substr(0, nl);
       buf_.erase(0, nl + 1);
-      return line;
+      return std::optional<std::string>(std::move(line));
     }
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
                     deadline - std::chrono::steady_clock::now())
                     .count();
-    if (left <= 0) {
-      return Status::Unavailable("digestd did not answer within " + std::to_string(timeout_ms) +
-                                 " ms");
-    }
+    if (left <= 0) return std::optional<std::string>();
     pollfd p{fd_, POLLIN, 0};
     int rc = ::poll(&p, 1, static_cast<int>(left));
     if (rc < 0 && errno == EINTR) continue;

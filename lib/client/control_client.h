@@ -5,6 +5,7 @@
 #pragma once
 
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 
 #include "util/status.h"
@@ -31,6 +32,9 @@ class ControlClient {
   // Lower level: raw line out, raw line back (without its newline).
   [[nodiscard]] Status SendLine(const std::string& line);
   Result<std::string> ReadLine(int timeout_ms);
+  // ReadLine, with nullopt when no line came within `timeout_ms` (an error
+  // only when the connection failed or closed).
+  Result<std::optional<std::string>> TryReadLine(int timeout_ms);
   void Close();
   int fd() const { return fd_; }
 

@@ -1,6 +1,9 @@
 #include "client/status_table.h"
 
+#include <algorithm>
 #include <cstdio>
+#include <ctime>
+#include <vector>
 
 namespace digestd {
 
@@ -223,6 +226,75 @@ std::string FormatJob(const nlohmann::json& j) {
   out += "\n";
   if (j.contains("result")) out += "result: " + j["result"].dump(2) + "\n";
   if (j.contains("error")) out += "error: " + j.value("error", "") + "\n";
+  return out;
+}
+
+std::string FormatEvent(const nlohmann::json& e) {
+  char when[32] = "--:--:--.---";
+  if (int64_t ms = e.value("at_ms", int64_t{0}); ms > 0) {
+    time_t secs = static_cast<time_t>(ms / 1000);
+    tm t{};
+    gmtime_r(&secs, &t);
+    std::snprintf(when, sizeof(when), "%02d:%02d:%02d.%03d", t.tm_hour, t.tm_min, t.tm_sec,
+                  static_cast<int>(ms % 1000));
+  }
+  if (e.value("event", "") == "lost") {
+    return std::string(when) + "  lost " + std::to_string(e.value("count", int64_t{0})) +
+           " events (read their state with result)\n";
+  }
+  char head[96];
+  std::snprintf(head, sizeof(head), "%s  %-10s ", when, e.value("state", "?").c_str());
+  std::string out = head;
+  out += e.value("key", "");
+  out += "  " + e.value("kind", "") + " " + e.value("lane", "");
+  if (int attempt = e.value("attempt", 0); attempt > 0)
+    out += " attempt " + std::to_string(attempt);
+  if (e.contains("run_ms")) out += "  ran " + FormatDuration(e.value("run_ms", 0.0) / 1000);
+  if (e.contains("error")) out += "  " + e.value("error", "");
+  out += '\n';
+  return out;
+}
+
+void GroupProgress::Add(const nlohmann::json& e) {
+  const std::string group = e.value("group", "");
+  if (e.value("event", "") != "job" || group.empty()) return;
+  Tally& t = groups_[group];
+  const std::string state = e.value("state", "");
+  if (state == "queued") {
+    ++t.queued;
+  } else if (state == "done") {
+    ++t.done;
+  } else if (state == "failed") {
+    ++t.failed;
+  } else if (state == "cancelled") {
+    ++t.cancelled;
+  } else {
+    return;
+  }
+  t.last = ++seq_;
+}
+
+std::string GroupProgress::Format(size_t max_groups, int bar_width) const {
+  std::vector<std::pair<uint64_t, const std::string*>> order;
+  for (const auto& [name, t] : groups_) order.emplace_back(t.last, &name);
+  std::sort(order.begin(), order.end(),
+            [](const auto& a, const auto& b) { return a.first > b.first; });
+  std::string out;
+  for (size_t i = 0; i < order.size() && i < max_groups; ++i) {
+    const Tally& t = groups_.at(*order[i].second);
+    const int ended = t.done + t.failed + t.cancelled;
+    // Jobs queued before the watch began are seen only when they end.
+    const int total = std::max(t.queued, ended);
+    const int filled = total > 0 ? bar_width * ended / total : 0;
+    char line[160];
+    std::snprintf(line, sizeof(line), "  %-24s [%s%s] %3d/%-3d done", order[i].second->c_str(),
+                  std::string(static_cast<size_t>(filled), '#').c_str(),
+                  std::string(static_cast<size_t>(bar_width - filled), '-').c_str(), t.done, total);
+    out += line;
+    if (t.failed > 0) out += ", " + std::to_string(t.failed) + " failed";
+    if (t.cancelled > 0) out += ", " + std::to_string(t.cancelled) + " cancelled";
+    out += '\n';
+  }
   return out;
 }
 

@@ -2,6 +2,8 @@
 // functions over the JSON the daemon sends; any thread.
 #pragma once
 
+#include <cstdint>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -21,5 +23,29 @@ std::string FormatModels(const nlohmann::json& status);
 std::string FormatJob(const nlohmann::json& job);
 // "1h02m", "3m05s", "12.4s".
 std::string FormatDuration(double seconds);
+
+// One `subscribe` event as one line (UTC time of day):
+// "12:03:04.512  done       book:7/ch:3  summarize background attempt 1  ran 3.20 s"
+// and "... lost 37 events (read their state with result)" for a lost line.
+std::string FormatEvent(const nlohmann::json& event);
+
+// Per-group progress as seen in events since it was created (digestctl
+// watch): jobs queued, and how many of them ended done, failed or
+// cancelled. Not thread-safe.
+class GroupProgress {
+ public:
+  void Add(const nlohmann::json& event);
+  // One line per group, most recently changed first, at most `max_groups`:
+  // "book:7       [##########----------]  5/10 done, 1 failed".
+  std::string Format(size_t max_groups = 8, int bar_width = 20) const;
+
+ private:
+  struct Tally {
+    int queued = 0, done = 0, failed = 0, cancelled = 0;
+    uint64_t last = 0;  // order of the last change
+  };
+  std::map<std::string, Tally> groups_;
+  uint64_t seq_ = 0;
+};
 
 }  // namespace digestd

@@ -8,6 +8,7 @@
 #include <cstring>
 #include <regex>
 #include <string>
+#include <thread>
 
 #include "../support/daemon_harness.h"
 #include "client/control_client.h"
@@ -23,6 +24,7 @@ using testing::RunProcess;
 using testing::SplitLines;
 using testing::WaitFor;
 using testing::WorkersConfig;
+using namespace std::chrono_literals;
 
 // The counts in the daemon's last "shutdown complete: N done, F failed, C
 // cancelled" line; nullopt when there is none.
@@ -626,6 +628,60 @@ TEST_P(LifecycleE2E, DigestctlSubmitBatchExitsNonZeroWhenNothingWasAccepted) {
   EXPECT_EQ(one.status->ToString(), "exit 0") << one.out << one.err;
   EXPECT_EQ(daemon.CallOk({{"op", "result"}, {"key", "g1"}, {"wait_ms", 10000}})["status"], "done");
   EXPECT_TRUE(daemon.Stop());
+}
+
+// digestctl events prints each state change as it happens, and digestctl
+// watch redraws with the group's progress, both from `subscribe` (no
+// polling); both end with exit 3 when digestd goes away.
+TEST_P(LifecycleE2E, DigestctlEventsAndWatchFollowJobsAsTheyChange) {
+  DaemonProcess daemon;
+  ASSERT_TRUE(daemon.Start({.store = GetParam()}));
+  ProcessOutput events, watch;
+  std::thread t1([&] {
+    events = RunProcess(
+        {DIGESTCTL_BIN, "--socket", daemon.SocketPath(), "events", "--prefix", "ev:"}, 60s);
+  });
+  std::thread t2([&] {
+    watch = RunProcess(
+        {DIGESTCTL_BIN, "--socket", daemon.SocketPath(), "watch", "--interval", "10s"}, 60s);
+  });
+  ASSERT_TRUE(WaitFor([&] { return daemon.Status()["events"].value("subscribers", 0) == 2; }, 10s));
+  for (const char* key : {"ev:1", "ev:2"}) {
+    daemon.CallOk({{"op", "submit"},
+                   {"kind", "noop"},
+                   {"key", key},
+                   {"group", "g1"},
+                   {"input", {{"sleep_ms", 50}}}});
+  }
+  daemon.SubmitNoop("other", 1);
+  EXPECT_EQ(daemon.CallOk({{"op", "result"}, {"group", "g1"}, {"wait_ms", 10000}})["status"],
+            "completed");
+  std::this_thread::sleep_for(500ms);  // watch's redraw after the last event
+  EXPECT_TRUE(daemon.Stop());
+  t1.join();
+  t2.join();
+  ASSERT_TRUE(events.status.has_value());
+  EXPECT_EQ(events.status->ToString(), "exit 3") << events.err;
+  EXPECT_NE(events.err.find("closed the connection"), std::string::npos) << events.err;
+  for (const char* want : {"queued", "started", "done"}) {
+    for (const char* key : {"ev:1", "ev:2"}) {
+      bool found = false;
+      for (const auto& line : SplitLines(events.out)) {
+        if (line.find(want) != std::string::npos && line.find(key) != std::string::npos)
+          found = true;
+      }
+      EXPECT_TRUE(found) << want << " " << key << " in:\n" << events.out;
+    }
+  }
+  EXPECT_EQ(events.out.find("other"), std::string::npos) << events.out;
+  ASSERT_TRUE(watch.status.has_value());
+  EXPECT_EQ(watch.status->ToString(), "exit 3") << watch.err;
+  // The last screen: the group at 2 of 2.
+  size_t last = watch.out.rfind("groups (jobs seen since watch began)");
+  ASSERT_NE(last, std::string::npos) << watch.out.substr(0, 2000);
+  std::string tail = watch.out.substr(last);
+  EXPECT_NE(tail.find("g1"), std::string::npos) << tail;
+  EXPECT_NE(tail.find("2/2"), std::string::npos) << tail;
 }
 
 TEST(LifecycleE2EOffline, DigestctlExitsThreeWithAOneLineReasonWhenNoDaemonRuns) {

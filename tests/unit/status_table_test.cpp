@@ -54,5 +54,42 @@ TEST(StatusTable, JobShowsBusyRetriesWhenThereWereAny) {
   EXPECT_EQ(FormatJob(job).find("busy retries"), std::string::npos) << FormatJob(job);
 }
 
+TEST(StatusTable, AnEventIsOneLineWithTimeStateKeyAndWhatItRan) {
+  nlohmann::json done = {{"event", "job"},         {"state", "done"},      {"key", "book:7/ch:3"},
+                         {"kind", "summarize"},    {"lane", "background"}, {"attempt", 2},
+                         {"at_ms", 1796655323680}, {"run_ms", 3201.4}};
+  std::string line = FormatEvent(done);
+  EXPECT_EQ(line.back(), '\n');
+  EXPECT_EQ(line.find('\n'), line.size() - 1) << line;
+  for (const char* want :
+       {"14:55:23.680", "done", "book:7/ch:3", "summarize background", "attempt 2", "ran 3.2s"}) {
+    EXPECT_NE(line.find(want), std::string::npos) << want << " in " << line;
+  }
+  nlohmann::json failed = {
+      {"event", "job"}, {"state", "failed"}, {"key", "k"}, {"error", "Ollama answered HTTP 404"}};
+  EXPECT_NE(FormatEvent(failed).find("Ollama answered HTTP 404"), std::string::npos);
+  std::string lost = FormatEvent({{"event", "lost"}, {"count", 37}});
+  EXPECT_NE(lost.find("lost 37 events"), std::string::npos) << lost;
+}
+
+TEST(StatusTable, GroupProgressCountsWhatEndedOfWhatWasQueued) {
+  GroupProgress p;
+  auto ev = [](const char* group, const char* state) {
+    return nlohmann::json{{"event", "job"}, {"state", state}, {"key", "k"}, {"group", group}};
+  };
+  for (int i = 0; i < 4; ++i) p.Add(ev("book:7", "queued"));
+  p.Add(ev("book:7", "started"));
+  p.Add(ev("book:7", "done"));
+  p.Add(ev("book:7", "failed"));
+  p.Add(ev("game:1", "done"));                                    // queued before the watch began
+  p.Add({{"event", "job"}, {"state", "done"}, {"key", "solo"}});  // no group
+  std::string out = p.Format(8, 10);
+  EXPECT_NE(out.find("book:7"), std::string::npos) << out;
+  EXPECT_NE(out.find("[#####-----]   1/4   done, 1 failed"), std::string::npos) << out;
+  EXPECT_NE(out.find("[##########]   1/1   done"), std::string::npos) << out;
+  EXPECT_LT(out.find("game:1"), out.find("book:7")) << "most recently changed first: " << out;
+  EXPECT_EQ(out.find("solo"), std::string::npos) << out;
+}
+
 }  // namespace
 }  // namespace digestd
