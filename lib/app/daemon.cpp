@@ -80,6 +80,10 @@ Status Daemon::Start() {
   WorkerLimits limits{config_.workers.min, config_.workers.max,
                       config_.workers.interactive_reserved, config_.workers.max};
   Dispatcher::Hooks hooks;
+  hooks.want_text = [this](const JobRecord& job) { return events_.WantsText(job); };
+  hooks.on_text = [this](const JobRecord& job, const std::string& text) {
+    events_.PublishText(job, text);
+  };
   hooks.on_start = [this](const JobPtr& job) {
     jobs_->MarkRunning(job);
     if (UsesBackend(*job, config_)) job->backend_epoch = backend_->OnStart();

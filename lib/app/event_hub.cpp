@@ -35,10 +35,13 @@ Result<EventFilter> EventFilter::FromRequest(const nlohmann::json& body) {
     }
     f.lane = lane;
   }
-  if (auto it = body.find("partial"); it != body.end() && *it != false) {
-    return Status::BadRequest(
-        "subscribe: \"partial\" (the text so far) is not available in this version; leave it "
-        "out and read the result when the job is done");
+  if (auto it = body.find("partial"); it != body.end()) {
+    if (!it->is_boolean()) {
+      return Status::BadRequest(
+          "subscribe: \"partial\" must be true (also send the text of summarize and generate "
+          "jobs as it is written) or false");
+    }
+    f.partial = it->get<bool>();
   }
   return f;
 }
@@ -73,6 +76,35 @@ void EventHub::Publish(std::string_view state, const JobRecord& job) {
   for (const auto& s : subs_) {
     if (!s.filter.Matches(job)) continue;
     if (line.empty()) line = EventLine(state, job, now);
+    if (s.stream.Push(line)) {
+      ++sent_;
+    } else {
+      ++dropped_;
+    }
+  }
+}
+
+bool EventHub::WantsText(const JobRecord& job) const {
+  return std::any_of(subs_.begin(), subs_.end(), [&job](const Subscriber& s) {
+    return s.filter.partial && s.filter.Matches(job) && s.stream.open();
+  });
+}
+
+void EventHub::PublishText(const JobRecord& job, const std::string& text) {
+  std::string line;
+  for (const auto& s : subs_) {
+    if (!s.filter.partial || !s.filter.Matches(job)) continue;
+    if (line.empty()) {
+      nlohmann::json e = {{"event", "text"},
+                          {"key", job.key},
+                          {"kind", job.kind},
+                          {"lane", LaneName(job.lane)},
+                          {"attempt", job.attempts},
+                          {"at_ms", UnixMillis()},
+                          {"text", text}};
+      if (!job.group.empty()) e["group"] = job.group;
+      line = e.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    }
     if (s.stream.Push(line)) {
       ++sent_;
     } else {

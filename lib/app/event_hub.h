@@ -31,6 +31,8 @@ struct EventFilter {
   std::string group;
   std::string prefix;  // of the key
   std::optional<Lane> lane;
+  // Also the text of LLM jobs as it streams ("text" events).
+  bool partial = false;
 
   bool Matches(const JobRecord& job) const;
   // From a subscribe request's fields: bad_request naming a field that is
@@ -49,6 +51,10 @@ class EventHub {
   bool active() const { return !subs_.empty(); }
   // Sends `state` of `job` to the subscribers it matches.
   void Publish(std::string_view state, const JobRecord& job);
+  // Whether a subscriber follows the text of `job` (one that starts now).
+  bool WantsText(const JobRecord& job) const;
+  // Sends the text of `job` so far to the subscribers that follow it.
+  void PublishText(const JobRecord& job, const std::string& text);
   // The JSON line of an event (for Publish and tests).
   static std::string EventLine(std::string_view state, const JobRecord& job, int64_t now_unix_ms);
 

@@ -144,6 +144,8 @@ struct Transfer {
   NdjsonStream* stream = nullptr;             // set: a 200 body is NDJSON and goes here
   std::atomic<uint64_t>* progress = nullptr;  // may be null: +1 per stream line
   size_t lines_counted = 0;                   // stream lines already added to *progress
+  TextSink* text = nullptr;                   // may be null: the answer's text as it grows
+  size_t text_sent = 0;                       // bytes of stream->text() already appended
   std::string body;                           // otherwise the body (capped)
   size_t max_body = 0;                        // cap for a 200 body; beyond it: kTooLarge
   size_t body_seen = 0;
@@ -180,6 +182,10 @@ struct Transfer {
       progress->fetch_add(stream->lines() - lines_counted, std::memory_order_relaxed);
     }
     lines_counted = stream->lines();
+    if (text != nullptr && stream->text().size() > text_sent) {
+      text->Append(std::string_view(stream->text()).substr(text_sent));
+      text_sent = stream->text().size();
+    }
   }
 };
 
@@ -324,6 +330,7 @@ struct Request {
   NdjsonStream* stream;  // null: a plain JSON answer
   size_t max_body;
   std::atomic<uint64_t>* progress = nullptr;  // may be null
+  TextSink* text = nullptr;                   // may be null
 };
 
 // Runs one POST on this thread's handle. On return t->body / t->stream hold
@@ -369,6 +376,7 @@ CallStatus Perform(const OllamaClientOptions& o, const Request& req,
   t->stream = req.stream;
   t->max_body = req.max_body;
   t->progress = req.progress;
+  t->text = req.text;
 
   curl_easy_setopt(easy, CURLOPT_URL, url.c_str());
   curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
@@ -554,26 +562,28 @@ void OllamaClient::GlobalInit() {
 }
 
 GenerateResult OllamaClient::Generate(const json& request, const std::atomic<bool>* cancel,
-                                      std::atomic<uint64_t>* progress) const {
-  return Stream("/api/generate", NdjsonStream::Format::kGenerate, request, cancel, progress,
+                                      std::atomic<uint64_t>* progress, TextSink* text) const {
+  return Stream("/api/generate", NdjsonStream::Format::kGenerate, request, cancel, progress, text,
                 options_);
 }
 
 GenerateResult OllamaClient::Chat(const json& request, const std::atomic<bool>* cancel,
-                                  std::atomic<uint64_t>* progress) const {
-  return Stream("/api/chat", NdjsonStream::Format::kChat, request, cancel, progress, options_);
+                                  std::atomic<uint64_t>* progress, TextSink* text) const {
+  return Stream("/api/chat", NdjsonStream::Format::kChat, request, cancel, progress, text,
+                options_);
 }
 
 GenerateResult OllamaClient::Stream(const char* path, NdjsonStream::Format format,
                                     const json& request, const std::atomic<bool>* cancel,
-                                    std::atomic<uint64_t>* progress,
+                                    std::atomic<uint64_t>* progress, TextSink* text,
                                     const OllamaClientOptions& options) const {
   GenerateResult r;
   json body = request;
   body["stream"] = true;
   NdjsonStream stream(format, options.stream_limits);
   Transfer t;
-  r.status = Perform(options, Request{path, DumpRequest(body), &stream, 0, progress}, cancel, &t);
+  r.status =
+      Perform(options, Request{path, DumpRequest(body), &stream, 0, progress, text}, cancel, &t);
   if (r.status.ok() || t.abort == Abort::kStream) {
     if (!stream.Finish()) {
       r.status.cls = stream.retryable() ? CallClass::kRetryable : CallClass::kFatal;
@@ -648,7 +658,8 @@ CallStatus OllamaClient::Probe(const Config::Backend& backend, std::chrono::mill
   o.first_byte_timeout = deadline;
   o.request_timeout = deadline;
   o.idle_timeout = std::min(o.idle_timeout, deadline);
-  return Stream("/api/generate", NdjsonStream::Format::kGenerate, request, cancel, nullptr, o)
+  return Stream("/api/generate", NdjsonStream::Format::kGenerate, request, cancel, nullptr, nullptr,
+                o)
       .status;
 }
 

@@ -56,6 +56,7 @@
 
 #include "backend/ndjson_stream.h"
 #include "config/config.h"
+#include "util/text_sink.h"
 
 namespace digestd {
 
@@ -132,15 +133,17 @@ class OllamaClient {
 
   // POST /api/generate with `request` as Ollama takes it (model, prompt,
   // system, options, format, think, keep_alive, …); "stream" is forced to
-  // true. Pool thread only. `cancel` and `progress` may be null; they must
-  // outlive the call. `progress` gains 1 per streamed line.
+  // true. Pool thread only. `cancel`, `progress` and `text` may be null;
+  // they must outlive the call. `progress` gains 1 per streamed line; `text`
+  // gets the answer's text as it arrives.
   GenerateResult Generate(const nlohmann::json& request, const std::atomic<bool>* cancel,
-                          std::atomic<uint64_t>* progress = nullptr) const;
+                          std::atomic<uint64_t>* progress = nullptr,
+                          TextSink* text = nullptr) const;
 
   // POST /api/chat with `request` (model, messages, options, …); "stream" is
   // forced to true. As Generate.
   GenerateResult Chat(const nlohmann::json& request, const std::atomic<bool>* cancel,
-                      std::atomic<uint64_t>* progress = nullptr) const;
+                      std::atomic<uint64_t>* progress = nullptr, TextSink* text = nullptr) const;
 
   // POST /api/embed with `request` (model, input: [texts…], …). The answer
   // must hold one vector per input, all of one length, or it is fatal.
@@ -162,7 +165,8 @@ class OllamaClient {
  private:
   GenerateResult Stream(const char* path, NdjsonStream::Format format,
                         const nlohmann::json& request, const std::atomic<bool>* cancel,
-                        std::atomic<uint64_t>* progress, const OllamaClientOptions& options) const;
+                        std::atomic<uint64_t>* progress, TextSink* text,
+                        const OllamaClientOptions& options) const;
 
   OllamaClientOptions options_;
 };

@@ -506,7 +506,10 @@ void Dispatcher::Pump() {
     Start(std::move(next));
   }
   pumping_ = false;
-  if (Drained() && hooks_.on_drained) hooks_.on_drained();
+  if (Drained()) {
+    text_async_.Close();  // nothing runs any more: the loop may end
+    if (hooks_.on_drained) hooks_.on_drained();
+  }
 }
 
 void Dispatcher::Start(JobPtr job) {
@@ -551,6 +554,15 @@ void Dispatcher::Start(JobPtr job) {
   }
   job->progress->store(0, std::memory_order_relaxed);
   item->ctx = ContextFor(*job);
+  if (hooks_.want_text && hooks_.on_text && hooks_.want_text(*job)) {
+    if (!text_async_.initialized() && text_async_.get() != nullptr &&
+        uv_async_init(loop_, text_async_.get(), &OnTextAsync) == 0) {
+      text_async_.set_initialized();
+      text_async_.get()->data = this;
+      uv_unref(text_async_.base());
+    }
+    if (text_async_.initialized()) item->ctx.text = std::make_shared<TextSink>(text_async_.get());
+  }
   item->req.data = item.get();
   item->job = std::move(job);
   int lane = static_cast<int>(item->job->lane);
@@ -610,6 +622,20 @@ void Dispatcher::RunOnLoop(const JobKind& kind, JobPtr job) {
   if (hooks_.on_finish) hooks_.on_finish(job, std::move(outcome));
 }
 
+void Dispatcher::DeliverText(WorkItem& item) {
+  if (!item.ctx.text || !hooks_.on_text) return;
+  if (auto text = item.ctx.text->TakeIfChanged()) hooks_.on_text(*item.job, *text);
+}
+
+void Dispatcher::OnTextAsync(uv_async_t* async) {
+  auto* self = static_cast<Dispatcher*>(async->data);
+  // Copied: on_text must not change the work items, but be safe if it does.
+  std::vector<WorkItem*> items(self->items_.begin(), self->items_.end());
+  for (WorkItem* item : items) {
+    if (self->items_.count(item) > 0) self->DeliverText(*item);
+  }
+}
+
 void Dispatcher::OnWork(uv_work_t* req) {
   auto* item = static_cast<WorkItem*>(req->data);
   item->outcome = RunGuarded(*item->kind, item->ctx);
@@ -620,6 +646,7 @@ void Dispatcher::OnAfterWork(uv_work_t* req, int status) {
   Dispatcher* self = item->owner;
   if (self == nullptr) return;  // detached by the destructor: only free the item
   self->items_.erase(item.get());
+  self->DeliverText(*item);  // the text so far, before the job's end is told
   --self->in_flight_;
   --self->in_flight_lane_[static_cast<int>(item->job->lane)];
   if (status == UV_ECANCELED) {

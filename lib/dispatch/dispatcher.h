@@ -63,6 +63,7 @@
 #include "jobs/job_kind.h"
 #include "queue/ring_queue.h"
 #include "util/status.h"
+#include "util/uv_handle.h"
 
 namespace digestd {
 
@@ -93,6 +94,12 @@ class Dispatcher {
     // Cancel flags of running jobs were just set: wake their workers so
     // they notice at once (the Ollama client's wait). May be empty.
     std::function<void()> wake_workers;
+    // Whether someone follows the text of `job`, which starts now: its
+    // worker then hands the answer's text over as it streams (TextSink),
+    // and on_text gets the whole text so far each time it grew, on the
+    // loop, the last time before on_finish. Both may be empty.
+    std::function<bool(const JobRecord&)> want_text;
+    std::function<void(const JobRecord&, const std::string& text)> on_text;
   };
 
   // `loop` must outlive the Dispatcher. `pool_size` is the thread pool size
@@ -246,6 +253,11 @@ class Dispatcher {
   bool pumping_ = false;
   // Work items queued on the pool and not yet returned; owned here.
   std::unordered_set<WorkItem*> items_;
+  // Wakes the loop when a running job's text grew (TextSink); made on first
+  // use, unreferenced so it never keeps the loop alive.
+  UvHandle<uv_async_t> text_async_;
+  void DeliverText(WorkItem& item);
+  static void OnTextAsync(uv_async_t* async);
 };
 
 }  // namespace digestd

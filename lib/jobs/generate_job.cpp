@@ -134,7 +134,8 @@ class GenerateKind final : public JobKind {
     ApplyServerOptions(config.backend, &request);
 
     OllamaClient client(config.backend);
-    GenerateResult r = client.Generate(request, ctx.cancel.get(), ctx.progress.get());
+    GenerateResult r =
+        client.Generate(request, ctx.cancel.get(), ctx.progress.get(), ctx.text.get());
     if (!r.status.ok()) return OutcomeOf(r.status, nullptr, r.metrics);
     nlohmann::json result = {{"text", r.text}, {"model", r.model.empty() ? model : r.model}};
     if (!r.thinking.empty()) result["thinking"] = r.thinking;

@@ -16,6 +16,7 @@
 #include <string_view>
 
 #include "config/config.h"
+#include "util/text_sink.h"
 
 namespace digestd {
 
@@ -94,6 +95,9 @@ struct WorkContext {
   // Chunks received so far, for the loop's preemption choice; the worker
   // adds to it (relaxed), never reads it for anything else.
   std::shared_ptr<std::atomic<uint64_t>> progress;
+  // Set when someone follows the job's text (subscribe with "partial"): an
+  // LLM kind hands its answer's text here as it streams. Null otherwise.
+  std::shared_ptr<TextSink> text;
   int attempt = 1;
   // The config when the job started; immutable, shared with the loop.
   std::shared_ptr<const Config> config;

@@ -91,7 +91,7 @@ class SummarizeKind final : public JobKind {
     ApplyServerOptions(config.backend, &request);
 
     OllamaClient client(config.backend);
-    GenerateResult r = client.Chat(request, ctx.cancel.get(), ctx.progress.get());
+    GenerateResult r = client.Chat(request, ctx.cancel.get(), ctx.progress.get(), ctx.text.get());
     if (!r.status.ok()) return OutcomeOf(r.status, nullptr, r.metrics);
     std::string summary = TrimmedText(r.text);
     if (summary.empty()) {

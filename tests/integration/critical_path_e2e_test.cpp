@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "../support/daemon_harness.h"
+#include "client/control_client.h"
 #include "fake_process.h"
 
 namespace digestd {
@@ -285,6 +286,39 @@ TEST_P(CriticalPathE2E, InteractiveJobPreemptsExactlyOneBackgroundRequest) {
   }
   EXPECT_EQ(preempted, 1);
   EXPECT_EQ(fake_.Stats().value("aborted_by_client", 0), 1);
+}
+
+// subscribe with "partial": the text of a streaming job arrives as it is
+// written, each event the whole text so far, in order, before the job's
+// done event; the last one equals the stored result.
+TEST_P(CriticalPathE2E, PartialTextArrivesInOrderAndTheLastEqualsTheResult) {
+  ASSERT_TRUE(StartFake(fake_, fake_dir_, {{"parallel", 1}, {"token_ms", 30}}));
+  ASSERT_TRUE(StartDaemon(daemon_, BaseConfig(fake_.url()), GetParam()));
+  ControlClient sub;
+  ASSERT_TRUE(sub.Connect(daemon_.SocketPath()).ok());
+  auto answer = sub.Call({{"op", "subscribe"}, {"key", "written"}, {"partial", true}});
+  ASSERT_TRUE(answer.ok() && answer->value("ok", false)) << answer->dump();
+  Submit(daemon_, Generate("written", "llama3.2", 12));
+  std::vector<std::string> texts;
+  json done;
+  while (done.is_null()) {
+    auto line = sub.ReadLine(static_cast<int>(kLongDeadline.count()));
+    ASSERT_TRUE(line.ok()) << line.status().ToString();
+    json e = json::parse(*line);
+    if (e.value("event", "") == "text") {
+      EXPECT_EQ(e.value("key", ""), "written");
+      texts.push_back(e.value("text", ""));
+    } else if (e.value("state", "") == "done") {
+      done = e;
+    }
+  }
+  ASSERT_GE(texts.size(), 2u) << "the text came in one piece";
+  for (size_t i = 1; i < texts.size(); ++i) {
+    EXPECT_EQ(texts[i].rfind(texts[i - 1], 0), 0u)
+        << "each text extends the one before: " << texts[i - 1] << " / " << texts[i];
+  }
+  json result = daemon_.CallOk({{"op", "result"}, {"key", "written"}});
+  EXPECT_EQ(texts.back(), result["result"].value("text", "")) << result.dump();
 }
 
 TEST_P(CriticalPathE2E, MaxPreemptionsStopsAJobFromBeingPreemptedAgain) {
