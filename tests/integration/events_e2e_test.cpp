@@ -178,7 +178,7 @@ TEST_P(EventsE2E, FiltersByKeyGroupAndLane) {
 TEST_P(EventsE2E, BadFiltersAreRefusedWithWhatToDo) {
   for (const json& bad :
        {json{{"op", "subscribe"}, {"lane", "urgent"}}, json{{"op", "subscribe"}, {"key", 7}},
-        json{{"op", "subscribe"}, {"partial", true}}}) {
+        json{{"op", "subscribe"}, {"partial", "yes"}}}) {
     auto answer = daemon_.Call(bad);
     ASSERT_TRUE(answer.ok());
     EXPECT_EQ(answer->value("ok", true), false) << answer->dump();
