@@ -32,6 +32,8 @@ void Usage(FILE* out) {
       "                              as jobs change state (and at least every interval)\n"
       "  events [--key K] [--group G] [--prefix P] [--lane L]\n"
       "                              job state changes as they happen, one per line\n"
+      "  follow KEY                  a job's text as it is written; exits with the job\n"
+      "                              (0 done, 1 failed or cancelled)\n"
       "  ping                        check that digestd answers\n"
       "  submit KIND [--key K] [--group G] [--lane interactive|background]\n"
       "              [--input JSON | --input-file FILE] [--wait 5s]\n"
@@ -134,6 +136,80 @@ int Follow(const std::string& path, const json& sub, bool raw_json, bool watch,
   }
 }
 
+// `follow KEY`: prints the job's text as it is written (from text events),
+// then exits with the job: 0 done, 1 failed or cancelled (the error on
+// stderr). A job already finished prints its result's text at once.
+int FollowText(const std::string& path, const std::string& key) {
+  digestd::ControlClient events, reader;
+  for (auto* c : {&events, &reader}) {
+    if (digestd::Status st = c->Connect(path); !st.ok()) {
+      std::fprintf(stderr, "digestctl: %s\n", st.message().c_str());
+      return kExitUnreachable;
+    }
+  }
+  auto answer = events.Call({{"op", "subscribe"}, {"key", key}, {"partial", true}});
+  if (!answer.ok() || !answer->value("ok", false)) {
+    std::fprintf(stderr, "digestctl: %s\n",
+                 answer.ok() ? answer->dump().c_str() : answer.status().message().c_str());
+    return answer.ok() ? kExitError : kExitUnreachable;
+  }
+  size_t printed = 0;
+  auto finish = [&](const json& job) {
+    const std::string state = job.value("status", job.value("state", ""));
+    if (state == "done") {
+      std::string text = job.value("result", json::object()).value("text", "");
+      if (text.size() > printed) std::fputs(text.substr(printed).c_str(), stdout);
+      std::fputs("\n", stdout);
+      return 0;
+    }
+    std::fprintf(stderr, "digestctl: job %s %s%s%s\n", key.c_str(), state.c_str(),
+                 job.contains("error") ? ": " : "", job.value("error", "").c_str());
+    return kExitError;
+  };
+  // Finished before the subscribe: nothing more will come.
+  auto now = reader.Call({{"op", "result"}, {"key", key}});
+  if (!now.ok()) {
+    std::fprintf(stderr, "digestctl: %s\n", now.status().message().c_str());
+    return kExitUnreachable;
+  }
+  if (!now->value("ok", false)) {
+    auto err = now->value("error", json::object());
+    std::fprintf(stderr, "digestctl: %s: %s\n", err.value("code", "error").c_str(),
+                 err.value("message", "").c_str());
+    return kExitError;
+  }
+  const std::string state = now->value("status", "");
+  if (state == "done" || state == "failed" || state == "cancelled") return finish(*now);
+  for (;;) {
+    auto line = events.ReadLine(24 * 3600 * 1000);
+    if (!line.ok()) {
+      std::fprintf(stderr, "digestctl: %s\n", line.status().message().c_str());
+      return kExitUnreachable;
+    }
+    json e = json::parse(*line, nullptr, false);
+    if (e.is_discarded()) continue;
+    if (e.value("event", "") == "text") {
+      const std::string text = e.value("text", "");
+      if (text.size() < printed) {  // a new attempt starts again
+        std::fputs("\n", stdout);
+        printed = 0;
+      }
+      std::fputs(text.substr(printed).c_str(), stdout);
+      std::fflush(stdout);
+      printed = text.size();
+    } else if (e.value("event", "") == "lost") {
+      continue;  // the text events carry the whole text: the next one catches up
+    } else {
+      const std::string s = e.value("state", "");
+      if (s == "done" || s == "failed" || s == "cancelled") {
+        auto r = reader.Call({{"op", "result"}, {"key", key}});
+        if (r.ok() && r->value("ok", false)) return finish(*r);
+        return finish(e);
+      }
+    }
+  }
+}
+
 // "2s", "500ms", "1m", "1.5s", or plain milliseconds.
 bool ParseDurationMs(const std::string& s, int64_t* out) {
   char* end = nullptr;
@@ -215,6 +291,12 @@ int main(int argc, char** argv) {
       }
     }
     return Follow(digestd::ResolveSocketPath(socket_flag), sub, raw_json, /*watch=*/false, 0);
+  }
+  if (cmd == "follow") {
+    if (!args.Has()) return Fail("follow needs a KEY%s", "");
+    std::string key = args.Next();
+    if (args.Has()) return Fail("unexpected argument '%s'", args.Next());
+    return FollowText(digestd::ResolveSocketPath(socket_flag), key);
   }
   if (cmd == "watch") {
     while (args.Has()) {

@@ -321,6 +321,28 @@ TEST_P(CriticalPathE2E, PartialTextArrivesInOrderAndTheLastEqualsTheResult) {
   EXPECT_EQ(texts.back(), result["result"].value("text", "")) << result.dump();
 }
 
+// digestctl follow prints the job's text as it is written and exits 0 with
+// it; a job already done prints its text at once.
+TEST_P(CriticalPathE2E, DigestctlFollowPrintsTheTextAndExitsWithTheJob) {
+  ASSERT_TRUE(StartFake(fake_, fake_dir_, {{"parallel", 1}, {"token_ms", 30}}));
+  ASSERT_TRUE(StartDaemon(daemon_, BaseConfig(fake_.url()), GetParam()));
+  Submit(daemon_, Generate("slow", "llama3.2", 20));
+  ASSERT_TRUE(WaitFor([&] { return fake_.Stats().value("in_flight", 0) == 1; }, kLongDeadline));
+  testing::ProcessOutput out = testing::RunProcess(
+      {DIGESTCTL_BIN, "--socket", daemon_.SocketPath(), "follow", "slow"}, kLongDeadline);
+  ASSERT_TRUE(out.status.has_value());
+  EXPECT_EQ(out.status->ToString(), "exit 0") << out.err;
+  json result = daemon_.CallOk({{"op", "result"}, {"key", "slow"}});
+  const std::string text = result["result"].value("text", "");
+  ASSERT_FALSE(text.empty()) << result.dump();
+  EXPECT_EQ(out.out, text + "\n");
+  testing::ProcessOutput again = testing::RunProcess(
+      {DIGESTCTL_BIN, "--socket", daemon_.SocketPath(), "follow", "slow"}, kLongDeadline);
+  ASSERT_TRUE(again.status.has_value());
+  EXPECT_EQ(again.status->ToString(), "exit 0") << again.err;
+  EXPECT_EQ(again.out, text + "\n");
+}
+
 TEST_P(CriticalPathE2E, MaxPreemptionsStopsAJobFromBeingPreemptedAgain) {
   ASSERT_TRUE(StartFake(fake_, fake_dir_, {{"parallel", 1}, {"token_ms", 100}}));
   Sections config = BaseConfig(fake_.url());
