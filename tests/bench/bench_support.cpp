@@ -607,6 +607,19 @@ std::string BlockingPg::Scalar(const std::string& sql) {
   return rows.empty() || rows.front().empty() ? "" : rows.front().front();
 }
 
+long WaitDoneKeys(BlockingPg& c, int timeout_ms) {
+  pollfd p{PQsocket(c.get()), POLLIN, 0};
+  ::poll(&p, 1, timeout_ms);
+  if (PQconsumeInput(c.get()) != 1) Die("LISTEN connection: %s", PQerrorMessage(c.get()));
+  long keys = 0;
+  while (PGnotify* n = PQnotifies(c.get())) {
+    json a = json::parse(n->extra, nullptr, false);
+    if (a.is_array()) keys += static_cast<long>(a.size());
+    PQfreemem(n);
+  }
+  return keys;
+}
+
 // ---------------------------------------------------------------- figures
 
 double Seconds(Clock::duration d) {

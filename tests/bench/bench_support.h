@@ -291,6 +291,11 @@ class BlockingPg {
   testing::PgSession session_;
 };
 
+// After LISTEN digestd_done on `c`: waits up to `timeout_ms` for
+// notifications and returns how many keys their payloads (JSON arrays of the
+// keys a commit finished) carried. Die()s when the connection fails.
+long WaitDoneKeys(BlockingPg& c, int timeout_ms);
+
 // ---------------------------------------------------------------- figures
 
 double Seconds(Clock::duration d);

@@ -43,8 +43,6 @@
 // Figures only: nothing is asserted. It exits non-zero only when digestd or
 // PostgreSQL cannot be used, with digestd's log. scripts/bench runs it inside
 // `scripts/pg-throwaway run`. Other load on the machine moves every figure.
-#include <libpq-fe.h>
-#include <poll.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -88,22 +86,6 @@ struct Options {
 };
 
 // ------------------------------------------------------------ blocking SQL
-
-// After LISTEN digestd_done on `c`: waits up to `timeout_ms` for
-// notifications and returns how many keys their payloads (JSON arrays of
-// finished keys) carried. Dies when the connection fails.
-long WaitNotified(BlockingPg& c, int timeout_ms) {
-  pollfd p{PQsocket(c.get()), POLLIN, 0};
-  ::poll(&p, 1, timeout_ms);
-  if (PQconsumeInput(c.get()) != 1) Die("LISTEN connection: %s", PQerrorMessage(c.get()));
-  long keys = 0;
-  while (PGnotify* n = PQnotifies(c.get())) {
-    json a = json::parse(n->extra, nullptr, false);
-    if (a.is_array()) keys += static_cast<long>(a.size());
-    PQfreemem(n);
-  }
-  return keys;
-}
 
 // Empties the job table (when digestd has created it) and checkpoints, so
 // every measurement starts from the same state. No digestd runs meanwhile.
@@ -332,7 +314,7 @@ EndToEnd RunEndToEnd(const Options& opt, Daemon& d, const std::string& socket, l
   long notified = 0;
   const std::string count_done = "SELECT count(*) FROM digestd.jobs WHERE status = 'done'";
   for (;;) {
-    long got = WaitNotified(watch, kPollMs);
+    long got = WaitDoneKeys(watch, kPollMs);
     end = Clock::now();
     if (got > 0) last_progress = end;
     notified += got;
@@ -401,7 +383,7 @@ EndToEnd RunBacklog(const Options& opt, const DaemonOptions& options, BlockingPg
   long notified = 0;
   CpuMark after;
   for (;;) {
-    long got = WaitNotified(watch, kPollMs);
+    long got = WaitDoneKeys(watch, kPollMs);
     end = Clock::now();
     if (got > 0) last_progress = end;
     notified += got;

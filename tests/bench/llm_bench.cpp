@@ -80,16 +80,19 @@ std::vector<int> ParseIntList(const std::string& text, int lo, int hi, const cha
   return out;
 }
 
-std::vector<FlagSpec> RigFlags() {
-  return {
+std::vector<FlagSpec> RigFlags(bool fake) {
+  std::vector<FlagSpec> specs = {
       {"digestd", "PATH", "the daemon", DIGESTD_BIN},
-      {"fake", "PATH", "the fake Ollama", FAKE_OLLAMA_BIN},
       {"shipped-config", "PATH", "the config file digestd ships", SHIPPED_CONF},
       {"conninfo", "STR",
        "PostgreSQL for digestd and this program (libpq key=value); default: libpq's PG* "
        "variables, as scripts/pg-throwaway run sets them"},
-      {"keep-tmp", "", "keep the temp dir (configs, digestd.log, fake.log)"},
+      {"keep-tmp", "",
+       fake ? "keep the temp dir (configs, digestd.log, fake.log)"
+            : "keep the temp dir (configs, digestd.log)"},
   };
+  if (fake) specs.insert(specs.begin() + 1, {"fake", "PATH", "the fake Ollama", FAKE_OLLAMA_BIN});
+  return specs;
 }
 
 // ------------------------------------------------------------------ fake
@@ -141,21 +144,21 @@ std::string DescribeFake(const json& stats, const std::string& model) {
 
 // ------------------------------------------------------------------- rig
 
-Rig::Rig(const Flags& flags, const std::string& dir_prefix)
+Rig::Rig(const Flags& flags, const std::string& dir_prefix, bool fake)
     : digestd_(flags.String("digestd")),
-      fake_(flags.String("fake")),
+      fake_(fake ? flags.String("fake") : ""),
       conninfo_(flags.String("conninfo")),
       shipped_path_(flags.String("shipped-config")),
       keep_tmp_(flags.Has("keep-tmp")),
       shipped_(shipped_path_) {
   RequireExecutable(digestd_);
-  RequireExecutable(fake_);
+  if (fake) RequireExecutable(fake_);
   dir_ = std::make_unique<BenchDir>(dir_prefix);
   pg_ = std::make_unique<BlockingPg>(conninfo_);
   notify_ = std::make_unique<NotifySocket>(dir_->File("notify.sock"));
   // Both configs must pass; the second only adds [backend] parallel.
   std::string output;
-  ShippedConfig base = ConfigFor(Mode{"shipped", 0}, "http://127.0.0.1:1");
+  ShippedConfig base = ConfigFor(Mode{"shipped", 0}, fake_.empty() ? "" : "http://127.0.0.1:1");
   if (!CheckConfig(base, "probe-base", &output)) {
     Die("digestd --check-config refuses the shipped config with the bench's paths:\n%s",
         output.c_str());
@@ -180,11 +183,15 @@ bool Rig::CheckConfig(const ShippedConfig& config, const std::string& name, std:
 void Rig::PrintHeader(const std::string& title) {
   std::printf("%s\n", title.c_str());
   std::printf("  digestd          %s\n", digestd_.c_str());
-  std::printf("  fake Ollama      %s\n", fake_.c_str());
-  std::printf("  shipped config   %s (socket, conninfo and backend url rewritten)\n",
-              shipped_path_.c_str());
-  std::printf("  [backend] parallel known to this digestd: %s\n",
-              knows_parallel_ ? "yes" : "no (static modes set [workers] only)");
+  if (!fake_.empty()) {
+    std::printf("  fake Ollama      %s\n", fake_.c_str());
+    std::printf("  shipped config   %s (socket, conninfo and backend url rewritten)\n",
+                shipped_path_.c_str());
+    std::printf("  [backend] parallel known to this digestd: %s\n",
+                knows_parallel_ ? "yes" : "no (static modes set [workers] only)");
+  } else {
+    std::printf("  shipped config   %s (socket and conninfo rewritten)\n", shipped_path_.c_str());
+  }
   auto show = [&](const char* name) { return pg_->Scalar(std::string("SHOW ") + name); };
   const std::string fsync = show("fsync"), sync = show("synchronous_commit"),
                     fpw = show("full_page_writes");
@@ -202,7 +209,7 @@ ShippedConfig Rig::ConfigFor(const Mode& mode, const std::string& fake_url) cons
   ShippedConfig c = shipped_;
   c.SetString("control", "socket", dir_->File("control.sock"));
   c.SetString("postgres", "conninfo", conninfo_);
-  c.SetString("backend", "url", fake_url);
+  if (!fake_url.empty()) c.SetString("backend", "url", fake_url);
   if (mode.static_max > 0) {
     const int n = mode.static_max;
     c.SetInt("workers", "max", n);
@@ -260,7 +267,8 @@ void Rig::StopDaemon(std::unique_ptr<Daemon>& daemon) {
 }
 
 void Rig::Finish() {
-  dir_->Finish(keep_tmp_, "configs, digestd.log, fake.log");
+  dir_->Finish(keep_tmp_,
+               fake_.empty() ? "configs, digestd.log" : "configs, digestd.log, fake.log");
 }
 
 // --------------------------------------------------------------- submits

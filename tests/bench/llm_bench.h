@@ -1,9 +1,11 @@
-// What critical_path_bench and adaptive_bench share: the real digestd with
-// the SHIPPED config (conf/digestd.conf, read with toml++ and written back
-// with only the keys a run must change: the control socket, the database,
-// the backend URL, and for a "static N" run the worker bounds), the fake
-// Ollama as a child process, a throwaway PostgreSQL cluster whose job table
-// is emptied before every run, and the figures the fake reports per model.
+// What critical_path_bench, adaptive_bench and events_bench share: the real
+// digestd with the SHIPPED config (conf/digestd.conf, read with toml++ and
+// written back with only the keys a run must change: the control socket, the
+// database, the backend URL when a fake Ollama runs, and for a "static N" run
+// the worker bounds), the fake Ollama as a child process, a throwaway
+// PostgreSQL cluster whose job table is emptied before every run, and the
+// figures the fake reports per model. A benchmark without LLM jobs
+// (events_bench) runs no fake: its Rig leaves the backend URL as shipped.
 //
 // A run's daemon modes:
 //   shipped   the shipped config as it is (only paths changed): whatever the
@@ -57,8 +59,9 @@ struct Mode {
 // "shipped", "static16", "static1" -> Mode; Die()s on anything else.
 Mode ParseMode(const std::string& word);
 
-// Flags every LLM benchmark takes (add them to its FlagSpecs).
-std::vector<FlagSpec> RigFlags();
+// Flags every LLM benchmark takes (add them to its FlagSpecs); with `fake`
+// false, a Rig's flags without --fake.
+std::vector<FlagSpec> RigFlags(bool fake = true);
 
 // The fake Ollama as a child process: `parallel` slots for the generation
 // model, `latency_ms` before the first byte of every answer, `tokens`
@@ -98,14 +101,18 @@ std::string DescribeFake(const json& stats, const std::string& model);
 // config, the database and the probe of which keys this digestd knows.
 class Rig {
  public:
-  // Parses nothing: give it the values of RigFlags(). Connects to
-  // PostgreSQL, reads the shipped config and probes the daemon.
-  Rig(const Flags& flags, const std::string& dir_prefix);
+  // Parses nothing: give it the values of RigFlags(fake). Connects to
+  // PostgreSQL, reads the shipped config and probes the daemon. Without
+  // `fake` there is no fake Ollama: fake_binary() is "" and the daemon's
+  // backend URL stays as shipped.
+  Rig(const Flags& flags, const std::string& dir_prefix, bool fake = true);
 
   const std::string& digestd() const { return digestd_; }
   const std::string& fake_binary() const { return fake_; }
   BenchDir& dir() { return *dir_; }
   BlockingPg& pg() { return *pg_; }
+  // --conninfo ("": libpq's PG* variables), for more connections of its own.
+  const std::string& conninfo() const { return conninfo_; }
   const ShippedConfig& shipped() const { return shipped_; }
   // The generation model summarize jobs use ([backend] model).
   std::string model() const { return shipped_.String("backend", "model", "llama3.2"); }
@@ -115,14 +122,16 @@ class Rig {
 
   // Prints the binaries, the PostgreSQL durability settings and the probe.
   void PrintHeader(const std::string& title);
-  // The shipped config for `mode`, paths set, the backend at `fake_url`.
+  // The shipped config for `mode`, paths set, the backend at `fake_url`
+  // ("": the shipped URL).
   ShippedConfig ConfigFor(const Mode& mode, const std::string& fake_url) const;
   // The keys ConfigFor changes beyond paths, for the report ("[workers] max
   // = 16, ..."); "nothing beyond paths" for shipped.
   std::string DescribeMode(const Mode& mode) const;
 
   // Empties the job table, writes the config for `mode` and starts digestd;
-  // returns once its database is up and migrated.
+  // returns once its database is up and migrated. `fake_url` as for
+  // ConfigFor.
   std::unique_ptr<Daemon> StartDaemon(const Mode& mode, const std::string& fake_url);
   // Stops digestd at once: two SIGTERMs (the second skips the drain of the
   // backlog), SIGKILL after 30 s.
