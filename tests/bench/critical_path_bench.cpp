@@ -12,9 +12,10 @@
 //      HTTP exchange with the fake and nothing else);
 //   2. loaded: --background summarize jobs submitted to the background lane
 //      (batches of [jobs] max_batch), --settle-s for them to start, then
-//      --loaded-samples interactive jobs one at a time, each submitted
-//      --interval-s after the previous one (or when it is answered, if that
-//      is later). Before each, the background backlog is topped up to
+//      --loaded-samples interactive jobs one at a time, each submitted a
+//      random 0.5 to 1.5 times --interval-s after the previous one (or when
+//      it is answered, if that is later; a fixed seed). Before each, the background backlog is
+//      topped up to
 //      --background jobs not yet done, so it never runs dry. Background
 //      throughput over that window (jobs.done from status, less the
 //      interactive jobs) as a fraction of the ideal C/L. The interval keeps
@@ -37,6 +38,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -149,6 +151,13 @@ Figures RunOne(Rig& rig, const Options& opt, int capacity) {
   const json fake0 = fake.Stats();
   const auto t0 = Clock::now();
   auto next = t0;
+  // The gaps between interactive submits are drawn uniformly from 0.5 to
+  // 1.5 times --interval-s (fixed seed, so runs compare): a fixed interval
+  // that is a multiple of L phase-locks each arrival to the end of a
+  // background answer, so every preemption would throw away a nearly
+  // finished request, which random arrivals do not.
+  std::mt19937 rng(20261207u + static_cast<unsigned>(capacity));
+  std::uniform_real_distribution<double> gap(0.5 * opt.interval_s, 1.5 * opt.interval_s);
   for (int i = 0; i < opt.loaded_samples; ++i) {
     std::this_thread::sleep_until(next);
     const double done_now = Field(CallJson(c, status), "/jobs/done");
@@ -158,8 +167,8 @@ Figures RunOne(Rig& rig, const Options& opt, int capacity) {
       bg_submitted +=
           SubmitSummaries(c, missing, "background", "bg-" + tag, bg_submitted, rig.max_batch());
     }
-    next = Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                              std::chrono::duration<double>(opt.interval_s));
+    next = Clock::now() +
+           std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(gap(rng)));
     Sample s = Interactive(c, "loaded-" + tag + std::to_string(n), n);
     ++n;
     loaded.push_back(s.latency_ms);
@@ -255,7 +264,10 @@ int main(int argc, char** argv) {
       {"idle-samples", "N", "interactive jobs on the idle daemon", "20"},
       {"loaded-samples", "N", "interactive jobs behind the background backlog", "15"},
       {"background", "N", "background jobs kept queued during the loaded samples", "600"},
-      {"interval-s", "S", "time from one loaded interactive submit to the next", "3"},
+      {"interval-s", "S",
+       "mean time from one loaded interactive submit to the next (each gap drawn from 0.5 to "
+       "1.5 times it)",
+       "3"},
       {"settle-s", "S", "wait after the backlog is submitted, before the loaded samples", "3"},
       {"quick", "", "8 idle and 6 loaded samples, 2 s settle (unless given)"},
   };
