@@ -52,6 +52,14 @@ void Usage(FILE* out) {
       out);
 }
 
+// An error answer on stderr ("digestctl: CODE: MESSAGE"); kExitError.
+int PrintError(const json& answer) {
+  auto err = answer.value("error", json::object());
+  std::fprintf(stderr, "digestctl: %s: %s\n", err.value("code", "error").c_str(),
+               err.value("message", "").c_str());
+  return kExitError;
+}
+
 // `events` and `watch`: subscribes with `sub` and prints each event as it
 // comes (events), or redraws status, the recent events and group progress
 // whenever jobs change state, at most ten times a second and at least every
@@ -73,10 +81,7 @@ int Follow(const std::string& path, const json& sub, bool raw_json, bool watch,
     return kExitUnreachable;
   }
   if (!answer->value("ok", false)) {
-    auto err = answer->value("error", json::object());
-    std::fprintf(stderr, "digestctl: %s: %s\n", err.value("code", "error").c_str(),
-                 err.value("message", "").c_str());
-    return kExitError;
+    return PrintError(*answer);
   }
   std::deque<std::string> recent;
   digestd::GroupProgress groups;
@@ -173,10 +178,7 @@ int FollowText(const std::string& path, const std::string& key) {
     return kExitUnreachable;
   }
   if (!now->value("ok", false)) {
-    auto err = now->value("error", json::object());
-    std::fprintf(stderr, "digestctl: %s: %s\n", err.value("code", "error").c_str(),
-                 err.value("message", "").c_str());
-    return kExitError;
+    return PrintError(*now);
   }
   const std::string state = now->value("status", "");
   if (state == "done" || state == "failed" || state == "cancelled") return finish(*now);
@@ -422,10 +424,7 @@ int main(int argc, char** argv) {
       if (raw_json) {
         std::printf("%s\n", j.dump().c_str());
       }
-      auto err = j.value("error", json::object());
-      std::fprintf(stderr, "digestctl: %s: %s\n", err.value("code", "error").c_str(),
-                   err.value("message", "").c_str());
-      return kExitError;
+      return PrintError(j);
     }
     j.erase("ok");
     if (raw_json) {

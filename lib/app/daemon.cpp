@@ -75,14 +75,15 @@ Status Daemon::Start() {
   // With PostgreSQL the table holds only this node's claimed jobs (results
   // are read from the database); the memory store sets its retention.
   jobs_ = std::make_unique<JobTable>(0);
-  jobs_->SetObserver(
-      [this](std::string_view state, const JobRecord& job) { events_.Publish(state, job); });
+  jobs_->SetObserver([this](std::string_view state, const JobRecord& job) {
+    events_.Publish(state, EventJob::Of(job));
+  });
   WorkerLimits limits{config_.workers.min, config_.workers.max,
                       config_.workers.interactive_reserved, config_.workers.max};
   Dispatcher::Hooks hooks;
-  hooks.want_text = [this](const JobRecord& job) { return events_.WantsText(job); };
+  hooks.want_text = [this](const JobRecord& job) { return events_.WantsText(EventJob::Of(job)); };
   hooks.on_text = [this](const JobRecord& job, const std::string& text) {
-    events_.PublishText(job, text);
+    events_.PublishText(EventJob::Of(job), text);
   };
   hooks.on_start = [this](const JobPtr& job) {
     jobs_->MarkRunning(job);

@@ -6,10 +6,25 @@
 
 namespace digestd {
 
-bool EventFilter::Matches(const JobRecord& job) const {
+EventJob EventJob::Of(const JobRecord& job) {
+  EventJob e;
+  e.key = job.key;
+  e.group = job.group;
+  e.kind = job.kind;
+  e.lane = job.lane;
+  e.attempts = job.attempts;
+  e.preempted = job.preempted;
+  if (job.started_at != 0 && job.finished_at >= job.started_at) {
+    e.run_ms = static_cast<double>(job.finished_at - job.started_at) / 1e6;
+  }
+  e.error = job.error;
+  return e;
+}
+
+bool EventFilter::Matches(const EventJob& job) const {
   if (!key.empty() && job.key != key) return false;
   if (!group.empty() && job.group != group) return false;
-  if (!prefix.empty() && job.key.compare(0, prefix.size(), prefix) != 0) return false;
+  if (!prefix.empty() && !job.key.starts_with(prefix)) return false;
   return !lane || job.lane == *lane;
 }
 
@@ -50,7 +65,7 @@ void EventHub::Add(ControlServer::Stream stream, EventFilter filter) {
   subs_.push_back(Subscriber{std::move(stream), std::move(filter)});
 }
 
-std::string EventHub::EventLine(std::string_view state, const JobRecord& job, int64_t now_unix_ms) {
+std::string EventHub::EventLine(std::string_view state, const EventJob& job, int64_t now_unix_ms) {
   nlohmann::json e = {{"event", "job"},
                       {"state", state},
                       {"key", job.key},
@@ -61,21 +76,18 @@ std::string EventHub::EventLine(std::string_view state, const JobRecord& job, in
   if (!job.group.empty()) e["group"] = job.group;
   if (job.preempted > 0) e["preempted"] = job.preempted;
   const bool ended = state == "done" || state == "failed" || state == "cancelled";
-  if (ended && job.started_at != 0 && job.finished_at >= job.started_at) {
-    e["run_ms"] = static_cast<double>(job.finished_at - job.started_at) / 1e6;
-  }
+  if (ended && job.run_ms >= 0) e["run_ms"] = job.run_ms;
   if ((ended || state == "retried") && !job.error.empty()) e["error"] = job.error;
   return e.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
-void EventHub::Publish(std::string_view state, const JobRecord& job) {
-  if (subs_.empty()) return;
-  std::string line;
-  const int64_t now = UnixMillis();
+template <typename Wants, typename Make>
+void EventHub::Send(Wants wants, Make make) {
   std::erase_if(subs_, [](const Subscriber& s) { return !s.stream.open(); });
+  std::string line;
   for (const auto& s : subs_) {
-    if (!s.filter.Matches(job)) continue;
-    if (line.empty()) line = EventLine(state, job, now);
+    if (!wants(s.filter)) continue;
+    if (line.empty()) line = make();
     if (s.stream.Push(line)) {
       ++sent_;
     } else {
@@ -84,33 +96,31 @@ void EventHub::Publish(std::string_view state, const JobRecord& job) {
   }
 }
 
-bool EventHub::WantsText(const JobRecord& job) const {
+void EventHub::Publish(std::string_view state, const EventJob& job) {
+  if (subs_.empty()) return;
+  Send([&job](const EventFilter& f) { return f.Matches(job); },
+       [&] { return EventLine(state, job, UnixMillis()); });
+}
+
+bool EventHub::WantsText(const EventJob& job) const {
   return std::any_of(subs_.begin(), subs_.end(), [&job](const Subscriber& s) {
     return s.filter.partial && s.filter.Matches(job) && s.stream.open();
   });
 }
 
-void EventHub::PublishText(const JobRecord& job, const std::string& text) {
-  std::string line;
-  for (const auto& s : subs_) {
-    if (!s.filter.partial || !s.filter.Matches(job)) continue;
-    if (line.empty()) {
-      nlohmann::json e = {{"event", "text"},
-                          {"key", job.key},
-                          {"kind", job.kind},
-                          {"lane", LaneName(job.lane)},
-                          {"attempt", job.attempts},
-                          {"at_ms", UnixMillis()},
-                          {"text", text}};
-      if (!job.group.empty()) e["group"] = job.group;
-      line = e.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-    }
-    if (s.stream.Push(line)) {
-      ++sent_;
-    } else {
-      ++dropped_;
-    }
-  }
+void EventHub::PublishText(const EventJob& job, const std::string& text) {
+  Send([&job](const EventFilter& f) { return f.partial && f.Matches(job); },
+       [&] {
+         nlohmann::json e = {{"event", "text"},
+                             {"key", job.key},
+                             {"kind", job.kind},
+                             {"lane", LaneName(job.lane)},
+                             {"attempt", job.attempts},
+                             {"at_ms", UnixMillis()},
+                             {"text", text}};
+         if (!job.group.empty()) e["group"] = job.group;
+         return e.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+       });
 }
 
 nlohmann::json EventHub::StatusJson() const {

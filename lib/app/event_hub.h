@@ -25,6 +25,21 @@
 
 namespace digestd {
 
+// What an event tells of a job: a view of a JobRecord, or of a row a store
+// read for a job it keeps no record of. Borrows its strings.
+struct EventJob {
+  std::string_view key = {};
+  std::string_view group = {};
+  std::string_view kind = {};
+  Lane lane = Lane::kBackground;
+  int attempts = 0;
+  int preempted = 0;
+  double run_ms = -1;  // < 0: it has not run to an end
+  std::string_view error = {};
+
+  static EventJob Of(const JobRecord& job);
+};
+
 // What a subscriber asked for; an empty field matches everything.
 struct EventFilter {
   std::string key;
@@ -34,7 +49,7 @@ struct EventFilter {
   // Also the text of LLM jobs as it streams ("text" events).
   bool partial = false;
 
-  bool Matches(const JobRecord& job) const;
+  bool Matches(const EventJob& job) const;
   // From a subscribe request's fields: bad_request naming a field that is
   // not what it should be.
   static Result<EventFilter> FromRequest(const nlohmann::json& body);
@@ -47,16 +62,14 @@ class EventHub {
   static constexpr size_t kMaxUnsentBytes = 1 << 20;
 
   void Add(ControlServer::Stream stream, EventFilter filter);
-  // Whether anyone listens (a caller may skip building what it would send).
-  bool active() const { return !subs_.empty(); }
   // Sends `state` of `job` to the subscribers it matches.
-  void Publish(std::string_view state, const JobRecord& job);
+  void Publish(std::string_view state, const EventJob& job);
   // Whether a subscriber follows the text of `job` (one that starts now).
-  bool WantsText(const JobRecord& job) const;
+  bool WantsText(const EventJob& job) const;
   // Sends the text of `job` so far to the subscribers that follow it.
-  void PublishText(const JobRecord& job, const std::string& text);
-  // The JSON line of an event (for Publish and tests).
-  static std::string EventLine(std::string_view state, const JobRecord& job, int64_t now_unix_ms);
+  void PublishText(const EventJob& job, const std::string& text);
+  // The JSON line of a job event.
+  static std::string EventLine(std::string_view state, const EventJob& job, int64_t now_unix_ms);
 
   size_t subscribers() const { return subs_.size(); }
   uint64_t sent() const { return sent_; }
@@ -69,6 +82,10 @@ class EventHub {
     ControlServer::Stream stream;
     EventFilter filter;
   };
+  // Pushes the line `make` builds (once, for the first match) to every
+  // subscriber `wants`, counting what was sent and dropped.
+  template <typename Wants, typename Make>
+  void Send(Wants wants, Make make);
   std::vector<Subscriber> subs_;
   uint64_t sent_ = 0;
   uint64_t dropped_ = 0;  // lines a slow subscriber did not get

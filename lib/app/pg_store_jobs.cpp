@@ -115,14 +115,9 @@ void PgStore::Submit(const Request& req, std::vector<const nlohmann::json*> spec
         WriteSubmit(WriteRow::Submit(std::move(job), [this, batch, i, key, kind, group, lane,
                                                       finish, own, queued_ns](const RowOutcome& o) {
           // Told before a job claimed at its insert can start here.
-          if (o.status.ok() && o.inserted.created && o.inserted.id != 0 && env_.events != nullptr &&
-              env_.events->active()) {
-            JobRecord r;
-            r.key = key;
-            r.group = group;
-            r.kind = kind;
-            r.lane = lane;
-            env_.events->Publish("queued", r);
+          if (o.status.ok() && o.inserted.created && o.inserted.id != 0 && env_.events != nullptr) {
+            env_.events->Publish("queued",
+                                 EventJob{.key = key, .group = group, .kind = kind, .lane = lane});
           }
           if (own) {
             bool adopted = o.status.ok() && o.inserted.created && o.inserted.lease_token != 0;
@@ -389,16 +384,14 @@ void PgStore::Cancel(const Request& req, const std::string& key,
         }
         if (r->has_value()) {
           env_.jobs->NoteCancelled();
-          if (env_.events != nullptr && env_.events->active()) {
+          if (env_.events != nullptr) {
             const StoredJob& s = **r;
-            JobRecord job;
-            job.key = s.key;
-            job.group = s.group;
-            job.kind = s.kind;
-            job.lane = s.lane;
-            job.attempts = s.attempts;
-            job.error = s.error;
-            env_.events->Publish("cancelled", job);
+            env_.events->Publish("cancelled", EventJob{.key = s.key,
+                                                       .group = s.group,
+                                                       .kind = s.kind,
+                                                       .lane = s.lane,
+                                                       .attempts = s.attempts,
+                                                       .error = s.error});
           }
           reply.Send(OkLine(id, {{"key", key}, {"status", "cancelled"}, {"cancelled", true}}));
           return;
@@ -535,10 +528,7 @@ void PgStore::WriteFinish(const JobPtr& job, JobState state, nlohmann::json resu
         book_.Settle(id, token);
         if (then) then(o);
         if (o.status.ok() && o.accepted && env_.events != nullptr) {
-          env_.events->Publish(state == JobState::kDone     ? "done"
-                               : state == JobState::kFailed ? "failed"
-                                                            : "cancelled",
-                               *job);
+          env_.events->Publish(JobStateName(state), EventJob::Of(*job));
         }
         // The waiters read the committed row now, not after the NOTIFY's
         // round trip: what `result` says is what the table says.

@@ -138,10 +138,7 @@ void JobTable::MarkFinished(const JobPtr& job, WorkOutcome outcome) {
 
 void JobTable::NotifyTerminal(const JobRecord& job) const {
   if (!terminal_events_) return;
-  Notify(job.state == JobState::kDone     ? "done"
-         : job.state == JobState::kFailed ? "failed"
-                                          : "cancelled",
-         job);
+  Notify(JobStateName(job.state), job);
 }
 
 void JobTable::MarkRetrying(const JobPtr& job, std::string error, bool refund) {
