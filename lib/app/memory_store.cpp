@@ -193,6 +193,7 @@ void MemoryStore::OnJobFinished(const JobPtr& job, WorkOutcome outcome) {
       Judge(*job, std::move(outcome), started, config.backend.max_attempts, config, *env_.backend);
   if (v.retry) {
     env_.jobs->MarkRetrying(job, std::move(v.outcome.error), v.refund);
+    job->backing_off = true;
     delayed_->Add(job, static_cast<uint64_t>(v.delay_ms));
     return;
   }
@@ -200,9 +201,11 @@ void MemoryStore::OnJobFinished(const JobPtr& job, WorkOutcome outcome) {
 }
 
 void MemoryStore::OnRetryDue(JobPtr job) {
+  job->backing_off = false;
   if (job->state != JobState::kQueued) return;  // cancelled while it waited
   Status st = env_.dispatcher->Enqueue(job);
   if (st.code() == Status::Code::kQueueFull) {
+    job->backing_off = true;
     delayed_->Add(std::move(job), 1000);  // its lane is full; try again shortly
   } else if (!st.ok()) {
     Release(job, "released at shutdown while it waited for a retry");

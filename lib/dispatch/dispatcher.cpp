@@ -226,6 +226,12 @@ bool Dispatcher::Skip(int lane, const JobPtr& job) {
 bool Dispatcher::Promote(const JobPtr& job) {
   if (pills_in_ || job->state != JobState::kQueued || job->lane != Lane::kBackground) return false;
   job->lane = Lane::kInteractive;
+  if (job->backing_off) {
+    // Not queued here yet: it joins the interactive lane when its backoff
+    // ends. Starting it now would skip the backoff the server asked for.
+    ++promoted_;
+    return true;
+  }
   ++stale_[static_cast<int>(Lane::kBackground)];
   front_[static_cast<int>(Lane::kInteractive)].push_back(job);
   ++promoted_;

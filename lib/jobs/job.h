@@ -76,6 +76,9 @@ struct JobRecord {
   // so far. Written by its worker, read by the loop thread (preemption takes
   // the request with the least progress). Reset when an attempt starts.
   std::shared_ptr<std::atomic<uint64_t>> progress = std::make_shared<std::atomic<uint64_t>>(0);
+  // Waiting out a retry's backoff (the memory store's delay queue): in no
+  // dispatcher queue until it is due, however urgently someone waits.
+  bool backing_off = false;
   int preempted = 0;  // times a background attempt was aborted for interactive work
   // The backend model its requests go to (JobKind::ModelOf), resolved by the
   // dispatcher when the job is first queued; empty: no backend model.

@@ -669,6 +669,26 @@ TEST_F(ModelDispatchTest, PromoteMovesAQueuedBackgroundJobToTheInteractiveLane) 
   EXPECT_EQ(dispatcher_->depth(Lane::kBackground), 0u);
 }
 
+TEST_F(ModelDispatchTest, PromotingAJobInItsRetryBackoffDoesNotStartItEarly) {
+  MakeModels(/*max=*/4, /*parallel=*/2, /*preempt=*/false);
+  JobPtr job = Llm("retrying", "A", Lane::kBackground);
+  job->backing_off = true;  // the store holds it until its backoff ends
+  EXPECT_TRUE(dispatcher_->Promote(job));
+  EXPECT_EQ(job->lane, Lane::kInteractive);
+  EXPECT_TRUE(started_.empty()) << "started before its backoff ended";
+  EXPECT_EQ(dispatcher_->depth(Lane::kInteractive), 0u);
+  EXPECT_EQ(dispatcher_->depth(Lane::kBackground), 0u);
+  // Its backoff ends: the store queues it, in the lane it was promoted to.
+  job->backing_off = false;
+  EnqueueOk(job);
+  EXPECT_EQ(started_, (std::vector<std::string>{"retrying"}));
+  Release("retrying");
+  // Nothing of it was left behind in either lane.
+  EnqueueOk(Llm("next", "A", Lane::kBackground));
+  EXPECT_EQ(started_, (std::vector<std::string>{"retrying", "next"}));
+  EXPECT_EQ(dispatcher_->depth(Lane::kBackground), 0u);
+}
+
 TEST_F(ModelDispatchTest, ClaimRoomFollowsTheModelsRoom) {
   MakeModels(/*max=*/4, /*parallel=*/2);
   EXPECT_EQ(dispatcher_->ClaimRoom(Lane::kBackground), 1u) << "nothing known: one job to learn";
