@@ -57,6 +57,9 @@ class Daemon {
   void OpSubmit(const Request& req, const ControlServer::Reply& reply);
   void OpResult(const Request& req, const ControlServer::Reply& reply);
   void OpCancel(const Request& req, const ControlServer::Reply& reply);
+  void OpJobs(const Request& req, const ControlServer::Reply& reply);
+  void OpRetry(const Request& req, const ControlServer::Reply& reply);
+  void OpDelete(const Request& req, const ControlServer::Reply& reply);
   void OpWorkers(const Request& req, const ControlServer::Reply& reply);
   void OpReload(const Request& req, const ControlServer::Reply& reply);
   void OpDrain(const Request& req, const ControlServer::Reply& reply);

@@ -36,6 +36,7 @@ JobView ViewOf(const JobRecord& job, Nanos now, int max_attempts) {
   }
   if (job.state == JobState::kDone) v.result = job.result;
   v.error = job.error;
+  v.last_error = job.last_error;
   return v;
 }
 
@@ -75,6 +76,7 @@ JobView ViewOf(const StoredJob& job, int64_t now_unix_ms) {
   }
   if (job.state == JobState::kDone) v.result = job.result;
   v.error = job.error;
+  v.last_error = job.last_error;
   return v;
 }
 
@@ -95,6 +97,7 @@ nlohmann::json JobJson(const JobView& job) {
   if (job.run_after_unix_ms) j["run_after_ms"] = job.run_after_unix_ms;
   if (job.state == JobState::kDone) j["result"] = job.result;
   if (!job.error.empty()) j["error"] = job.error;
+  if (!job.last_error.empty()) j["last_error"] = job.last_error;
   return j;
 }
 
@@ -167,6 +170,8 @@ std::string BatchAnswerLine(const nlohmann::json& id, std::vector<nlohmann::json
               : first->code() == Status::Code::kUnavailable ? Status::Unavailable(message)
               : first->code() == Status::Code::kBadRequest  ? Status::BadRequest(message)
               : first->code() == Status::Code::kTooLarge    ? Status::TooLarge(message)
+              : first->code() == Status::Code::kConflict    ? Status::Conflict(message)
+              : first->code() == Status::Code::kBadState    ? Status::BadState(message)
                                                             : Status::Internal(message);
   if (!one_code) st = Status::Internal(message);
   return ErrorLine(id, st, std::move(fields));

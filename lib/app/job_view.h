@@ -36,6 +36,7 @@ struct JobView {
   int64_t run_after_unix_ms = 0;    // a queued retry is not due before this
   nlohmann::json result;            // null unless done
   std::string error;
+  std::string last_error;  // a retried or replaced job's error from before it was queued again
 };
 
 // `now` is uv_hrtime(); `max_attempts` is the store's limit for the job.

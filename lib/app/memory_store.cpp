@@ -8,6 +8,7 @@
 #include "backend/ollama_client.h"
 #include "jobs/llm_job.h"
 #include "obs/log.h"
+#include "util/clock.h"
 
 namespace digestd {
 
@@ -36,6 +37,10 @@ Result<nlohmann::json> MemoryStore::SubmitOne(const nlohmann::json& spec) {
   std::string key = SpecKey(spec);
   if (key.empty()) key = env_.jobs->NewKey(env_.node_id);
   if (JobPtr existing = env_.jobs->Find(key)) {
+    if (existing->input_hash != InputHash(SpecKind(spec), SpecInput(spec))) {
+      if (!SpecReplace(spec)) return ConflictError(key);
+      return Replace(existing, spec);
+    }
     env_.jobs->NoteDuplicate();
     return SubmitAnswerJson(key, existing->state, /*existing=*/true);
   }
@@ -47,6 +52,35 @@ Result<nlohmann::json> MemoryStore::SubmitOne(const nlohmann::json& spec) {
     return st;
   }
   return SubmitAnswerJson(key, job->state, /*existing=*/false);
+}
+
+Result<nlohmann::json> MemoryStore::Replace(const JobPtr& job, const nlohmann::json& spec) {
+  if (job->state == JobState::kRunning) return RunningNotReplaceable(job->key);
+  auto input = std::make_shared<const nlohmann::json>(SpecInput(spec));
+  if (job->state == JobState::kQueued && !job->backing_off) {
+    // Out of its ring first (Sweep drops entries that are not queued), so
+    // it is queued once, with the new input.
+    job->state = JobState::kCancelled;
+    env_.dispatcher->Sweep();
+  }
+  Status st = Requeue(job, SpecLane(spec), SpecKind(spec), std::move(input));
+  if (!st.ok()) return st;
+  nlohmann::json answer = SubmitAnswerJson(job->key, job->state, /*existing=*/true);
+  answer["replaced"] = true;
+  return answer;
+}
+
+Status MemoryStore::Requeue(const JobPtr& job, Lane lane, std::string kind,
+                            std::shared_ptr<const nlohmann::json> input) {
+  env_.jobs->Requeue(job, lane, std::move(kind), std::move(input));
+  // A job cancelled while it waited out a retry backoff is still in the
+  // delay queue, which queues it when the backoff ends.
+  if (job->backing_off) return Status::Ok();
+  Status st = env_.dispatcher->Enqueue(job);
+  if (!st.ok()) {
+    env_.jobs->MarkCancelled(job, "queued again, but not run: " + st.message());
+  }
+  return st;
 }
 
 void MemoryStore::Submit(const Request& req, std::vector<const nlohmann::json*> specs, bool single,
@@ -173,6 +207,132 @@ void MemoryStore::Cancel(const Request& req, const std::string& key,
   }
   reply.Send(OkLine(
       req.id, {{"key", key}, {"status", JobStateName(job->state)}, {"cancelled", cancelled}}));
+}
+
+void MemoryStore::CancelGroup(const Request& req, const std::string& group,
+                              const ControlServer::Reply& reply) {
+  std::vector<JobPtr> parts = env_.jobs->FindGroup(group);  // a copy: cancelling changes it
+  if (parts.empty()) {
+    reply.Send(ErrorLine(req.id, Status::NotFound("no group \"" + group + "\"")));
+    return;
+  }
+  int64_t cancelled = 0, running = 0;
+  for (const auto& job : parts) {
+    if (job->state == JobState::kQueued) {
+      env_.jobs->MarkCancelled(job, "cancelled by request before it ran");
+      ++cancelled;
+    } else if (job->state == JobState::kRunning) {
+      job->user_cancelled = true;
+      job->cancel->store(true, std::memory_order_relaxed);
+      ++cancelled;
+      ++running;
+    }
+  }
+  if (running > 0) OllamaClient::WakeAll();
+  env_.dispatcher->Sweep();
+  reply.Send(OkLine(req.id, {{"group", group}, {"cancelled", cancelled}, {"running", running}}));
+}
+
+void MemoryStore::ListJobs(const Request& req, JobsQuery query, const ControlServer::Reply& reply) {
+  const int64_t now_ms = UnixMillis();
+  auto position = [](const JobRecord& j) { return JobsCursor{j.submitted_unix_ms * 1000, j.id}; };
+  std::vector<JobPtr> found;
+  env_.jobs->ForEach([&](const JobPtr& j) {
+    if (query.after && !Before(*query.after, position(*j))) return;
+    if (query.Matches(j->state, j->key, j->group, j->kind, j->lane,
+                      now_ms - j->submitted_unix_ms)) {
+      found.push_back(j);
+    }
+  });
+  auto newer = [&](const JobPtr& a, const JobPtr& b) { return Before(position(*a), position(*b)); };
+  size_t limit = static_cast<size_t>(query.limit);
+  bool more = found.size() > limit;
+  if (more) {
+    std::partial_sort(found.begin(), found.begin() + static_cast<std::ptrdiff_t>(limit),
+                      found.end(), newer);
+    found.resize(limit);
+  } else {
+    std::sort(found.begin(), found.end(), newer);
+  }
+  nlohmann::json views = nlohmann::json::array();
+  for (const auto& j : found) views.push_back(View(*j));
+  std::optional<JobsCursor> next;
+  if (more) next = position(*found.back());
+  reply.Send(OkLine(req.id, JobsAnswer(std::move(views), next)));
+}
+
+void MemoryStore::Retry(const Request& req, JobTarget target, Lane lane,
+                        const ControlServer::Reply& reply) {
+  auto retryable = [](const JobPtr& j) {
+    return j->state == JobState::kFailed || j->state == JobState::kCancelled;
+  };
+  if (!target.key.empty()) {
+    JobPtr job = env_.jobs->Find(target.key);
+    if (!job) {
+      reply.Send(ErrorLine(req.id, Status::NotFound("no job with key \"" + target.key + "\"")));
+      return;
+    }
+    if (!retryable(job)) {
+      reply.Send(ErrorLine(req.id, NotRetryable(job->key, job->state)));
+      return;
+    }
+    Status st = Requeue(job, lane);
+    reply.Send(st.ok() ? OkLine(req.id, {{"key", job->key},
+                                         {"status", JobStateName(job->state)},
+                                         {"retried", true}})
+                       : ErrorLine(req.id, st));
+    return;
+  }
+  std::vector<JobPtr> parts = env_.jobs->FindGroup(target.group);
+  if (parts.empty()) {
+    reply.Send(ErrorLine(req.id, Status::NotFound("no group \"" + target.group + "\"")));
+    return;
+  }
+  int64_t retried = 0, skipped = 0;
+  Status first;
+  for (const auto& job : parts) {
+    if (!retryable(job)) {
+      ++skipped;
+      continue;
+    }
+    Status st = Requeue(job, lane);
+    if (st.ok()) {
+      ++retried;
+    } else {
+      ++skipped;
+      if (first.ok()) first = st;
+    }
+  }
+  if (retried == 0 && !first.ok()) {
+    reply.Send(ErrorLine(req.id, first));
+    return;
+  }
+  reply.Send(OkLine(req.id, {{"group", target.group}, {"retried", retried}, {"skipped", skipped}}));
+}
+
+void MemoryStore::Delete(const Request& req, JobTarget target, const ControlServer::Reply& reply) {
+  std::vector<JobPtr> jobs;
+  if (!target.key.empty()) {
+    if (JobPtr j = env_.jobs->Find(target.key)) jobs.push_back(std::move(j));
+  } else {
+    jobs = env_.jobs->FindGroup(target.group);  // a copy: removing changes it
+  }
+  if (jobs.empty()) {
+    reply.Send(ErrorLine(
+        req.id, Status::NotFound(target.key.empty() ? "no group \"" + target.group + "\""
+                                                    : "no job with key \"" + target.key + "\"")));
+    return;
+  }
+  int64_t deleted = 0, skipped = 0;
+  for (const auto& job : jobs) {
+    if (IsTerminal(job->state)) {
+      env_.jobs->Remove(job);
+      ++deleted;
+    } else {
+      ++skipped;
+    }
+  }
+  reply.Send(OkLine(req.id, {{"deleted", deleted}, {"skipped", skipped}}));
 }
 
 void MemoryStore::OnJobFinished(const JobPtr& job, WorkOutcome outcome) {

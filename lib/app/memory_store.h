@@ -32,6 +32,12 @@ class MemoryStore final : public Store {
   void GetResult(const Request& req, ResultQuery query, const ControlServer::Reply& reply) override;
   void Cancel(const Request& req, const std::string& key,
               const ControlServer::Reply& reply) override;
+  void CancelGroup(const Request& req, const std::string& group,
+                   const ControlServer::Reply& reply) override;
+  void ListJobs(const Request& req, JobsQuery query, const ControlServer::Reply& reply) override;
+  void Retry(const Request& req, JobTarget target, Lane lane,
+             const ControlServer::Reply& reply) override;
+  void Delete(const Request& req, JobTarget target, const ControlServer::Reply& reply) override;
   void OnJobStarted(const JobPtr&) override {}
   bool MayStart(const JobRecord&) override { return true; }
   void OnJobFinished(const JobPtr& job, WorkOutcome outcome) override;
@@ -48,6 +54,12 @@ class MemoryStore final : public Store {
   struct PendingWait;
 
   Result<nlohmann::json> SubmitOne(const nlohmann::json& spec);
+  // A submit with "replace" of an existing key whose kind or input differ.
+  Result<nlohmann::json> Replace(const JobPtr& job, const nlohmann::json& spec);
+  // Queues a finished (or just taken out) job again; see JobTable::Requeue.
+  // A lane that is full ends it cancelled again with the reason.
+  Status Requeue(const JobPtr& job, Lane lane, std::string kind = {},
+                 std::shared_ptr<const nlohmann::json> input = nullptr);
   // A job whose retry backoff is over goes back into its lane.
   void OnRetryDue(JobPtr job);
   // Gives up a job at shutdown: with no store it cannot wait for a restart.

@@ -22,7 +22,9 @@
 //
 // The code is split by concern: pg_store.cpp (sessions, readiness, status,
 // shutdown), pg_store_jobs.cpp (submit, result, cancel, outcomes and their
-// rows), pg_store_claims.cpp (claims, leases, recovery, retention).
+// rows), pg_store_claims.cpp (claims, leases, recovery, retention),
+// pg_store_manage.cpp (the `jobs` list, retry, replace, group cancel,
+// delete: each one statement on the claims session).
 //
 // Loop thread only. Owns both PostgreSQL sessions, the JobStores on them, the
 // BatchWriter and its timers; destroyed after Close() and a loop run that
@@ -58,6 +60,12 @@ class PgStore final : public Store {
   void GetResult(const Request& req, ResultQuery query, const ControlServer::Reply& reply) override;
   void Cancel(const Request& req, const std::string& key,
               const ControlServer::Reply& reply) override;
+  void CancelGroup(const Request& req, const std::string& group,
+                   const ControlServer::Reply& reply) override;
+  void ListJobs(const Request& req, JobsQuery query, const ControlServer::Reply& reply) override;
+  void Retry(const Request& req, JobTarget target, Lane lane,
+             const ControlServer::Reply& reply) override;
+  void Delete(const Request& req, JobTarget target, const ControlServer::Reply& reply) override;
   void OnJobStarted(const JobPtr& job) override;
   bool MayStart(const JobRecord& job) override;
   void OnJobFinished(const JobPtr& job, WorkOutcome outcome) override;
@@ -127,12 +135,27 @@ class PgStore final : public Store {
   // empty) hears the row's outcome.
   void WriteFinish(const JobPtr& job, JobState state, nlohmann::json result, std::string error,
                    RowCallback then = {});
-  void WriteRequeue(const JobPtr& job, int64_t delay_ms, bool refund, std::string error);
+  void WriteRequeue(const JobPtr& job, int64_t delay_ms, bool refund, std::string error,
+                    RowCallback then = {});
   void Write(WriteRow row);
   Status WriteSubmit(WriteRow row);
   void FailPendingSubmits(const Status& why);
   void FlushPending();
   std::string UnavailableReason() const;
+
+  // pg_store_manage.cpp.
+  // Whether the claims session can take a management statement; else the
+  // unavailable error for `what` ("retry", ...).
+  Status ManageReady(const char* what) const;
+  // A submit with "replace" of a key whose row has another input: the row
+  // is queued again with `rep`; `done` gets the submit answer or the error.
+  void ReplaceJob(Replacement rep, std::function<void(Result<nlohmann::json>)> done);
+  // Jobs a by-request statement queued again: told as "queued", and their
+  // lane is claimed from at once.
+  void OnQueuedAgain(const std::vector<TouchedJob>& rows, Lane lane);
+  // A job this node claimed and has not started, cancelled by request:
+  // ended here and its cancelled row written; `then` hears the row.
+  void CancelHeldQueued(const JobPtr& job, RowCallback then);
 
   // pg_store_claims.cpp.
   // Claims for lanes at their low water; `poll`: also lanes whose last

@@ -87,6 +87,7 @@ void PgStore::Submit(const Request& req, std::vector<const nlohmann::json*> spec
     job.kind = SpecKind(spec);
     job.lane = SpecLane(spec);
     job.input = std::make_shared<const nlohmann::json>(SpecInput(spec));
+    job.input_hash = InputHash(job.kind, *job.input);
     job.max_attempts = cfg.backend.max_attempts;
     // When the lane's table holds nothing due and its ring has room, the
     // row is created claimed by this node: no claim round trip, no second
@@ -110,10 +111,13 @@ void PgStore::Submit(const Request& req, std::vector<const nlohmann::json*> spec
     std::string kind = job.kind;  // copied before `job` is moved below
     std::string group = job.group;
     Lane lane = job.lane;
+    // What a replacing submit puts in place of the row's input.
+    std::optional<Replacement> replace;
+    if (SpecReplace(spec)) replace = Replacement{key, kind, lane, job.input, job.input_hash};
     batch->answers[i] = {{"key", key}};
-    Status enq =
-        WriteSubmit(WriteRow::Submit(std::move(job), [this, batch, i, key, kind, group, lane,
-                                                      finish, own, queued_ns](const RowOutcome& o) {
+    Status enq = WriteSubmit(WriteRow::Submit(
+        std::move(job), [this, batch, i, key, kind, group, lane, finish, own, queued_ns,
+                         replace = std::move(replace)](const RowOutcome& o) {
           // Told before a job claimed at its insert can start here.
           if (o.status.ok() && o.inserted.created && o.inserted.id != 0 && env_.events != nullptr) {
             env_.events->Publish("queued",
@@ -125,7 +129,22 @@ void PgStore::Submit(const Request& req, std::vector<const nlohmann::json*> spec
             book_.SelfClaimAnswered(own->lane, o.status.code() == Status::Code::kUnavailable);
             if (adopted) AdoptOwnSubmit(*own, o.inserted, queued_ns);
           }
-          if (o.status.ok() && o.inserted.id == 0) {
+          if (o.status.ok() && o.inserted.id != 0 && o.inserted.conflict) {
+            if (!replace) {
+              batch->errors[i] = ConflictError(key);
+            } else {
+              // Answered once the row holds the new input.
+              ReplaceJob(*replace, [batch, i, finish](Result<nlohmann::json> r) {
+                if (r.ok()) {
+                  batch->answers[i] = std::move(r).value();
+                } else {
+                  batch->errors[i] = r.status();
+                }
+                if (--batch->waiting == 0) finish(batch);
+              });
+              return;
+            }
+          } else if (o.status.ok() && o.inserted.id == 0) {
             batch->errors[i] = Status::Unavailable(
                 "job " + key + " was deleted (retention) while this submit ran; submit again");
           } else if (o.status.ok()) {
@@ -344,22 +363,15 @@ void PgStore::Cancel(const Request& req, const std::string& key,
                      const ControlServer::Reply& reply) {
   if (JobPtr job = env_.jobs->Find(key)) {
     if (job->state == JobState::kQueued) {
-      // Claimed by this node, not started: finish it cancelled here (the
-      // dispatcher skips it in the ring), counted as the memory store counts.
-      job->user_cancelled = true;
-      env_.jobs->MarkCancelled(job, "cancelled by request before it ran");
-      ForgetClaim(job);
-      env_.dispatcher->Sweep();
-      WriteFinish(job, JobState::kCancelled, nullptr, "cancelled by request before it ran",
-                  [reply, id = req.id, key](const RowOutcome& o) {
-                    if (!o.status.ok()) {
-                      reply.Send(ErrorLine(id, o.status));
-                    } else {
-                      reply.Send(OkLine(id, {{"key", key},
-                                             {"status", o.accepted ? "cancelled" : "unknown"},
-                                             {"cancelled", o.accepted}}));
-                    }
-                  });
+      CancelHeldQueued(job, [reply, id = req.id, key](const RowOutcome& o) {
+        if (!o.status.ok()) {
+          reply.Send(ErrorLine(id, o.status));
+        } else {
+          reply.Send(OkLine(id, {{"key", key},
+                                 {"status", o.accepted ? "cancelled" : "unknown"},
+                                 {"cancelled", o.accepted}}));
+        }
+      });
       return;
     }
     if (job->state == JobState::kRunning) {
@@ -413,6 +425,17 @@ void PgStore::Cancel(const Request& req, const std::string& key,
         if (!ls.ok()) reply.Send(ErrorLine(id, ls));
       });
   if (!st.ok()) reply.Send(ErrorLine(req.id, st));
+}
+
+void PgStore::CancelHeldQueued(const JobPtr& job, RowCallback then) {
+  // Claimed by this node, not started: finish it cancelled here (the
+  // dispatcher skips it in the ring), counted as the memory store counts.
+  job->user_cancelled = true;
+  env_.jobs->MarkCancelled(job, "cancelled by request before it ran");
+  ForgetClaim(job);
+  env_.dispatcher->Sweep();
+  WriteFinish(job, JobState::kCancelled, nullptr, "cancelled by request before it ran",
+              std::move(then));
 }
 
 // ---------------------------------------------------------------- outcomes
@@ -557,18 +580,21 @@ void PgStore::WriteFinish(const JobPtr& job, JobState state, nlohmann::json resu
       }));
 }
 
-void PgStore::WriteRequeue(const JobPtr& job, int64_t delay_ms, bool refund, std::string error) {
+void PgStore::WriteRequeue(const JobPtr& job, int64_t delay_ms, bool refund, std::string error,
+                           RowCallback then) {
   RequeueRow row{job->row_id,      job->lease_token,     delay_ms,         refund,
                  std::move(error), job->started_unix_ms, job->busy_retries};
   row.preempted = job->preempted;
   book_.Unsettle(job->row_id, job->lease_token);
-  Write(WriteRow::Requeue(std::move(row), [this, id = job->row_id, token = job->lease_token,
-                                           lane = job->lane, delay_ms](const RowOutcome& o) {
-    book_.Settle(id, token);
-    // Due again at once: the next refill looks (a delayed one waits for the
-    // refill poll).
-    if (o.status.ok() && o.accepted && delay_ms <= 0) book_.MarkDue(lane);
-  }));
+  Write(WriteRow::Requeue(
+      std::move(row), [this, id = job->row_id, token = job->lease_token, lane = job->lane, delay_ms,
+                       then = std::move(then)](const RowOutcome& o) {
+        book_.Settle(id, token);
+        // Due again at once: the next refill looks (a delayed one waits for the
+        // refill poll).
+        if (o.status.ok() && o.accepted && delay_ms <= 0) book_.MarkDue(lane);
+        if (then) then(o);
+      }));
 }
 
 void PgStore::Write(WriteRow row) {

@@ -59,6 +59,12 @@ void Daemon::Handle(Request req, const PeerCred& peer, ControlServer::Reply repl
     OpResult(req, reply);
   } else if (req.op == "cancel") {
     OpCancel(req, reply);
+  } else if (req.op == "jobs") {
+    OpJobs(req, reply);
+  } else if (req.op == "retry") {
+    OpRetry(req, reply);
+  } else if (req.op == "delete") {
+    OpDelete(req, reply);
   } else if (req.op == "workers") {
     OpWorkers(req, reply);
   } else if (req.op == "reload") {
@@ -92,15 +98,16 @@ void Daemon::OpSubscribe(const Request& req, const ControlServer::Reply& reply) 
 nlohmann::json Daemon::HelloJson() const {
   nlohmann::json ops = nlohmann::json::array();
   for (std::string_view op : KnownOps()) ops.push_back(op);
-  return {{"protocol", kProtocolVersion},
-          {"version", DIGESTD_VERSION},
-          {"node_id", node_id_},
-          {"store", store_->StatusJson().value("store", "")},
-          {"ops", std::move(ops)},
-          {"kinds", JobKindRegistry::Global().List()},
-          {"features",
-           {"groups", "result_wait", "sync_submit", "promote_on_wait", "preemption",
-            "learned_capacity", "events"}}};
+  return {
+      {"protocol", kProtocolVersion},
+      {"version", DIGESTD_VERSION},
+      {"node_id", node_id_},
+      {"store", store_->StatusJson().value("store", "")},
+      {"ops", std::move(ops)},
+      {"kinds", JobKindRegistry::Global().List()},
+      {"features",
+       {"groups", "result_wait", "sync_submit", "promote_on_wait", "preemption", "learned_capacity",
+        "events", "jobs_list", "retry", "delete", "cancel_group", "submit_conflict"}}};
 }
 
 nlohmann::json Daemon::StatusJson() const {
@@ -277,14 +284,55 @@ void Daemon::OpResult(const Request& req, const ControlServer::Reply& reply) {
 }
 
 void Daemon::OpCancel(const Request& req, const ControlServer::Reply& reply) {
-  std::string key;
-  Status st = GetString(req.body, "key", &key, kMaxKeyBytes);
-  if (st.ok() && key.empty()) st = Status::BadRequest("cancel needs \"key\"");
+  Result<JobTarget> target = ParseJobTarget(req.body, "cancel");
+  if (!target.ok()) {
+    reply.Send(ErrorLine(req.id, target.status()));
+    return;
+  }
+  if (!target->group.empty()) {
+    store_->CancelGroup(req, target->group, reply);
+  } else {
+    store_->Cancel(req, target->key, reply);
+  }
+}
+
+void Daemon::OpJobs(const Request& req, const ControlServer::Reply& reply) {
+  Result<JobsQuery> query = ParseJobsQuery(req.body);
+  if (!query.ok()) {
+    reply.Send(ErrorLine(req.id, query.status()));
+    return;
+  }
+  store_->ListJobs(req, std::move(query).value(), reply);
+}
+
+void Daemon::OpRetry(const Request& req, const ControlServer::Reply& reply) {
+  if (phase_ != Phase::kRunning) {
+    reply.Send(ErrorLine(
+        req.id, Status::Unavailable("digestd is shutting down and queues nothing new; retry "
+                                    "once it has restarted")));
+    return;
+  }
+  Result<JobTarget> target = ParseJobTarget(req.body, "retry");
+  std::string lane = "background";
+  Status st = target.ok() ? GetString(req.body, "lane", &lane, 32) : target.status();
+  std::optional<Lane> parsed = ParseLane(lane);
+  if (st.ok() && !parsed) {
+    st = Status::BadRequest("\"lane\" must be \"interactive\" or \"background\"");
+  }
   if (!st.ok()) {
     reply.Send(ErrorLine(req.id, st));
     return;
   }
-  store_->Cancel(req, key, reply);
+  store_->Retry(req, std::move(target).value(), *parsed, reply);
+}
+
+void Daemon::OpDelete(const Request& req, const ControlServer::Reply& reply) {
+  Result<JobTarget> target = ParseJobTarget(req.body, "delete");
+  if (!target.ok()) {
+    reply.Send(ErrorLine(req.id, target.status()));
+    return;
+  }
+  store_->Delete(req, std::move(target).value(), reply);
 }
 
 void Daemon::OpWorkers(const Request& req, const ControlServer::Reply& reply) {

@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "app/job_query.h"
 #include "backend/backend_health.h"
 #include "config/config.h"
 #include "control/control_server.h"
@@ -89,6 +90,20 @@ class Store {
                          const ControlServer::Reply& reply) = 0;
   virtual void Cancel(const Request& req, const std::string& key,
                       const ControlServer::Reply& reply) = 0;
+  // `cancel` with a group: every queued job of it ends cancelled, every
+  // running one here is asked to stop. Answers {"group","cancelled","running"}
+  // (and "elsewhere": running on other daemons, not cancelled).
+  virtual void CancelGroup(const Request& req, const std::string& group,
+                           const ControlServer::Reply& reply) = 0;
+  // `jobs`: the jobs that match `query`, newest first, one page.
+  virtual void ListJobs(const Request& req, JobsQuery query, const ControlServer::Reply& reply) = 0;
+  // `retry`: a failed or cancelled job (or every one of a group) queued
+  // again on `lane` with its attempts reset; its error kept as last_error.
+  virtual void Retry(const Request& req, JobTarget target, Lane lane,
+                     const ControlServer::Reply& reply) = 0;
+  // `delete`: removes the finished jobs of the key or group; answers
+  // {"deleted","skipped"} (skipped: not finished).
+  virtual void Delete(const Request& req, JobTarget target, const ControlServer::Reply& reply) = 0;
   // A `result` waits for these jobs: the store moves the queued background
   // ones it keeps outside this node's rings to the interactive lane (the
   // Daemon promotes those in the rings). Default: nothing outside the rings.

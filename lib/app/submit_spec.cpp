@@ -17,16 +17,20 @@ std::optional<size_t> FirstControlChar(std::string_view s) {
 
 Status CheckJobSpec(const nlohmann::json& spec, const std::string& where, const Config& config) {
   if (!spec.is_object()) return Status::BadRequest(where + " must be an object");
-  static const char* kFields[] = {"op", "id", "kind", "key", "group", "lane", "input"};
+  static const char* kFields[] = {"op", "id", "kind", "key", "group", "lane", "input", "replace"};
   for (const auto& item : spec.items()) {
     const std::string& k = item.key();
     if (std::find_if(std::begin(kFields), std::end(kFields),
                      [&k](const char* f) { return k == f; }) == std::end(kFields)) {
       return Status::BadRequest(where + "." + k +
-                                " is not a submit field; use kind, key, group, lane, input");
+                                " is not a submit field; use kind, key, group, lane, input, "
+                                "replace");
     }
   }
   std::string kind, key, group, lane = "background";
+  if (auto r = spec.find("replace"); r != spec.end() && !r->is_null() && !r->is_boolean()) {
+    return Status::BadRequest(where + ": \"replace\" must be true or false, not " + r->type_name());
+  }
   auto prefix = [&](Status st) {
     return st.ok() ? st : Status::BadRequest(where + ": " + st.message());
   };
@@ -121,6 +125,17 @@ std::string SpecKind(const nlohmann::json& spec) {
 
 Lane SpecLane(const nlohmann::json& spec) {
   return ParseLane(StringOr(spec, "lane", "background")).value_or(Lane::kBackground);
+}
+
+bool SpecReplace(const nlohmann::json& spec) {
+  auto r = spec.find("replace");
+  return r != spec.end() && r->is_boolean() && r->get<bool>();
+}
+
+Status ConflictError(const std::string& key) {
+  return Status::Conflict("job \"" + key +
+                          "\" already exists with another kind or input; submit it with "
+                          "\"replace\": true to run it again with this input, or use a new key");
 }
 
 nlohmann::json SpecInput(const nlohmann::json& spec) {

@@ -43,5 +43,10 @@ std::string SpecGroup(const nlohmann::json& spec);
 std::string SpecKind(const nlohmann::json& spec);
 Lane SpecLane(const nlohmann::json& spec);
 nlohmann::json SpecInput(const nlohmann::json& spec);  // {} when absent
+// "replace": true -- a key that exists with another kind or input is run
+// again with this one instead of answering `conflict`.
+bool SpecReplace(const nlohmann::json& spec);
+// The `conflict` error for `key`.
+Status ConflictError(const std::string& key);
 
 }  // namespace digestd

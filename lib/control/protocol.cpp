@@ -16,14 +16,15 @@ std::string Dump(const nlohmann::json& j) {
 }  // namespace
 
 const std::vector<std::string_view>& KnownOps() {
-  static const std::vector<std::string_view> ops = {"hello",  "ping",     "status",  "submit",
-                                                    "result", "cancel",   "workers", "reload",
-                                                    "drain",  "subscribe"};
+  static const std::vector<std::string_view> ops = {
+      "hello", "ping",   "status",  "submit", "result", "jobs",     "cancel",
+      "retry", "delete", "workers", "reload", "drain",  "subscribe"};
   return ops;
 }
 
 bool IsMutatingOp(std::string_view op) {
-  return op == "submit" || op == "cancel" || op == "workers" || op == "reload" || op == "drain";
+  return op == "submit" || op == "cancel" || op == "retry" || op == "delete" || op == "workers" ||
+         op == "reload" || op == "drain";
 }
 
 ParsedLine ParseRequestLine(std::string_view line) {

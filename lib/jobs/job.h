@@ -32,6 +32,13 @@ inline bool IsTerminal(JobState s) {
   return s == JobState::kDone || s == JobState::kFailed || s == JobState::kCancelled;
 }
 
+// What a submit's conflict check compares: a 64-bit FNV-1a hash of the kind,
+// a NUL, and the input's compact JSON (object members sorted by name, so
+// equal inputs hash alike however their members were ordered). Stable
+// across builds: the PostgreSQL store keeps it in the row. Not a defence
+// against anyone crafting collisions; keys are the caller's own.
+uint64_t InputHash(std::string_view kind, const nlohmann::json& input);
+
 // Monotonic nanoseconds (uv_hrtime).
 using Nanos = uint64_t;
 
@@ -47,6 +54,9 @@ struct JobRecord {
   int busy_retries = 0;   // times the backend said it was busy (429/503)
   nlohmann::json result;  // set when done
   std::string error;      // set when failed or cancelled
+  // A retried (or replaced) job's error from before, kept until it ends again.
+  std::string last_error;
+  uint64_t input_hash = 0;  // InputHash(kind, *input)
   Nanos submitted_at = 0;
   Nanos started_at = 0;
   Nanos finished_at = 0;

@@ -31,6 +31,7 @@ JobPtr JobTable::Create(std::string key, std::string group, std::string kind, La
   job->kind = std::move(kind);
   job->lane = lane;
   job->input = std::make_shared<const nlohmann::json>(std::move(input));
+  job->input_hash = InputHash(job->kind, *job->input);
   job->submitted_at = uv_hrtime();
   job->submitted_unix_ms = UnixMillis();
   by_key_[job->key] = job;
@@ -46,6 +47,45 @@ JobTally& JobTable::Tally(std::string_view kind, Lane lane) {
   if (it == tallies_.end())
     it = tallies_.emplace(std::string(kind), std::array<JobTally, kLaneCount>{}).first;
   return it->second[static_cast<int>(lane)];
+}
+
+void JobTable::ForEach(const std::function<void(const JobPtr&)>& fn) const {
+  for (const auto& [key, job] : by_key_) fn(job);
+}
+
+void JobTable::Requeue(const JobPtr& job, Lane lane, std::string kind,
+                       std::shared_ptr<const nlohmann::json> input) {
+  finished_.erase(std::remove(finished_.begin(), finished_.end(), job), finished_.end());
+  if (input) {
+    if (!kind.empty()) job->kind = std::move(kind);
+    job->input = std::move(input);
+    job->input_hash = InputHash(job->kind, *job->input);
+    job->model_resolved = false;  // the new input may name another model
+    job->model.clear();
+    job->embedding_model = false;
+  }
+  if (!job->error.empty()) job->last_error = std::move(job->error);
+  job->error.clear();
+  job->result = nullptr;
+  job->lane = lane;
+  job->state = JobState::kQueued;
+  job->attempts = 0;
+  job->busy_retries = 0;
+  job->started_at = 0;
+  job->finished_at = 0;
+  // Latency counts from the new start of the queue; submitted_unix_ms keeps
+  // the first submit (the order `jobs` lists in).
+  job->submitted_at = uv_hrtime();
+  job->user_cancelled = false;
+  job->lease_lost = false;
+  // The flag of the attempt that was cancelled stays set for its worker.
+  job->cancel = std::make_shared<std::atomic<bool>>(false);
+  Notify("queued", *job);
+}
+
+void JobTable::Remove(const JobPtr& job) {
+  Drop(job);
+  Notify("deleted", *job);
 }
 
 void JobTable::Forget(const JobPtr& job) {
@@ -96,6 +136,7 @@ void JobTable::MarkRunning(const JobPtr& job) {
 
 void JobTable::MarkFinished(const JobPtr& job, WorkOutcome outcome) {
   if (job->state == JobState::kRunning) --counters_.running;
+  job->last_error.clear();
   job->finished_at = uv_hrtime();
   JobTally& tally = Tally(job->kind, job->lane);
   switch (outcome.kind) {
@@ -170,6 +211,7 @@ void JobTable::MarkReleased(const JobPtr& job) {
 void JobTable::MarkCancelled(const JobPtr& job, const std::string& why) {
   job->state = JobState::kCancelled;
   job->error = why;
+  job->last_error.clear();
   job->finished_at = uv_hrtime();
   ++counters_.cancelled;
   ++Tally(job->kind, job->lane).cancelled;

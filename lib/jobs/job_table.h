@@ -84,6 +84,19 @@ class JobTable {
   // Creates a queued record. The key must not exist (check with Find).
   JobPtr Create(std::string key, std::string group, std::string kind, Lane lane,
                 nlohmann::json input);
+  // Every known job, in no particular order. `fn` must not change the table.
+  void ForEach(const std::function<void(const JobPtr&)>& fn) const;
+  // A finished job (done, failed or cancelled) is queued again under its key
+  // (`retry`, or a submit with "replace"): attempts and busy retries start
+  // from 0, its error is kept as last_error, its result is dropped, and it
+  // leaves the finished jobs retention counts. `input`, when not null,
+  // replaces its input (the kind may change with it). Tells the observer
+  // "queued". The caller puts it in a ring.
+  void Requeue(const JobPtr& job, Lane lane, std::string kind = {},
+               std::shared_ptr<const nlohmann::json> input = nullptr);
+  // Removes a finished job for good (`delete`): gone from Find and
+  // FindGroup; tells the observer "deleted".
+  void Remove(const JobPtr& job);
   // Forgets a record that was never acknowledged (its enqueue failed).
   void Forget(const JobPtr& job);
   // Takes in a record made elsewhere (a job claimed from PostgreSQL),

@@ -264,6 +264,7 @@ void BatchWriter::StartFlush() {
       submits.push_back(*s);
       NewJob key_only;
       key_only.key = s->key;
+      key_only.input_hash = s->input_hash;
       flight->submits.push_back(std::move(key_only));
       ++batch_submits;
     } else if (auto* f = std::get_if<FinishRow>(&row)) {

@@ -1,5 +1,6 @@
 #include "store/job_store.h"
 
+#include <algorithm>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -17,7 +18,8 @@ constexpr const char* kColumns =
     "coalesce((extract(epoch FROM started_at) * 1000)::bigint, 0), "
     "coalesce((extract(epoch FROM finished_at) * 1000)::bigint, 0), "
     "(extract(epoch FROM run_after) * 1000)::bigint AS run_after_ms, lost_unstarted, "
-    "busy_retries, preempted";
+    "busy_retries, preempted, coalesce(last_error, ''), "
+    "(extract(epoch FROM created_at) * 1000000)::bigint AS created_us";
 
 const std::string kReplacement = "\xEF\xBF\xBD";  // U+FFFD
 
@@ -91,6 +93,8 @@ StoredJob ParseStored(const PgResult& r, int row) {
   j.lost_unstarted = static_cast<int>(r.Int(row, 17));
   j.busy_retries = static_cast<int>(r.Int(row, 18));
   j.preempted = static_cast<int>(r.Int(row, 19));
+  j.last_error = std::string(r.Text(row, 20));
+  j.created_at_us = r.Int(row, 21);
   return j;
 }
 
@@ -124,7 +128,7 @@ const char* kFinishSql = R"(WITH u AS (
          finished_ms bigint, preempted integer)
 ), upd AS (
   UPDATE digestd.jobs j
-     SET status = u.status, result = u.result, error = u.error,
+     SET status = u.status, result = u.result, error = u.error, last_error = NULL,
          attempts = j.attempts + CASE WHEN u.started_ms > 0 AND j.started_at IS NULL
                                       THEN 1 ELSE 0 END,
          started_at = CASE WHEN u.started_ms > 0
@@ -206,7 +210,8 @@ RETURNING j.id)";
 // started: no attempt spent yet).
 const char* kInsertSql =
     R"(INSERT INTO digestd.jobs (key, group_key, kind, lane, input, max_attempts, status,
-                          attempts, lease_owner, lease_until, lease_token, started_at)
+                          attempts, lease_owner, lease_until, lease_token, started_at,
+                          input_hash)
 SELECT t.key, t.group_key, t.kind, t.lane, coalesce(t.input, '{}'::jsonb), t.max_attempts,
        CASE WHEN t.owner IS NULL THEN 'queued' ELSE 'running' END,
        0,
@@ -214,20 +219,33 @@ SELECT t.key, t.group_key, t.kind, t.lane, coalesce(t.input, '{}'::jsonb), t.max
        CASE WHEN t.owner IS NULL THEN NULL
             ELSE now() + t.lease_s * interval '1 second' END,
        CASE WHEN t.owner IS NULL THEN 0 ELSE nextval('digestd.lease_token_seq') END,
-       NULL
+       NULL, t.input_hash
   FROM jsonb_to_recordset($1::jsonb)
     AS t(ord integer, key text, group_key text, kind text, lane smallint, input jsonb,
-         max_attempts integer, owner text, lease_s integer)
+         max_attempts integer, owner text, lease_s integer, input_hash bigint)
  ORDER BY t.ord
 ON CONFLICT (key) DO NOTHING
 RETURNING key, lease_token)";
 
 // A separate statement, so it takes a fresh snapshot: it also sees a row that
 // a concurrent transaction committed while our INSERT waited on its key.
-const char* kFindKeysSql = R"(SELECT id, key, status FROM digestd.jobs
+const char* kFindKeysSql = R"(SELECT id, key, status, input_hash FROM digestd.jobs
  WHERE key = ANY (ARRAY(SELECT jsonb_array_elements_text($1::jsonb))))";
 
 }  // namespace
+
+bool JobsQuery::Matches(JobState state, const std::string& key, const std::string& job_group,
+                        const std::string& job_kind, Lane job_lane, int64_t age_ms) const {
+  if (!states.empty() && std::find(states.begin(), states.end(), state) == states.end())
+    return false;
+  if (!group.empty() && job_group != group) return false;
+  if (!kind.empty() && job_kind != kind) return false;
+  if (lane && job_lane != *lane) return false;
+  if (!key_prefix.empty() && key.compare(0, key_prefix.size(), key_prefix) != 0) return false;
+  if (max_age_s >= 0 && age_ms > max_age_s * 1000) return false;
+  if (min_age_s >= 0 && age_ms < min_age_s * 1000) return false;
+  return true;
+}
 
 std::optional<JobState> ParseJobState(std::string_view name) {
   if (name == "queued") return JobState::kQueued;
@@ -249,7 +267,8 @@ std::vector<PgStatement> JobStore::InsertStatements(const std::vector<NewJob>& j
                           {"key", j.key},
                           {"kind", j.kind},
                           {"lane", static_cast<int>(j.lane)},
-                          {"max_attempts", j.max_attempts}};
+                          {"max_attempts", j.max_attempts},
+                          {"input_hash", static_cast<int64_t>(j.input_hash)}};
     if (!j.group.empty()) row["group_key"] = j.group;
     if (j.input) row["input"] = *j.input;
     if (!j.claim_owner.empty()) {
@@ -272,11 +291,18 @@ Result<std::vector<InsertedJob>> JobStore::ParseInsert(const std::vector<NewJob>
   for (int i = 0; i < inserted.rows(); ++i) {
     created.emplace(std::string(inserted.Text(i, 0)), inserted.Int(i, 1));
   }
-  std::unordered_map<std::string, std::pair<uint64_t, JobState>> rows;
+  struct Found {
+    uint64_t id;
+    JobState state;
+    std::optional<int64_t> hash;  // none: a row from before input hashes
+  };
+  std::unordered_map<std::string, Found> rows;
   for (int i = 0; i < found.rows(); ++i) {
+    std::optional<int64_t> hash;
+    if (found.cols() > 3 && !found.IsNull(i, 3)) hash = found.Int(i, 3);
     rows.emplace(std::string(found.Text(i, 1)),
-                 std::make_pair(static_cast<uint64_t>(found.Int(i, 0)),
-                                ParseJobState(found.Text(i, 2)).value_or(JobState::kQueued)));
+                 Found{static_cast<uint64_t>(found.Int(i, 0)),
+                       ParseJobState(found.Text(i, 2)).value_or(JobState::kQueued), hash});
   }
   std::vector<InsertedJob> out;
   out.reserve(jobs.size());
@@ -291,8 +317,10 @@ Result<std::vector<InsertedJob>> JobStore::ParseInsert(const std::vector<NewJob>
     }
     auto it = rows.find(j.key);
     if (it != rows.end()) {
-      r.id = it->second.first;
-      r.status = it->second.second;
+      r.id = it->second.id;
+      r.status = it->second.state;
+      r.conflict =
+          !r.created && it->second.hash && *it->second.hash != static_cast<int64_t>(j.input_hash);
     }
     out.push_back(r);
   }
@@ -611,7 +639,8 @@ Status JobStore::CancelQueued(std::string key, std::string why,
                               Callback<std::optional<StoredJob>> done) {
   std::string sql = std::string(R"(WITH c AS (
   UPDATE digestd.jobs
-     SET status = 'cancelled', error = $2, finished_at = now(), updated_at = now()
+     SET status = 'cancelled', error = $2, last_error = NULL, finished_at = now(),
+         updated_at = now()
    WHERE key = $1 AND status = 'queued'
   RETURNING *
 ), n AS (
@@ -626,6 +655,233 @@ SELECT )") + kColumns +
         std::vector<StoredJob> rows = ParseStoredRows(*r);
         if (rows.empty()) return done(std::optional<StoredJob>());
         done(std::optional<StoredJob>(std::move(rows.front())));
+      });
+}
+
+}  // namespace digestd
+
+namespace digestd {
+
+namespace {
+
+// Every `retry`, replace and `delete` statement answers with the rows it
+// looked at, in this shape (ParseTouched), read before its change.
+constexpr const char* kTouchedColumns =
+    "j.id, j.key, coalesce(j.group_key, ''), j.kind, j.lane, j.status, j.attempts, "
+    "coalesce(j.error, ''), coalesce(j.lease_owner, ''), j.started_at IS NOT NULL, "
+    "r.id IS NOT NULL";
+
+// What a job queued again by request starts from: no attempts, busy
+// retries or lost claims, no result; its error kept as last_error.
+constexpr const char* kQueuedAgain =
+    "status = 'queued', attempts = 0, busy_retries = 0, lost_unstarted = 0, "
+    "last_error = coalesce(j.error, j.last_error), error = NULL, result = NULL, "
+    "started_at = NULL, finished_at = NULL, run_after = now(), lease_owner = NULL, "
+    "lease_until = NULL, updated_at = now()";
+
+std::vector<TouchedJob> ParseTouched(const PgResult& r) {
+  std::vector<TouchedJob> out;
+  for (int i = 0; i < r.rows(); ++i) {
+    TouchedJob t;
+    t.job.id = static_cast<uint64_t>(r.Int(i, 0));
+    t.job.key = std::string(r.Text(i, 1));
+    t.job.group = std::string(r.Text(i, 2));
+    t.job.kind = std::string(r.Text(i, 3));
+    t.job.lane = r.Int(i, 4) == 0 ? Lane::kInteractive : Lane::kBackground;
+    t.job.state = ParseJobState(r.Text(i, 5)).value_or(JobState::kQueued);
+    t.job.attempts = static_cast<int>(r.Int(i, 6));
+    t.job.error = std::string(r.Text(i, 7));
+    t.job.lease_owner = std::string(r.Text(i, 8));
+    t.job.started_at_ms = r.Bool(i, 9) ? 1 : 0;
+    t.changed = r.Bool(i, 10);
+    out.push_back(std::move(t));
+  }
+  return out;
+}
+
+// "key = $1" or "group_key = $1": the rows a by-request statement acts on.
+std::string TargetRows(bool by_key) {
+  return std::string("SELECT id FROM digestd.jobs WHERE ") +
+         (by_key ? "key = $1" : "group_key = $1");
+}
+
+}  // namespace
+
+PgStatement JobStore::ListJobsStatement(const JobsQuery& query) {
+  std::vector<std::optional<std::string>> params;
+  auto param = [&params](std::string value) {
+    params.emplace_back(std::move(value));
+    return "$" + std::to_string(params.size());
+  };
+  std::string where = "true";
+  if (!query.states.empty()) {
+    // A row claimed by a node that has not started it is queued to anyone
+    // who asks (the job view says so too); the table calls it running only
+    // to hold the lease.
+    std::string any;
+    for (JobState s : query.states) {
+      std::string one = s == JobState::kQueued
+                            ? "status = 'queued' OR (status = 'running' AND started_at IS NULL)"
+                        : s == JobState::kRunning
+                            ? "(status = 'running' AND started_at IS NOT NULL)"
+                            : "status = '" + std::string(JobStateName(s)) + "'";
+      any += (any.empty() ? "" : " OR ") + one;
+    }
+    where += " AND (" + any + ")";
+  }
+  if (!query.group.empty()) where += " AND group_key = " + param(Text(query.group));
+  if (!query.kind.empty()) where += " AND kind = " + param(Text(query.kind));
+  if (query.lane) where += " AND lane = " + param(std::to_string(static_cast<int>(*query.lane)));
+  if (!query.key_prefix.empty()) {
+    // Compared as a prefix, not with LIKE: no character of the key is a
+    // pattern, whatever it holds.
+    std::string p = param(Text(query.key_prefix));
+    where += " AND left(key, length(" + p + "::text)) = " + p;
+  }
+  if (query.max_age_s >= 0) {
+    where += " AND created_at >= now() - " + param(std::to_string(query.max_age_s)) +
+             "::double precision * interval '1 second'";
+  }
+  if (query.min_age_s >= 0) {
+    where += " AND created_at <= now() - " + param(std::to_string(query.min_age_s)) +
+             "::double precision * interval '1 second'";
+  }
+  if (query.after) {
+    // The cursor's time is exact: microseconds below 2^53 survive the
+    // double the interval product goes through.
+    where += " AND (created_at, id) < (timestamptz 'epoch' + " +
+             param(std::to_string(query.after->submitted_us)) +
+             "::bigint * interval '1 microsecond', " + param(std::to_string(query.after->id)) +
+             "::bigint)";
+  }
+  std::string sql = std::string("SELECT ") + kColumns + " FROM digestd.jobs WHERE " + where +
+                    " ORDER BY created_at DESC, id DESC LIMIT " +
+                    param(std::to_string(query.limit + 1));
+  // Not prepared: the text differs with the filters.
+  return PgStatement{std::move(sql), std::move(params), {}};
+}
+
+Status JobStore::ListJobs(const JobsQuery& query, Callback<std::vector<StoredJob>> done) {
+  return conn_.Query(ListJobsStatement(query), [done = std::move(done)](Result<PgResult> r) {
+    if (!r.ok()) return done(r.status());
+    done(ParseStoredRows(*r));
+  });
+}
+
+Status JobStore::Retry(std::string key, std::string group, Lane lane,
+                       Callback<std::vector<TouchedJob>> done) {
+  bool by_key = !key.empty();
+  std::string sql = "WITH t AS (" + TargetRows(by_key) +
+                    "), r AS (\n  UPDATE digestd.jobs j SET lane = $2, " + kQueuedAgain +
+                    "\n    FROM t WHERE j.id = t.id AND j.status IN ('failed', 'cancelled')"
+                    "\n  RETURNING j.id\n)\nSELECT " +
+                    kTouchedColumns +
+                    " FROM digestd.jobs j JOIN t ON t.id = j.id LEFT JOIN r ON r.id = j.id "
+                    "ORDER BY j.id";
+  return conn_.Query(Stmt(by_key ? "digestd_retry_key" : "digestd_retry_group", std::move(sql),
+                          {Text(by_key ? std::move(key) : std::move(group)),
+                           std::to_string(static_cast<int>(lane))}),
+                     [done = std::move(done)](Result<PgResult> r) {
+                       if (!r.ok()) return done(r.status());
+                       done(ParseTouched(*r));
+                     });
+}
+
+Status JobStore::Replace(Replacement rep, Callback<std::vector<TouchedJob>> done) {
+  std::string sql = "WITH t AS (" + TargetRows(true) +
+                    "), r AS (\n  UPDATE digestd.jobs j SET kind = $2, lane = $3, "
+                    "input = coalesce($4::jsonb, '{}'::jsonb), input_hash = $5, " +
+                    kQueuedAgain +
+                    "\n    FROM t WHERE j.id = t.id"
+                    // A claimed row is some node's to run: not replaced.
+                    "\n     AND j.status IN ('queued', 'done', 'failed', 'cancelled')"
+                    "\n  RETURNING j.id\n)\nSELECT " +
+                    kTouchedColumns +
+                    " FROM digestd.jobs j JOIN t ON t.id = j.id LEFT JOIN r ON r.id = j.id";
+  std::optional<std::string> input;
+  if (rep.input) input = Dump(*rep.input);
+  return conn_.Query(Stmt("digestd_replace", std::move(sql),
+                          {Text(std::move(rep.key)), Text(std::move(rep.kind)),
+                           std::to_string(static_cast<int>(rep.lane)), std::move(input),
+                           std::to_string(static_cast<int64_t>(rep.input_hash))}),
+                     [done = std::move(done)](Result<PgResult> r) {
+                       if (!r.ok()) return done(r.status());
+                       done(ParseTouched(*r));
+                     });
+}
+
+Status JobStore::DeleteFinished(std::string key, std::string group,
+                                Callback<std::pair<std::vector<StoredJob>, int64_t>> done) {
+  bool by_key = !key.empty();
+  std::string sql = "WITH t AS (" + TargetRows(by_key) + R"(), d AS (
+  DELETE FROM digestd.jobs j USING t
+   WHERE j.id = t.id AND j.status IN ('done', 'failed', 'cancelled')
+  RETURNING j.key, coalesce(j.group_key, '') AS g, j.kind, j.lane
+)
+SELECT 'd', key, g, kind, lane::bigint FROM d
+UNION ALL
+SELECT 't', '', '', '', count(*) FROM t)";
+  return conn_.Query(Stmt(by_key ? "digestd_delete_key" : "digestd_delete_group", std::move(sql),
+                          {Text(by_key ? std::move(key) : std::move(group))}),
+                     [done = std::move(done)](Result<PgResult> r) {
+                       if (!r.ok()) return done(r.status());
+                       std::pair<std::vector<StoredJob>, int64_t> out{{}, 0};
+                       for (int i = 0; i < r->rows(); ++i) {
+                         if (r->Text(i, 0) == "t") {
+                           out.second = r->Int(i, 4);
+                           continue;
+                         }
+                         StoredJob j;
+                         j.key = std::string(r->Text(i, 1));
+                         j.group = std::string(r->Text(i, 2));
+                         j.kind = std::string(r->Text(i, 3));
+                         j.lane = r->Int(i, 4) == 0 ? Lane::kInteractive : Lane::kBackground;
+                         out.first.push_back(std::move(j));
+                       }
+                       done(std::move(out));
+                     });
+}
+
+Status JobStore::CancelGroupQueued(std::string group, std::string why, Callback<GroupCancel> done) {
+  const char* sql = R"(WITH c AS (
+  UPDATE digestd.jobs
+     SET status = 'cancelled', error = $2, last_error = NULL, finished_at = now(),
+         updated_at = now()
+   WHERE group_key = $1 AND status = 'queued'
+  RETURNING key, coalesce(group_key, '') AS g, kind, lane, attempts
+), n AS (
+  SELECT pg_notify('digestd_done', json_build_array(key)::text) FROM c
+)
+SELECT 'c', key, g, kind, lane::bigint, attempts::bigint FROM c, (SELECT count(*) FROM n) AS x
+UNION ALL
+SELECT 'e', coalesce(string_agg(DISTINCT lease_owner, ','), ''), '', '', count(*), 0
+  FROM digestd.jobs WHERE group_key = $1 AND status = 'running' AND lease_owner <> $3
+UNION ALL
+SELECT 't', '', '', '', count(*), 0 FROM digestd.jobs WHERE group_key = $1)";
+  return conn_.Query(
+      Stmt("digestd_cancel_group", sql, {Text(std::move(group)), Text(std::move(why)), node_id_}),
+      [done = std::move(done)](Result<PgResult> r) {
+        if (!r.ok()) return done(r.status());
+        GroupCancel out;
+        for (int i = 0; i < r->rows(); ++i) {
+          std::string_view tag = r->Text(i, 0);
+          if (tag == "e") {
+            out.elsewhere = r->Int(i, 4);
+            out.elsewhere_nodes = std::string(r->Text(i, 1));
+          } else if (tag == "t") {
+            out.total = r->Int(i, 4);
+          } else {
+            StoredJob j;
+            j.key = std::string(r->Text(i, 1));
+            j.group = std::string(r->Text(i, 2));
+            j.kind = std::string(r->Text(i, 3));
+            j.lane = r->Int(i, 4) == 0 ? Lane::kInteractive : Lane::kBackground;
+            j.attempts = static_cast<int>(r->Int(i, 5));
+            j.state = JobState::kCancelled;
+            out.cancelled.push_back(std::move(j));
+          }
+        }
+        done(std::move(out));
       });
 }
 

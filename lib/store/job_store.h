@@ -59,6 +59,40 @@
 
 namespace digestd {
 
+// The `jobs` op's filters and page (checked by ParseJobsQuery in
+// app/job_query.h), answered by both stores.
+inline constexpr int64_t kJobsDefaultLimit = 50;
+inline constexpr int64_t kJobsMaxLimit = 500;
+
+// A position in the `jobs` order: newest first by submit time, then by id.
+struct JobsCursor {
+  int64_t submitted_us = 0;  // Unix microseconds of the submit
+  uint64_t id = 0;           // the store's id of the job (row id, record id)
+};
+
+// A `jobs` request.
+struct JobsQuery {
+  std::vector<JobState> states;  // empty: any state
+  std::string group;             // "": any
+  std::string kind;
+  std::optional<Lane> lane;
+  std::string key_prefix;
+  int64_t max_age_s = -1;  // >= 0: submitted at most this many seconds ago
+  int64_t min_age_s = -1;  // >= 0: submitted at least this many seconds ago
+  int64_t limit = kJobsDefaultLimit;
+  std::optional<JobsCursor> after;  // the page after this position
+
+  // Whether a job with these fields passes every filter but the cursor.
+  // `age_ms` is now minus its submit time.
+  bool Matches(JobState state, const std::string& key, const std::string& job_group,
+               const std::string& job_kind, Lane job_lane, int64_t age_ms) const;
+};
+
+// Whether `a` comes before `b` in the `jobs` order (newer first).
+inline bool Before(const JobsCursor& a, const JobsCursor& b) {
+  return a.submitted_us != b.submitted_us ? a.submitted_us > b.submitted_us : a.id > b.id;
+}
+
 // A job to insert (a submit).
 struct NewJob {
   std::string key;
@@ -66,6 +100,7 @@ struct NewJob {
   std::string kind;
   Lane lane = Lane::kBackground;
   std::shared_ptr<const nlohmann::json> input;  // null: {}
+  uint64_t input_hash = 0;  // InputHash(kind, input): a later submit of the key is compared to it
   int max_attempts = 3;
   // Non-empty: the row is created already claimed by this node (running,
   // not started, a fresh lease token, lease for lease_s seconds) -- for a
@@ -81,6 +116,9 @@ struct InsertedJob {
   bool created = false;  // false: the key existed and nothing was written
   JobState status = JobState::kQueued;  // the row's status (the existing row's when !created)
   int64_t lease_token = 0;              // created with claim_owner: the claim's token; else 0
+  // !created: the existing row has another input hash (rows from before
+  // schema version 4 have none and never conflict).
+  bool conflict = false;
 };
 
 // A job row as read back (Claim, Lookup, LookupGroup).
@@ -102,9 +140,35 @@ struct StoredJob {
   int64_t started_at_ms = 0;
   int64_t finished_at_ms = 0;
   int64_t run_after_ms = 0;
-  int lost_unstarted = 0;  // claims lost before their start was recorded
-  int busy_retries = 0;    // busy answers so far (the backoff's exponent)
-  int preempted = 0;       // attempts aborted for interactive work (no attempt spent)
+  int lost_unstarted = 0;     // claims lost before their start was recorded
+  int busy_retries = 0;       // busy answers so far (the backoff's exponent)
+  int preempted = 0;          // attempts aborted for interactive work (no attempt spent)
+  std::string last_error;     // the error from before a retry or replace
+  int64_t created_at_us = 0;  // created_at in Unix microseconds (the `jobs` cursor)
+};
+
+// A job that `retry`, a replacing submit or `delete` looked at, and whether
+// the statement changed it (`state` is the state before).
+struct TouchedJob {
+  StoredJob job;  // id, key, group, kind, lane, state, attempts, error, lease_owner, started_at
+  bool changed = false;
+};
+
+// A replacing submit's new content for an existing key.
+struct Replacement {
+  std::string key;
+  std::string kind;
+  Lane lane = Lane::kBackground;
+  std::shared_ptr<const nlohmann::json> input;
+  uint64_t input_hash = 0;
+};
+
+// What a group cancel in the table found.
+struct GroupCancel {
+  std::vector<StoredJob> cancelled;  // queued rows now cancelled (key, group, kind, lane, attempts)
+  int64_t elsewhere = 0;             // running under another node's lease
+  std::string elsewhere_nodes;       // those nodes, comma-separated
+  int64_t total = 0;                 // rows of the group
 };
 
 // A claim this node holds.
@@ -228,6 +292,34 @@ class JobStore {
   // nullopt when nothing queued had the key. The key is NOTIFYed.
   [[nodiscard]] Status CancelQueued(std::string key, std::string why,
                                     Callback<std::optional<StoredJob>> done);
+  // `jobs`: one page of jobs matching `query`, newest first (created_at,
+  // then id), at most query.limit + 1 rows (the extra one says there is a
+  // next page). The statement is built per query (only the filters it
+  // has), so the planner sees the real conditions; jobs_created serves the
+  // order and the cursor.
+  [[nodiscard]] Status ListJobs(const JobsQuery& query, Callback<std::vector<StoredJob>> done);
+  // Its statement, for plan checks.
+  static PgStatement ListJobsStatement(const JobsQuery& query);
+  // `retry`: the failed or cancelled jobs with `key` (or, when key is empty,
+  // in `group`) go back to `queued` on `lane`, due now, attempts and busy
+  // retries at 0, their error moved to last_error. `done` gets every job of
+  // the key or group with whether it was retried; empty: none exists.
+  [[nodiscard]] Status Retry(std::string key, std::string group, Lane lane,
+                             Callback<std::vector<TouchedJob>> done);
+  // A replacing submit: the row with r.key, when it is finished or queued
+  // (not claimed by any node), gets the new kind and input and is queued as
+  // Retry queues. `done` gets the row, changed or not; empty: no such key.
+  [[nodiscard]] Status Replace(Replacement r, Callback<std::vector<TouchedJob>> done);
+  // `delete`: removes the finished rows with `key` (or in `group`). `done`
+  // gets the deleted rows (key, group, kind, lane) and, in `total`, how many
+  // rows the key or group had.
+  [[nodiscard]] Status DeleteFinished(std::string key, std::string group,
+                                      Callback<std::pair<std::vector<StoredJob>, int64_t>> done);
+  // `cancel` of a group: its queued rows end cancelled with `why` (their
+  // keys NOTIFYed); rows running under other nodes are counted.
+  [[nodiscard]] Status CancelGroupQueued(std::string group, std::string why,
+                                         Callback<GroupCancel> done);
+
   // Moves the queued background jobs with `key` (or, when key is empty, in
   // `group`) to the interactive lane; `done` gets how many moved.
   [[nodiscard]] Status PromoteQueued(std::string key, std::string group, Callback<int64_t> done);

@@ -123,6 +123,27 @@ const std::vector<Migration>& Migrations() {
            "COMMENT ON COLUMN digestd.jobs.preempted IS 'times a background attempt was "
            "aborted so an interactive job could start; such an attempt is not counted'",
        }},
+      {4,
+       "input hashes for submit conflicts, last_error for retries, the jobs list's index",
+       {
+           // A submit of an existing key with another kind or input is a
+           // conflict; rows from before this version have no hash and
+           // never conflict.
+           "ALTER TABLE digestd.jobs ADD COLUMN input_hash bigint",
+           // A retried or replaced job keeps the error it had, until it
+           // ends again.
+           "ALTER TABLE digestd.jobs ADD COLUMN last_error text",
+           // `jobs` lists newest first and pages by (created_at, id): read
+           // backwards in this order, a page stops after `limit` matching
+           // rows, and the cursor is a range bound, so a page costs the
+           // rows it skips, not the table.
+           "CREATE INDEX jobs_created ON digestd.jobs (created_at, id)",
+           "COMMENT ON COLUMN digestd.jobs.input_hash IS '64-bit FNV-1a of kind, NUL and the "
+           "input''s compact JSON with sorted members, as digestd computes it; NULL on rows "
+           "from before schema version 4'",
+           "COMMENT ON COLUMN digestd.jobs.last_error IS 'the error a job had when it was "
+           "retried or replaced; cleared when it ends again'",
+       }},
   };
   return migrations;
 }

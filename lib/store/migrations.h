@@ -20,6 +20,9 @@
 //   the unique key; jobs_group (group_key, id); jobs_lease (lease_until)
 //   WHERE status = 'running'; jobs_finished (finished_at) WHERE terminal.
 //   Storage: fillfactor 80 and eager autovacuum, as a queue table needs.
+// Later versions: lost_unstarted and busy_retries (2), preempted (3);
+// input_hash, last_error and the index jobs_created (created_at, id) for
+// the `jobs` list (4).
 //
 // Threads: loop thread only (it uses a PgConn).
 #pragma once
@@ -34,7 +37,7 @@
 namespace digestd {
 
 // The schema version this build creates and understands.
-inline constexpr int kSchemaVersion = 3;
+inline constexpr int kSchemaVersion = 4;
 
 struct Migration {
   int version;

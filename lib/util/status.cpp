@@ -22,6 +22,10 @@ std::string_view Status::CodeName() const {
       return "queue_full";
     case Code::kInvalidConfig:
       return "invalid_config";
+    case Code::kConflict:
+      return "conflict";
+    case Code::kBadState:
+      return "bad_state";
     case Code::kIoError:
       return "io_error";
     case Code::kInternal:

@@ -22,6 +22,8 @@ class [[nodiscard]] Status {
     kForbidden,
     kQueueFull,
     kInvalidConfig,
+    kConflict,  // a submit's key names a job with another kind or input
+    kBadState,  // the job is not in a state the op applies to
     kIoError,
     kInternal,
   };
@@ -39,6 +41,8 @@ class [[nodiscard]] Status {
   static Status InvalidConfig(std::string msg) {
     return Status(Code::kInvalidConfig, std::move(msg));
   }
+  static Status Conflict(std::string msg) { return Status(Code::kConflict, std::move(msg)); }
+  static Status BadState(std::string msg) { return Status(Code::kBadState, std::move(msg)); }
   static Status IoError(std::string msg) { return Status(Code::kIoError, std::move(msg)); }
   static Status Internal(std::string msg) { return Status(Code::kInternal, std::move(msg)); }
 

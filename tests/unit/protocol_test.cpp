@@ -186,13 +186,15 @@ TEST(Protocol, CodeNamesAreStable) {
   EXPECT_EQ(Status::Unavailable("").CodeName(), "unavailable");
   EXPECT_EQ(Status::Forbidden("").CodeName(), "forbidden");
   EXPECT_EQ(Status::QueueFull("").CodeName(), "queue_full");
+  EXPECT_EQ(Status::Conflict("").CodeName(), "conflict");
+  EXPECT_EQ(Status::BadState("").CodeName(), "bad_state");
 }
 
 TEST(Protocol, MutatingOpsAreTheOnesThatChangeState) {
-  for (auto op : {"submit", "cancel", "workers", "reload", "drain"}) {
+  for (auto op : {"submit", "cancel", "workers", "reload", "drain", "retry", "delete"}) {
     EXPECT_TRUE(IsMutatingOp(op)) << op;
   }
-  for (auto op : {"ping", "status", "result"}) EXPECT_FALSE(IsMutatingOp(op)) << op;
+  for (auto op : {"ping", "status", "result", "jobs"}) EXPECT_FALSE(IsMutatingOp(op)) << op;
 }
 
 TEST(Protocol, GetStringChecksTypeAndSize) {
