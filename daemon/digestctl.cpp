@@ -13,6 +13,7 @@
 
 #include "client/control_client.h"
 #include "client/status_table.h"
+#include "util/clock.h"
 
 namespace {
 
@@ -40,7 +41,13 @@ void Usage(FILE* out) {
       "  submit --batch FILE         one job object per line (or a JSON array)\n"
       "  result KEY [--wait 2s]      a job's state and result\n"
       "  result --group G [--wait 2s]\n"
-      "  cancel KEY\n"
+      "  jobs [--status S] [--group G] [--kind K] [--lane L] [--prefix P] [--limit N] [--all]\n"
+      "                              (jobs newest first, a page of --limit (50); --status\n"
+      "                               takes a state or a comma list; --all reads every page)\n"
+      "  cancel KEY | --group G\n"
+      "  retry KEY | --group G [--lane interactive|background]\n"
+      "                              (run failed or cancelled jobs again)\n"
+      "  delete KEY | --group G        (remove finished jobs)\n"
       "  workers [--min N] [--max N] [--reserved N]\n"
       "  reload                      re-read the config file (like SIGHUP)\n"
       "  drain                       finish running work and stop\n"
@@ -212,6 +219,50 @@ int FollowText(const std::string& path, const std::string& key) {
   }
 }
 
+// `jobs`: one page as a table (or the answer as JSON), or with `all` every
+// page in turn, following "next" (as JSON: one object with every job).
+int ListJobs(const std::string& path, json req, bool raw_json, bool all) {
+  digestd::ControlClient client;
+  if (digestd::Status st = client.Connect(path); !st.ok()) {
+    std::fprintf(stderr, "digestctl: %s\n", st.message().c_str());
+    return kExitUnreachable;
+  }
+  json every = json::array();
+  bool first = true;
+  for (;;) {
+    auto answer = client.Call(req);
+    if (!answer.ok()) {
+      std::fprintf(stderr, "digestctl: %s\n", answer.status().message().c_str());
+      return kExitUnreachable;
+    }
+    json& j = answer.value();
+    if (!j.value("ok", false)) return PrintError(j);
+    json jobs = j.value("jobs", json::array());
+    if (raw_json && !all) {
+      j.erase("ok");
+      std::printf("%s\n", j.dump().c_str());
+      return 0;
+    }
+    if (raw_json) {
+      for (auto& job : jobs) every.push_back(std::move(job));
+    } else if (!jobs.empty() || first) {
+      std::fputs(digestd::FormatJobList(jobs, digestd::UnixMillis(), first).c_str(), stdout);
+      first = false;
+    }
+    if (!all || !j.contains("next")) {
+      if (!raw_json && j.contains("next")) {
+        std::printf("(more: --all, or --limit above %lld)\n",
+                    static_cast<long long>(req.value("limit", 50)));
+      }
+      break;
+    }
+    req["cursor"] = j["next"];
+  }
+  if (raw_json) std::printf("%s\n", json{{"jobs", std::move(every)}}.dump().c_str());
+  std::fflush(stdout);
+  return 0;
+}
+
 // "2s", "500ms", "1m", "1.5s", or plain milliseconds.
 bool ParseDurationMs(const std::string& s, int64_t* out) {
   char* end = nullptr;
@@ -314,6 +365,38 @@ int main(int argc, char** argv) {
     return Follow(digestd::ResolveSocketPath(socket_flag), {{"op", "subscribe"}}, raw_json,
                   /*watch=*/true, interval_ms);
   }
+  if (cmd == "jobs") {
+    json list = {{"op", "jobs"}};
+    bool all = false;
+    while (args.Has()) {
+      std::string a = args.Next();
+      if (a == "--all") {
+        all = true;
+        continue;
+      }
+      if (!args.Has()) return Fail("unexpected argument '%s'", a);
+      std::string v = args.Next();
+      if (a == "--status") {
+        json states = json::array();
+        std::istringstream parts(v);
+        std::string s;
+        while (std::getline(parts, s, ',')) states.push_back(s);
+        list["status"] = std::move(states);
+      } else if (a == "--group" || a == "--kind" || a == "--lane") {
+        list[a.substr(2)] = v;
+      } else if (a == "--prefix") {
+        list["key_prefix"] = v;
+      } else if (a == "--limit") {
+        char* end = nullptr;
+        long n = std::strtol(v.c_str(), &end, 10);
+        if (*end != '\0' || n < 1) return Fail("--limit needs a number of jobs, such as 50%s", "");
+        list["limit"] = n;
+      } else {
+        return Fail("unexpected argument '%s'", a);
+      }
+    }
+    return ListJobs(digestd::ResolveSocketPath(socket_flag), list, raw_json, all);
+  }
   if (cmd == "status" || cmd == "ping" || cmd == "reload" || cmd == "drain") {
     req = {{"op", cmd}};
     if (args.Has()) return Fail("unexpected argument '%s'", args.Next());
@@ -386,9 +469,23 @@ int main(int argc, char** argv) {
     if (!req.contains("key") && !req.contains("group")) {
       return Fail("result needs a KEY or --group G%s", "");
     }
-  } else if (cmd == "cancel") {
-    if (!args.Has()) return Fail("cancel needs a KEY%s", "");
-    req = {{"op", "cancel"}, {"key", args.Next()}};
+  } else if (cmd == "cancel" || cmd == "retry" || cmd == "delete") {
+    req = {{"op", cmd}};
+    while (args.Has()) {
+      std::string a = args.Next();
+      if (a == "--group" && args.Has()) {
+        req["group"] = args.Next();
+      } else if (a == "--lane" && cmd == "retry" && args.Has()) {
+        req["lane"] = args.Next();
+      } else if (a.rfind("--", 0) != 0 && !req.contains("key")) {
+        req["key"] = a;
+      } else {
+        return Fail("unexpected argument '%s'", a);
+      }
+    }
+    if (req.contains("key") == req.contains("group")) {
+      return Fail("%s needs a KEY or --group G (one of them)", cmd);
+    }
   } else if (cmd == "workers") {
     req = {{"op", "workers"}};
     while (args.Has()) {

@@ -210,6 +210,37 @@ std::string FormatStatus(const nlohmann::json& s) {
   return out;
 }
 
+std::string FormatJobList(const nlohmann::json& jobs, int64_t now_unix_ms, bool header) {
+  constexpr size_t kMaxKey = 48;
+  auto cut = [](std::string s, size_t n) { return s.size() <= n ? s : s.substr(0, n - 3) + "..."; };
+  size_t width = 3;
+  for (const auto& j : jobs) width = std::max(width, std::min(kMaxKey, j.value("key", "").size()));
+  std::string out;
+  char line[1024];
+  if (header) {
+    std::snprintf(line, sizeof line, "%-*s  %-9s  %-9s  %-11s  %8s  %-9s  %s\n",
+                  static_cast<int>(width), "KEY", "STATUS", "KIND", "LANE", "ATTEMPTS", "AGE",
+                  "ERROR");
+    out += line;
+  }
+  for (const auto& j : jobs) {
+    double age_s = static_cast<double>(std::max<int64_t>(
+                       0, now_unix_ms - j.value("submitted_at_ms", now_unix_ms))) /
+                   1000.0;
+    std::string error = j.value("error", j.value("last_error", ""));
+    std::replace(error.begin(), error.end(), '\n', ' ');
+    std::string attempts =
+        std::to_string(j.value("attempts", 0)) + "/" + std::to_string(j.value("max_attempts", 0));
+    std::snprintf(line, sizeof line, "%-*s  %-9s  %-9s  %-11s  %8s  %-9s  %s\n",
+                  static_cast<int>(width), cut(j.value("key", ""), kMaxKey).c_str(),
+                  j.value("status", "?").c_str(), cut(j.value("kind", "?"), 9).c_str(),
+                  j.value("lane", "?").c_str(), attempts.c_str(), FormatDuration(age_s).c_str(),
+                  cut(error, 80).c_str());
+    out += line;
+  }
+  return out;
+}
+
 std::string FormatJob(const nlohmann::json& j) {
   std::string out;
   char line[512];
@@ -226,6 +257,9 @@ std::string FormatJob(const nlohmann::json& j) {
   out += "\n";
   if (j.contains("result")) out += "result: " + j["result"].dump(2) + "\n";
   if (j.contains("error")) out += "error: " + j.value("error", "") + "\n";
+  if (j.contains("last_error")) {
+    out += "last error (before it was queued again): " + j.value("last_error", "") + "\n";
+  }
   return out;
 }
 

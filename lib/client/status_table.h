@@ -21,6 +21,12 @@ std::string FormatBackend(const nlohmann::json& status);
 std::string FormatModels(const nlohmann::json& status);
 // One job from `result`: its state, timings, and result or error.
 std::string FormatJob(const nlohmann::json& job);
+// `jobs` answers as one table, a line per job, the header first:
+// "KEY  STATUS  KIND  LANE  ATTEMPTS  AGE  ERROR" with the key column
+// as wide as the widest key (up to 48 bytes; longer keys are cut with "...")
+// and the time since the submit as AGE (`now_unix_ms` is now); `header` false
+// leaves the header out (later pages of --all).
+std::string FormatJobList(const nlohmann::json& jobs, int64_t now_unix_ms, bool header = true);
 // "1h02m", "3m05s", "12.4s".
 std::string FormatDuration(double seconds);
 
