@@ -527,5 +527,65 @@ TEST_F(JobStoreTest, ResultsWithNulCharactersAreStored) {
             "b");
 }
 
+TEST_F(JobStoreTest, AKeyInsertedAgainWithAnotherInputHashIsAConflict) {
+  NewJob a = Job("h");
+  a.input_hash = 11;
+  EXPECT_TRUE(Insert({a})[0].created);
+  auto same = Insert({a});
+  EXPECT_FALSE(same[0].created);
+  EXPECT_FALSE(same[0].conflict);
+  NewJob b = a;
+  b.input_hash = 12;
+  EXPECT_TRUE(Insert({b})[0].conflict);
+  // A row from before input hashes never conflicts.
+  Scalar("UPDATE digestd.jobs SET input_hash = NULL WHERE key = 'h'");
+  EXPECT_FALSE(Insert({b})[0].conflict);
+}
+
+// A `jobs` page reads the table through jobs_created, backwards from the
+// cursor, and stops at the limit: no sort of all rows, no sequential scan.
+TEST_F(JobStoreTest, ListJobsPagesThroughTheCreatedIndex) {
+  Scalar(
+      "INSERT INTO digestd.jobs (key, kind, status, finished_at, created_at) "
+      "SELECT 'old:' || i, 'noop', 'done', now(), now() - i * interval '1 second' "
+      "FROM generate_series(1, 20000) i");
+  Scalar("ANALYZE digestd.jobs");
+  JobsQuery q;
+  q.states = {JobState::kFailed, JobState::kDone};
+  q.key_prefix = "old:1";
+  q.limit = 3;
+  q.after = JobsCursor{1796655323680123, 42};
+  PgStatement stmt = JobStore::ListJobsStatement(q);
+  std::string sql = stmt.sql;
+  for (size_t i = stmt.params.size(); i > 0; --i) {
+    std::string name = "$" + std::to_string(i), value = "'" + *stmt.params[i - 1] + "'";
+    for (size_t at = sql.find(name); at != std::string::npos; at = sql.find(name, at)) {
+      sql.replace(at, name.size(), value);
+    }
+  }
+  auto plan = server()->Exec(db(), "EXPLAIN " + sql);
+  ASSERT_TRUE(plan.ok()) << plan.status().ToString() << "\n" << sql;
+  std::string text;
+  for (const auto& row : *plan) text += row.at(0) + "\n";
+  EXPECT_NE(text.find("jobs_created"), std::string::npos) << text;
+  EXPECT_EQ(text.find("Seq Scan"), std::string::npos) << text;
+  EXPECT_EQ(text.find("Sort"), std::string::npos) << text;
+
+  // The pages themselves: newest first, the cursor exact to the microsecond.
+  JobsQuery page;
+  page.key_prefix = "old:";
+  page.limit = 2;
+  std::vector<std::string> keys;
+  for (int n = 0; n < 3; ++n) {
+    auto r = Await<Result<std::vector<StoredJob>>>(
+        loop_, [&](auto cb) { return store_->ListJobs(page, cb); });
+    ASSERT_TRUE(r && r->ok()) << (r ? r->status().ToString() : "");
+    ASSERT_EQ(r->value().size(), 3u);  // a page and one more
+    for (size_t i = 0; i < 2; ++i) keys.push_back(r->value()[i].key);
+    page.after = JobsCursor{r->value()[1].created_at_us, r->value()[1].id};
+  }
+  EXPECT_EQ(keys, (std::vector<std::string>{"old:1", "old:2", "old:3", "old:4", "old:5", "old:6"}));
+}
+
 }  // namespace
 }  // namespace digestd
