@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <string>
+#include <vector>
 
 namespace digestd {
 namespace {
@@ -184,6 +185,56 @@ TEST(JobTable, NewKeysAreUnique) {
   std::string k2 = table.NewKey("node");
   EXPECT_NE(k1, k2);
   EXPECT_NE(k1.find("node"), std::string::npos);
+}
+
+TEST(JobTable, RequeueResetsAttemptsKeepsTheErrorAndLeavesRetention) {
+  JobTable table(1);
+  std::vector<std::string> seen;
+  table.SetObserver([&](std::string_view state, const JobRecord&) { seen.emplace_back(state); });
+  JobPtr job = Add(table, "r");
+  table.MarkRunning(job);
+  table.MarkFinished(job, WorkOutcome::Failed("the backend said no"));
+  auto old_flag = job->cancel;
+  table.Requeue(job, Lane::kInteractive, "noop",
+                std::make_shared<const nlohmann::json>(nlohmann::json{{"sleep_ms", 5}}));
+  EXPECT_EQ(job->state, JobState::kQueued);
+  EXPECT_EQ(job->attempts, 0);
+  EXPECT_EQ(job->lane, Lane::kInteractive);
+  EXPECT_TRUE(job->error.empty());
+  EXPECT_EQ(job->last_error, "the backend said no");
+  EXPECT_NE(job->cancel, old_flag);
+  EXPECT_EQ(job->input_hash, InputHash("noop", nlohmann::json{{"sleep_ms", 5}}));
+  EXPECT_EQ(seen.back(), "queued");
+  // No longer finished: a later finished job does not evict it.
+  Finish(table, Add(table, "other"));
+  Finish(table, Add(table, "third"));
+  EXPECT_EQ(table.Find("r"), job);
+  // It ends again: the earlier error is gone.
+  Finish(table, job);
+  EXPECT_TRUE(job->last_error.empty());
+}
+
+TEST(JobTable, RemoveForgetsAFinishedJobAndTellsTheObserver) {
+  JobTable table(10);
+  std::string last;
+  table.SetObserver([&](std::string_view state, const JobRecord&) { last = state; });
+  JobPtr job = Add(table, "gone", "g");
+  Finish(table, job);
+  table.Remove(job);
+  EXPECT_EQ(table.Find("gone"), nullptr);
+  EXPECT_TRUE(table.FindGroup("g").empty());
+  EXPECT_EQ(last, "deleted");
+}
+
+TEST(InputHash, FollowsKindAndInputNotMemberOrder) {
+  nlohmann::json a = nlohmann::json::parse(R"({"b":1,"a":"x"})");
+  nlohmann::json b = nlohmann::json::parse(R"({"a":"x","b":1})");
+  EXPECT_EQ(InputHash("noop", a), InputHash("noop", b));
+  EXPECT_NE(InputHash("noop", a), InputHash("summarize", a));
+  EXPECT_NE(InputHash("noop", a), InputHash("noop", nlohmann::json{{"a", "x"}, {"b", 2}}));
+  // Stable across builds: the PostgreSQL store keeps it.
+  EXPECT_EQ(InputHash("noop", nlohmann::json::object()), 0x3b4f28e67090d13bull)
+      << std::hex << InputHash("noop", nlohmann::json::object());
 }
 
 }  // namespace
