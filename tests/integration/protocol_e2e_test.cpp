@@ -120,11 +120,15 @@ TEST_P(ProtocolE2E, HelloNamesTheProtocolVersionOpsKindsAndStore) {
     const json& list = answer.value(field, json::array());
     return std::find(list.begin(), list.end(), name) != list.end();
   };
-  for (const char* op : {"hello", "submit", "result", "cancel", "status"})
+  for (const char* op :
+       {"hello", "submit", "result", "cancel", "status", "jobs", "retry", "delete"})
     EXPECT_TRUE(has("ops", op)) << op << " in " << answer.dump();
   for (const char* kind : {"noop", "summarize", "embed", "generate"})
     EXPECT_TRUE(has("kinds", kind)) << kind << " in " << answer.dump();
-  EXPECT_TRUE(has("features", "sync_submit")) << answer.dump();
+  for (const char* feature :
+       {"sync_submit", "jobs_list", "retry", "delete", "cancel_group", "submit_conflict"}) {
+    EXPECT_TRUE(has("features", feature)) << feature << " in " << answer.dump();
+  }
 }
 
 TEST_P(ProtocolE2E, LineThatIsNotJsonGetsBadRequest) {
@@ -578,25 +582,30 @@ TEST(ProtocolE2EAllowList, MutatingOpsAreForbiddenToUidsOutsideTheAllowList) {
                           {{{"op", "submit"}, {"kind", "noop"}, {"key", "sneaky"}, {"id", 1}},
                            {{"op", "workers"}, {"max", 2}},
                            {{"op", "drain"}},
+                           {{"op", "retry"}, {"key", "k"}},
+                           {{"op", "delete"}, {"group", "g"}},
                            {{"op", "ping"}, {"id", 2}},
                            {{"op", "status"}},
-                           {{"op", "workers"}}});
-  ASSERT_EQ(lines.size(), 6u) << ::testing::PrintToString(lines);
-  for (int i = 0; i < 3; ++i) {
+                           {{"op", "workers"}},
+                           {{"op", "jobs"}}});
+  ASSERT_EQ(lines.size(), 9u) << ::testing::PrintToString(lines);
+  for (int i = 0; i < 5; ++i) {
     json answer = json::parse(lines[i], nullptr, false);
     ASSERT_TRUE(answer.is_object()) << lines[i];
     ExpectError(answer, "forbidden", "allow_uids");
   }
   EXPECT_EQ(json::parse(lines[0])["id"], 1);
   // Read-only ops stay open to anyone who can reach the socket.
-  json ping = json::parse(lines[3], nullptr, false);
-  EXPECT_EQ(ping["pong"], true) << lines[3];
-  json status = json::parse(lines[4], nullptr, false);
-  EXPECT_EQ(status["ok"], true) << lines[4];
+  json ping = json::parse(lines[5], nullptr, false);
+  EXPECT_EQ(ping["pong"], true) << lines[5];
+  json status = json::parse(lines[6], nullptr, false);
+  EXPECT_EQ(status["ok"], true) << lines[6];
   // "workers" without a bound only reads the limits.
-  json workers = json::parse(lines[5], nullptr, false);
-  EXPECT_EQ(workers["ok"], true) << lines[5];
-  EXPECT_TRUE(workers.contains("limit")) << lines[5];
+  json workers = json::parse(lines[7], nullptr, false);
+  EXPECT_EQ(workers["ok"], true) << lines[7];
+  EXPECT_TRUE(workers.contains("limit")) << lines[7];
+  json jobs = json::parse(lines[8], nullptr, false);
+  EXPECT_EQ(jobs["ok"], true) << lines[8];
 
   // Nothing the forbidden client asked for happened.
   auto check = daemon.Call({{"op", "status"}});
