@@ -136,8 +136,10 @@ const std::vector<Migration>& Migrations() {
            // `jobs` lists newest first and pages by (created_at, id): read
            // backwards in this order, a page stops after `limit` matching
            // rows, and the cursor is a range bound, so a page costs the
-           // rows it skips, not the table.
-           "CREATE INDEX jobs_created ON digestd.jobs (created_at, id)",
+           // rows it skips, not the table. IF NOT EXISTS: an operator may
+           // build it beforehand with CREATE INDEX CONCURRENTLY, so the
+           // migration does not hold writes while a large table is indexed.
+           "CREATE INDEX IF NOT EXISTS jobs_created ON digestd.jobs (created_at, id)",
            "COMMENT ON COLUMN digestd.jobs.input_hash IS '64-bit FNV-1a of kind, NUL and the "
            "input''s compact JSON with sorted members, as digestd computes it; NULL on rows "
            "from before schema version 4'",
