@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "../support/daemon_harness.h"
+#include "client/control_client.h"
 
 namespace digestd {
 namespace {
@@ -331,6 +332,46 @@ TEST_P(ManageE2E, DigestctlListsRetriesAndDeletes) {
   auto del = ctl({"delete", "cli/a"});
   EXPECT_EQ(del.status->code(), 0) << del.err;
   ExpectError(Call({{"op", "result"}, {"key", "cli/a"}}), "not_found");
+}
+
+TEST_P(ManageE2E, RetryReplaceAndDeleteAreTold) {
+  Submit("e1", 0);
+  Finished("e1");
+  Submit("e2", 0);
+  Finished("e2");
+  ControlClient events;
+  ASSERT_TRUE(events.Connect(daemon_.SocketPath()).ok());
+  auto sub = events.Call({{"op", "subscribe"}, {"prefix", "e"}});
+  ASSERT_TRUE(sub.ok() && sub->value("ok", false)) << (sub.ok() ? sub->dump() : "");
+  // The state of the next event about `key` (skipping others), "" if none came.
+  auto next = [&](const std::string& key) {
+    for (;;) {
+      auto line = events.ReadLine(10000);
+      if (!line.ok()) return std::string();
+      json e = json::parse(*line, nullptr, false);
+      if (e.value("key", "") == key) return e.value("state", "");
+    }
+  };
+  daemon_.CallOk({{"op", "submit"},
+                  {"kind", "noop"},
+                  {"key", "e1"},
+                  {"replace", true},
+                  {"input", {{"sleep_ms", 1}}}});
+  EXPECT_EQ(next("e1"), "queued");
+  EXPECT_EQ(next("e1"), "started");
+  EXPECT_EQ(next("e1"), "done");
+  daemon_.CallOk({{"op", "delete"}, {"key", "e2"}});
+  EXPECT_EQ(next("e2"), "deleted");
+  StartBlocker("eb");
+  Submit("e3", 0);
+  daemon_.CallOk({{"op", "cancel"}, {"key", "e3"}});
+  Finished("e3");
+  daemon_.CallOk({{"op", "retry"}, {"key", "e3"}});
+  EXPECT_EQ(next("e3"), "queued");  // the submit
+  EXPECT_EQ(next("e3"), "cancelled");
+  EXPECT_EQ(next("e3"), "queued");  // the retry
+  StopBlocker("eb");
+  EXPECT_EQ(next("e3"), "started");
 }
 
 }  // namespace
