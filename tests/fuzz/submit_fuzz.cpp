@@ -158,7 +158,10 @@ void CheckSubmitUnder(const digestd::Request& req, const digestd::Config& config
     std::string group = digestd::SpecGroup(*spec);
     std::string kind = digestd::SpecKind(*spec);
     (void)digestd::SpecLane(*spec);
+    (void)digestd::SpecReplace(*spec);
     json input = digestd::SpecInput(*spec);
+    // The conflict check hashes every accepted input.
+    (void)digestd::InputHash(kind, input);
     Check(key.size() <= digestd::kMaxKeyBytes && group.size() <= digestd::kMaxKeyBytes,
           "key and group are at most kMaxKeyBytes");
     const digestd::JobKind* k = digestd::JobKindRegistry::Global().Find(kind);
