@@ -2,6 +2,8 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 namespace digestd {
 namespace {
 
@@ -89,6 +91,35 @@ TEST(StatusTable, GroupProgressCountsWhatEndedOfWhatWasQueued) {
   EXPECT_NE(out.find("[##########]   1/1   done"), std::string::npos) << out;
   EXPECT_LT(out.find("game:1"), out.find("book:7")) << "most recently changed first: " << out;
   EXPECT_EQ(out.find("solo"), std::string::npos) << out;
+}
+
+TEST(StatusTable, JobListIsATableWithAHeaderAndOneLinePerJob) {
+  json jobs = json::array({{{"key", "book:7/ch:3"},
+                            {"status", "failed"},
+                            {"kind", "summarize"},
+                            {"lane", "background"},
+                            {"attempts", 3},
+                            {"max_attempts", 3},
+                            {"submitted_at_ms", 1000},
+                            {"error", "backend down\nfor good"}},
+                           {{"key", "k"},
+                            {"status", "queued"},
+                            {"kind", "noop"},
+                            {"lane", "interactive"},
+                            {"attempts", 0},
+                            {"max_attempts", 3},
+                            {"submitted_at_ms", 61000},
+                            {"last_error", "cancelled by request"}}});
+  std::string out = FormatJobList(jobs, 121000);
+  auto lines = std::count(out.begin(), out.end(), '\n');
+  EXPECT_EQ(lines, 3) << out;
+  EXPECT_EQ(out.rfind("KEY", 0), 0u) << out;
+  EXPECT_NE(out.find("book:7/ch:3  failed"), std::string::npos) << out;
+  EXPECT_NE(out.find("3/3"), std::string::npos) << out;
+  EXPECT_NE(out.find("2m00s"), std::string::npos) << out;
+  EXPECT_NE(out.find("backend down for good"), std::string::npos) << out;
+  EXPECT_NE(out.find("cancelled by request"), std::string::npos) << out;
+  EXPECT_EQ(FormatJobList(jobs, 121000, /*header=*/false).find("KEY"), std::string::npos);
 }
 
 }  // namespace
