@@ -176,9 +176,12 @@ TEST_F(DurableE2E, DuplicateKeyReturnsTheExistingJobAndCreatesNothing) {
   DaemonProcess d;
   ASSERT_TRUE(Start(d));
   Clear();
-  json first = Call(d, {{"op", "submit"}, {"kind", "noop"}, {"key", "dup"}});
+  // The same kind and input each time (another input would be a conflict).
+  json first =
+      Call(d, {{"op", "submit"}, {"kind", "noop"}, {"key", "dup"}, {"input", {{"sleep_ms", 0}}}});
   ASSERT_EQ(first["existing"], false) << first.dump();
-  json again = Call(d, {{"op", "submit"}, {"kind", "noop"}, {"key", "dup"}});
+  json again =
+      Call(d, {{"op", "submit"}, {"kind", "noop"}, {"key", "dup"}, {"input", {{"sleep_ms", 0}}}});
   ASSERT_EQ(again["ok"], true) << again.dump();
   EXPECT_EQ(again["existing"], true) << again.dump();
   json batch =

@@ -126,10 +126,15 @@ TEST_P(ManageE2E, JobsFiltersByStatusKindLanePrefixAndAge) {
                   {"kind", "summarize"},
                   {"key", "f/failed"},
                   {"input", {{"text", "One sentence. Two sentences."}}}});
-  EXPECT_EQ(Finished("f/failed").value("status", ""), "failed");
-  Finished("f/done");
   daemon_.CallOk({{"op", "submit"}, {"kind", "noop"}, {"key", "other"}, {"lane", "interactive"}});
-  Finished("other");
+  // Waited for without wait_ms: a waiting `result` would promote the
+  // background jobs to the interactive lane.
+  for (const char* key : {"f/done", "f/failed", "other"}) {
+    ASSERT_TRUE(WaitFor([&] {
+      std::string s = Call({{"op", "result"}, {"key", key}}).value("status", "");
+      return s == "done" || s == "failed";
+    })) << key;
+  }
 
   auto keys = [&](json req) {
     req["op"] = "jobs";
@@ -140,6 +145,7 @@ TEST_P(ManageE2E, JobsFiltersByStatusKindLanePrefixAndAge) {
             (std::vector<std::string>{"f/failed", "f/done"}));
   EXPECT_EQ(keys({{"kind", "summarize"}}), (std::vector<std::string>{"f/failed"}));
   EXPECT_EQ(keys({{"lane", "interactive"}}), (std::vector<std::string>{"other"}));
+  EXPECT_EQ(keys({{"lane", "background"}}), (std::vector<std::string>{"f/failed", "f/done"}));
   EXPECT_EQ(keys({{"key_prefix", "f/d"}}), (std::vector<std::string>{"f/done"}));
   // LIKE's wildcards are plain characters in a prefix.
   EXPECT_TRUE(keys({{"key_prefix", "f%"}}).empty());

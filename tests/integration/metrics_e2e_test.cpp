@@ -178,8 +178,9 @@ TEST_P(MetricsE2E, CountersMoveWithRealJobs) {
   for (const char* key : {"m:embed", "m:gen", "m:noop1", "m:noop2"}) {
     EXPECT_EQ(AwaitDone(key).value("status", ""), "done") << key;
   }
-  // A duplicate submit.
-  json dup = daemon_.CallOk({{"op", "submit"}, {"kind", "noop"}, {"key", "m:noop1"}});
+  // A duplicate submit (the same kind and input: another input is a conflict).
+  json dup = daemon_.CallOk(
+      {{"op", "submit"}, {"kind", "noop"}, {"key", "m:noop1"}, {"input", {{"sleep_ms", 0}}}});
   EXPECT_EQ(dup.value("existing", false), true);
   if (Postgres()) {
     // The result rows commit in the writer's next batch.
