@@ -96,7 +96,7 @@ void PgStore::Submit(const Request& req, std::vector<const nlohmann::json*> spec
     const size_t depth = env_.dispatcher->depth(job.lane);
     size_t room_cap = env_.dispatcher->capacity(job.lane);
     if (const JobKind* k = JobKindRegistry::Global().Find(job.kind); k != nullptr) {
-      int room = env_.dispatcher->RoomFor(*k, *job.input);
+      int room = env_.dispatcher->RoomFor(*k, *job.input, job.lane);
       if (room != INT_MAX) room_cap = std::min(room_cap, depth + static_cast<size_t>(room));
     }
     bool claim = book_.TrySelfClaim(job.lane, depth, room_cap);
@@ -124,6 +124,11 @@ void PgStore::Submit(const Request& req, std::vector<const nlohmann::json*> spec
             // Unavailable: it may have committed, claimed by nobody.
             book_.SelfClaimAnswered(own->lane, o.status.code() == Status::Code::kUnavailable);
             if (adopted) AdoptOwnSubmit(*own, o.inserted, queued_ns);
+          }
+          // Committed unclaimed: due in the table now. A claim sent since
+          // the submit arrived may have looked before this commit.
+          if (o.status.ok() && o.inserted.created && !(own && o.inserted.lease_token != 0)) {
+            book_.MarkDue(lane);
           }
           if (o.status.ok() && o.inserted.id == 0) {
             batch->errors[i] = Status::Unavailable(
