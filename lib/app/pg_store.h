@@ -188,10 +188,14 @@ class PgStore final : public Store {
   Backlog backlog_{};            // from the table, every backlog_interval_ms
   int64_t backlog_unix_ms_ = 0;  // when backlog_ was read; 0: not yet
   uint64_t recovered_ = 0;       // jobs returned to the queue by lease recovery
-  uint64_t claims_sent_ = 0;     // claim queries sent
-  uint64_t claims_empty_ = 0;    // of those, answered with no job
-  uint64_t claimed_jobs_ = 0;    // jobs they took
-  uint64_t crash_failed_ = 0;    // jobs failed for crashing their workers too often
+  // Run once no claim is in flight: cancels that found their row claimed by
+  // this node before the claim's answer arrived.
+  std::vector<std::function<void()>> after_claims_;
+  void RunAfterClaims();
+  uint64_t claims_sent_ = 0;   // claim queries sent
+  uint64_t claims_empty_ = 0;  // of those, answered with no job
+  uint64_t claimed_jobs_ = 0;  // jobs they took
+  uint64_t crash_failed_ = 0;  // jobs failed for crashing their workers too often
   uint64_t retention_deleted_ = 0;
   uint64_t leases_lost_ = 0;
   uint64_t expired_unstarted_ = 0;  // claims dropped: their lease ran out before a start

@@ -401,7 +401,19 @@ void PgStore::Cancel(const Request& req, const std::string& key,
           reply.Send(OkLine(id, {{"key", key}, {"status", "cancelled"}, {"cancelled", true}}));
           return;
         }
-        Status ls = store_->Lookup(key, [reply, id, key](Result<std::optional<StoredJob>> j) {
+        Status ls = store_->Lookup(key, [this, reply, id, key](Result<std::optional<StoredJob>> j) {
+          if (j.ok() && j->has_value() && (*j)->state == JobState::kRunning &&
+              (*j)->lease_owner == env_.node_id && !closed_ &&
+              (book_.claiming(Lane::kInteractive) || book_.claiming(Lane::kBackground)) &&
+              !env_.jobs->Find(key)) {
+            // This node's claim took the row and has not answered yet: cancel
+            // it here once the claim has brought it in.
+            after_claims_.push_back([this, reply, id, key] {
+              Request again{id, "cancel", nlohmann::json::object()};
+              Cancel(again, key, reply);
+            });
+            return;
+          }
           if (!j.ok()) {
             reply.Send(ErrorLine(id, j.status()));
           } else if (!j->has_value()) {
