@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <memory>
 #include <string>
 #include <vector>
@@ -122,9 +123,30 @@ TEST_P(ProtocolE2E, HelloNamesTheProtocolVersionOpsKindsAndStore) {
   };
   for (const char* op : {"hello", "submit", "result", "cancel", "status"})
     EXPECT_TRUE(has("ops", op)) << op << " in " << answer.dump();
-  for (const char* kind : {"noop", "summarize", "embed", "generate"})
+  for (const char* kind : {"noop", "similarity", "summarize", "embed", "generate"})
     EXPECT_TRUE(has("kinds", kind)) << kind << " in " << answer.dump();
   EXPECT_TRUE(has("features", "sync_submit")) << answer.dump();
+}
+
+TEST_P(ProtocolE2E, SimilarityRunsThroughTheDaemonAndRefusesBadVectors) {
+  json submitted = Call({{"op", "submit"},
+                         {"kind", "similarity"},
+                         {"key", "sim"},
+                         {"wait_ms", 10000},
+                         {"input",
+                          {{"a", {1.0, 0.0}},
+                           {"b", {1.0, 1.0}},
+                           {"sample", {{0.0, 1.0}, {1.0, 0.1}, {-1.0, 0.0}}}}}});
+  ASSERT_EQ(submitted["status"], "done") << submitted.dump();
+  const json& r = submitted["result"];
+  EXPECT_NEAR(r["similarity"].get<double>(), 1.0 / std::sqrt(2.0), 1e-12) << r.dump();
+  // Null: cos(a, s) = 0, 0.995, -1; the pair's 0.707 is above two of three.
+  EXPECT_NEAR(r["percentile"].get<double>(), 100.0 * 2 / 3, 1e-9) << r.dump();
+  EXPECT_EQ(r["rank"], 2) << r.dump();
+  json bad = Call(
+      {{"op", "submit"}, {"kind", "similarity"}, {"input", {{"a", {1.0, 0.0}}, {"b", {1.0}}}}});
+  EXPECT_EQ(bad["ok"], false) << bad.dump();
+  EXPECT_EQ(bad["error"]["code"], "bad_request") << bad.dump();
 }
 
 TEST_P(ProtocolE2E, LineThatIsNotJsonGetsBadRequest) {
