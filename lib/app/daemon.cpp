@@ -154,6 +154,7 @@ Status Daemon::Start() {
   env.phase = &phase_;
   env.jobs = jobs_.get();
   env.events = &events_;
+  env.precompute = &precompute_;
   env.dispatcher = dispatcher_.get();
   env.backend = backend_.get();
   env.notifier = notifier_.get();

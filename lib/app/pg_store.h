@@ -84,6 +84,8 @@ class PgStore final : public Store {
     bool checking = false;  // a lookup is in flight
     bool recheck = false;   // something finished while it was
     bool expired = false;   // wait_ms passed: the next answer is final
+    bool counted = false;   // wait_ms > 0: counted in the precompute tally
+    int looks = 0;          // lookups answered so far
     bool ended = false;
   };
 

@@ -171,6 +171,7 @@ void PgStore::GetResult(const Request& req, ResultQuery query, const ControlServ
   wait->key = std::move(query.key);
   wait->group = std::move(query.group);
   wait->expired = true;
+  wait->counted = query.wait_ms > 0;
   if (query.wait_ms > 0 && phase() != Phase::kStopping) {
     // Registered before the first lookup, so a commit that lands while the
     // lookup is in flight still wakes it (recheck).
@@ -225,7 +226,12 @@ void PgStore::CheckDbWait(const std::shared_ptr<DbWait>& wait, bool final) {
                                               "[postgres] retention_s and deleted")));
         return EndDbWait(w);
       }
+      const bool waited = w->looks++ > 0;
       if (IsTerminal((*r)->state) || w->expired) {
+        if (w->counted && env_.precompute != nullptr) {
+          env_.precompute->Count((*r)->kind, (*r)->group.empty() ? (*r)->key : (*r)->group,
+                                 PrecomputeTally::OutcomeOf(IsTerminal((*r)->state), waited));
+        }
         w->reply.Send(OkLine(w->id, JobJson(ViewOf(**r, UnixMillis()))));
         return EndDbWait(w);
       }
@@ -246,7 +252,11 @@ void PgStore::CheckDbWait(const std::shared_ptr<DbWait>& wait, bool final) {
           }
           bool all = std::all_of(r->begin(), r->end(),
                                  [](const StoredJob& j) { return IsTerminal(j.state); });
+          const bool waited = w->looks++ > 0;
           if (all || w->expired) {
+            if (w->counted && env_.precompute != nullptr) {
+              env_.precompute->Count("group", w->group, PrecomputeTally::OutcomeOf(all, waited));
+            }
             int64_t now = UnixMillis();
             std::vector<JobView> views;
             views.reserve(r->size());

@@ -149,6 +149,48 @@ TEST_P(ProtocolE2E, SimilarityRunsThroughTheDaemonAndRefusesBadVectors) {
   EXPECT_EQ(bad["error"]["code"], "bad_request") << bad.dump();
 }
 
+TEST_P(ProtocolE2E, ResultWaitsAreCountedAsHitLateOrMiss) {
+  // hit: done before anyone asked.
+  daemon_.SubmitNoop("game:1:ready", 0);
+  ASSERT_TRUE(WaitFor([&] {
+    return Call({{"op", "result"}, {"key", "game:1:ready"}})["status"] == "done";
+  }));
+  EXPECT_EQ(Call({{"op", "result"}, {"key", "game:1:ready"}, {"wait_ms", 5000}})["status"], "done");
+  // late: done within the wait.
+  daemon_.SubmitNoop("game:2:slow", 300);
+  EXPECT_EQ(Call({{"op", "result"}, {"key", "game:2:slow"}, {"wait_ms", 10000}})["status"], "done");
+  // miss: the wait runs out first.
+  daemon_.SubmitNoop("book:1:ch1", 5000);
+  EXPECT_NE(Call({{"op", "result"}, {"key", "book:1:ch1"}, {"wait_ms", 50}})["status"], "done");
+  // A group wait, late: counted under "group" and the group's prefix.
+  json batch = Call({{"op", "submit"},
+                     {"jobs",
+                      {{{"kind", "noop"},
+                        {"key", "game:3:a"},
+                        {"group", "game:3"},
+                        {"input", {{"sleep_ms", 200}}}},
+                       {{"kind", "noop"},
+                        {"key", "game:3:b"},
+                        {"group", "game:3"},
+                        {"input", {{"sleep_ms", 250}}}}}}});
+  ASSERT_EQ(batch["ok"], true) << batch.dump();
+  json group = Call({{"op", "result"}, {"group", "game:3"}, {"wait_ms", 10000}});
+  EXPECT_EQ(group["status"], "completed") << group.dump();
+  // Not counted: no wait, and an unknown key.
+  Call({{"op", "result"}, {"key", "game:1:ready"}});
+  Call({{"op", "result"}, {"key", "game:404"}, {"wait_ms", 50}});
+
+  json p = daemon_.Status()["precompute"];
+  EXPECT_EQ(p["hit"], 1) << p.dump();
+  EXPECT_EQ(p["late"], 2) << p.dump();
+  EXPECT_EQ(p["miss"], 1) << p.dump();
+  EXPECT_EQ(p["by_kind"]["noop"], json({{"hit", 1}, {"late", 1}, {"miss", 1}})) << p.dump();
+  EXPECT_EQ(p["by_kind"]["group"], json({{"hit", 0}, {"late", 1}, {"miss", 0}})) << p.dump();
+  EXPECT_EQ(p["by_prefix"]["game"], json({{"hit", 1}, {"late", 2}, {"miss", 0}})) << p.dump();
+  EXPECT_EQ(p["by_prefix"]["book"], json({{"hit", 0}, {"late", 0}, {"miss", 1}})) << p.dump();
+  Call({{"op", "cancel"}, {"key", "book:1:ch1"}});
+}
+
 TEST_P(ProtocolE2E, LineThatIsNotJsonGetsBadRequest) {
   ExpectError(SendRaw("hello digestd"), "bad_request", "JSON");
   ExpectStillServing();
