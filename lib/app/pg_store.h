@@ -31,6 +31,7 @@
 #pragma once
 
 #include <deque>
+#include <map>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -194,6 +195,10 @@ class PgStore final : public Store {
   // this node before the claim's answer arrived.
   std::vector<std::function<void()>> after_claims_;
   void RunAfterClaims();
+  // Counts `group`'s parts in the table and sends its progress event, when
+  // a subscriber wants it. group -> a part ended while a count was in flight.
+  void PublishGroupProgress(const std::string& group);
+  std::map<std::string, bool> group_counts_;
   uint64_t claims_sent_ = 0;   // claim queries sent
   uint64_t claims_empty_ = 0;  // of those, answered with no job
   uint64_t claimed_jobs_ = 0;  // jobs they took

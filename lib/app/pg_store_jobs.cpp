@@ -407,6 +407,7 @@ void PgStore::Cancel(const Request& req, const std::string& key,
                                                        .lane = s.lane,
                                                        .attempts = s.attempts,
                                                        .error = s.error});
+            PublishGroupProgress(s.group);
           }
           reply.Send(OkLine(id, {{"key", key}, {"status", "cancelled"}, {"cancelled", true}}));
           return;
@@ -540,6 +541,35 @@ void PgStore::OnJobFinished(const JobPtr& job, WorkOutcome outcome) {
   ForgetClaim(job);
 }
 
+void PgStore::PublishGroupProgress(const std::string& group) {
+  if (env_.events == nullptr || closed_ || !env_.events->WantsGroup(group)) return;
+  // One count in flight per group: parts that end meanwhile are counted by
+  // one more lookup once it answers.
+  auto [it, fresh] = group_counts_.try_emplace(group, false);
+  if (!fresh) {
+    it->second = true;
+    return;
+  }
+  Status st = store_->LookupGroup(group, [this, group](Result<std::vector<StoredJob>> r) {
+    auto at = group_counts_.find(group);
+    const bool again = at != group_counts_.end() && at->second;
+    if (at != group_counts_.end()) group_counts_.erase(at);
+    if (closed_ || env_.events == nullptr) return;
+    if (r.ok() && !r->empty()) {
+      GroupProgress p;
+      for (const auto& part : *r) {
+        ++p.total;
+        p.done += part.state == JobState::kDone;
+        p.failed += part.state == JobState::kFailed;
+        p.cancelled += part.state == JobState::kCancelled;
+      }
+      env_.events->PublishGroup(group, p);
+    }
+    if (again) PublishGroupProgress(group);
+  });
+  if (!st.ok()) group_counts_.erase(group);
+}
+
 void PgStore::WriteFinish(const JobPtr& job, JobState state, nlohmann::json result,
                           std::string error, RowCallback then) {
   FinishRow row{job->row_id,      job->lease_token,     job->key,    state, std::move(result),
@@ -556,6 +586,7 @@ void PgStore::WriteFinish(const JobPtr& job, JobState state, nlohmann::json resu
         if (then) then(o);
         if (o.status.ok() && o.accepted && env_.events != nullptr) {
           env_.events->Publish(JobStateName(state), EventJob::Of(*job));
+          PublishGroupProgress(group);
         }
         // The waiters read the committed row now, not after the NOTIFY's
         // round trip: what `result` says is what the table says.
