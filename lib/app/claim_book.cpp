@@ -9,23 +9,35 @@ bool ClaimBook::WantsClaim(Lane lane, bool poll) const {
 }
 
 void ClaimBook::ClaimSent(Lane lane) {
-  claiming_[Index(lane)] = true;
+  int l = Index(lane);
+  claiming_[l] = true;
+  due_while_claiming_[l] = false;
 }
 
 bool ClaimBook::ClaimAnswered(Lane lane, size_t asked, size_t got) {
   int l = Index(lane);
   claiming_[l] = false;
-  bool full = got >= asked;
-  dry_[l] = !full;
-  return full;
+  bool again = got >= asked || due_while_claiming_[l];
+  due_while_claiming_[l] = false;
+  dry_[l] = !again;
+  return again;
+}
+
+void ClaimBook::MarkDue(Lane lane) {
+  int l = Index(lane);
+  dry_[l] = false;
+  if (claiming_[l]) due_while_claiming_[l] = true;
 }
 
 void ClaimBook::ClaimFailed(Lane lane) {
-  claiming_[Index(lane)] = false;
+  int l = Index(lane);
+  claiming_[l] = false;
+  if (due_while_claiming_[l]) dry_[l] = false;
+  due_while_claiming_[l] = false;
 }
 
 void ClaimBook::MarkAllDue() {
-  for (bool& d : dry_) d = false;
+  for (Lane lane : {Lane::kInteractive, Lane::kBackground}) MarkDue(lane);
 }
 
 bool ClaimBook::TrySelfClaim(Lane lane, size_t ring_depth, size_t ring_capacity) {

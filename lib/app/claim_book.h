@@ -54,15 +54,18 @@ class ClaimBook {
   // lane is not dry (`poll`: the periodic look, which also tries dry lanes).
   bool WantsClaim(Lane lane, bool poll) const;
   void ClaimSent(Lane lane);
-  // The claim came back with `got` of `asked` jobs. Returns true when it was
-  // full: more may be due, claim again.
+  // The claim came back with `got` of `asked` jobs. Returns true when another
+  // claim should follow: it was full (more may be due), or a row was marked
+  // due while it was in flight (its snapshot may predate that row).
   bool ClaimAnswered(Lane lane, size_t asked, size_t got);
   // The claim failed (its jobs, if any committed, are found by rule 3).
   void ClaimFailed(Lane lane);
   bool claiming(Lane lane) const { return claiming_[Index(lane)]; }
   bool dry(Lane lane) const { return dry_[Index(lane)]; }
   // A due row may be in the table for `lane` now (or in any lane).
-  void MarkDue(Lane lane) { dry_[Index(lane)] = false; }
+  // A claim in flight may have been planned before that row committed: the
+  // lane stays due when it answers.
+  void MarkDue(Lane lane);
   void MarkAllDue();
 
   // ---- claiming submits (rule 2)
@@ -115,6 +118,7 @@ class ClaimBook {
 
   bool claiming_[kLaneCount] = {false, false};
   bool dry_[kLaneCount] = {false, false};
+  bool due_while_claiming_[kLaneCount] = {false, false};
   size_t self_claims_[kLaneCount] = {0, 0};
   bool release_pending_ = false;
   std::unordered_map<uint64_t, JobPtr> held_;

@@ -77,6 +77,18 @@ Status Daemon::Start() {
   jobs_ = std::make_unique<JobTable>(0);
   jobs_->SetObserver([this](std::string_view state, const JobRecord& job) {
     events_.Publish(state, EventJob::Of(job));
+    // The table tells ends only when it keeps the jobs (the memory store);
+    // the PostgreSQL store counts a group's parts in the table itself.
+    if (IsTerminal(job.state) && events_.WantsGroup(job.group)) {
+      GroupProgress p;
+      for (const auto& part : jobs_->FindGroup(job.group)) {
+        ++p.total;
+        p.done += part->state == JobState::kDone;
+        p.failed += part->state == JobState::kFailed;
+        p.cancelled += part->state == JobState::kCancelled;
+      }
+      events_.PublishGroup(job.group, p);
+    }
   });
   WorkerLimits limits{config_.workers.min, config_.workers.max,
                       config_.workers.interactive_reserved, config_.workers.max};
@@ -154,6 +166,7 @@ Status Daemon::Start() {
   env.phase = &phase_;
   env.jobs = jobs_.get();
   env.events = &events_;
+  env.precompute = &precompute_;
   env.dispatcher = dispatcher_.get();
   env.backend = backend_.get();
   env.notifier = notifier_.get();

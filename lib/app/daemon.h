@@ -92,6 +92,7 @@ class Daemon {
   uint64_t reloads_ = 0;
 
   EventHub events_;  // before jobs_: the table's observer publishes here
+  PrecomputeTally precompute_;
   std::unique_ptr<JobTable> jobs_;
   std::unique_ptr<Dispatcher> dispatcher_;
   std::unique_ptr<ControlServer> control_;

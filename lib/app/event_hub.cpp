@@ -28,6 +28,12 @@ bool EventFilter::Matches(const EventJob& job) const {
   return !lane || job.lane == *lane;
 }
 
+bool EventFilter::MatchesGroup(std::string_view g) const {
+  if (!key.empty() || lane) return false;
+  if (!group.empty() && g != group) return false;
+  return prefix.empty() || g.starts_with(prefix);
+}
+
 Result<EventFilter> EventFilter::FromRequest(const nlohmann::json& body) {
   EventFilter f;
   for (auto [field, out] :
@@ -119,6 +125,25 @@ void EventHub::PublishText(const EventJob& job, const std::string& text) {
                              {"at_ms", UnixMillis()},
                              {"text", text}};
          if (!job.group.empty()) e["group"] = job.group;
+         return e.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+       });
+}
+
+bool EventHub::WantsGroup(std::string_view group) const {
+  if (group.empty()) return false;
+  return std::any_of(subs_.begin(), subs_.end(), [group](const Subscriber& s) {
+    return s.filter.MatchesGroup(group) && s.stream.open();
+  });
+}
+
+void EventHub::PublishGroup(std::string_view group, const GroupProgress& p) {
+  if (subs_.empty() || group.empty()) return;
+  Send([group](const EventFilter& f) { return f.MatchesGroup(group); },
+       [&] {
+         nlohmann::json e = {{"event", "group"},         {"group", group},
+                             {"total", p.total},         {"ended", p.ended()},
+                             {"done", p.done},           {"failed", p.failed},
+                             {"cancelled", p.cancelled}, {"at_ms", UnixMillis()}};
          return e.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
        });
 }

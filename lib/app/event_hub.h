@@ -40,6 +40,15 @@ struct EventJob {
   static EventJob Of(const JobRecord& job);
 };
 
+// A group's parts by state, for a progress event.
+struct GroupProgress {
+  size_t total = 0;
+  size_t done = 0;
+  size_t failed = 0;
+  size_t cancelled = 0;
+  size_t ended() const { return done + failed + cancelled; }
+};
+
 // What a subscriber asked for; an empty field matches everything.
 struct EventFilter {
   std::string key;
@@ -50,6 +59,9 @@ struct EventFilter {
   bool partial = false;
 
   bool Matches(const EventJob& job) const;
+  // Whether progress events of `group` match: no key or lane filter, and
+  // the group (or the prefix, of the group's name) matches.
+  bool MatchesGroup(std::string_view group) const;
   // From a subscribe request's fields: bad_request naming a field that is
   // not what it should be.
   static Result<EventFilter> FromRequest(const nlohmann::json& body);
@@ -68,6 +80,11 @@ class EventHub {
   bool WantsText(const EventJob& job) const;
   // Sends the text of `job` so far to the subscribers that follow it.
   void PublishText(const EventJob& job, const std::string& text);
+  // Whether a subscriber wants progress events of `group` (so a store may
+  // count its parts).
+  bool WantsGroup(std::string_view group) const;
+  // Sends a group's progress, after one of its parts ended.
+  void PublishGroup(std::string_view group, const GroupProgress& progress);
   // The JSON line of a job event.
   static std::string EventLine(std::string_view state, const EventJob& job, int64_t now_unix_ms);
 

@@ -112,12 +112,21 @@ void MemoryStore::GetResult(const Request& req, ResultQuery query,
                             const ControlServer::Reply& reply) {
   JobTable& jobs = *env_.jobs;
   bool is_group = !query.group.empty();
-  auto answer = [this, id = req.id, key = query.key, group = query.group, is_group, reply]() {
+  // `waited`: the answer comes after waiting (not at the first look), so it
+  // counts as late or miss, never hit.
+  const bool counted = query.wait_ms > 0;  // not when a shutdown answers it (AnswerWaits)
+  auto answer = [this, id = req.id, key = query.key, group = query.group, is_group, reply,
+                 counted](bool waited) {
     if (is_group) {
       const auto& parts = env_.jobs->FindGroup(group);
       if (parts.empty()) {
         reply.Send(ErrorLine(id, Status::NotFound("no group \"" + group + "\"")));
         return;
+      }
+      if (counted && !waits_answered_ && env_.precompute != nullptr) {
+        bool all = std::all_of(parts.begin(), parts.end(),
+                               [](const JobPtr& j) { return IsTerminal(j->state); });
+        env_.precompute->Count("group", group, PrecomputeTally::OutcomeOf(all, waited));
       }
       std::vector<JobView> views;
       views.reserve(parts.size());
@@ -135,6 +144,10 @@ void MemoryStore::GetResult(const Request& req, ResultQuery query,
                                          "\": never submitted, or finished and evicted past [jobs] "
                                          "retain_finished")));
     } else {
+      if (counted && !waits_answered_ && env_.precompute != nullptr) {
+        env_.precompute->Count(job->kind, job->group.empty() ? job->key : job->group,
+                               PrecomputeTally::OutcomeOf(IsTerminal(job->state), waited));
+      }
       reply.Send(OkLine(id, View(*job)));
     }
   };
@@ -148,7 +161,7 @@ void MemoryStore::GetResult(const Request& req, ResultQuery query,
     ready = !job || IsTerminal(job->state);
   }
   if (ready || query.wait_ms == 0 || *env_.phase == Phase::kStopping) {
-    answer();
+    answer(/*waited=*/false);
     return;
   }
   auto wait = std::make_shared<PendingWait>();
@@ -159,7 +172,7 @@ void MemoryStore::GetResult(const Request& req, ResultQuery query,
     env_.jobs->RemoveWaiter(w->token);
     w->timer.Close();
     waits_.erase(w);  // may free `w`'s owner entry; `w` keeps it alive here
-    answer();
+    answer(/*waited=*/true);
   };
   auto fire = [weak]() {
     if (auto w = weak.lock()) w->answer();
@@ -167,7 +180,7 @@ void MemoryStore::GetResult(const Request& req, ResultQuery query,
   wait->token = is_group ? jobs.WaitGroup(query.group, fire) : jobs.WaitJob(query.key, fire);
   if (!InitTimer(env_.loop, wait->timer, wait.get()).ok()) {
     jobs.RemoveWaiter(wait->token);
-    answer();
+    answer(/*waited=*/false);
     return;
   }
   uv_timer_start(
@@ -182,6 +195,7 @@ void MemoryStore::GetResult(const Request& req, ResultQuery query,
 }
 
 void MemoryStore::AnswerWaits() {
+  waits_answered_ = true;  // cut short by the shutdown: not counted as a miss
   auto all = waits_;
   for (const auto& w : all) w->answer();
   waits_.clear();

@@ -71,6 +71,7 @@ class MemoryStore final : public Store {
   StoreEnv env_;
   std::unique_ptr<DelayQueue> delayed_;                     // jobs waiting out a retry backoff
   std::unordered_set<std::shared_ptr<PendingWait>> waits_;  // open `result` waits
+  bool waits_answered_ = false;                             // the shutdown answered every wait
 };
 
 }  // namespace digestd

@@ -332,6 +332,7 @@ void PgStore::Close() {
                   &backlog_timer_}) {
     t->Close();
   }
+  RunAfterClaims();
   const Status closing =
       Status::Unavailable("digestd is shutting down; ask again once it has restarted");
   auto keys = key_waits_;

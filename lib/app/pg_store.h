@@ -33,6 +33,7 @@
 #pragma once
 
 #include <deque>
+#include <map>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -92,6 +93,8 @@ class PgStore final : public Store {
     bool checking = false;  // a lookup is in flight
     bool recheck = false;   // something finished while it was
     bool expired = false;   // wait_ms passed: the next answer is final
+    bool counted = false;   // wait_ms > 0: counted in the precompute tally
+    int looks = 0;          // lookups answered so far
     bool ended = false;
   };
 
@@ -211,10 +214,18 @@ class PgStore final : public Store {
   Backlog backlog_{};            // from the table, every backlog_interval_ms
   int64_t backlog_unix_ms_ = 0;  // when backlog_ was read; 0: not yet
   uint64_t recovered_ = 0;       // jobs returned to the queue by lease recovery
-  uint64_t claims_sent_ = 0;     // claim queries sent
-  uint64_t claims_empty_ = 0;    // of those, answered with no job
-  uint64_t claimed_jobs_ = 0;    // jobs they took
-  uint64_t crash_failed_ = 0;    // jobs failed for crashing their workers too often
+  // Run once no claim is in flight: cancels that found their row claimed by
+  // this node before the claim's answer arrived.
+  std::vector<std::function<void()>> after_claims_;
+  void RunAfterClaims();
+  // Counts `group`'s parts in the table and sends its progress event, when
+  // a subscriber wants it. group -> a part ended while a count was in flight.
+  void PublishGroupProgress(const std::string& group);
+  std::map<std::string, bool> group_counts_;
+  uint64_t claims_sent_ = 0;   // claim queries sent
+  uint64_t claims_empty_ = 0;  // of those, answered with no job
+  uint64_t claimed_jobs_ = 0;  // jobs they took
+  uint64_t crash_failed_ = 0;  // jobs failed for crashing their workers too often
   uint64_t retention_deleted_ = 0;
   uint64_t leases_lost_ = 0;
   uint64_t expired_unstarted_ = 0;  // claims dropped: their lease ran out before a start

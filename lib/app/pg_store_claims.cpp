@@ -53,6 +53,10 @@ void PgStore::Refill(bool poll) {
 
 void PgStore::OnClaimed(Lane lane, int asked, uint64_t sent_ns,
                         Result<std::vector<StoredJob>> claimed) {
+  struct AfterClaims {
+    PgStore* store;
+    ~AfterClaims() { store->RunAfterClaims(); }
+  } after_claims{this};
   if (!claimed.ok()) {
     book_.ClaimFailed(lane);
     if (claimed.status().code() != Status::Code::kUnavailable) {
@@ -93,6 +97,13 @@ void PgStore::OnClaimed(Lane lane, int asked, uint64_t sent_ns,
   claimed_jobs_ += claimed->size();
   if (claimed->empty()) ++claims_empty_;
   if (full) Refill();  // more may be due
+}
+
+void PgStore::RunAfterClaims() {
+  if (after_claims_.empty()) return;
+  if (!closed_ && (book_.claiming(Lane::kInteractive) || book_.claiming(Lane::kBackground))) return;
+  auto run = std::exchange(after_claims_, {});
+  for (auto& f : run) f();
 }
 
 void PgStore::AdoptOwnSubmit(const NewJob& spec, const InsertedJob& row, uint64_t sent_ns) {

@@ -97,7 +97,7 @@ void PgStore::Submit(const Request& req, std::vector<const nlohmann::json*> spec
     const size_t depth = env_.dispatcher->depth(job.lane);
     size_t room_cap = env_.dispatcher->capacity(job.lane);
     if (const JobKind* k = JobKindRegistry::Global().Find(job.kind); k != nullptr) {
-      int room = env_.dispatcher->RoomFor(*k, *job.input);
+      int room = env_.dispatcher->RoomFor(*k, *job.input, job.lane);
       if (room != INT_MAX) room_cap = std::min(room_cap, depth + static_cast<size_t>(room));
     }
     bool claim = book_.TrySelfClaim(job.lane, depth, room_cap);
@@ -128,6 +128,11 @@ void PgStore::Submit(const Request& req, std::vector<const nlohmann::json*> spec
             // Unavailable: it may have committed, claimed by nobody.
             book_.SelfClaimAnswered(own->lane, o.status.code() == Status::Code::kUnavailable);
             if (adopted) AdoptOwnSubmit(*own, o.inserted, queued_ns);
+          }
+          // Committed unclaimed: due in the table now. A claim sent since
+          // the submit arrived may have looked before this commit.
+          if (o.status.ok() && o.inserted.created && !(own && o.inserted.lease_token != 0)) {
+            book_.MarkDue(lane);
           }
           if (o.status.ok() && o.inserted.id != 0 && o.inserted.conflict) {
             if (!replace) {
@@ -185,6 +190,7 @@ void PgStore::GetResult(const Request& req, ResultQuery query, const ControlServ
   wait->key = std::move(query.key);
   wait->group = std::move(query.group);
   wait->expired = true;
+  wait->counted = query.wait_ms > 0;
   if (query.wait_ms > 0 && phase() != Phase::kStopping) {
     // Registered before the first lookup, so a commit that lands while the
     // lookup is in flight still wakes it (recheck).
@@ -239,7 +245,12 @@ void PgStore::CheckDbWait(const std::shared_ptr<DbWait>& wait, bool final) {
                                               "[postgres] retention_s and deleted")));
         return EndDbWait(w);
       }
+      const bool waited = w->looks++ > 0;
       if (IsTerminal((*r)->state) || w->expired) {
+        if (w->counted && env_.precompute != nullptr) {
+          env_.precompute->Count((*r)->kind, (*r)->group.empty() ? (*r)->key : (*r)->group,
+                                 PrecomputeTally::OutcomeOf(IsTerminal((*r)->state), waited));
+        }
         w->reply.Send(OkLine(w->id, JobJson(ViewOf(**r, UnixMillis()))));
         return EndDbWait(w);
       }
@@ -260,7 +271,11 @@ void PgStore::CheckDbWait(const std::shared_ptr<DbWait>& wait, bool final) {
           }
           bool all = std::all_of(r->begin(), r->end(),
                                  [](const StoredJob& j) { return IsTerminal(j.state); });
+          const bool waited = w->looks++ > 0;
           if (all || w->expired) {
+            if (w->counted && env_.precompute != nullptr) {
+              env_.precompute->Count("group", w->group, PrecomputeTally::OutcomeOf(all, waited));
+            }
             int64_t now = UnixMillis();
             std::vector<JobView> views;
             views.reserve(r->size());
@@ -404,11 +419,24 @@ void PgStore::Cancel(const Request& req, const std::string& key,
                                                        .lane = s.lane,
                                                        .attempts = s.attempts,
                                                        .error = s.error});
+            PublishGroupProgress(s.group);
           }
           reply.Send(OkLine(id, {{"key", key}, {"status", "cancelled"}, {"cancelled", true}}));
           return;
         }
-        Status ls = store_->Lookup(key, [reply, id, key](Result<std::optional<StoredJob>> j) {
+        Status ls = store_->Lookup(key, [this, reply, id, key](Result<std::optional<StoredJob>> j) {
+          if (j.ok() && j->has_value() && (*j)->state == JobState::kRunning &&
+              (*j)->lease_owner == env_.node_id && !closed_ &&
+              (book_.claiming(Lane::kInteractive) || book_.claiming(Lane::kBackground)) &&
+              !env_.jobs->Find(key)) {
+            // This node's claim took the row and has not answered yet: cancel
+            // it here once the claim has brought it in.
+            after_claims_.push_back([this, reply, id, key] {
+              Request again{id, "cancel", nlohmann::json::object()};
+              Cancel(again, key, reply);
+            });
+            return;
+          }
           if (!j.ok()) {
             reply.Send(ErrorLine(id, j.status()));
           } else if (!j->has_value()) {
@@ -536,6 +564,35 @@ void PgStore::OnJobFinished(const JobPtr& job, WorkOutcome outcome) {
   ForgetClaim(job);
 }
 
+void PgStore::PublishGroupProgress(const std::string& group) {
+  if (env_.events == nullptr || closed_ || !env_.events->WantsGroup(group)) return;
+  // One count in flight per group: parts that end meanwhile are counted by
+  // one more lookup once it answers.
+  auto [it, fresh] = group_counts_.try_emplace(group, false);
+  if (!fresh) {
+    it->second = true;
+    return;
+  }
+  Status st = store_->LookupGroup(group, [this, group](Result<std::vector<StoredJob>> r) {
+    auto at = group_counts_.find(group);
+    const bool again = at != group_counts_.end() && at->second;
+    if (at != group_counts_.end()) group_counts_.erase(at);
+    if (closed_ || env_.events == nullptr) return;
+    if (r.ok() && !r->empty()) {
+      GroupProgress p;
+      for (const auto& part : *r) {
+        ++p.total;
+        p.done += part.state == JobState::kDone;
+        p.failed += part.state == JobState::kFailed;
+        p.cancelled += part.state == JobState::kCancelled;
+      }
+      env_.events->PublishGroup(group, p);
+    }
+    if (again) PublishGroupProgress(group);
+  });
+  if (!st.ok()) group_counts_.erase(group);
+}
+
 void PgStore::WriteFinish(const JobPtr& job, JobState state, nlohmann::json result,
                           std::string error, RowCallback then) {
   FinishRow row{job->row_id,      job->lease_token,     job->key,    state, std::move(result),
@@ -552,6 +609,7 @@ void PgStore::WriteFinish(const JobPtr& job, JobState state, nlohmann::json resu
         if (then) then(o);
         if (o.status.ok() && o.accepted && env_.events != nullptr) {
           env_.events->Publish(JobStateName(state), EventJob::Of(*job));
+          PublishGroupProgress(group);
         }
         // The waiters read the committed row now, not after the NOTIFY's
         // round trip: what `result` says is what the table says.

@@ -248,6 +248,8 @@ void PgStore::CancelGroup(const Request& req, const std::string& group,
                                               if (env_.events != nullptr)
                                                 env_.events->Publish("cancelled", EventOf(s));
                                             }
+                                            if (!p->table.cancelled.empty())
+                                              PublishGroupProgress(p->group);
                                           }
                                           settle();
                                         });
@@ -279,7 +281,17 @@ void PgStore::Delete(const Request& req, JobTarget target, const ControlServer::
           return;
         }
         if (env_.events != nullptr) {
-          for (const auto& s : deleted) env_.events->Publish("deleted", EventOf(s));
+          std::vector<std::string> groups;
+          for (const auto& s : deleted) {
+            env_.events->Publish("deleted", EventOf(s));
+            if (!s.group.empty() &&
+                std::find(groups.begin(), groups.end(), s.group) == groups.end()) {
+              groups.push_back(s.group);
+            }
+          }
+          // The group has fewer parts now (with the memory store the job
+          // table's observer tells the same).
+          for (const auto& g : groups) PublishGroupProgress(g);
         }
         auto n = static_cast<int64_t>(deleted.size());
         reply.Send(OkLine(id, {{"deleted", n}, {"skipped", total - n}}));

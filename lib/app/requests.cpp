@@ -157,6 +157,7 @@ nlohmann::json Daemon::StatusJson() const {
       {"run_time", PercentilesJson(jobs_->run_time().Compute())},
       {"db", store_->StatusJson()},
       {"events", events_.StatusJson()},
+      {"precompute", precompute_.ToJson()},
       {"control",
        {{"clients", control_->clients()},
         {"accepted", control_->accepted()},

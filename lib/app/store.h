@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "app/job_query.h"
+#include "app/precompute_tally.h"
 #include "backend/backend_health.h"
 #include "config/config.h"
 #include "control/control_server.h"
@@ -53,6 +54,8 @@ struct StoreEnv {
   // a store that keeps no record of a job (a submit to PostgreSQL) or that
   // tells terminal states only once committed publishes those itself.
   EventHub* events = nullptr;
+  // Counts how `result` waits found their jobs (hit, late, miss).
+  PrecomputeTally* precompute = nullptr;
   // The store can serve: READY=1 may go out. Called once; a store that gave
   // up waiting for its database ([postgres] ready_timeout_s) says so itself.
   std::function<void()> ready;

@@ -148,6 +148,16 @@ std::string FormatStatus(const nlohmann::json& s) {
                 Get(s, "jobs", "done", 0ULL), Get(s, "jobs", "failed", 0ULL),
                 Get(s, "jobs", "cancelled", 0ULL));
   out += line;
+  // Waits for results: did the app precompute early enough?
+  auto hit = Get(s, "precompute", "hit", 0ULL), late = Get(s, "precompute", "late", 0ULL),
+       miss = Get(s, "precompute", "miss", 0ULL);
+  if (hit + late + miss > 0) {
+    std::snprintf(line, sizeof line,
+                  "waits        hit %llu  late %llu  miss %llu  (%.0f%% ready when asked)\n", hit,
+                  late, miss,
+                  100.0 * static_cast<double>(hit) / static_cast<double>(hit + late + miss));
+    out += line;
+  }
   auto count = Get(s, "latency", "count", 0ULL);
   if (count == 0) {
     out += "latency      (no finished jobs yet)\n";

@@ -25,6 +25,12 @@ struct Dispatcher::WorkItem {
 
 namespace {
 
+// How long background jobs of a model wait after a preemption made room for
+// an interactive request: time for that request to reach the server (a
+// localhost send takes well under a millisecond; a busy machine may
+// deschedule a thread for a few).
+constexpr uint64_t kPreemptHoldNs = 20'000'000;
+
 std::string_view OutcomeName(WorkOutcome::Kind kind) {
   switch (kind) {
     case WorkOutcome::Kind::kDone:
@@ -191,8 +197,48 @@ Dispatcher::ModelSlot* Dispatcher::SlotOf(JobRecord& job) {
 }
 
 bool Dispatcher::Startable(const JobRecord& job, const ModelSlot* slot) const {
-  if (slot == nullptr || slot->active() < slot->cap.limit()) return true;
-  return job.lane == Lane::kInteractive && Victim(slot) != nullptr;
+  if (slot == nullptr) return true;
+  if (job.lane == Lane::kBackground) {
+    // Requests being aborted still count until they return, and for a
+    // moment after a preemption the room it made is the interactive job's:
+    // a background request sent beside it could reach the server first.
+    return slot->cap.in_flight() < slot->cap.limit() &&
+           (slot->background_hold_until == 0 || uv_hrtime() >= slot->background_hold_until);
+  }
+  return slot->active() < slot->cap.limit() || Victim(slot) != nullptr;
+}
+
+void Dispatcher::ArmHoldTimer() {
+  if (!hold_timer_.initialized()) {
+    if (hold_timer_.get() == nullptr || uv_timer_init(loop_, hold_timer_.get()) != 0) return;
+    hold_timer_.set_initialized();
+    hold_timer_.get()->data = this;
+    uv_unref(hold_timer_.base());
+  }
+  uint64_t next = 0;
+  for (auto& [name, slot] : models_) {
+    if (slot.background_hold_until != 0 && (next == 0 || slot.background_hold_until < next))
+      next = slot.background_hold_until;
+  }
+  if (next == 0) {
+    uv_timer_stop(hold_timer_.get());
+    return;
+  }
+  const uint64_t now = uv_hrtime();
+  // Rounded up: the loop's clock is in whole milliseconds.
+  const uint64_t ms = next > now ? (next - now + 999999) / 1000000 : 0;
+  uv_timer_start(hold_timer_.get(), &Dispatcher::OnHoldTimer, ms, 0);
+}
+
+void Dispatcher::OnHoldTimer(uv_timer_t* timer) {
+  auto* self = static_cast<Dispatcher*>(timer->data);
+  const uint64_t now = uv_hrtime();
+  for (auto& [name, slot] : self->models_) {
+    if (slot.background_hold_until != 0 && now >= slot.background_hold_until)
+      slot.background_hold_until = 0;
+  }
+  self->ArmHoldTimer();
+  self->Pump();
 }
 
 Dispatcher::WorkItem* Dispatcher::Victim(const ModelSlot* slot) const {
@@ -259,11 +305,16 @@ size_t Dispatcher::ClaimRoom(Lane lane) const {
   return static_cast<size_t>(std::max(0L, room));
 }
 
-int Dispatcher::RoomFor(const JobKind& kind, const nlohmann::json& input) {
+int Dispatcher::RoomFor(const JobKind& kind, const nlohmann::json& input, Lane lane) {
   auto m = kind.ModelOf(input, *config_);
   if (!m) return INT_MAX;
   const ModelSlot* slot = SlotFor(*m);
-  return std::max(0, slot->cap.limit() - slot->active() - slot->waiting);
+  int room = std::max(0, slot->cap.limit() - slot->active() - slot->waiting);
+  if (lane == Lane::kInteractive && room == 0 && slot->parked[0].empty() &&
+      Victim(slot) != nullptr) {
+    room = 1;  // it starts at once, in a preempted request's place
+  }
+  return room;
 }
 
 nlohmann::json Dispatcher::ModelsJson() const {
@@ -514,6 +565,7 @@ void Dispatcher::Pump() {
   pumping_ = false;
   if (Drained()) {
     text_async_.Close();  // nothing runs any more: the loop may end
+    hold_timer_.Close();
     if (hooks_.on_drained) hooks_.on_drained();
   }
 }
@@ -540,12 +592,14 @@ void Dispatcher::Start(JobPtr job) {
     // one over that, it may take two requests' places (the probe's, which
     // waits at the server anyway, and one more).
     const int room = job->lane == Lane::kInteractive ? slot->cap.proven() : slot->cap.limit();
+    bool preempted = false;
     while (slot->active() >= room) {
       // Only an interactive job gets here with its model full (Startable):
       // abort the background request with the least progress.
       WorkItem* victim = Victim(slot);
       if (victim == nullptr) break;
       victim->preempting = true;
+      preempted = true;
       ++slot->preempting;
       ++preempting_;
       ++preemptions_;
@@ -554,6 +608,10 @@ void Dispatcher::Start(JobPtr job) {
       LOG_INFO("job %s (background, %s): aborted for interactive job %s (preempted %d times)",
                victim->job->key.c_str(), job->model.c_str(), job->key.c_str(),
                victim->job->preempted + 1);
+    }
+    if (preempted) {
+      slot->background_hold_until = uv_hrtime() + kPreemptHoldNs;
+      ArmHoldTimer();
     }
     item->slot = slot;
     item->ticket = slot->cap.OnStart();

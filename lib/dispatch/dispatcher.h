@@ -157,10 +157,11 @@ class Dispatcher {
   // lane also the background requests it may preempt). Unbounded (SIZE_MAX) while the
   // lane's work calls no backend model.
   size_t ClaimRoom(Lane lane) const;
-  // Whether a new job of `kind` with `input` could start at its model
-  // soon: free room at the model, less the jobs waiting for it here. INT_MAX
-  // for a job that calls no backend model.
-  int RoomFor(const JobKind& kind, const nlohmann::json& input);
+  // Whether a new job of `kind` with `input` in `lane` could start at its
+  // model soon: free room at the model, less the jobs waiting for it here;
+  // for the interactive lane also the background requests it may preempt.
+  // INT_MAX for a job that calls no backend model.
+  int RoomFor(const JobKind& kind, const nlohmann::json& input, Lane lane);
 
   // Per model: {"model","embedding","mode","limit","max","in_flight",
   // "waiting","reason","changed_ms_ago","server_wait_ms",...}.
@@ -192,6 +193,10 @@ class Dispatcher {
     bool embedding = false;
     int preempting = 0;  // aborted for an interactive job, not yet returned
     int waiting = 0;     // queued here (any lane, any queue) for this model
+    // uv_hrtime until which background jobs of this model wait: the room a
+    // preemption made is the interactive request's until it has reached
+    // the server (its FIFO would give a slot to whichever arrives first).
+    uint64_t background_hold_until = 0;
     std::deque<JobPtr> parked[kLaneCount];
     int active() const { return cap.in_flight() - preempting; }
   };
@@ -259,6 +264,11 @@ class Dispatcher {
   UvHandle<uv_async_t> text_async_;
   void DeliverText(WorkItem& item);
   static void OnTextAsync(uv_async_t* async);
+  // Pumps when a model's background hold ends; made on first use,
+  // unreferenced, closed with text_async_ once drained.
+  UvHandle<uv_timer_t> hold_timer_;
+  void ArmHoldTimer();
+  static void OnHoldTimer(uv_timer_t* timer);
 };
 
 }  // namespace digestd

@@ -347,6 +347,39 @@ void Control(PromText& out, const Json& s) {
 
 }  // namespace
 
+// `result` waits by how they found their jobs: hit (already done when
+// asked), late (done within the wait), miss (the wait ran out).
+void Precompute(PromText& out, const Json& s) {
+  const Json* p = At(s, {"precompute"});
+  if (p == nullptr || !p->is_object()) return;
+  struct By {
+    const char* family;
+    const char* help;
+    const char* key;
+    const char* label;
+  };
+  const By bys[] = {
+      {"digestd_result_waits_total",
+       "result requests that waited (wait_ms > 0), by job kind (\"group\" for a group) and by "
+       "outcome: hit (already done when asked), late (done within the wait), miss (the wait ran "
+       "out).",
+       "by_kind", "kind"},
+      {"digestd_result_waits_by_prefix_total",
+       "The same waits by the part of the group (or key) before its first ':'.", "by_prefix",
+       "prefix"},
+  };
+  for (const By& by : bys) {
+    const Json* m = At(*p, {by.key});
+    if (m == nullptr || !m->is_object()) continue;
+    out.Family(by.family, Type::kCounter, by.help);
+    for (const auto& [name, counts] : m->items()) {
+      for (const char* outcome : {"hit", "late", "miss"}) {
+        out.Sample({{by.label, name}, {"outcome", outcome}}, counts.value(outcome, 0.0));
+      }
+    }
+  }
+}
+
 std::string RenderDaemonMetrics(const MetricsSources& sources) {
   static const Json kEmpty = Json::object();
   const Json& s = sources.status != nullptr ? *sources.status : kEmpty;
@@ -358,6 +391,7 @@ std::string RenderDaemonMetrics(const MetricsSources& sources) {
   Backend(out, s, sources.backend_latency);
   Db(out, s);
   Control(out, s);
+  Precompute(out, s);
   return out.Take();
 }
 

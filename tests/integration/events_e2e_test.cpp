@@ -175,6 +175,45 @@ TEST_P(EventsE2E, FiltersByKeyGroupAndLane) {
   for (const auto& k : l) EXPECT_EQ(k, "fg");
 }
 
+TEST_P(EventsE2E, GroupProgressIsToldAsItsPartsEnd) {
+  RawClient by_group(daemon_.SocketPath()), by_key(daemon_.SocketPath());
+  ASSERT_EQ(Subscribe(by_group, {{"group", "game:9"}}).value("ok", false), true);
+  ASSERT_EQ(Subscribe(by_key, {{"key", "game:9:b"}}).value("ok", false), true);
+  json parts = json::array();
+  for (const char* k : {"game:9:a", "game:9:b", "game:9:c"}) {
+    parts.push_back(
+        {{"kind", "noop"}, {"key", k}, {"group", "game:9"}, {"input", {{"sleep_ms", 20}}}});
+  }
+  json batch = daemon_.CallOk({{"op", "submit"}, {"jobs", parts}});
+  ASSERT_EQ(batch.value("ok", false), true) << batch.dump();
+  daemon_.CallOk({{"op", "cancel"}, {"key", "game:9:c"}});
+
+  std::vector<json> progress;
+  for (;;) {
+    json e = by_group.Next();
+    ASSERT_FALSE(e.is_null()) << "no group event with every part ended; so far: "
+                              << json(progress).dump();
+    if (e.value("event", "") != "group") continue;
+    progress.push_back(e);
+    EXPECT_EQ(e.value("group", ""), "game:9") << e.dump();
+    EXPECT_EQ(e.value("total", 0), 3) << e.dump();
+    if (e.value("ended", 0) == 3) break;
+  }
+  for (size_t i = 1; i < progress.size(); ++i) {
+    EXPECT_GE(progress[i].value("ended", 0), progress[i - 1].value("ended", 0))
+        << json(progress).dump();
+  }
+  EXPECT_EQ(progress.back().value("done", 0) + progress.back().value("cancelled", 0), 3)
+      << json(progress).dump();
+  // A subscriber to one key hears of that job only.
+  for (;;) {
+    json e = by_key.Next(500ms);
+    if (e.is_null()) break;
+    EXPECT_EQ(e.value("event", ""), "job") << e.dump();
+    EXPECT_EQ(e.value("key", ""), "game:9:b") << e.dump();
+  }
+}
+
 TEST_P(EventsE2E, BadFiltersAreRefusedWithWhatToDo) {
   for (const json& bad :
        {json{{"op", "subscribe"}, {"lane", "urgent"}}, json{{"op", "subscribe"}, {"key", 7}},

@@ -354,6 +354,12 @@ TEST_P(LifecycleE2E, SubmitsAfterSigtermGetUnavailable) {
   // A long job keeps the drain open until the test has asked what it wants.
   daemon.SubmitNoop("holder", 60000);
   daemon.SubmitNoop("quick", 100);
+  // Both have started (with PostgreSQL, jobs a claim brings in after the
+  // signal go straight back to the table).
+  ASSERT_TRUE(WaitFor([&] {
+    json s = daemon.Status();
+    return s["jobs"]["running"].get<int>() + s["jobs"]["done"].get<int>() >= 2;
+  }));
   ControlClient client;  // connected before the signal; the listener stays open while draining
   ASSERT_TRUE(client.Connect(daemon.SocketPath()).ok());
   daemon.Signal(SIGTERM);
@@ -392,6 +398,12 @@ TEST_P(LifecycleE2E, DrainOpFinishesQueuedWorkAndExits) {
   ASSERT_TRUE(daemon.Start({.store = GetParam(), .config = WorkersConfig(1, 1)}));
   std::vector<std::string> keys = {"d0", "d1", "d2"};
   for (const auto& key : keys) daemon.SubmitNoop(key, 50);
+  // One has started (with PostgreSQL, a claim that is still in flight when
+  // the drain comes brings jobs that go straight back to the table).
+  ASSERT_TRUE(WaitFor([&] {
+    json s = daemon.Status();
+    return s["jobs"]["running"].get<int>() + s["jobs"]["done"].get<int>() >= 1;
+  }));
   json answer = daemon.CallOk({{"op", "drain"}});
   EXPECT_EQ(answer["draining"], true);
   auto exit = daemon.WaitExit();

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cmath>
 #include <memory>
 #include <string>
 #include <vector>
@@ -123,12 +124,75 @@ TEST_P(ProtocolE2E, HelloNamesTheProtocolVersionOpsKindsAndStore) {
   for (const char* op :
        {"hello", "submit", "result", "cancel", "status", "jobs", "retry", "delete"})
     EXPECT_TRUE(has("ops", op)) << op << " in " << answer.dump();
-  for (const char* kind : {"noop", "summarize", "embed", "generate"})
+  for (const char* kind : {"noop", "similarity", "summarize", "embed", "generate"})
     EXPECT_TRUE(has("kinds", kind)) << kind << " in " << answer.dump();
   for (const char* feature :
        {"sync_submit", "jobs_list", "retry", "delete", "cancel_group", "submit_conflict"}) {
     EXPECT_TRUE(has("features", feature)) << feature << " in " << answer.dump();
   }
+}
+
+TEST_P(ProtocolE2E, SimilarityRunsThroughTheDaemonAndRefusesBadVectors) {
+  json submitted = Call({{"op", "submit"},
+                         {"kind", "similarity"},
+                         {"key", "sim"},
+                         {"wait_ms", 10000},
+                         {"input",
+                          {{"a", {1.0, 0.0}},
+                           {"b", {1.0, 1.0}},
+                           {"sample", {{0.0, 1.0}, {1.0, 0.1}, {-1.0, 0.0}}}}}});
+  ASSERT_EQ(submitted["status"], "done") << submitted.dump();
+  const json& r = submitted["result"];
+  EXPECT_NEAR(r["similarity"].get<double>(), 1.0 / std::sqrt(2.0), 1e-12) << r.dump();
+  // Null: cos(a, s) = 0, 0.995, -1; the pair's 0.707 is above two of three.
+  EXPECT_NEAR(r["percentile"].get<double>(), 100.0 * 2 / 3, 1e-9) << r.dump();
+  EXPECT_EQ(r["rank"], 2) << r.dump();
+  json bad = Call(
+      {{"op", "submit"}, {"kind", "similarity"}, {"input", {{"a", {1.0, 0.0}}, {"b", {1.0}}}}});
+  EXPECT_EQ(bad["ok"], false) << bad.dump();
+  EXPECT_EQ(bad["error"]["code"], "bad_request") << bad.dump();
+}
+
+TEST_P(ProtocolE2E, ResultWaitsAreCountedAsHitLateOrMiss) {
+  // hit: done before anyone asked.
+  daemon_.SubmitNoop("game:1:ready", 0);
+  ASSERT_TRUE(WaitFor([&] {
+    return Call({{"op", "result"}, {"key", "game:1:ready"}})["status"] == "done";
+  }));
+  EXPECT_EQ(Call({{"op", "result"}, {"key", "game:1:ready"}, {"wait_ms", 5000}})["status"], "done");
+  // late: done within the wait.
+  daemon_.SubmitNoop("game:2:slow", 300);
+  EXPECT_EQ(Call({{"op", "result"}, {"key", "game:2:slow"}, {"wait_ms", 10000}})["status"], "done");
+  // miss: the wait runs out first.
+  daemon_.SubmitNoop("book:1:ch1", 5000);
+  EXPECT_NE(Call({{"op", "result"}, {"key", "book:1:ch1"}, {"wait_ms", 50}})["status"], "done");
+  // A group wait, late: counted under "group" and the group's prefix.
+  json batch = Call({{"op", "submit"},
+                     {"jobs",
+                      {{{"kind", "noop"},
+                        {"key", "game:3:a"},
+                        {"group", "game:3"},
+                        {"input", {{"sleep_ms", 200}}}},
+                       {{"kind", "noop"},
+                        {"key", "game:3:b"},
+                        {"group", "game:3"},
+                        {"input", {{"sleep_ms", 250}}}}}}});
+  ASSERT_EQ(batch["ok"], true) << batch.dump();
+  json group = Call({{"op", "result"}, {"group", "game:3"}, {"wait_ms", 10000}});
+  EXPECT_EQ(group["status"], "completed") << group.dump();
+  // Not counted: no wait, and an unknown key.
+  Call({{"op", "result"}, {"key", "game:1:ready"}});
+  Call({{"op", "result"}, {"key", "game:404"}, {"wait_ms", 50}});
+
+  json p = daemon_.Status()["precompute"];
+  EXPECT_EQ(p["hit"], 1) << p.dump();
+  EXPECT_EQ(p["late"], 2) << p.dump();
+  EXPECT_EQ(p["miss"], 1) << p.dump();
+  EXPECT_EQ(p["by_kind"]["noop"], json({{"hit", 1}, {"late", 1}, {"miss", 1}})) << p.dump();
+  EXPECT_EQ(p["by_kind"]["group"], json({{"hit", 0}, {"late", 1}, {"miss", 0}})) << p.dump();
+  EXPECT_EQ(p["by_prefix"]["game"], json({{"hit", 1}, {"late", 2}, {"miss", 0}})) << p.dump();
+  EXPECT_EQ(p["by_prefix"]["book"], json({{"hit", 0}, {"late", 0}, {"miss", 1}})) << p.dump();
+  Call({{"op", "cancel"}, {"key", "book:1:ch1"}});
 }
 
 TEST_P(ProtocolE2E, LineThatIsNotJsonGetsBadRequest) {

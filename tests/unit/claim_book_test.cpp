@@ -58,6 +58,24 @@ TEST(ClaimBook, WhateverMayPutADueRowInTheTableMakesTheLaneDueAgain) {
   EXPECT_TRUE(book.WantsClaim(kI, false));
 }
 
+TEST(ClaimBook, ARowMarkedDueWhileAClaimIsInFlightKeepsTheLaneDue) {
+  ClaimBook book;
+  book.ClaimSent(kI);
+  book.MarkDue(kI);  // a submit committed after the claim was planned
+  EXPECT_TRUE(book.ClaimAnswered(kI, 50, 0)) << "the claim may not have seen that row";
+  EXPECT_FALSE(book.dry(kI));
+  EXPECT_TRUE(book.WantsClaim(kI, false));
+  // The next claim saw it: an empty answer now leaves the lane dry.
+  book.ClaimSent(kI);
+  EXPECT_FALSE(book.ClaimAnswered(kI, 50, 0));
+  EXPECT_TRUE(book.dry(kI));
+  // The same when the claim in flight fails.
+  book.ClaimSent(kB);
+  book.MarkAllDue();
+  book.ClaimFailed(kB);
+  EXPECT_TRUE(book.WantsClaim(kB, false));
+}
+
 TEST(ClaimBook, AFailedClaimIsNoLongerInFlight) {
   ClaimBook book;
   book.ClaimSent(kB);

@@ -170,6 +170,7 @@ class DispatcherTest : public ::testing::Test {
       }
       job->state = JobState::kRunning;
       started_.push_back(job->key);
+      started_at_[job->key] = uv_hrtime();
     };
     hooks.on_finish = [this](const JobPtr& job, WorkOutcome outcome) {
       job->state =
@@ -229,6 +230,7 @@ class DispatcherTest : public ::testing::Test {
   const InstantKind* instant_ = nullptr;
   std::unique_ptr<Dispatcher> dispatcher_;
   std::vector<std::string> started_;
+  std::map<std::string, uint64_t> started_at_;  // key -> uv_hrtime of its last start
   std::vector<Finished> finished_;
   int drained_calls_ = 0;
   std::vector<std::string> preempted_;
@@ -624,7 +626,33 @@ TEST_F(ModelDispatchTest, InteractiveJobPreemptsTheBackgroundRequestWithLeastPro
   // before bg3.
   EXPECT_TRUE(finished_.empty());
   Release("bg1");
-  EXPECT_EQ(started_.back(), "bg2");
+  // Background work of the model waits a moment after the preemption.
+  ASSERT_TRUE(RunUntil([&] { return started_.back() == "bg2"; }));
+  Release("bg2");
+  EXPECT_EQ(started_.back(), "bg3");
+}
+
+TEST_F(ModelDispatchTest, RoomAPreemptionMadeIsTheInteractiveRequestsForAMoment) {
+  MakeModels(/*max=*/4, /*parallel=*/2);
+  EnqueueOk(Llm("bg1", "A", Lane::kBackground));
+  EnqueueOk(Llm("bg2", "A", Lane::kBackground));
+  EnqueueOk(Llm("bg3", "A", Lane::kBackground));
+  EnqueueOk(Llm("fg", "A", Lane::kInteractive));
+  ASSERT_EQ(started_, (std::vector<std::string>{"bg1", "bg2", "fg"}));
+  ASSERT_TRUE(jobs_["bg2"]->cancel->load());
+  // While the aborted request has not returned it still counts for
+  // background work: nothing else starts.
+  Release("fg");
+  EXPECT_EQ(started_.back(), "fg");
+  gate_.Wake();
+  ASSERT_TRUE(RunUntil([&] { return !preempted_.empty(); }));
+  // Room now, but a background request sent at once could reach the
+  // server before the interactive one: it waits out the hold first.
+  ASSERT_TRUE(RunUntil([&] { return started_.back() == "bg2"; }));
+  EXPECT_GE(started_at_["bg2"] - started_at_["fg"], 20'000'000u)
+      << "background work started " << (started_at_["bg2"] - started_at_["fg"]) / 1000
+      << " us after the preempting interactive job";
+  Release("bg1");
   Release("bg2");
   EXPECT_EQ(started_.back(), "bg3");
 }
@@ -687,6 +715,23 @@ TEST_F(ModelDispatchTest, PromotingAJobInItsRetryBackoffDoesNotStartItEarly) {
   EnqueueOk(Llm("next", "A", Lane::kBackground));
   EXPECT_EQ(started_, (std::vector<std::string>{"retrying", "next"}));
   EXPECT_EQ(dispatcher_->depth(Lane::kBackground), 0u);
+}
+
+TEST_F(ModelDispatchTest, AnInteractiveJobHasRoomWhereItCanPreempt) {
+  MakeModels(/*max=*/4, /*parallel=*/1);
+  const JobKind* kind = kinds_.Find("llm");
+  ASSERT_NE(kind, nullptr);
+  const nlohmann::json input{{"model", "A"}};
+  EXPECT_EQ(dispatcher_->RoomFor(*kind, input, Lane::kBackground), 1);
+  EnqueueOk(Llm("bg1", "A", Lane::kBackground));
+  EnqueueOk(Llm("bg2", "A", Lane::kBackground));
+  EXPECT_EQ(dispatcher_->RoomFor(*kind, input, Lane::kBackground), 0);
+  EXPECT_EQ(dispatcher_->RoomFor(*kind, input, Lane::kInteractive), 1) << "bg1 can be preempted";
+  jobs_["bg1"]->preempted = 3;  // max_preemptions reached: it runs to its end
+  EXPECT_EQ(dispatcher_->RoomFor(*kind, input, Lane::kInteractive), 0);
+  jobs_["bg1"]->preempted = 0;
+  Release("bg1");
+  Release("bg2");
 }
 
 TEST_F(ModelDispatchTest, ClaimRoomFollowsTheModelsRoom) {

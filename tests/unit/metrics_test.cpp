@@ -142,7 +142,11 @@ nlohmann::json SampleStatus() {
            "writer": {"depth": 4, "capacity": 500, "rows_written": 90, "batches": 9,
                       "submits_written": 50, "results_written": 40, "ignored": 0,
                       "rejected": 0, "failed_batches": 1, "last_commit_ms": 2.5}},
-    "control": {"clients": 1, "accepted": 10, "requests": 30, "rejected": 0}
+    "control": {"clients": 1, "accepted": 10, "requests": 30, "rejected": 0},
+    "precompute": {"hit": 5, "late": 2, "miss": 1,
+                   "by_kind": {"embed": {"hit": 4, "late": 1, "miss": 0},
+                               "group": {"hit": 1, "late": 1, "miss": 1}},
+                   "by_prefix": {"game": {"hit": 5, "late": 2, "miss": 1}}}
   })");
   j["db"]["writer"]["commit_seconds"] = commit.ToJson();
   return j;
@@ -300,6 +304,11 @@ TEST(DaemonMetrics, StatusFiguresAppearUnderTheirNames) {
   EXPECT_EQ(m.Value("digestd_writer_commit_seconds_count"), 2);
   EXPECT_EQ(m.Value("digestd_writer_commit_seconds_bucket", {{"le", "0.0025"}}), 1);
   EXPECT_EQ(m.Value("digestd_control_requests_total"), 30);
+  EXPECT_EQ(m.Value("digestd_result_waits_total", {{"kind", "embed"}, {"outcome", "hit"}}), 4);
+  EXPECT_EQ(m.Value("digestd_result_waits_total", {{"kind", "group"}, {"outcome", "miss"}}), 1);
+  EXPECT_EQ(
+      m.Value("digestd_result_waits_by_prefix_total", {{"prefix", "game"}, {"outcome", "late"}}),
+      2);
 }
 
 TEST(DaemonMetrics, MemoryStoreHasNoDatabaseFamilies) {

@@ -28,6 +28,14 @@ TEST(StatusTable, BackendLineShowsKindUrlStateInFlightAndLatency) {
   EXPECT_EQ(out.find("held"), std::string::npos) << out;
 }
 
+TEST(StatusTable, ResultWaitsShowHowManyWereReadyWhenAsked) {
+  EXPECT_EQ(FormatStatus(json::object()).find("waits"), std::string::npos);
+  std::string out = FormatStatus({{"precompute", {{"hit", 6}, {"late", 1}, {"miss", 1}}}});
+  EXPECT_NE(out.find("waits        hit 6  late 1  miss 1  (75% ready when asked)\n"),
+            std::string::npos)
+      << out;
+}
+
 TEST(StatusTable, OpenBreakerShowsItsReasonNextProbeAndHeldJobs) {
   json b = Backend("open");
   b["breaker"]["reason"] = "connection refused";
