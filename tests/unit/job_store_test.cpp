@@ -151,6 +151,10 @@ TEST_F(JobStoreTest, ConcurrentClaimersNeverGetTheSameJob) {
   for (int i = 0; i < 3; ++i) {
     stores.push_back(std::make_unique<JobStore>(ExtraConn(), "node-" + std::to_string(i)));
   }
+  // Each session claims from the empty interactive lane first, so its
+  // statement is prepared and its backend warm before the race: a fresh
+  // backend's slow first statement must not decide who gets jobs.
+  for (auto& s : stores) EXPECT_TRUE(Claim(*s, Lane::kInteractive, 1).empty());
   std::vector<StoredJob> all;
   int active = 0;
   std::function<void(JobStore*)> claim = [&](JobStore* s) {
