@@ -237,22 +237,20 @@ void PgStore::CancelGroup(const Request& req, const std::string& group,
     }
   }
   if (stopping) OllamaClient::WakeAll();
-  Status st = store_->CancelGroupQueued(group, "cancelled by request before it ran",
-                                        [this, p, settle](Result<GroupCancel> r) {
-                                          if (!r.ok()) {
-                                            p->error = r.status();
-                                          } else {
-                                            p->table = std::move(r).value();
-                                            for (const auto& s : p->table.cancelled) {
-                                              env_.jobs->NoteCancelled();
-                                              if (env_.events != nullptr)
-                                                env_.events->Publish("cancelled", EventOf(s));
-                                            }
-                                            if (!p->table.cancelled.empty())
-                                              PublishGroupProgress(p->group);
-                                          }
-                                          settle();
-                                        });
+  auto on_table = [this, p, settle](Result<GroupCancel> r) {
+    if (!r.ok()) {
+      p->error = r.status();
+    } else {
+      p->table = std::move(r).value();
+      for (const auto& s : p->table.cancelled) {
+        env_.jobs->NoteCancelled();
+        if (env_.events != nullptr) env_.events->Publish("cancelled", EventOf(s));
+      }
+      if (!p->table.cancelled.empty()) PublishGroupProgress(p->group);
+    }
+    settle();
+  };
+  Status st = store_->CancelGroupQueued(group, "cancelled by request before it ran", on_table);
   if (!st.ok()) {
     p->error = st;
     settle();

@@ -191,6 +191,12 @@ TEST_F(DurableE2E, DuplicateKeyReturnsTheExistingJobAndCreatesNothing) {
   EXPECT_EQ(batch["jobs"][1]["existing"], false);
   EXPECT_EQ(batch["jobs"][2]["existing"], true);
   EXPECT_EQ(Count("key IN ('dup', 'fresh')"), "2");
+  // Finished here, so the next test's daemon neither runs them nor tells
+  // their keys to its listener.
+  for (const char* key : {"dup", "fresh"}) {
+    json done = Call(d, {{"op", "result"}, {"key", key}, {"wait_ms", 10000}});
+    EXPECT_EQ(done["status"], "done") << done.dump();
+  }
   EXPECT_TRUE(d.Stop());
 }
 

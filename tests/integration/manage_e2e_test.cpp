@@ -338,6 +338,13 @@ TEST_P(ManageE2E, DigestctlListsRetriesAndDeletes) {
   auto del = ctl({"delete", "cli/a"});
   EXPECT_EQ(del.status->code(), 0) << del.err;
   ExpectError(Call({{"op", "result"}, {"key", "cli/a"}}), "not_found");
+
+  auto none = ctl({"cancel", "--group", "no-such-group"});
+  EXPECT_EQ(none.status->code(), 1) << none.out << none.err;
+  EXPECT_NE(none.err.find("not_found"), std::string::npos) << none.err;
+  auto usage = ctl({"retry"});
+  EXPECT_EQ(usage.status->code(), 2) << usage.err;
+  EXPECT_NE(usage.err.find("--group"), std::string::npos) << usage.err;
 }
 
 TEST_P(ManageE2E, RetryReplaceAndDeleteAreTold) {
