@@ -46,6 +46,7 @@ void PgStore::OnQueuedAgain(const std::vector<TouchedJob>& rows, Lane lane) {
   for (const auto& t : rows) {
     if (!t.changed) continue;
     any = true;
+    env_.jobs->NoteRequeued(1);
     if (env_.events != nullptr) {
       StoredJob s = t.job;
       s.lane = lane;

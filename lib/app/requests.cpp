@@ -147,6 +147,7 @@ nlohmann::json Daemon::StatusJson() const {
         {"cancelled", c.cancelled},
         {"released", c.released},
         {"retried", c.retried},
+        {"requeued", c.requeued},
         {"preempted", dispatcher_->preemptions()},
         {"promoted", dispatcher_->promoted() + store_->promoted()},
         {"waiting_retry", store_->waiting_retry()},

@@ -80,6 +80,7 @@ void JobTable::Requeue(const JobPtr& job, Lane lane, std::string kind,
   job->lease_lost = false;
   // The flag of the attempt that was cancelled stays set for its worker.
   job->cancel = std::make_shared<std::atomic<bool>>(false);
+  ++counters_.requeued;
   Notify("queued", *job);
 }
 

@@ -38,6 +38,8 @@ struct JobCounters {
   // lost lease), or cancelled at shutdown with the memory store.
   uint64_t released = 0;
   uint64_t retried = 0;  // attempts that ended in a retry
+  // Jobs queued again by request (`retry`, a replacing submit).
+  uint64_t requeued = 0;
 };
 
 // The counters of the jobs of one kind on one lane, since start: what the
@@ -133,6 +135,8 @@ class JobTable {
     ++Tally(kind, lane).submitted;
   }
   void NoteReleased(size_t n) { counters_.released += n; }
+  // Jobs queued again by request elsewhere (PostgreSQL's table).
+  void NoteRequeued(size_t n) { counters_.requeued += n; }
 
   // Registers `fn` to run when `key` is terminal; returns a token for
   // RemoveWaiter. The caller checks the current state first.

@@ -162,6 +162,9 @@ void Jobs(PromText& out, const Json& s, const JobTable* jobs) {
   FromStatus(out, s, "digestd_jobs_duplicate_total", Type::kCounter,
              "Submits of a key that already existed (answered with the existing job).",
              {"jobs", "duplicates"});
+  FromStatus(out, s, "digestd_jobs_requeued_total", Type::kCounter,
+             "Jobs queued again by request (retry, or a submit with replace).",
+             {"jobs", "requeued"});
   if (jobs != nullptr) {
     out.Family("digestd_job_latency_seconds", Type::kHistogram,
                "Time from a job's submit (or claim) to its terminal state, by lane.");

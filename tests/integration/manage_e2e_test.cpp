@@ -207,6 +207,7 @@ TEST_P(ManageE2E, RetryRunsAFailedJobAgainWithAttemptsFromZero) {
   json group = daemon_.CallOk({{"op", "retry"}, {"group", "sg"}});
   EXPECT_EQ(group.value("retried", -1), 2) << group.dump();
   EXPECT_EQ(group.value("skipped", -1), 1) << group.dump();
+  EXPECT_EQ(daemon_.Status()["jobs"].value("requeued", -1), 3);
   ExpectError(Call({{"op", "retry"}, {"group", "none"}}), "not_found");
 }
 
