@@ -1,0 +1,100 @@
+// Checks that need no digestd: errors by code, request building, the socket path.
+import test from 'node:test';
+import assert from 'node:assert/strict';
+import { readFileSync, existsSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import * as dc from '../index.js';
+
+const CODES = {
+  bad_request: dc.BadRequest, unknown_op: dc.UnknownOp, too_large: dc.TooLarge,
+  not_found: dc.NotFound, unavailable: dc.Unavailable, forbidden: dc.Forbidden,
+  queue_full: dc.QueueFull, invalid_config: dc.InvalidConfig, internal: dc.Internal,
+  conflict: dc.Conflict,
+};
+
+test('every error code has its class', () => {
+  for (const [code, Cls] of Object.entries(CODES)) {
+    const answer = { ok: false, id: 1, error: { code, message: 'what; do this' } };
+    const err = dc.errorFromAnswer(answer);
+    assert.equal(err.constructor, Cls, code);
+    assert.ok(err instanceof dc.DigestdError);
+    assert.ok(err instanceof Error);
+    assert.equal(err.code, code);
+    assert.equal(err.detail, 'what; do this');
+    assert.equal(err.message, `${code}: what; do this`);
+    assert.equal(err.name, Cls.name);
+    assert.equal(err.answer, answer);
+  }
+});
+
+test('the error codes of docs/protocol.md all have a class', (t) => {
+  const docs = fileURLToPath(new URL('../../../docs/protocol.md', import.meta.url));
+  if (!existsSync(docs)) {
+    t.skip('docs/protocol.md is not beside this checkout');
+    return;
+  }
+  const table = readFileSync(docs, 'utf8').split('## Error codes')[1];
+  const codes = table.split('\n').filter((l) => l.startsWith('| `')).map((l) => l.split('`')[1]);
+  assert.ok(codes.length > 0);
+  for (const code of codes) assert.ok(dc.ERRORS_BY_CODE[code], `${code} has no error class`);
+});
+
+test('an unknown code is the base class', () => {
+  const err = dc.errorFromAnswer({ ok: false, error: { code: 'brand_new', message: 'm' } });
+  assert.equal(err.constructor, dc.DigestdError);
+  assert.equal(err.code, 'brand_new');
+  assert.match(dc.errorFromAnswer({ ok: false }).message, /without an error object/);
+});
+
+test('submit requests', () => {
+  assert.deepEqual(
+    dc.submitRequest('summarize', { text: 't' }, { key: 'k', group: 'g', lane: 'interactive', waitMs: 1500, replace: true }),
+    { op: 'submit', kind: 'summarize', input: { text: 't' }, key: 'k', group: 'g', lane: 'interactive', replace: true, wait_ms: 1500 });
+  assert.deepEqual(dc.submitRequest('noop'), { op: 'submit', kind: 'noop' });
+  assert.throws(() => dc.submitRequest('noop', {}, { waitMs: 300001 }), /at most 300000/);
+  assert.throws(() => dc.submitRequest('noop', {}, { waitMs: -1 }), RangeError);
+  assert.throws(() => dc.submitRequest(''), /kind/);
+});
+
+test('batch requests take the group and lane', () => {
+  const req = dc.batchRequest([{ kind: 'noop' }, { kind: 'noop', group: 'other' }], { group: 'g', lane: 'background' });
+  assert.deepEqual(req.jobs, [{ kind: 'noop', group: 'g', lane: 'background' }, { kind: 'noop', group: 'other', lane: 'background' }]);
+  assert.throws(() => dc.batchRequest([]), /non-empty/);
+  assert.throws(() => dc.batchRequest(['noop']), /jobs\[0\]/);
+});
+
+test('jobs and subscribe requests', () => {
+  assert.deepEqual(dc.jobsRequest({ status: 'done', keyPrefix: 'a:', limit: 10, cursor: 'c' }),
+    { op: 'jobs', status: 'done', key_prefix: 'a:', limit: 10, cursor: 'c' });
+  assert.deepEqual(dc.subscribeRequest({ group: 'g', partial: true }), { op: 'subscribe', group: 'g', partial: true });
+});
+
+test('terminal states', () => {
+  assert.equal(dc.isTerminal({ key: 'k', status: 'done' }), true);
+  assert.equal(dc.isTerminal({ key: 'k', group: 'g', status: 'running' }), false);
+  assert.equal(dc.isTerminal({ group: 'g', total: 1, status: 'partial', parts: [] }), true);
+  assert.equal(dc.isTerminal({ group: 'g', total: 1, status: 'in_progress', parts: [] }), false);
+});
+
+test('the socket path', () => {
+  const saved = process.env.DIGESTD_SOCKET;
+  try {
+    process.env.DIGESTD_SOCKET = '/tmp/x.sock';
+    assert.equal(dc.socketPath(), '/tmp/x.sock');
+    assert.equal(dc.socketPath('/a.sock'), '/a.sock');
+    delete process.env.DIGESTD_SOCKET;
+    assert.equal(dc.socketPath(), '/run/digestd/control.sock');
+    assert.equal(new dc.Client().socketPath, dc.DEFAULT_SOCKET);
+  } finally {
+    if (saved === undefined) delete process.env.DIGESTD_SOCKET;
+    else process.env.DIGESTD_SOCKET = saved;
+  }
+});
+
+test('a missing socket is a ConnectionFailed naming it', async () => {
+  const c = new dc.Client({ socket: '/nonexistent/digestd.sock' });
+  await assert.rejects(c.ping(), (e) => e instanceof dc.ConnectionFailed && e.code === 'io_error' &&
+    e.message.includes('/nonexistent/digestd.sock') && e.message.includes('DIGESTD_SOCKET'));
+  await assert.rejects(c.subscribe(), dc.ConnectionFailed);
+  c.close();
+});
