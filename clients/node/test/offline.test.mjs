@@ -98,3 +98,9 @@ test('a missing socket is a ConnectionFailed naming it', async () => {
   await assert.rejects(c.subscribe(), dc.ConnectionFailed);
   c.close();
 });
+
+test('index.d.ts declares exactly what index.js exports', async () => {
+  const dts = readFileSync(fileURLToPath(new URL('../index.d.ts', import.meta.url)), 'utf8');
+  const declared = [...dts.matchAll(/^export declare (?:const|class|function) (\w+)/gm)].map((m) => m[1]);
+  assert.deepEqual([...new Set(declared)].sort(), Object.keys(dc).sort());
+});

@@ -31,7 +31,8 @@ class ErrorsTest(unittest.TestCase):
 
     def test_the_docs_table_is_covered(self) -> None:
         # Every code in docs/protocol.md's "Error codes" table has a class.
-        docs = os.path.join(os.path.dirname(__file__), "..", "..", "..", "docs", "protocol.md")
+        root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..")
+        docs = os.path.join(root, "docs/protocol.md")
         if not os.path.exists(docs):
             self.skipTest("docs/protocol.md is not beside this checkout")
         with open(docs, encoding="utf-8") as f:
