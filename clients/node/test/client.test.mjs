@@ -8,6 +8,7 @@ import * as dc from '../index.js';
 
 const SOCKET = process.env.DIGESTD_SOCKET ?? '';
 const MAX_BATCH = Number(process.env.DIGESTD_TEST_MAX_BATCH ?? 0);
+const IDLE_TIMEOUT_S = Number(process.env.DIGESTD_TEST_IDLE_TIMEOUT_S ?? 0);
 const skip = SOCKET ? false : 'no digestd to test against: $DIGESTD_SOCKET is not set (clients/run-tests starts one and sets it)';
 const RUN = randomBytes(5).toString('hex');
 const key = (name) => `nodetest:${RUN}:${name}`;
@@ -156,6 +157,14 @@ live('workers reads the limits; close and reconnect', async (c) => {
   const c2 = await dc.connect({ socket: SOCKET });
   assert.equal(await c2.ping(), true);
   c2.close();
+});
+
+live('reconnects when digestd closed an idle connection', async (c) => {
+  assert.ok(IDLE_TIMEOUT_S > 0, '$DIGESTD_TEST_IDLE_TIMEOUT_S (the daemon\'s [control] idle_timeout_s) must be set');
+  assert.equal(await c.ping(), true);
+  await new Promise((resolve) => { setTimeout(resolve, IDLE_TIMEOUT_S * 1000 + 1500); });
+  assert.equal(c._conn.dead, true, 'digestd closed it');
+  assert.equal(await c.ping(), true);
 });
 
 live('subscribe: job events and the summary as it is written', async (c) => {

@@ -15,6 +15,7 @@ from digestd_client import Client
 SOCKET = os.environ.get("DIGESTD_SOCKET", "")
 RUN = uuid.uuid4().hex[:10]
 MAX_BATCH = int(os.environ.get("DIGESTD_TEST_MAX_BATCH", "0") or 0)
+IDLE_TIMEOUT_S = int(os.environ.get("DIGESTD_TEST_IDLE_TIMEOUT_S", "0") or 0)
 
 _hello: Optional[Dict[str, Any]] = None
 
@@ -40,10 +41,9 @@ def skip_unless_daemon(cls: type) -> type:
 
 
 def require_op(test: unittest.TestCase, op: str) -> None:
-    """Skips the test, printing why, when this digestd's hello does not list op."""
+    """Skips the test when this digestd's hello does not list op (-v prints why)."""
     ops = hello().get("ops", [])
     if op not in ops:
         reason = (f"this digestd does not offer op {op!r} (hello lists {', '.join(ops)}); "
                   "the test runs once it does")
-        print(f"\nskipped: {test.id()}: {reason}")
         test.skipTest(reason)

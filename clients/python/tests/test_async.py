@@ -6,7 +6,7 @@ from typing import List
 
 import digestd_client as dc
 
-from .live import SOCKET, key, require_op, skip_unless_daemon
+from .live import IDLE_TIMEOUT_S, SOCKET, key, require_op, skip_unless_daemon
 
 
 @skip_unless_daemon
@@ -76,6 +76,15 @@ class AsyncClientTest(unittest.IsolatedAsyncioTestCase):
             view = await self.c.result(k)
             self.assertEqual(texts[-1], view["result"]["text"])
         self.assertTrue(sub.closed)
+
+    async def test_reconnects_when_digestd_closed_an_idle_connection(self) -> None:
+        if not IDLE_TIMEOUT_S:
+            self.skipTest("$DIGESTD_TEST_IDLE_TIMEOUT_S (the daemon's [control] idle_timeout_s) "
+                          "is not set")
+        self.assertTrue(await self.c.ping())
+        await asyncio.sleep(IDLE_TIMEOUT_S + 1.5)
+        self.assertTrue(self.c._conn is not None and self.c._conn.dead, "digestd closed it")
+        self.assertTrue(await self.c.ping())
 
     async def test_jobs_when_offered(self) -> None:
         require_op(self, "jobs")

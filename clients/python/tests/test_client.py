@@ -7,7 +7,7 @@ from typing import Any, Dict, List
 
 import digestd_client as dc
 
-from .live import MAX_BATCH, SOCKET, hello, key, require_op, skip_unless_daemon
+from .live import IDLE_TIMEOUT_S, MAX_BATCH, SOCKET, key, require_op, skip_unless_daemon
 
 CHAPTER = ("Marta Hale came to the lighthouse on Gull Rock in the first week of October. "
            "The old keeper had left a ledger on the kitchen table.")
@@ -172,6 +172,16 @@ class ClientTest(unittest.TestCase):
     def test_reconnects_after_close(self) -> None:
         self.assertTrue(self.c.ping())
         self.c.close()
+        self.assertTrue(self.c.ping())
+
+    def test_reconnects_when_digestd_closed_an_idle_connection(self) -> None:
+        if not IDLE_TIMEOUT_S:
+            self.skipTest("$DIGESTD_TEST_IDLE_TIMEOUT_S (the daemon's [control] idle_timeout_s) "
+                          "is not set")
+        self.assertTrue(self.c.ping())
+        time.sleep(IDLE_TIMEOUT_S + 1.5)
+        line = self.c._line
+        self.assertTrue(line is not None and line.closed_by_peer(), "digestd closed it")
         self.assertTrue(self.c.ping())
 
     def test_connect(self) -> None:
