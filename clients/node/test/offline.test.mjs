@@ -104,3 +104,92 @@ test('index.d.ts declares exactly what index.js exports', async () => {
   const declared = [...dts.matchAll(/^export declare (?:const|class|function) (\w+)/gm)].map((m) => m[1]);
   assert.deepEqual([...new Set(declared)].sort(), Object.keys(dc).sort());
 });
+
+// A stand-in server on a private socket: answers each request line with
+// whatever `respond` returns, written in awkward pieces.
+async function withFakeServer(respond, fn) {
+  const { mkdtempSync, rmSync } = await import('node:fs');
+  const { tmpdir } = await import('node:os');
+  const { join } = await import('node:path');
+  const net = (await import('node:net')).default;
+  const dir = mkdtempSync(join(tmpdir(), 'digestd-fake-'));
+  const path = join(dir, 's.sock');
+  const pause = () => new Promise((resolve) => { setTimeout(resolve, 5); });
+  const sockets = new Set();
+  const server = net.createServer((sock) => {
+    sockets.add(sock);
+    let buf = '';
+    let writing = Promise.resolve();
+    sock.on('data', (chunk) => {
+      buf += chunk;
+      let nl;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        const out = Buffer.from(respond(JSON.parse(buf.slice(0, nl))), 'utf8');
+        buf = buf.slice(nl + 1);
+        // One byte, then the rest split inside a multi-byte character.
+        const cut = out.indexOf(0xc3) > 0 ? out.indexOf(0xc3) + 1 : 2;
+        writing = writing.then(async () => {
+          for (const piece of [out.subarray(0, 1), out.subarray(1, cut), out.subarray(cut)]) {
+            if (!sock.destroyed) sock.write(piece);
+            await pause();
+          }
+        });
+      }
+    });
+    sock.on('error', () => {});
+  });
+  await new Promise((resolve) => server.listen(path, resolve));
+  try {
+    await fn(path);
+  } finally {
+    for (const sock of sockets) sock.destroy();
+    server.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+test('framing: answers in pieces, multi-byte text split, events with the subscribe answer', async () => {
+  await withFakeServer((req) => {
+    if (req.op === 'subscribe') {
+      return '{"ok":true,"subscribed":true,"max_unread_bytes":1}\n' +
+        '{"event":"text","key":"k","text":"café"}\r\n{"event":"job","state":"done","key":"k"}\n';
+    }
+    if (req.op === 'result') return '{"ok":false,"error":{"code":"not_found","message":"no job k; submit it first"}}\n';
+    return `{"ok":true,"echo":${JSON.stringify(req)},"text":"naïve résumé"}\n`;
+  }, async (path) => {
+    const c = new dc.Client({ socket: path, timeoutMs: 2000 });
+    try {
+      await framing(c);
+    } finally {
+      c.close();
+    }
+  });
+});
+
+async function framing(c) {
+  const [a, b] = await Promise.all([c.request('one', { x: 'é' }), c.request('two')]);
+  assert.deepEqual(a.echo, { op: 'one', x: 'é' });
+  assert.equal(a.text, 'naïve résumé');
+  assert.equal(b.echo.op, 'two');
+  await assert.rejects(c.result('k'), (e) => e instanceof dc.NotFound && e.detail === 'no job k; submit it first');
+  const sub = await c.subscribe({ key: 'k', timeoutMs: 2000 });
+  const got = [];
+  for await (const ev of sub) {
+    got.push(ev);
+    if (ev.state === 'done') break;
+  }
+  assert.deepEqual(got, [{ event: 'text', key: 'k', text: 'café' }, { event: 'job', state: 'done', key: 'k' }]);
+}
+
+test('a request without an answer times out, and the next one starts afresh', async () => {
+  let n = 0;
+  await withFakeServer(() => (++n === 1 ? '' : '{"ok":true,"pong":true}\n'), async (path) => {
+    const c = new dc.Client({ socket: path, timeoutMs: 200 });
+    try {
+      await assert.rejects(c.ping(), (e) => e instanceof dc.Timeout && e.message.includes('"ping"'));
+      assert.equal(await c.ping(), true);
+    } finally {
+      c.close();
+    }
+  });
+});
