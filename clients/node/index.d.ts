@@ -12,7 +12,7 @@ export type JobStatus = 'queued' | 'running' | 'done' | 'failed' | 'cancelled';
 export type GroupStatus = 'pending' | 'in_progress' | 'completed' | 'failed' | 'partial';
 export type ErrorCode =
   | 'bad_request' | 'unknown_op' | 'too_large' | 'not_found' | 'unavailable'
-  | 'forbidden' | 'queue_full' | 'invalid_config' | 'internal' | 'conflict';
+  | 'forbidden' | 'queue_full' | 'invalid_config' | 'internal' | 'conflict' | 'bad_state';
 
 export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
 export interface JsonObject { [key: string]: unknown }
@@ -39,7 +39,10 @@ export declare class Forbidden extends DigestdError {}
 export declare class QueueFull extends DigestdError {}
 export declare class InvalidConfig extends DigestdError {}
 export declare class Internal extends DigestdError {}
+/** A submit named an existing key with another kind or input: submit with replace, or use a new key. */
 export declare class Conflict extends DigestdError {}
+/** The job is not in a state the op applies to (retry of a job that did not fail, replacing a running job). */
+export declare class BadState extends DigestdError {}
 /** The socket could not be reached, or closed mid-request (code "io_error"). */
 export declare class ConnectionFailed extends DigestdError {}
 /** No answer within the client's timeoutMs (code "timeout"). */
@@ -77,6 +80,8 @@ export interface SubmitAnswer extends Answer {
   key: string;
   status: JobStatus | 'unknown';
   existing: boolean;
+  /** True when a submit with replace ran the job again. */
+  replaced?: boolean;
 }
 
 export interface BatchEntry {
@@ -106,6 +111,8 @@ export interface JobView {
   /** The kind's result: summary, text, embeddings, slept_ms, model, meta, ... */
   result?: { [key: string]: any };
   error?: string;
+  /** The error of the run before a retry or replace, until the job ends again. */
+  last_error?: string;
   preempted?: number;
   busy_retries?: number;
   node?: string;
@@ -123,10 +130,27 @@ export interface GroupView extends Answer {
 }
 
 export interface CancelAnswer extends Answer {
+  /** One job: its key, state and whether it was cancelled. */
   key?: string;
   status?: string;
-  cancelled?: boolean;
+  /** One job: whether it was cancelled; a group: how many were. */
+  cancelled?: boolean | number;
+  /** A group: the cancelled jobs still running until their workers stop. */
+  running?: number;
+  /** A group, with PostgreSQL: its jobs running on other daemons (not cancelled). */
+  elsewhere?: number;
+  group?: string;
   message?: string;
+}
+
+export interface RetryAnswer extends Answer {
+  key?: string;
+  status?: string;
+  /** One job: whether it was queued again; a group: how many were. */
+  retried: boolean | number;
+  group?: string;
+  /** A group: its jobs that were not failed or cancelled. */
+  skipped?: number;
 }
 
 export interface DeleteAnswer extends Answer {
@@ -149,7 +173,7 @@ export interface WorkersAnswer extends Answer {
 
 export interface JobEvent {
   event: 'job';
-  state: 'queued' | 'started' | 'retried' | 'preempted' | 'released' | 'done' | 'failed' | 'cancelled';
+  state: 'queued' | 'started' | 'retried' | 'preempted' | 'released' | 'done' | 'failed' | 'cancelled' | 'deleted';
   key: string;
   group?: string;
   kind: string;
@@ -229,11 +253,15 @@ export interface SubscribeOptions {
 }
 
 export interface JobsFilter {
-  status?: JobStatus;
+  status?: JobStatus | JobStatus[];
   group?: string;
   kind?: string;
   lane?: Lane;
   keyPrefix?: string;
+  /** Only jobs submitted at most this many seconds ago. */
+  maxAgeS?: number;
+  /** Only jobs submitted at least this many seconds ago. */
+  minAgeS?: number;
   limit?: number;
   cursor?: string;
 }
@@ -276,7 +304,7 @@ export declare class Group {
   submitMany(jobs: Job[], opts?: Omit<BatchOptions, 'group'>): Promise<BatchAnswer>;
   result(opts?: { waitMs?: number }): Promise<GroupView>;
   cancel(): Promise<CancelAnswer>;
-  retry(): Promise<Answer>;
+  retry(opts?: { lane?: Lane }): Promise<RetryAnswer>;
   delete(): Promise<DeleteAnswer>;
   subscribe(opts?: Omit<SubscribeOptions, 'group'>): Promise<Subscription>;
 }
@@ -307,7 +335,9 @@ export declare class Client {
   result(opts: ResultOptions & { key: string }): Promise<JobAnswer>;
   group(name: string): Group;
   cancel(target: Target): Promise<CancelAnswer>;
-  retry(target: Target): Promise<Answer>;
+  /** Queues a failed or cancelled job (or every one of a group) again, on lane (default background). */
+  retry(target: string, opts?: { lane?: Lane }): Promise<RetryAnswer>;
+  retry(target: ({ key: string; group?: undefined } | { group: string; key?: undefined }) & { lane?: Lane }): Promise<RetryAnswer>;
   delete(target: Target): Promise<DeleteAnswer>;
   /** One page of the job list. */
   jobs(filters?: JobsFilter): Promise<JobsPage>;

@@ -44,6 +44,7 @@ export const QueueFull = errorClass('QueueFull', 'queue_full');
 export const InvalidConfig = errorClass('InvalidConfig', 'invalid_config');
 export const Internal = errorClass('Internal', 'internal');
 export const Conflict = errorClass('Conflict', 'conflict');
+export const BadState = errorClass('BadState', 'bad_state');
 /** The socket could not be reached or closed mid-request (raised by the client). */
 export const ConnectionFailed = errorClass('ConnectionFailed', 'io_error');
 /** No answer within the client's timeout (raised by the client). */
@@ -51,7 +52,7 @@ export const Timeout = errorClass('Timeout', 'timeout');
 
 export const ERRORS_BY_CODE = Object.freeze(Object.fromEntries(
   [BadRequest, UnknownOp, TooLarge, NotFound, Unavailable, Forbidden, QueueFull,
-    InvalidConfig, Internal, Conflict, ConnectionFailed].map((c) => [c.code, c])));
+    InvalidConfig, Internal, Conflict, BadState, ConnectionFailed].map((c) => [c.code, c])));
 
 /** The error for an error answer ({ok: false, error: {code, message}}). */
 export function errorFromAnswer(answer) {
@@ -162,7 +163,8 @@ export function jobsRequest(filters = {}) {
     op: 'jobs',
     ...dropUndefined({
       status: filters.status, group: filters.group, kind: filters.kind, lane: filters.lane,
-      key_prefix: filters.keyPrefix, limit: filters.limit, cursor: filters.cursor,
+      key_prefix: filters.keyPrefix, max_age_s: filters.maxAgeS, min_age_s: filters.minAgeS,
+      limit: filters.limit, cursor: filters.cursor,
     }),
   };
 }
@@ -390,8 +392,8 @@ export class Group {
     return this.client.cancel({ group: this.name });
   }
 
-  retry() {
-    return this.client.retry({ group: this.name });
+  retry(opts = {}) {
+    return this.client.retry({ group: this.name, lane: opts.lane });
   }
 
   delete() {
@@ -486,7 +488,10 @@ export class Client {
 
   cancel(keyOrOpts) { return this.request('cancel', target(keyOrOpts, 'cancel')); }
 
-  retry(keyOrOpts) { return this.request('retry', target(keyOrOpts, 'retry')); }
+  retry(keyOrOpts, opts = {}) {
+    const lane = typeof keyOrOpts === 'object' && keyOrOpts !== null ? keyOrOpts.lane : opts.lane;
+    return this.request('retry', { ...target(keyOrOpts, 'retry'), lane });
+  }
 
   delete(keyOrOpts) { return this.request('delete', target(keyOrOpts, 'delete')); }
 

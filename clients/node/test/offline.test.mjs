@@ -9,7 +9,7 @@ const CODES = {
   bad_request: dc.BadRequest, unknown_op: dc.UnknownOp, too_large: dc.TooLarge,
   not_found: dc.NotFound, unavailable: dc.Unavailable, forbidden: dc.Forbidden,
   queue_full: dc.QueueFull, invalid_config: dc.InvalidConfig, internal: dc.Internal,
-  conflict: dc.Conflict,
+  conflict: dc.Conflict, bad_state: dc.BadState,
 };
 
 test('every error code has its class', () => {
@@ -64,8 +64,10 @@ test('batch requests take the group and lane', () => {
 });
 
 test('jobs and subscribe requests', () => {
-  assert.deepEqual(dc.jobsRequest({ status: 'done', keyPrefix: 'a:', limit: 10, cursor: 'c' }),
-    { op: 'jobs', status: 'done', key_prefix: 'a:', limit: 10, cursor: 'c' });
+  assert.deepEqual(dc.jobsRequest({ status: 'done', keyPrefix: 'a:', minAgeS: 60, limit: 10, cursor: 'c' }),
+    { op: 'jobs', status: 'done', key_prefix: 'a:', min_age_s: 60, limit: 10, cursor: 'c' });
+  assert.deepEqual(dc.jobsRequest({ status: ['failed', 'cancelled'], group: 'g', maxAgeS: 3600 }),
+    { op: 'jobs', status: ['failed', 'cancelled'], group: 'g', max_age_s: 3600 });
   assert.deepEqual(dc.subscribeRequest({ group: 'g', partial: true }), { op: 'subscribe', group: 'g', partial: true });
 });
 

@@ -13,7 +13,7 @@ raise the :class:`DigestdError` subclass of their code.
 from ._protocol import DEFAULT_SOCKET, GROUP_TERMINAL, JOB_TERMINAL, MAX_WAIT_MS
 from .aio import AsyncClient, AsyncGroup, AsyncSubscription
 from .client import Client, Group, Subscription, connect
-from .errors import (ERRORS_BY_CODE, BadRequest, Conflict, ConnectionFailed, DigestdError,
+from .errors import (ERRORS_BY_CODE, BadRequest, BadState, Conflict, ConnectionFailed, DigestdError,
                      Forbidden, Internal, InvalidConfig, NotFound, QueueFull, TooLarge,
                      Unavailable, UnknownOp, error_from_answer)
 
@@ -23,7 +23,8 @@ __all__ = [
     "Client", "Group", "Subscription", "connect",
     "AsyncClient", "AsyncGroup", "AsyncSubscription",
     "DigestdError", "BadRequest", "UnknownOp", "TooLarge", "NotFound", "Unavailable",
-    "Forbidden", "QueueFull", "InvalidConfig", "Internal", "Conflict", "ConnectionFailed",
+    "Forbidden", "QueueFull", "InvalidConfig", "Internal", "Conflict", "BadState",
+    "ConnectionFailed",
     "ERRORS_BY_CODE", "error_from_answer",
     "DEFAULT_SOCKET", "MAX_WAIT_MS", "JOB_TERMINAL", "GROUP_TERMINAL",
 ]

@@ -2,7 +2,7 @@
 
 import json
 import os
-from typing import Any, Dict, Iterable, List, Mapping, Optional
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
 from .errors import DigestdError, error_from_answer
 
@@ -138,10 +138,14 @@ def subscribe_request(key: Optional[str], group: Optional[str], prefix: Optional
     return req
 
 
-def jobs_request(status: Optional[str], group: Optional[str], kind: Optional[str],
-                 lane: Optional[str], key_prefix: Optional[str], limit: Optional[int],
+def jobs_request(status: Union[str, Sequence[str], None], group: Optional[str],
+                 kind: Optional[str], lane: Optional[str], key_prefix: Optional[str],
+                 max_age_s: Optional[int], min_age_s: Optional[int], limit: Optional[int],
                  cursor: Optional[str]) -> Json:
     req: Json = {"op": "jobs"}
+    if status is not None and not isinstance(status, str):
+        status = list(status)
     req.update(drop_none({"status": status, "group": group, "kind": kind, "lane": lane,
-                          "key_prefix": key_prefix, "limit": limit, "cursor": cursor}))
+                          "key_prefix": key_prefix, "max_age_s": max_age_s,
+                          "min_age_s": min_age_s, "limit": limit, "cursor": cursor}))
     return req

@@ -9,7 +9,8 @@ the same client; use a second :class:`AsyncClient` for those.
 import asyncio
 import collections
 import time
-from typing import Any, AsyncIterator, Deque, Dict, Iterable, List, Mapping, Optional
+from typing import (Any, AsyncIterator, Deque, Dict, Iterable, List, Mapping, Optional, Sequence,
+                    Union)
 
 from . import _protocol as p
 from .errors import ConnectionFailed
@@ -164,8 +165,8 @@ class AsyncGroup:
     async def cancel(self) -> Json:
         return await self.client.cancel(group=self.name)
 
-    async def retry(self) -> Json:
-        return await self.client.retry(group=self.name)
+    async def retry(self, lane: Optional[str] = None) -> Json:
+        return await self.client.retry(group=self.name, lane=lane)
 
     async def delete(self) -> Json:
         return await self.client.delete(group=self.name)
@@ -281,18 +282,20 @@ class AsyncClient:
     async def cancel(self, key: Optional[str] = None, *, group: Optional[str] = None) -> Json:
         return await self.request("cancel", **p.target(key, group, "cancel"))
 
-    async def retry(self, key: Optional[str] = None, *, group: Optional[str] = None) -> Json:
-        return await self.request("retry", **p.target(key, group, "retry"))
+    async def retry(self, key: Optional[str] = None, *, group: Optional[str] = None,
+                    lane: Optional[str] = None) -> Json:
+        return await self.request("retry", lane=lane, **p.target(key, group, "retry"))
 
     async def delete(self, key: Optional[str] = None, *, group: Optional[str] = None) -> Json:
         return await self.request("delete", **p.target(key, group, "delete"))
 
-    async def jobs(self, *, status: Optional[str] = None, group: Optional[str] = None,
-                   kind: Optional[str] = None, lane: Optional[str] = None,
-                   key_prefix: Optional[str] = None, limit: Optional[int] = None,
-                   cursor: Optional[str] = None) -> Json:
-        return await self.send(p.jobs_request(status, group, kind, lane, key_prefix, limit,
-                                              cursor))
+    async def jobs(self, *, status: Union[str, Sequence[str], None] = None,
+                   group: Optional[str] = None, kind: Optional[str] = None,
+                   lane: Optional[str] = None, key_prefix: Optional[str] = None,
+                   max_age_s: Optional[int] = None, min_age_s: Optional[int] = None,
+                   limit: Optional[int] = None, cursor: Optional[str] = None) -> Json:
+        return await self.send(p.jobs_request(status, group, kind, lane, key_prefix,
+                                              max_age_s, min_age_s, limit, cursor))
 
     async def iter_jobs(self, **filters: Any) -> AsyncIterator[Json]:
         cursor = filters.pop("cursor", None)

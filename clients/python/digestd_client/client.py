@@ -4,7 +4,7 @@ import select
 import socket
 import threading
 import time
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
 
 from . import _protocol as p
 from .errors import ConnectionFailed, DigestdError
@@ -136,8 +136,8 @@ class Group:
     def cancel(self) -> Json:
         return self.client.cancel(group=self.name)
 
-    def retry(self) -> Json:
-        return self.client.retry(group=self.name)
+    def retry(self, lane: Optional[str] = None) -> Json:
+        return self.client.retry(group=self.name, lane=lane)
 
     def delete(self) -> Json:
         return self.client.delete(group=self.name)
@@ -278,20 +278,24 @@ class Client:
     def cancel(self, key: Optional[str] = None, *, group: Optional[str] = None) -> Json:
         return self.request("cancel", **p.target(key, group, "cancel"))
 
-    def retry(self, key: Optional[str] = None, *, group: Optional[str] = None) -> Json:
-        """Queues a failed or cancelled job (or a group's) again."""
-        return self.request("retry", **p.target(key, group, "retry"))
+    def retry(self, key: Optional[str] = None, *, group: Optional[str] = None,
+              lane: Optional[str] = None) -> Json:
+        """Queues a failed or cancelled job (or every one of a group) again."""
+        return self.request("retry", lane=lane, **p.target(key, group, "retry"))
 
     def delete(self, key: Optional[str] = None, *, group: Optional[str] = None) -> Json:
         """Deletes finished jobs; answers ``deleted`` and ``skipped``."""
         return self.request("delete", **p.target(key, group, "delete"))
 
-    def jobs(self, *, status: Optional[str] = None, group: Optional[str] = None,
-             kind: Optional[str] = None, lane: Optional[str] = None,
-             key_prefix: Optional[str] = None, limit: Optional[int] = None,
-             cursor: Optional[str] = None) -> Json:
-        """One page of the job list: ``jobs``, and ``next`` when more follow."""
-        return self.send(p.jobs_request(status, group, kind, lane, key_prefix, limit, cursor))
+    def jobs(self, *, status: Union[str, Sequence[str], None] = None,
+             group: Optional[str] = None, kind: Optional[str] = None,
+             lane: Optional[str] = None, key_prefix: Optional[str] = None,
+             max_age_s: Optional[int] = None, min_age_s: Optional[int] = None,
+             limit: Optional[int] = None, cursor: Optional[str] = None) -> Json:
+        """One page of the job list, newest first: ``jobs``, and ``next`` when
+        more follow (pass it back as ``cursor`` with the same filters)."""
+        return self.send(p.jobs_request(status, group, kind, lane, key_prefix, max_age_s,
+                                        min_age_s, limit, cursor))
 
     def iter_jobs(self, **filters: Any) -> Iterator[Json]:
         """Every job that :meth:`jobs` lists with these filters, page after page."""

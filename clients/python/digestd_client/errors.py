@@ -79,8 +79,15 @@ class Internal(DigestdError):
 
 
 class Conflict(DigestdError):
-    """``conflict``: the job exists in a state the request cannot replace."""
+    """``conflict``: a submit named an existing key with another kind or input;
+    submit with ``replace=True`` or use a new key."""
     code = "conflict"
+
+
+class BadState(DigestdError):
+    """``bad_state``: the job is not in a state the op applies to (a retry of a
+    job that did not fail, a replacing submit of a running job)."""
+    code = "bad_state"
 
 
 class ConnectionFailed(DigestdError):
@@ -94,7 +101,7 @@ class ConnectionFailed(DigestdError):
 ERRORS_BY_CODE: Dict[str, Type[DigestdError]] = {
     cls.code: cls
     for cls in (BadRequest, UnknownOp, TooLarge, NotFound, Unavailable, Forbidden,
-                QueueFull, InvalidConfig, Internal, Conflict, ConnectionFailed)
+                QueueFull, InvalidConfig, Internal, Conflict, BadState, ConnectionFailed)
 }
 
 

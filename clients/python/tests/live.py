@@ -47,3 +47,11 @@ def require_op(test: unittest.TestCase, op: str) -> None:
         reason = (f"this digestd does not offer op {op!r} (hello lists {', '.join(ops)}); "
                   "the test runs once it does")
         test.skipTest(reason)
+
+
+def require_feature(test: unittest.TestCase, feature: str) -> None:
+    """Skips the test when this digestd's hello does not list the feature (-v prints why)."""
+    features = hello().get("features", [])
+    if feature not in features:
+        test.skipTest(f"this digestd does not have feature {feature!r} (hello lists "
+                      f"{', '.join(features)}); the test runs once it does")

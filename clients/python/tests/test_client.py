@@ -7,7 +7,8 @@ from typing import Any, Dict, List
 
 import digestd_client as dc
 
-from .live import IDLE_TIMEOUT_S, MAX_BATCH, SOCKET, key, require_op, skip_unless_daemon
+from .live import (IDLE_TIMEOUT_S, MAX_BATCH, SOCKET, key, require_feature, require_op,
+                   skip_unless_daemon)
 
 CHAPTER = ("Marta Hale came to the lighthouse on Gull Rock in the first week of October. "
            "The old keeper had left a ledger on the kitchen table.")
@@ -281,24 +282,37 @@ class NewOpsTest(unittest.TestCase):
                 states.append(ev["state"])
                 if ev["state"] in ("done", "failed", "cancelled"):
                     break
+        self.assertEqual(states[0], "queued")
         self.assertIn("started", states, "the retried job ran again")
         self.assertEqual(self.c.result(k)["status"], "failed")
+        with self.assertRaises(dc.BadState):
+            self.c.retry(self.c.submit("noop", key=key("retry-done"), wait=10)["key"])
+
+    def test_conflict_and_replace(self) -> None:
+        require_feature(self, "submit_conflict")
+        k = key("replace")
+        self.c.submit("noop", {"sleep_ms": 10}, key=k, wait=10)
+        with self.assertRaises(dc.Conflict) as ctx:
+            self.c.submit("noop", {"sleep_ms": 20}, key=k)
+        self.assertIn("replace", ctx.exception.message)
+        answer = self.c.submit("noop", {"sleep_ms": 20}, key=k, replace=True)
+        self.assertTrue(answer.get("replaced"), answer)
+        self.assertEqual(self.c.result(k, wait=10)["result"]["slept_ms"], 20)
 
     def test_delete(self) -> None:
         require_op(self, "delete")
         k = key("delete")
         self.c.submit("noop", key=k, wait=10)
         answer = self.c.delete(k)
-        self.assertEqual(answer["deleted"], 1)
+        self.assertEqual((answer["deleted"], answer["skipped"]), (1, 0))
         with self.assertRaises(dc.NotFound):
             self.c.result(k)
 
     def test_cancel_group(self) -> None:
-        # Cancelling a group comes with the same change as jobs, retry and delete.
-        require_op(self, "retry")
+        require_feature(self, "cancel_group")
         grp = self.c.group(key("cancel-group"))
         grp.submit_many([{"kind": "noop", "input": {"sleep_ms": 8000}} for _ in range(3)])
-        grp.cancel()
+        self.assertEqual(grp.cancel()["cancelled"], 3)
         view = grp.result(wait=20)
         self.assertEqual(view["status"], "failed")
         self.assertTrue(all(p["status"] == "cancelled" for p in view["parts"]))

@@ -11,7 +11,7 @@ CODES = {
     "bad_request": dc.BadRequest, "unknown_op": dc.UnknownOp, "too_large": dc.TooLarge,
     "not_found": dc.NotFound, "unavailable": dc.Unavailable, "forbidden": dc.Forbidden,
     "queue_full": dc.QueueFull, "invalid_config": dc.InvalidConfig, "internal": dc.Internal,
-    "conflict": dc.Conflict,
+    "conflict": dc.Conflict, "bad_state": dc.BadState,
 }
 
 
@@ -90,9 +90,13 @@ class RequestsTest(unittest.TestCase):
             p.target("k", "g", "cancel")
 
     def test_jobs_and_subscribe(self) -> None:
-        self.assertEqual(p.jobs_request("done", None, "noop", None, "a:", 10, "c"),
+        self.assertEqual(p.jobs_request("done", None, "noop", None, "a:", None, 60, 10, "c"),
                          {"op": "jobs", "status": "done", "kind": "noop", "key_prefix": "a:",
-                          "limit": 10, "cursor": "c"})
+                          "min_age_s": 60, "limit": 10, "cursor": "c"})
+        self.assertEqual(p.jobs_request(("failed", "cancelled"), "g", None, None, None, 3600,
+                                        None, None, None),
+                         {"op": "jobs", "status": ["failed", "cancelled"], "group": "g",
+                          "max_age_s": 3600})
         self.assertEqual(p.subscribe_request(None, "g", None, None, True),
                          {"op": "subscribe", "group": "g", "partial": True})
 
