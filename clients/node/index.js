@@ -288,6 +288,9 @@ class Connection {
 /**
  * An event stream: `for await (const ev of sub)` yields one object per line.
  * It owns a connection of its own, which close() (or leaving the loop) closes.
+ * The loop ends when digestd closes the connection (it stopped). With
+ * timeoutMs, next() rejects with Timeout when no event came in time (the
+ * stream stays usable).
  */
 export class Subscription {
   constructor(path, sock, answer, timeoutMs, rest = '') {

@@ -98,9 +98,10 @@ class AsyncSubscription:
     """An event stream: ``async for event in sub`` yields one dict per line.
 
     Made by :meth:`AsyncClient.subscribe`; it owns a connection of its own,
-    which :meth:`close` (or leaving an ``async with`` block) closes. With
-    ``timeout`` set, waiting longer than that for the next event raises
-    TimeoutError.
+    which :meth:`close` (or leaving an ``async with`` block) closes.
+    Iteration ends when digestd closes the connection. With ``timeout`` set,
+    waiting longer than that for the next event raises TimeoutError (the
+    stream stays usable).
     """
 
     def __init__(self, path: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,

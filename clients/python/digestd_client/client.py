@@ -78,8 +78,11 @@ class Subscription:
     """An event stream: iterate it for one event dict per line.
 
     Made by :meth:`Client.subscribe`; it owns a connection of its own, which
-    :meth:`close` (or leaving a ``with`` block) closes. With ``timeout``
-    set, waiting longer than that for the next event raises TimeoutError.
+    :meth:`close` (or leaving a ``with`` block) closes. Iteration ends when
+    digestd closes the connection (it stopped); an app that needs the state
+    of its jobs then reads them with ``result``. With ``timeout`` set,
+    waiting longer than that for the next event raises TimeoutError (the
+    stream stays usable).
     """
 
     def __init__(self, line: _Line, answer: Json, timeout: Optional[float]) -> None:
