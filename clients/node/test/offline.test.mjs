@@ -195,3 +195,22 @@ test('a request without an answer times out, and the next one starts afresh', as
     }
   });
 });
+
+test('an idle client does not keep the process alive', async () => {
+  const { spawn } = await import('node:child_process');
+  const index = fileURLToPath(new URL('../index.js', import.meta.url));
+  await withFakeServer(() => '{"ok":true,"pong":true}\n', async (path) => {
+    const script = `import { Client } from ${JSON.stringify(index)};
+      const c = new Client({ socket: ${JSON.stringify(path)} });
+      console.log(await c.ping());`;
+    const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
+    let out = '';
+    child.stdout.on('data', (d) => { out += d; });
+    const code = await new Promise((resolve) => {
+      const timer = setTimeout(() => { child.kill(); resolve('still running after 10 s'); }, 10000);
+      child.on('exit', (c) => { clearTimeout(timer); resolve(c); });
+    });
+    assert.equal(code, 0);
+    assert.equal(out.trim(), 'true');
+  });
+});
