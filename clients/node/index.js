@@ -302,6 +302,8 @@ export class Subscription {
     this._queue = [];
     this._waiter = null;
     this._error = null;
+    // The socket keeps the process alive only while someone waits in next().
+    sock.unref();
     readLines(sock, (line) => this._push(line), (err) => this._end(err), rest);
   }
 
@@ -345,12 +347,14 @@ export class Subscription {
       if (this.timeoutMs !== undefined && this.timeoutMs !== null) {
         timer = setTimeout(() => {
           this._waiter = null;
+          this._sock.unref();
           reject(new Timeout(`no event from digestd at ${this.path} within ${this.timeoutMs} ms`));
         }, this.timeoutMs);
       }
+      this._sock.ref();
       this._waiter = {
-        resolve: (v) => { clearTimeout(timer); resolve(v); },
-        reject: (e) => { clearTimeout(timer); reject(e); },
+        resolve: (v) => { clearTimeout(timer); this._sock.unref(); resolve(v); },
+        reject: (e) => { clearTimeout(timer); this._sock.unref(); reject(e); },
       };
     });
   }

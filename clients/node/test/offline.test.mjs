@@ -196,13 +196,17 @@ test('a request without an answer times out, and the next one starts afresh', as
   });
 });
 
-test('an idle client does not keep the process alive', async () => {
+test('an idle client or subscription does not keep the process alive', async () => {
   const { spawn } = await import('node:child_process');
   const index = fileURLToPath(new URL('../index.js', import.meta.url));
-  await withFakeServer(() => '{"ok":true,"pong":true}\n', async (path) => {
+  const respond = (req) => (req.op === 'subscribe'
+    ? '{"ok":true,"subscribed":true,"max_unread_bytes":1}\n{"event":"job","state":"done","key":"k"}\n'
+    : '{"ok":true,"pong":true}\n');
+  await withFakeServer(respond, async (path) => {
     const script = `import { Client } from ${JSON.stringify(index)};
       const c = new Client({ socket: ${JSON.stringify(path)} });
-      console.log(await c.ping());`;
+      const sub = await c.subscribe();
+      console.log(await c.ping(), (await sub.next()).value.event);`;
     const child = spawn(process.execPath, ['--input-type=module', '-e', script], { stdio: ['ignore', 'pipe', 'inherit'] });
     let out = '';
     child.stdout.on('data', (d) => { out += d; });
@@ -211,6 +215,6 @@ test('an idle client does not keep the process alive', async () => {
       child.on('exit', (c) => { clearTimeout(timer); resolve(c); });
     });
     assert.equal(code, 0);
-    assert.equal(out.trim(), 'true');
+    assert.equal(out.trim(), 'true job');
   });
 });
