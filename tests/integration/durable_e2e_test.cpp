@@ -367,6 +367,58 @@ TEST_F(DurableE2E, ShutdownUnderLoadReleasesUnstartedJobsAndLosesNothing) {
   EXPECT_TRUE(again.Stop());
 }
 
+// A job another daemon runs is that daemon's: a group cancel here counts it
+// as running elsewhere and names the node, a replacing submit is refused,
+// and `jobs` and `retry` read the shared table.
+TEST_F(DurableE2E, ManagementOpsSeeJobsThatAnotherDaemonRuns) {
+  Clear();
+  DaemonProcess a, b;
+  Knobs ka, kb;
+  ka.node_id = "runner";
+  kb.node_id = "asker";
+  ASSERT_TRUE(Start(a, ka));
+  ASSERT_TRUE(Start(b, kb));
+  Call(a, {{"op", "submit"},
+           {"kind", "noop"},
+           {"key", "far"},
+           {"group", "fg"},
+           {"input", {{"sleep_ms", 60000}}}});
+  ASSERT_TRUE(WaitFor([&] {
+    return Call(b, {{"op", "result"}, {"key", "far"}}).value("status", "") == "running";
+  }));
+  json replace = Call(b, {{"op", "submit"},
+                          {"kind", "noop"},
+                          {"key", "far"},
+                          {"replace", true},
+                          {"input", {{"sleep_ms", 1}}}});
+  EXPECT_EQ(replace["error"].value("code", ""), "bad_state") << replace.dump();
+  EXPECT_NE(replace["error"].value("message", "").find("runner"), std::string::npos)
+      << replace.dump();
+  json listed = Call(b, {{"op", "jobs"}, {"status", "running"}});
+  ASSERT_EQ(listed["jobs"].size(), 1u) << listed.dump();
+  EXPECT_EQ(listed["jobs"][0].value("node", ""), "runner") << listed.dump();
+
+  json cancel = Call(b, {{"op", "cancel"}, {"group", "fg"}});
+  EXPECT_EQ(cancel.value("cancelled", -1), 0) << cancel.dump();
+  EXPECT_EQ(cancel.value("elsewhere", -1), 1) << cancel.dump();
+  EXPECT_NE(cancel.value("message", "").find("runner"), std::string::npos) << cancel.dump();
+  json there = Call(a, {{"op", "cancel"}, {"group", "fg"}});
+  EXPECT_EQ(there.value("running", -1), 1) << there.dump();
+  json ended = Call(b, {{"op", "result"}, {"key", "far"}, {"wait_ms", 10000}});
+  EXPECT_EQ(ended.value("status", ""), "cancelled") << ended.dump();
+  json retried = Call(b, {{"op", "retry"}, {"group", "fg"}});
+  EXPECT_EQ(retried.value("retried", -1), 1) << retried.dump();
+  // It runs (or waits) again, on either daemon: cancelled on both before
+  // they stop, so neither waits out its shutdown grace for it.
+  ASSERT_TRUE(WaitFor([&] {
+    Call(a, {{"op", "cancel"}, {"group", "fg"}});
+    Call(b, {{"op", "cancel"}, {"group", "fg"}});
+    return Call(b, {{"op", "result"}, {"key", "far"}}).value("status", "") == "cancelled";
+  }));
+  EXPECT_TRUE(a.Stop());
+  EXPECT_TRUE(b.Stop());
+}
+
 TEST_F(DurableE2E, TwoDaemonsShareOneDatabaseAndEachJobEndsOnce) {
   Clear();
   DaemonProcess a, b;
