@@ -71,8 +71,7 @@ Result<JobsQuery> ParseJobsQuery(const nlohmann::json& body) {
 }
 
 std::string EncodeCursor(const JobsCursor& cursor) {
-  return std::string(kCursorPrefix) + std::to_string(cursor.submitted_us) + "." +
-         std::to_string(cursor.id);
+  return std::string(kCursorPrefix) + std::to_string(cursor.id);
 }
 
 std::optional<JobsCursor> DecodeCursor(const std::string& text) {
@@ -80,10 +79,8 @@ std::optional<JobsCursor> DecodeCursor(const std::string& text) {
   const char* p = text.data() + kCursorPrefix.size();
   const char* end = text.data() + text.size();
   JobsCursor c;
-  auto [dot, ec] = std::from_chars(p, end, c.submitted_us);
-  if (ec != std::errc() || dot == end || *dot != '.' || c.submitted_us < 0) return std::nullopt;
-  auto [last, ec2] = std::from_chars(dot + 1, end, c.id);
-  if (ec2 != std::errc() || last != end) return std::nullopt;
+  auto [last, ec] = std::from_chars(p, end, c.id);
+  if (p == end || ec != std::errc() || last != end) return std::nullopt;
   return c;
 }
 

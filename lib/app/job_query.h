@@ -1,10 +1,10 @@
 // The job management ops' requests, checked: `jobs` (a filtered, paged list,
 // newest first), and the key-or-group target of `retry`, `delete` and
 // `cancel`. Also the `jobs` cursor: the position after the last job of a
-// page, (submit time in microseconds, row id), handed to clients as an
-// opaque string. Paging by that position, not by an offset, keeps later
-// pages stable while new jobs arrive: a newer job sorts before the cursor
-// and never shifts what follows it.
+// page (its id in the store's order), handed to clients as an opaque
+// string. Paging by that position, not by an offset, keeps later pages
+// stable while new jobs arrive: a newer job sorts before the cursor and
+// never shifts what follows it.
 //
 // Pure functions and values; any thread.
 #pragma once

@@ -249,7 +249,7 @@ void MemoryStore::CancelGroup(const Request& req, const std::string& group,
 
 void MemoryStore::ListJobs(const Request& req, JobsQuery query, const ControlServer::Reply& reply) {
   const int64_t now_ms = UnixMillis();
-  auto position = [](const JobRecord& j) { return JobsCursor{j.submitted_unix_ms * 1000, j.id}; };
+  auto position = [](const JobRecord& j) { return JobsCursor{j.id}; };
   std::vector<JobPtr> found;
   env_.jobs->ForEach([&](const JobPtr& j) {
     if (query.after && !Before(*query.after, position(*j))) return;

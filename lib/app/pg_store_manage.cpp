@@ -80,7 +80,7 @@ void PgStore::ListJobs(const Request& req, JobsQuery query, const ControlServer:
         nlohmann::json views = nlohmann::json::array();
         for (const auto& r : *rows) views.push_back(JobJson(ViewOf(r, now)));
         std::optional<JobsCursor> next;
-        if (more) next = JobsCursor{rows->back().created_at_us, rows->back().id};
+        if (more) next = JobsCursor{rows->back().id};
         reply.Send(OkLine(id, JobsAnswer(std::move(views), next)));
       });
   if (!st.ok()) reply.Send(ErrorLine(req.id, st));

@@ -18,8 +18,7 @@ constexpr const char* kColumns =
     "coalesce((extract(epoch FROM started_at) * 1000)::bigint, 0), "
     "coalesce((extract(epoch FROM finished_at) * 1000)::bigint, 0), "
     "(extract(epoch FROM run_after) * 1000)::bigint AS run_after_ms, lost_unstarted, "
-    "busy_retries, preempted, coalesce(last_error, ''), "
-    "(extract(epoch FROM created_at) * 1000000)::bigint AS created_us";
+    "busy_retries, preempted, coalesce(last_error, '')";
 
 const std::string kReplacement = "\xEF\xBF\xBD";  // U+FFFD
 
@@ -94,7 +93,6 @@ StoredJob ParseStored(const PgResult& r, int row) {
   j.busy_retries = static_cast<int>(r.Int(row, 18));
   j.preempted = static_cast<int>(r.Int(row, 19));
   j.last_error = std::string(r.Text(row, 20));
-  j.created_at_us = r.Int(row, 21);
   return j;
 }
 
@@ -746,17 +744,9 @@ PgStatement JobStore::ListJobsStatement(const JobsQuery& query) {
     where += " AND created_at <= now() - " + param(std::to_string(query.min_age_s)) +
              "::double precision * interval '1 second'";
   }
-  if (query.after) {
-    // The cursor's time is exact: microseconds below 2^53 survive the
-    // double the interval product goes through.
-    where += " AND (created_at, id) < (timestamptz 'epoch' + " +
-             param(std::to_string(query.after->submitted_us)) +
-             "::bigint * interval '1 microsecond', " + param(std::to_string(query.after->id)) +
-             "::bigint)";
-  }
+  if (query.after) where += " AND id < " + param(std::to_string(query.after->id)) + "::bigint";
   std::string sql = std::string("SELECT ") + kColumns + " FROM digestd.jobs WHERE " + where +
-                    " ORDER BY created_at DESC, id DESC LIMIT " +
-                    param(std::to_string(query.limit + 1));
+                    " ORDER BY id DESC LIMIT " + param(std::to_string(query.limit + 1));
   // Not prepared: the text differs with the filters.
   return PgStatement{std::move(sql), std::move(params), {}};
 }

@@ -64,10 +64,13 @@ namespace digestd {
 inline constexpr int64_t kJobsDefaultLimit = 50;
 inline constexpr int64_t kJobsMaxLimit = 500;
 
-// A position in the `jobs` order: newest first by submit time, then by id.
+// A position in the `jobs` order: newest first, by the id each store gives
+// its jobs in the order they are stored (the row's bigserial id, the job
+// table's record id). Ordering by id rather than by created_at lets the
+// PostgreSQL store page through its primary key: no index of its own to
+// write on every claim and finish of the queue table.
 struct JobsCursor {
-  int64_t submitted_us = 0;  // Unix microseconds of the submit
-  uint64_t id = 0;           // the store's id of the job (row id, record id)
+  uint64_t id = 0;  // the last job of a page; the next page starts below it
 };
 
 // A `jobs` request.
@@ -90,7 +93,7 @@ struct JobsQuery {
 
 // Whether `a` comes before `b` in the `jobs` order (newer first).
 inline bool Before(const JobsCursor& a, const JobsCursor& b) {
-  return a.submitted_us != b.submitted_us ? a.submitted_us > b.submitted_us : a.id > b.id;
+  return a.id > b.id;
 }
 
 // A job to insert (a submit).
@@ -140,11 +143,10 @@ struct StoredJob {
   int64_t started_at_ms = 0;
   int64_t finished_at_ms = 0;
   int64_t run_after_ms = 0;
-  int lost_unstarted = 0;     // claims lost before their start was recorded
-  int busy_retries = 0;       // busy answers so far (the backoff's exponent)
-  int preempted = 0;          // attempts aborted for interactive work (no attempt spent)
-  std::string last_error;     // the error from before a retry or replace
-  int64_t created_at_us = 0;  // created_at in Unix microseconds (the `jobs` cursor)
+  int lost_unstarted = 0;  // claims lost before their start was recorded
+  int busy_retries = 0;    // busy answers so far (the backoff's exponent)
+  int preempted = 0;       // attempts aborted for interactive work (no attempt spent)
+  std::string last_error;  // the error from before a retry or replace
 };
 
 // A job that `retry`, a replacing submit or `delete` looked at, and whether
@@ -292,11 +294,11 @@ class JobStore {
   // nullopt when nothing queued had the key. The key is NOTIFYed.
   [[nodiscard]] Status CancelQueued(std::string key, std::string why,
                                     Callback<std::optional<StoredJob>> done);
-  // `jobs`: one page of jobs matching `query`, newest first (created_at,
-  // then id), at most query.limit + 1 rows (the extra one says there is a
-  // next page). The statement is built per query (only the filters it
-  // has), so the planner sees the real conditions; jobs_created serves the
-  // order and the cursor.
+  // `jobs`: one page of jobs matching `query`, newest first (by id), at
+  // most query.limit + 1 rows (the extra one says there is a next page).
+  // The statement is built per query (only the filters it has), so the
+  // planner sees the real conditions; the primary key serves the order and
+  // the cursor, jobs_failed a list of failed and cancelled jobs.
   [[nodiscard]] Status ListJobs(const JobsQuery& query, Callback<std::vector<StoredJob>> done);
   // Its statement, for plan checks.
   static PgStatement ListJobsStatement(const JobsQuery& query);

@@ -133,18 +133,15 @@ const std::vector<Migration>& Migrations() {
            // A retried or replaced job keeps the error it had, until it
            // ends again.
            "ALTER TABLE digestd.jobs ADD COLUMN last_error text",
-           // `jobs` lists newest first and pages by (created_at, id): read
-           // backwards in this order, a page stops after `limit` matching
-           // rows, and the cursor is a range bound, so a page costs the
-           // rows it skips, not the table. IF NOT EXISTS: an operator may
-           // build it beforehand with CREATE INDEX CONCURRENTLY, so the
-           // migration does not hold writes while a large table is indexed.
-           "CREATE INDEX IF NOT EXISTS jobs_created ON digestd.jobs (created_at, id)",
-           // The list people read before a retry: failed and cancelled
-           // jobs, few among many done ones. Without it a page of them
-           // reads jobs_created until it has found enough, which with a
-           // million done rows is a long query on the claims session.
-           "CREATE INDEX IF NOT EXISTS jobs_failed ON digestd.jobs (created_at, id) "
+           // `jobs` lists newest first and pages by id, through the
+           // primary key. The list people read before a retry -- failed
+           // and cancelled jobs, few among many done ones -- has an index
+           // of its own, so a page of them does not read the done rows
+           // between them; only rows that become failed or cancelled are
+           // written to it. IF NOT EXISTS: an operator may build it
+           // beforehand with CREATE INDEX CONCURRENTLY, so the migration
+           // does not hold writes while a large table is indexed.
+           "CREATE INDEX IF NOT EXISTS jobs_failed ON digestd.jobs (id) "
            "WHERE status IN ('failed', 'cancelled')",
            "COMMENT ON COLUMN digestd.jobs.input_hash IS '64-bit FNV-1a of kind, NUL and the "
            "input''s compact JSON with sorted members, as digestd computes it; NULL on rows "

@@ -21,8 +21,8 @@
 //   WHERE status = 'running'; jobs_finished (finished_at) WHERE terminal.
 //   Storage: fillfactor 80 and eager autovacuum, as a queue table needs.
 // Later versions: lost_unstarted and busy_retries (2), preempted (3);
-// input_hash, last_error, and the indexes jobs_created (created_at, id) and
-// jobs_failed (the same, of failed and cancelled rows) for the `jobs` list (4).
+// input_hash, last_error, and the index jobs_failed (id) of failed and
+// cancelled rows for the `jobs` list (4).
 //
 // Threads: loop thread only (it uses a PgConn).
 #pragma once

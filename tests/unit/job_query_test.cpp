@@ -8,21 +8,19 @@ namespace {
 using nlohmann::json;
 
 TEST(JobQuery, CursorRoundTripsAndRefusesAnythingElse) {
-  JobsCursor c{1796655323680123, 42};
+  JobsCursor c{4711};
   auto back = DecodeCursor(EncodeCursor(c));
   ASSERT_TRUE(back);
-  EXPECT_EQ(back->submitted_us, c.submitted_us);
   EXPECT_EQ(back->id, c.id);
-  for (const char* bad :
-       {"", "c1.", "c1.12", "c1.12.", "c1.12.x", "c1.-5.3", "c2.1.2", "c1.1.2 "}) {
+  for (const char* bad : {"", "c1.", "c1.x", "c1.-5", "c2.1", "c1.1 ", "c1.1.2", "4711"}) {
     EXPECT_FALSE(DecodeCursor(bad)) << bad;
   }
 }
 
-TEST(JobQuery, OrderIsNewestFirstThenHigherIdFirst) {
-  EXPECT_TRUE(Before({2000, 1}, {1000, 9}));
-  EXPECT_TRUE(Before({1000, 9}, {1000, 8}));
-  EXPECT_FALSE(Before({1000, 8}, {1000, 8}));
+TEST(JobQuery, OrderIsNewestFirst) {
+  EXPECT_TRUE(Before({9}, {8}));
+  EXPECT_FALSE(Before({8}, {9}));
+  EXPECT_FALSE(Before({8}, {8}));
 }
 
 TEST(JobQuery, ParsesEveryFilterWithDefaults) {
@@ -40,7 +38,7 @@ TEST(JobQuery, ParsesEveryFilterWithDefaults) {
                       {"max_age_s", 60},
                       {"min_age_s", 5},
                       {"limit", 500},
-                      {"cursor", EncodeCursor({7, 3})}});
+                      {"cursor", EncodeCursor({3})}});
   ASSERT_TRUE(q.ok()) << q.status().ToString();
   EXPECT_EQ(q->states, (std::vector<JobState>{JobState::kFailed, JobState::kCancelled}));
   EXPECT_EQ(q->lane, Lane::kInteractive);

@@ -49,8 +49,7 @@ TEST_F(MigrationsTest, FreshDatabaseGetsTheSchemaAndItsIndexes) {
   EXPECT_EQ(Q(db,
               "SELECT string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes "
               "WHERE schemaname = 'digestd' AND tablename = 'jobs'"),
-            "jobs_claim,jobs_created,jobs_failed,jobs_finished,jobs_group,jobs_key_unique,jobs_"
-            "lease,jobs_pkey");
+            "jobs_claim,jobs_failed,jobs_finished,jobs_group,jobs_key_unique,jobs_lease,jobs_pkey");
   EXPECT_EQ(Q(db,
               "SELECT indexdef LIKE '%(lane, run_after, id) WHERE (status = ''queued''::text)'"
               " FROM pg_indexes WHERE indexname = 'jobs_claim'"),
