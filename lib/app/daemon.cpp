@@ -81,12 +81,7 @@ Status Daemon::Start() {
     // the PostgreSQL store counts a group's parts in the table itself.
     if (IsTerminal(job.state) && events_.WantsGroup(job.group)) {
       GroupProgress p;
-      for (const auto& part : jobs_->FindGroup(job.group)) {
-        ++p.total;
-        p.done += part->state == JobState::kDone;
-        p.failed += part->state == JobState::kFailed;
-        p.cancelled += part->state == JobState::kCancelled;
-      }
+      for (const auto& part : jobs_->FindGroup(job.group)) p.Add(part->state);
       events_.PublishGroup(job.group, p);
     }
   });

@@ -47,6 +47,13 @@ struct GroupProgress {
   size_t failed = 0;
   size_t cancelled = 0;
   size_t ended() const { return done + failed + cancelled; }
+  // Counts one part in `state`.
+  void Add(JobState state) {
+    ++total;
+    done += state == JobState::kDone;
+    failed += state == JobState::kFailed;
+    cancelled += state == JobState::kCancelled;
+  }
 };
 
 // What a subscriber asked for; an empty field matches everything.

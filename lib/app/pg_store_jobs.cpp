@@ -580,12 +580,7 @@ void PgStore::PublishGroupProgress(const std::string& group) {
     if (closed_ || env_.events == nullptr) return;
     if (r.ok() && !r->empty()) {
       GroupProgress p;
-      for (const auto& part : *r) {
-        ++p.total;
-        p.done += part.state == JobState::kDone;
-        p.failed += part.state == JobState::kFailed;
-        p.cancelled += part.state == JobState::kCancelled;
-      }
+      for (const auto& part : *r) p.Add(part.state);
       env_.events->PublishGroup(group, p);
     }
     if (again) PublishGroupProgress(group);
