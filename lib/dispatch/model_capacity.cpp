@@ -68,7 +68,19 @@ void ModelCapacity::Unpin(int64_t now_ms) {
 
 CapacityTicket ModelCapacity::OnStart() {
   ++in_flight_;
+  // Levels only grow at starts, so the most in flight since a ticket's
+  // start is the highest level of the starts from it on: kept as a stack
+  // of (seq, level) with levels falling, at most one entry per level.
+  while (!peaks_.empty() && peaks_.back().second <= in_flight_) peaks_.pop_back();
+  peaks_.emplace_back(next_seq_, in_flight_);
   return CapacityTicket{next_seq_++, in_flight_};
+}
+
+int ModelCapacity::PeakSince(const CapacityTicket& ticket) const {
+  auto it = std::lower_bound(
+      peaks_.begin(), peaks_.end(), ticket.seq,
+      [](const std::pair<uint64_t, int>& p, uint64_t seq) { return p.first < seq; });
+  return it == peaks_.end() ? ticket.level : std::max(ticket.level, it->second);
 }
 
 void ModelCapacity::OnFinish(const CapacityTicket& ticket, const CapacitySample& sample,
@@ -156,26 +168,62 @@ void ModelCapacity::RecordLatency(int level, double latency_ms) {
                   : std::min(l.latency_ms, l.best_ms + kBestForget * (l.latency_ms - l.best_ms));
 }
 
-void ModelCapacity::OnQueued(const CapacityTicket& ticket, const Reading& r, int64_t now_ms) {
-  const int level = std::max(1, ticket.level);
-  int target = level - 1;
-  bool estimated = false;
+ModelCapacity::Cut ModelCapacity::CutFor(const CapacityTicket& ticket, const Reading& r) const {
+  Cut c;
+  // The most in flight while it was: a request sent beside it may have
+  // reached the server first, so its own level may fit; that many did not.
+  c.level = std::max(1, PeakSince(ticket));
+  c.target = c.level - 1;
   const double service = service_ms_ > 0 ? service_ms_ : r.service_ms;
   if (service > 0 && r.wait_ms > kSevereWait * service) {
     // Rounded up: in a FIFO the last of `level` requests waits the most, so
     // one sample's estimate runs low (7 in flight on 2 slots: the 7th waits
     // 3 rounds, 7 / 4 = 1.75), never more than one below the capacity.
-    const int little = static_cast<int>(std::ceil(level * service / (r.wait_ms + service) - 1e-9));
-    if (little < target) {
-      target = little;
-      estimated = true;
+    const int little =
+        static_cast<int>(std::ceil(c.level * service / (r.wait_ms + service) - 1e-9));
+    if (little < c.target) {
+      c.target = little;
+      c.estimated = true;
     }
   }
-  target = std::max(1, target);
+  c.target = std::max(1, c.target);
+  if (r.signal == Signal::kServerWait) {
+    c.why = std::to_string(c.level) + " in flight waited " + FormatMs(r.wait_ms) +
+            " at the server (service " + FormatMs(r.service_ms) + ")";
+  } else {
+    char growth[16];
+    std::snprintf(growth, sizeof(growth), "%.1f", kLatencyGrowth);
+    c.why = "latency " + FormatMs(r.latency_ms) + " with " + std::to_string(c.level) +
+            " in flight is over " + growth + " x " + FormatMs(r.best_ms) + " seen with fewer";
+  }
+  return c;
+}
+
+void ModelCapacity::OnQueued(const CapacityTicket& ticket, const Reading& r, int64_t now_ms) {
+  Cut c = CutFor(ticket, r);
+  // A cut below the level the server has served needs a second queued
+  // sample: one request can wait for reasons other than too many in flight
+  // (a request started beside it reached the server first and took the
+  // slot, or a thread of the server was descheduled). A second queued
+  // sample confirms it, and the cut goes to the higher of the two targets;
+  // a good sample from a request started after the first clears it.
+  if (!pinned_ && c.target < proven()) {
+    if (!suspect_) {
+      suspect_ = c;
+      suspect_seq_ = next_seq_;
+      if (proven() >= limit_) return;  // nothing to cut until it is confirmed
+      c.target = proven();             // the unproven step above: at once, as a failed probe
+      c.estimated = false;
+    } else {
+      if (suspect_->target > c.target) c = *suspect_;
+      suspect_.reset();
+    }
+  }
+  const int level = c.level;
   // A severe wait says the capacity is about `target`: one more is a probe,
   // held off like one, not a plain raise.
-  if (estimated && (ceiling_ == 0 || target + 1 < ceiling_)) {
-    ceiling_ = target + 1;
+  if (c.estimated && (ceiling_ == 0 || c.target + 1 < ceiling_)) {
+    ceiling_ = c.target + 1;
     probe_failures_ = 1;
   }
   // The ceiling: the lowest level seen queueing. A new failure of the level
@@ -187,23 +235,16 @@ void ModelCapacity::OnQueued(const CapacityTicket& ticket, const Reading& r, int
   } else if (level == ceiling_ && limit_ >= level) {
     ++probe_failures_;
   }
-  if (target >= limit_) return;
-  std::string why;
-  if (r.signal == Signal::kServerWait) {
-    why = std::to_string(level) + " in flight waited " + FormatMs(r.wait_ms) +
-          " at the server (service " + FormatMs(r.service_ms) + ")";
-  } else {
-    char growth[16];
-    std::snprintf(growth, sizeof(growth), "%.1f", kLatencyGrowth);
-    why = "latency " + FormatMs(r.latency_ms) + " with " + std::to_string(level) +
-          " in flight is over " + growth + " x " + FormatMs(r.best_ms) + " seen with fewer";
-  }
-  why += estimated ? ": " + std::to_string(target) + ", the capacity that wait implies"
-                   : ": " + std::to_string(target);
-  Change(target, std::move(why), now_ms);
+  if (c.target >= limit_) return;
+  c.why += c.estimated ? ": " + std::to_string(c.target) + ", the capacity that wait implies"
+                       : ": " + std::to_string(c.target);
+  Change(c.target, std::move(c.why), now_ms);
 }
 
 void ModelCapacity::OnGood(const CapacityTicket& ticket, int64_t now_ms) {
+  // Served without waiting, started after a lone queued sample: that one
+  // was not the server's capacity.
+  if (suspect_ && ticket.seq >= suspect_seq_) suspect_.reset();
   if (ticket.level < limit_) return;  // the limit was not filled: no evidence for more
   // Started before the limit last changed: it says nothing about the new
   // limit (after a cut, requests that were already running do not wait,
@@ -252,12 +293,14 @@ int ModelCapacity::ProbeHoldoff() const {
 void ModelCapacity::Change(int limit, std::string why, int64_t now_ms) {
   limit = std::clamp(limit, 1, max_);
   if (limit == limit_) return;
-  unproven_ = limit > limit_ && !pinned_;  // a learned raise, not a user's number
+  const bool raise = limit > limit_;
+  unproven_ = raise && !pinned_;  // a learned raise, not a user's number
   limit_ = limit;
   reason_ = std::move(why);
   changed_at_ms_ = now_ms;
   good_ = 0;
   change_seq_ = next_seq_;
+  if (raise) suspect_.reset();
 }
 
 nlohmann::json ModelCapacity::ToJson(int64_t now_ms) const {

@@ -23,8 +23,15 @@
 // number in flight to the model when it started, itself included.
 //  * Queued (server wait > max(kWaitFloorNs, kWaitShare x its service time),
 //    or in fallback latency > kLatencyGrowth x the best at lower levels):
-//    `level` requests at once do not fit, so the limit drops to level - 1
-//    (never to less than 1). A sample from a level above the limit (started
+//    the most requests in flight while it was (its peak: a request sent
+//    just after it may reach the server first and take the slot) do not
+//    fit at once, so the limit drops to peak - 1 (never to less than 1). A cut below the proven
+//    level (what the server has served without waiting) needs a second queued sample before a good
+//    one from a request started after the first: requests started together
+//    can reach the server in either order, so one of a lower level may wait
+//    behind one of a higher level, and one descheduled thread can make a
+//    lone request wait. It then cuts to the higher of the two targets.
+//    A sample from a level above the limit (started
 //    before an earlier cut) cannot cut below its own level - 1, so the
 //    requests already in flight when the limit drops do not cut it again
 //    and again. When the wait is severe (over kSevereWait x the smoothed
@@ -204,7 +211,19 @@ class ModelCapacity {
     double best_ms = 0;     // lowest smoothed latency (drifting up), 0 until kMinLevelSamples
   };
 
+  // What a queued sample says: the level that waited, the limit it asks
+  // for, whether that is Little's-law estimate, and why (without the target).
+  struct Cut {
+    int level = 0;
+    int target = 0;
+    bool estimated = false;
+    std::string why;
+  };
+
   Reading Read(const CapacityTicket& ticket, const CapacitySample& sample) const;
+  Cut CutFor(const CapacityTicket& ticket, const Reading& r) const;
+  // The most requests in flight at any start from `ticket`'s on.
+  int PeakSince(const CapacityTicket& ticket) const;
   double BestBelow(int level) const;
   void RecordLatency(int level, double latency_ms);
   void OnQueued(const CapacityTicket& ticket, const Reading& r, int64_t now_ms);
@@ -233,7 +252,11 @@ class ModelCapacity {
   uint64_t overload_cut_seq_ = 0;  // tickets below this predate the last busy cut
   uint64_t change_seq_ = 0;        // tickets below this predate the last limit change
   bool unproven_ = false;          // raised, and no full window of good samples since
+  std::optional<Cut> suspect_;     // a lone queued sample's cut below proven(), unconfirmed
+  uint64_t suspect_seq_ = 0;       // tickets from here on can clear it
   std::vector<Level> levels_;      // by level; [0] unused
+  // Starts as (seq, level), levels falling: PeakSince's suffix maximum.
+  std::vector<std::pair<uint64_t, int>> peaks_;
 };
 
 }  // namespace digestd

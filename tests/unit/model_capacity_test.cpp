@@ -36,6 +36,11 @@ class SimServer {
     Fields fields = Fields::kAll;
     double network_ms = 1;                          // added to the client's latency
     int backlog = std::numeric_limits<int>::max();  // most the client keeps in flight
+    // Requests that end at the same moment are all answered before the
+    // client sends more, and requests sent at the same moment reach the
+    // server last first, as two connections opened together may: one of a
+    // lower level then waits behind one of a higher level.
+    bool overtake = false;
   };
 
   SimServer(ModelCapacity* cap, Options o) : cap_(cap), opt_(o) {}
@@ -91,6 +96,7 @@ class SimServer {
   }
 
   void Fill() {
+    std::vector<Req> sent;
     while (cap_->CanStart() && cap_->in_flight() < opt_.backlog) {
       Req r;
       r.ticket = cap_->OnStart();
@@ -101,9 +107,11 @@ class SimServer {
         r.end = now_ms_ + 17;
         bounced_.push_back(r);
       } else {
-        waiting_.push_back(r);
+        sent.push_back(r);
       }
     }
+    if (opt_.overtake) std::reverse(sent.begin(), sent.end());
+    for (const Req& r : sent) waiting_.push_back(r);
     Admit();
   }
 
@@ -117,8 +125,12 @@ class SimServer {
     }
   }
 
+  bool EndsNow() const {
+    return std::any_of(running_.begin(), running_.end(),
+                       [this](const Req& q) { return q.end <= now_ms_; });
+  }
   void Step() {
-    Fill();
+    if (!(opt_.overtake && EndsNow())) Fill();
     auto earliest = [](std::vector<Req>& v) {
       return std::min_element(v.begin(), v.end(),
                               [](const Req& a, const Req& b) { return a.end < b.end; });
@@ -156,6 +168,7 @@ class SimServer {
     }
     cold_load_ms_ = cold_extra_ms_ = 0;
     cap_->OnFinish(r.ticket, s, static_cast<int64_t>(now_ms_));
+    if (opt_.overtake && EndsNow()) return;  // the next Step answers it before any Fill
     Fill();
   }
 
@@ -323,7 +336,7 @@ TEST(ModelCapacity, A503FloodCutsTheLimitToOneAndItRecoversAfterwards) {
   EXPECT_NE(Record(sim, cap, 20 * 8).first_at(8), -1) << cap.reason();
 }
 
-TEST(ModelCapacity, ACycleOfQueueingCutsAtMostToTheLevelBelow) {
+TEST(ModelCapacity, ACutBelowTheProvenLevelNeedsASecondQueuedSample) {
   ModelCapacity cap(16, 5);
   std::vector<CapacityTicket> t;
   for (int i = 0; i < 5; ++i) t.push_back(cap.OnStart());
@@ -331,15 +344,70 @@ TEST(ModelCapacity, ACycleOfQueueingCutsAtMostToTheLevelBelow) {
   queued.total_ns = 300 * kNsPerMs;  // 150 ms wait on 150 ms of work: over 0.05 x
   queued.prompt_eval_ns = 50 * kNsPerMs;
   queued.eval_ns = 100 * kNsPerMs;
-  cap.OnFinish(t[4], queued, 1);  // level 5 queued: 4 fit
+  CapacitySample good;
+  good.total_ns = 151 * kNsPerMs;
+  good.prompt_eval_ns = 50 * kNsPerMs;
+  good.eval_ns = 100 * kNsPerMs;
+  cap.OnFinish(t[4], queued, 1);  // level 5 queued, alone: not yet a cut
+  EXPECT_EQ(cap.limit(), 5);
+  cap.OnFinish(t[3], queued, 2);  // level 4 queued too: the higher of 4 and 3
   EXPECT_EQ(cap.limit(), 4);
   EXPECT_NE(cap.reason().find("5 in flight waited 150 ms"), std::string::npos) << cap.reason();
-  cap.OnFinish(t[3], queued, 2);  // level 4 queued too: 3
-  EXPECT_EQ(cap.limit(), 3);
-  EXPECT_EQ(cap.ToJson(2)["probe_ceiling"], 4);
-  CapacityTicket late = cap.OnStart();  // level 4 (three still in flight)
-  cap.OnFinish(late, queued, 3);        // from above the limit: no further cut
-  EXPECT_EQ(cap.limit(), 3);
+  EXPECT_EQ(cap.ToJson(2)["probe_ceiling"], 5);
+  for (int i = 0; i < 3; ++i) cap.OnFinish(t[static_cast<size_t>(i)], good, 3);
+  // Four in flight (the limit): one of them queued, alone, is cleared by a
+  // good answer to a request started after it.
+  std::vector<CapacityTicket> u;
+  for (int i = 0; i < 4; ++i) u.push_back(cap.OnStart());
+  cap.OnFinish(u[3], queued, 4);
+  EXPECT_EQ(cap.limit(), 4);
+  CapacityTicket after = cap.OnStart();
+  cap.OnFinish(after, good, 5);
+  cap.OnFinish(u[2], queued, 6);  // a new lone one
+  EXPECT_EQ(cap.limit(), 4) << cap.reason();
+  cap.OnFinish(u[1], queued, 7);  // confirmed: 4 in flight do not fit
+  EXPECT_EQ(cap.limit(), 3) << cap.reason();
+  EXPECT_NE(cap.reason().find("4 in flight waited 150 ms"), std::string::npos) << cap.reason();
+}
+
+// A probe that queues is cut back at once: the level below it is proven.
+TEST(ModelCapacity, AProbeThatQueuesIsCutAtOnce) {
+  ModelCapacity cap(16, 3);
+  std::vector<CapacityTicket> t;
+  for (int i = 0; i < 3; ++i) t.push_back(cap.OnStart());
+  CapacitySample good;
+  good.total_ns = 101 * kNsPerMs;
+  good.prompt_eval_ns = 10 * kNsPerMs;
+  good.eval_ns = 90 * kNsPerMs;
+  // Two rounds of good filled samples raise 3 to 4.
+  for (int i = 0; i < 20 && cap.limit() == 3; ++i) {
+    cap.OnFinish(t[static_cast<size_t>(i % 3)], good, i);
+    t[static_cast<size_t>(i % 3)] = cap.OnStart();
+  }
+  ASSERT_EQ(cap.limit(), 4) << cap.reason();
+  EXPECT_EQ(cap.proven(), 3);
+  CapacityTicket probe = cap.OnStart();  // level 4
+  CapacitySample queued = good;
+  queued.total_ns = 200 * kNsPerMs;  // waited 100 ms: a severe wait, Little says 2
+  cap.OnFinish(probe, queued, 10);
+  EXPECT_EQ(cap.limit(), 3) << cap.reason();  // the probe's step at once, 2 not yet
+}
+
+// Requests sent together may reach the server in any order; one that waits
+// behind a later-sent one is not a sign that its own level does not fit.
+TEST(ModelCapacity, RequestsThatOvertakeEachOtherDoNotCutBelowTheCapacity) {
+  for (int c : {2, 3, 4, 6}) {
+    SCOPED_TRACE("capacity " + std::to_string(c));
+    ModelCapacity cap(16);
+    SimServer::Options o{c, 100, 0.0, Fields::kAll};
+    o.overtake = true;
+    SimServer sim(&cap, o);
+    sim.Run(40 * c);
+    EXPECT_GE(cap.limit(), c) << cap.reason();
+    LimitTrace tail = Record(sim, cap, 3000);
+    EXPECT_GE(tail.min(), c) << cap.reason();
+    EXPECT_LE(tail.share_above(c), 0.05);
+  }
 }
 
 // While the limit probes a level that queued before, the proven level (what
@@ -372,7 +440,11 @@ TEST(ModelCapacity, AColdLoadIsNotMistakenForQueueing) {
     sim.ColdLoadNext(2000, 500);
     sim.Run(1);
     EXPECT_EQ(cap.limit(), 4) << cap.reason();
-    // The same half second without a load is queueing.
+    // The same half second without a load is queueing (seen twice: one
+    // request alone does not cut a proven limit).
+    sim.ColdLoadNext(0, 500);
+    sim.Run(1);
+    EXPECT_EQ(cap.limit(), 4) << cap.reason();
     sim.ColdLoadNext(0, 500);
     sim.Run(1);
     EXPECT_LT(cap.limit(), 4) << cap.reason();
@@ -394,21 +466,22 @@ TEST(ModelCapacity, RequestsStartedBeforeACutDoNotRaiseItAgain) {
   ModelCapacity cap(16, 8);
   std::vector<CapacityTicket> tickets;
   for (int i = 0; i < 8; ++i) tickets.push_back(cap.OnStart());
-  // The last one waited three service times: the server now serves 2.
+  // The last two waited three service times: the server now serves 2.
   CapacitySample waited;
   waited.total_ns = 400 * kNsPerMs;
   waited.prompt_eval_ns = 10 * kNsPerMs;
   waited.eval_ns = 90 * kNsPerMs;
-  cap.OnFinish(tickets.back(), waited, 1);
+  cap.OnFinish(tickets[7], waited, 1);
+  cap.OnFinish(tickets[6], waited, 1);
   const int cut = cap.limit();
   ASSERT_LT(cut, 8) << cap.reason();
-  // The other seven were running already: they did not wait, yet they say
+  // The other six were running already: they did not wait, yet they say
   // nothing about the new limit.
   CapacitySample served;
   served.total_ns = 101 * kNsPerMs;
   served.prompt_eval_ns = 10 * kNsPerMs;
   served.eval_ns = 90 * kNsPerMs;
-  for (int i = 0; i < 7; ++i) cap.OnFinish(tickets[static_cast<size_t>(i)], served, 2);
+  for (int i = 0; i < 6; ++i) cap.OnFinish(tickets[static_cast<size_t>(i)], served, 2);
   EXPECT_EQ(cap.limit(), cut) << cap.reason();
 }
 
