@@ -25,6 +25,7 @@ MemoryStore::~MemoryStore() = default;
 Status MemoryStore::Start() {
   env_.jobs->SetRetention(static_cast<size_t>(env_.config->jobs.retain_finished));
   delayed_ = std::make_unique<DelayQueue>(env_.loop, [this](JobPtr job) { OnRetryDue(job); });
+  if (Status st = InitTimer(env_.loop, release_timer_, this); !st.ok()) return st;
   env_.ready();
   return Status::Ok();
 }
@@ -41,11 +42,24 @@ Result<nlohmann::json> MemoryStore::SubmitOne(const nlohmann::json& spec) {
       if (!SpecReplace(spec)) return ConflictError(key);
       return Replace(existing, spec);
     }
+    if (Expired(*existing)) {
+      auto answer = Replace(existing, spec);
+      if (answer.ok()) {
+        answer->erase("replaced");
+        (*answer)["expired"] = true;
+      }
+      return answer;
+    }
     env_.jobs->NoteDuplicate();
     return SubmitAnswerJson(key, existing->state, /*existing=*/true);
   }
   JobPtr job =
       env_.jobs->Create(key, SpecGroup(spec), SpecKind(spec), SpecLane(spec), SpecInput(spec));
+  job->ttl_s = SpecTtlS(spec, *env_.config);
+  job->after = SpecAfter(spec);
+  if (!job->after.empty() && !ReleaseWhenReady(job)) {
+    return SubmitAnswerJson(key, job->state, /*existing=*/false);
+  }
   Status st = env_.dispatcher->Enqueue(job);
   if (!st.ok()) {
     env_.jobs->Forget(job);
@@ -54,10 +68,16 @@ Result<nlohmann::json> MemoryStore::SubmitOne(const nlohmann::json& spec) {
   return SubmitAnswerJson(key, job->state, /*existing=*/false);
 }
 
+bool MemoryStore::Expired(const JobRecord& job) const {
+  return job.state == JobState::kDone && job.ttl_s > 0 && job.finished_at != 0 &&
+         uv_hrtime() - job.finished_at >= static_cast<uint64_t>(job.ttl_s) * 1'000'000'000ULL;
+}
+
 Result<nlohmann::json> MemoryStore::Replace(const JobPtr& job, const nlohmann::json& spec) {
   if (job->state == JobState::kRunning) return RunningNotReplaceable(job->key);
+  job->ttl_s = SpecTtlS(spec, *env_.config);
   auto input = std::make_shared<const nlohmann::json>(SpecInput(spec));
-  if (job->state == JobState::kQueued && !job->backing_off) {
+  if (job->state == JobState::kQueued && !job->backing_off && !job->waiting_after) {
     // Out of its ring first (Sweep drops entries that are not queued), so
     // it is queued once, with the new input.
     job->state = JobState::kCancelled;
@@ -76,6 +96,16 @@ Status MemoryStore::Requeue(const JobPtr& job, Lane lane, std::string kind,
   // A job cancelled while it waited out a retry backoff is still in the
   // delay queue, which queues it when the backoff ends.
   if (job->backing_off) return Status::Ok();
+  // A job with "after" waits for the jobs it needs again, and gets their
+  // results as they are now.
+  if (!job->after.empty()) {
+    if (job->input->is_object() && job->input->contains(kAfterResults)) {
+      nlohmann::json plain = *job->input;
+      plain.erase(kAfterResults);
+      job->input = std::make_shared<const nlohmann::json>(std::move(plain));
+    }
+    if (!ReleaseWhenReady(job)) return Status::Ok();
+  }
   Status st = env_.dispatcher->Enqueue(job);
   if (!st.ok()) {
     env_.jobs->MarkCancelled(job, "queued again, but not run: " + st.message());
@@ -420,6 +450,72 @@ uint64_t MemoryStore::ForceShutdown(const char* why) {
 void MemoryStore::Close() {
   AnswerWaits();
   if (delayed_) delayed_->Close();
+  release_timer_.Close();
+  release_due_.clear();
+}
+
+bool MemoryStore::ReleaseWhenReady(const JobPtr& job) {
+  nlohmann::json results = nlohmann::json::object();
+  std::vector<std::string> pending;
+  for (const std::string& dep : job->after) {
+    JobPtr d = env_.jobs->Find(dep);
+    std::string why;
+    if (d == nullptr) {
+      why = "needs job " + dep + ", which is no longer known (deleted or dropped by [jobs] " +
+            "retain_finished); submit the batch again";
+    } else if (d->state == JobState::kFailed || d->state == JobState::kCancelled) {
+      why = "needs job " + dep + ", which " +
+            (d->state == JobState::kFailed ? "failed" : "was cancelled") +
+            (d->error.empty() ? "" : ": " + d->error) + "; retry it, then retry this one";
+    } else if (d->state == JobState::kDone) {
+      results[dep] = d->result;
+      continue;
+    } else {
+      pending.push_back(dep);
+      continue;
+    }
+    job->waiting_after = false;
+    env_.jobs->MarkFinished(job, WorkOutcome::Failed(why));
+    return false;
+  }
+  job->waiting_after = !pending.empty();
+  if (!pending.empty()) {
+    for (const std::string& dep : pending) {
+      env_.jobs->WaitJob(dep, [this, weak = std::weak_ptr<JobRecord>(job)] {
+        JobPtr j = weak.lock();
+        if (j == nullptr || !release_timer_.initialized()) return;
+        release_due_.push_back(std::move(j));
+        uv_timer_start(
+            release_timer_.get(),
+            [](uv_timer_t* t) { static_cast<MemoryStore*>(t->data)->ReleaseDue(); }, 0, 0);
+      });
+    }
+    return false;
+  }
+  nlohmann::json input = *job->input;
+  if (!input.is_object()) input = nlohmann::json::object();
+  input[kAfterResults] = std::move(results);
+  job->input = std::make_shared<const nlohmann::json>(std::move(input));
+  return true;
+}
+
+void MemoryStore::ReleaseDue() {
+  std::vector<JobPtr> due;
+  due.swap(release_due_);
+  for (const JobPtr& job : due) {
+    // Cancelled meanwhile, released by an earlier entry, or shutting down.
+    if (job->state != JobState::kQueued || !job->waiting_after) continue;
+    if (env_.jobs->Find(job->key) != job) continue;
+    if (*env_.phase != Phase::kRunning) continue;
+    bool all_ended = std::all_of(job->after.begin(), job->after.end(), [this](const auto& k) {
+      JobPtr d = env_.jobs->Find(k);
+      return d == nullptr || IsTerminal(d->state);
+    });
+    if (!all_ended) continue;  // another dependency's waiter brings it back
+    if (!ReleaseWhenReady(job)) continue;
+    Status st = env_.dispatcher->Enqueue(job);
+    if (!st.ok()) env_.jobs->MarkCancelled(job, "ready to run, but not queued: " + st.message());
+  }
 }
 
 void MemoryStore::ApplyConfig() {

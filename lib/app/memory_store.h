@@ -66,12 +66,25 @@ class MemoryStore final : public Store {
   void Release(const JobPtr& job, const char* why);
   // Answers every open `result` wait with the job's current state.
   void AnswerWaits();
+  // A done job whose ttl has passed: a submit of its key runs it again.
+  bool Expired(const JobRecord& job) const;
+  // A job with "after": true when every job it needs is done (its input
+  // then holds their results, and it may be queued); when one failed, was
+  // cancelled or is gone, the job is failed with the reason. Otherwise it
+  // waits: it is looked at again (ReleaseDue) once each of them ends.
+  bool ReleaseWhenReady(const JobPtr& job);
+  // Looks again, on a turn of the loop of its own, at the jobs whose
+  // dependencies ended (not inside the table's waiter, which runs in the
+  // middle of another job's finish).
+  void ReleaseDue();
   nlohmann::json View(const JobRecord& job) const;
 
   StoreEnv env_;
   std::unique_ptr<DelayQueue> delayed_;                     // jobs waiting out a retry backoff
   std::unordered_set<std::shared_ptr<PendingWait>> waits_;  // open `result` waits
   bool waits_answered_ = false;                             // the shutdown answered every wait
+  UvHandle<uv_timer_t> release_timer_;                      // runs ReleaseDue
+  std::vector<JobPtr> release_due_;  // jobs with "after" whose dependency ended
 };
 
 }  // namespace digestd

@@ -35,6 +35,7 @@
 #include <deque>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -222,10 +223,21 @@ class PgStore final : public Store {
   // a subscriber wants it. group -> a part ended while a count was in flight.
   void PublishGroupProgress(const std::string& group);
   std::map<std::string, bool> group_counts_;
-  uint64_t claims_sent_ = 0;   // claim queries sent
-  uint64_t claims_empty_ = 0;  // of those, answered with no job
-  uint64_t claimed_jobs_ = 0;  // jobs they took
-  uint64_t crash_failed_ = 0;  // jobs failed for crashing their workers too often
+  // Jobs with "after" (JobStore::ReleaseAfter): after every commit that
+  // ends a job of `group` or stores waiting ones, a release for the group;
+  // one statement in flight, the groups that come meanwhile gathered for
+  // the next. "" in the set: every group (after lease recovery, which also
+  // heals a release lost with a crash).
+  void QueueRelease(const std::string& group);
+  void SendRelease();
+  std::set<std::string> release_groups_;
+  bool release_all_ = false;
+  bool releasing_ = false;
+  uint64_t released_after_ = 0;  // jobs made due when their dependencies were done
+  uint64_t claims_sent_ = 0;     // claim queries sent
+  uint64_t claims_empty_ = 0;    // of those, answered with no job
+  uint64_t claimed_jobs_ = 0;    // jobs they took
+  uint64_t crash_failed_ = 0;    // jobs failed for crashing their workers too often
   uint64_t retention_deleted_ = 0;
   uint64_t leases_lost_ = 0;
   uint64_t expired_unstarted_ = 0;  // claims dropped: their lease ran out before a start

@@ -231,6 +231,9 @@ void PgStore::Recover(bool startup) {
     }
     recovered_ += r->requeued;
     crash_failed_ += r->failed_keys.size();
+    // Every group's waiting parts: heals a release lost with a crash
+    // between a commit and its release, and follows jobs failed here.
+    QueueRelease("");
     if (r->requeued > 0 || !r->failed_keys.empty()) {
       LOG_NOTICE("%s: %llu jobs back in the queue, %zu failed after using up their attempts%s",
                  startup ? "jobs this node held before it restarted" : "expired leases",

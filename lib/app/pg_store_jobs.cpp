@@ -2,6 +2,7 @@
 // a job's attempt. The flow is described in pg_store.h.
 #include <algorithm>
 #include <climits>
+#include <set>
 
 #include "app/event_hub.h"
 #include "app/job_view.h"
@@ -32,6 +33,7 @@ struct PgStore::SubmitBatch {
   std::vector<nlohmann::json> answers;
   std::vector<Status> errors;  // per job; ok when answers[i] is set
   size_t waiting = 0;
+  std::set<std::string> release;  // groups of jobs stored waiting for others
 };
 
 // ---------------------------------------------------------------- submit
@@ -64,6 +66,8 @@ void PgStore::Submit(const Request& req, std::vector<const nlohmann::json*> spec
   batch->answers.resize(specs.size());
   batch->errors.resize(specs.size());
   auto finish = [this, then = std::move(then)](const std::shared_ptr<SubmitBatch>& b) {
+    // Jobs stored waiting for others: released now if those are done.
+    for (const auto& g : b->release) QueueRelease(g);
     if (b->single && b->errors[0].ok() && then) {
       then(std::move(b->answers[0]));
       Refill();
@@ -89,6 +93,9 @@ void PgStore::Submit(const Request& req, std::vector<const nlohmann::json*> spec
     job.input = std::make_shared<const nlohmann::json>(SpecInput(spec));
     job.input_hash = InputHash(job.kind, *job.input);
     job.max_attempts = cfg.backend.max_attempts;
+    job.ttl_s = SpecTtlS(spec, cfg);
+    job.after = SpecAfter(spec);
+    const bool waits = !job.after.empty();
     // When the lane's table holds nothing due and its ring has room, the
     // row is created claimed by this node: no claim round trip, no second
     // row version. Otherwise it waits in the table for a claim.
@@ -100,7 +107,8 @@ void PgStore::Submit(const Request& req, std::vector<const nlohmann::json*> spec
       int room = env_.dispatcher->RoomFor(*k, *job.input, job.lane);
       if (room != INT_MAX) room_cap = std::min(room_cap, depth + static_cast<size_t>(room));
     }
-    bool claim = book_.TrySelfClaim(job.lane, depth, room_cap);
+    // A job that waits for others is never created claimed.
+    bool claim = !waits && book_.TrySelfClaim(job.lane, depth, room_cap);
     if (claim) {
       job.claim_owner = env_.node_id;
       job.lease_s = cfg.postgres.lease_s;
@@ -112,12 +120,12 @@ void PgStore::Submit(const Request& req, std::vector<const nlohmann::json*> spec
     std::string group = job.group;
     Lane lane = job.lane;
     // What a replacing submit puts in place of the row's input.
-    std::optional<Replacement> replace;
-    if (SpecReplace(spec)) replace = Replacement{key, kind, lane, job.input, job.input_hash};
+    const bool replace = SpecReplace(spec);
+    Replacement rerun{key, kind, lane, job.input, job.input_hash, job.ttl_s};
     batch->answers[i] = {{"key", key}};
     Status enq = WriteSubmit(WriteRow::Submit(
-        std::move(job), [this, batch, i, key, kind, group, lane, finish, own, queued_ns,
-                         replace = std::move(replace)](const RowOutcome& o) {
+        std::move(job), [this, batch, i, key, kind, group, lane, finish, own, queued_ns, replace,
+                         rerun = std::move(rerun), waits](const RowOutcome& o) {
           // Told before a job claimed at its insert can start here.
           if (o.status.ok() && o.inserted.created && o.inserted.id != 0 && env_.events != nullptr) {
             env_.events->Publish("queued",
@@ -134,17 +142,25 @@ void PgStore::Submit(const Request& req, std::vector<const nlohmann::json*> spec
           if (o.status.ok() && o.inserted.created && !(own && o.inserted.lease_token != 0)) {
             book_.MarkDue(lane);
           }
-          if (o.status.ok() && o.inserted.id != 0 && o.inserted.conflict) {
-            if (!replace) {
+          if (o.status.ok() && o.inserted.created && waits) batch->release.insert(group);
+          if (o.status.ok() && o.inserted.id != 0 && (o.inserted.conflict || o.inserted.expired)) {
+            if (o.inserted.conflict && !replace) {
               batch->errors[i] = ConflictError(key);
             } else {
-              // Answered once the row holds the new input.
-              ReplaceJob(*replace, [batch, i, finish](Result<nlohmann::json> r) {
+              // Answered once the row holds the new input (or, expired,
+              // is queued again).
+              const bool expired = !o.inserted.conflict;
+              ReplaceJob(rerun, [this, batch, i, finish, expired, group](Result<nlohmann::json> r) {
                 if (r.ok()) {
                   batch->answers[i] = std::move(r).value();
+                  if (expired) {
+                    batch->answers[i].erase("replaced");
+                    batch->answers[i]["expired"] = true;
+                  }
                 } else {
                   batch->errors[i] = r.status();
                 }
+                if (!group.empty()) QueueRelease(group);
                 if (--batch->waiting == 0) finish(batch);
               });
               return;
@@ -421,6 +437,7 @@ void PgStore::Cancel(const Request& req, const std::string& key,
                                                        .error = s.error});
             PublishGroupProgress(s.group);
           }
+          if (!(*r)->group.empty()) QueueRelease((*r)->group);
           reply.Send(OkLine(id, {{"key", key}, {"status", "cancelled"}, {"cancelled", true}}));
           return;
         }
@@ -609,6 +626,8 @@ void PgStore::WriteFinish(const JobPtr& job, JobState state, nlohmann::json resu
         // The waiters read the committed row now, not after the NOTIFY's
         // round trip: what `result` says is what the table says.
         if (o.status.ok() && o.accepted) WakeWaiters(key, group);
+        // Parts of the group may wait for this one.
+        if (o.status.ok() && o.accepted && !group.empty()) QueueRelease(group);
         // The backlog counts in status change with every finished job:
         // count again soon rather than at the next backlog_interval_ms.
         uv_timer_t* backlog = backlog_timer_.get();

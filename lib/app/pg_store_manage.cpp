@@ -46,6 +46,9 @@ void PgStore::OnQueuedAgain(const std::vector<TouchedJob>& rows, Lane lane) {
   for (const auto& t : rows) {
     if (!t.changed) continue;
     any = true;
+    // A job with "after" waits again for the jobs it needs (so do the
+    // group's parts that need this one).
+    if (!t.job.group.empty()) QueueRelease(t.job.group);
     env_.jobs->NoteRequeued(1);
     if (env_.events != nullptr) {
       StoredJob s = t.job;
@@ -248,6 +251,7 @@ void PgStore::CancelGroup(const Request& req, const std::string& group,
         if (env_.events != nullptr) env_.events->Publish("cancelled", EventOf(s));
       }
       if (!p->table.cancelled.empty()) PublishGroupProgress(p->group);
+      QueueRelease(p->group);
     }
     settle();
   };
@@ -290,12 +294,68 @@ void PgStore::Delete(const Request& req, JobTarget target, const ControlServer::
           }
           // The group has fewer parts now (with the memory store the job
           // table's observer tells the same).
-          for (const auto& g : groups) PublishGroupProgress(g);
+          for (const auto& g : groups) {
+            PublishGroupProgress(g);
+            QueueRelease(g);  // a part that needed a deleted one fails
+          }
         }
         auto n = static_cast<int64_t>(deleted.size());
         reply.Send(OkLine(id, {{"deleted", n}, {"skipped", total - n}}));
       });
   if (!st.ok()) reply.Send(ErrorLine(req.id, st));
+}
+
+// ---------------------------------------------------------------- after
+
+void PgStore::QueueRelease(const std::string& group) {
+  if (group.empty()) {
+    release_all_ = true;
+  } else {
+    release_groups_.insert(group);
+  }
+  if (!releasing_) SendRelease();
+}
+
+void PgStore::SendRelease() {
+  if (closed_ || !migrated_ || (release_groups_.empty() && !release_all_)) return;
+  std::vector<std::string> groups;
+  if (!release_all_) groups.assign(release_groups_.begin(), release_groups_.end());
+  release_groups_.clear();
+  release_all_ = false;
+  Status st = store_->ReleaseAfter(std::move(groups), [this](Result<std::vector<StoredJob>> r) {
+    releasing_ = false;
+    if (closed_) return;
+    if (!r.ok()) {
+      // Lease recovery runs the release for every group again.
+      if (r.status().code() != Status::Code::kUnavailable) {
+        LOG_WARN(
+            "releasing jobs that wait for others failed: %s; tried again with the next "
+            "lease recovery",
+            r.status().message().c_str());
+      }
+    } else {
+      bool due[kLaneCount] = {false, false};
+      for (const StoredJob& s : *r) {
+        if (s.state == JobState::kQueued) {
+          ++released_after_;
+          due[static_cast<int>(s.lane)] = true;
+          continue;
+        }
+        // Failed: a job it needs failed, was cancelled or is gone.
+        env_.jobs->NoteFailed();
+        if (env_.events != nullptr) env_.events->Publish("failed", EventOf(s));
+        PublishGroupProgress(s.group);
+        WakeWaiters(s.key, s.group);
+        QueueRelease(s.group);  // its own dependents
+      }
+      for (int lane = 0; lane < kLaneCount; ++lane) {
+        if (due[lane]) book_.MarkDue(static_cast<Lane>(lane));
+      }
+      if (due[0] || due[1]) Refill();
+    }
+    SendRelease();
+  });
+  if (st.ok()) releasing_ = true;
 }
 
 }  // namespace digestd

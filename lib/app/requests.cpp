@@ -98,16 +98,16 @@ void Daemon::OpSubscribe(const Request& req, const ControlServer::Reply& reply) 
 nlohmann::json Daemon::HelloJson() const {
   nlohmann::json ops = nlohmann::json::array();
   for (std::string_view op : KnownOps()) ops.push_back(op);
-  return {
-      {"protocol", kProtocolVersion},
-      {"version", DIGESTD_VERSION},
-      {"node_id", node_id_},
-      {"store", store_->StatusJson().value("store", "")},
-      {"ops", std::move(ops)},
-      {"kinds", JobKindRegistry::Global().List()},
-      {"features",
-       {"groups", "result_wait", "sync_submit", "promote_on_wait", "preemption", "learned_capacity",
-        "events", "jobs_list", "retry", "delete", "cancel_group", "submit_conflict"}}};
+  return {{"protocol", kProtocolVersion},
+          {"version", DIGESTD_VERSION},
+          {"node_id", node_id_},
+          {"store", store_->StatusJson().value("store", "")},
+          {"ops", std::move(ops)},
+          {"kinds", JobKindRegistry::Global().List()},
+          {"features",
+           {"groups", "result_wait", "sync_submit", "promote_on_wait", "preemption",
+            "learned_capacity", "events", "jobs_list", "retry", "delete", "cancel_group",
+            "submit_conflict", "ttl", "after"}}};
 }
 
 nlohmann::json Daemon::StatusJson() const {

@@ -24,6 +24,8 @@ namespace digestd {
 
 inline constexpr size_t kMaxKeyBytes = 512;  // key and group
 inline constexpr int64_t kMaxWaitMs = 300000;
+inline constexpr int64_t kMaxTtlS = 315360000;  // ten years
+inline constexpr size_t kMaxAfter = 64;         // keys one job's "after" may name
 
 // The offset of the first control character (U+0000-U+001F or U+007F) in
 // `s`, if any. kind, key, group and lane with one are refused.
@@ -46,6 +48,15 @@ nlohmann::json SpecInput(const nlohmann::json& spec);  // {} when absent
 // "replace": true -- a key that exists with another kind or input is run
 // again with this one instead of answering `conflict`.
 bool SpecReplace(const nlohmann::json& spec);
+// "ttl_s": seconds the job's result stays fresh once done; absent:
+// [precompute] default_ttl_s. 0: never expires.
+int64_t SpecTtlS(const nlohmann::json& spec, const Config& config);
+// "after": the keys of the jobs this one needs (earlier jobs of the same
+// batch and group), without repeats; empty when absent.
+std::vector<std::string> SpecAfter(const nlohmann::json& spec);
+// Every part an input names ({"part": KEY, ...}, jobs/job_kind.h PartRefs)
+// must be listed in "after".
+Status CheckPartRefs(const nlohmann::json& spec, const std::string& where);
 // The `conflict` error for `key`.
 Status ConflictError(const std::string& key);
 

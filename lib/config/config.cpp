@@ -236,6 +236,7 @@ const std::vector<KeyDef>& Defs() {
       INT_KEY("jobs", retain_finished, jobs.retain_finished, 0, 10000000, true),
       INT_KEY("jobs", max_batch, jobs.max_batch, 1, 100000, true),
       STR_KEY("log", level, log.level, true, CheckLevel),
+      INT_KEY("precompute", default_ttl_s, precompute.default_ttl_s, 0, 315360000, true),
       STR_KEY("metrics", listen, metrics.listen, false, CheckMetricsListen),
       STR_KEY("backend", kind, backend.kind, false, CheckBackendKind),
       STR_KEY("backend", url, backend.url, false, CheckUrl),

@@ -54,6 +54,12 @@ struct Config {
   struct Log {
     std::string level = "info";
   } log;
+  // Results as a cache (docs/protocol.md, "Precompute").
+  struct Precompute {
+    // Seconds a done job's result stays fresh when its submit gives no
+    // ttl_s: a submit of the key after that runs it again. 0: never expires.
+    int default_ttl_s = 0;
+  } precompute;
   // The Prometheus endpoint (lib/metrics/metrics_server.h).
   struct Metrics {
     std::string listen;  // "HOST:PORT" to serve /metrics on; empty: off

@@ -272,9 +272,10 @@ bool Dispatcher::Skip(int lane, const JobPtr& job) {
 bool Dispatcher::Promote(const JobPtr& job) {
   if (pills_in_ || job->state != JobState::kQueued || job->lane != Lane::kBackground) return false;
   job->lane = Lane::kInteractive;
-  if (job->backing_off) {
+  if (job->backing_off || job->waiting_after) {
     // Not queued here yet: it joins the interactive lane when its backoff
-    // ends. Starting it now would skip the backoff the server asked for.
+    // ends (starting it now would skip the backoff the server asked for),
+    // or when the jobs it needs are done.
     ++promoted_;
     return true;
   }

@@ -147,8 +147,9 @@ class Dispatcher {
 
   // Someone waits for `job` now: a queued background job moves to the
   // interactive lane (ahead of that lane's ring). A job waiting out a retry
-  // backoff (backing_off) only changes lane: it is queued when its backoff
-  // ends. False when it is not a queued background job.
+  // backoff (backing_off) or for the jobs it needs (waiting_after) only
+  // changes lane: it is queued when that ends. False when it is not a
+  // queued background job.
   bool Promote(const JobPtr& job);
 
   // How many more jobs `lane` should take from the shared table now: what

@@ -14,6 +14,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "config/config.h"
 #include "util/text_sink.h"
@@ -57,6 +58,12 @@ struct JobRecord {
   // A retried (or replaced) job's error from before, kept until it ends again.
   std::string last_error;
   uint64_t input_hash = 0;  // InputHash(kind, *input)
+  // Seconds its result stays fresh once done (submit "ttl_s" or [precompute]
+  // default_ttl_s); a submit of the key after that runs it again. 0: for ever.
+  int64_t ttl_s = 0;
+  // The keys of the jobs it needs ("after"): it waits, in no queue, until
+  // they are done (memory store; with PostgreSQL the row waits).
+  std::vector<std::string> after;
   Nanos submitted_at = 0;
   Nanos started_at = 0;
   Nanos finished_at = 0;
@@ -89,6 +96,9 @@ struct JobRecord {
   // Waiting out a retry's backoff (the memory store's delay queue): in no
   // dispatcher queue until it is due, however urgently someone waits.
   bool backing_off = false;
+  // Waiting for the jobs its "after" names (memory store): in no dispatcher
+  // queue until they are done, however urgently someone waits.
+  bool waiting_after = false;
   int preempted = 0;  // times a background attempt was aborted for interactive work
   // The backend model its requests go to (JobKind::ModelOf), resolved by the
   // dispatcher when the job is first queued; empty: no backend model.

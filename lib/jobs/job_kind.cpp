@@ -1,5 +1,7 @@
 #include "jobs/job_kind.h"
 
+#include <algorithm>
+
 namespace digestd {
 
 JobKindRegistry& JobKindRegistry::Global() {
@@ -29,6 +31,30 @@ std::string JobKindRegistry::Names() const {
   for (const auto& k : kinds_) {
     if (!out.empty()) out += ", ";
     out += k->name();
+  }
+  return out;
+}
+
+bool IsPartRef(const nlohmann::json& v) {
+  if (!v.is_object()) return false;
+  auto p = v.find("part");
+  return p != v.end() && p->is_string();
+}
+
+std::vector<std::string> PartRefs(const nlohmann::json& input) {
+  std::vector<std::string> out;
+  auto add = [&out](const nlohmann::json& v) {
+    if (!IsPartRef(v)) return;
+    const std::string& k = v["part"].get_ref<const std::string&>();
+    if (std::find(out.begin(), out.end(), k) == out.end()) out.push_back(k);
+  };
+  if (!input.is_object()) return out;
+  for (const auto& [name, v] : input.items()) {
+    if (name == kAfterResults) continue;
+    add(v);
+    if (v.is_array()) {
+      for (const auto& e : v) add(e);
+    }
   }
   return out;
 }

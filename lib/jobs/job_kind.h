@@ -23,6 +23,18 @@ struct BackendModel {
   bool embedding = false;
 };
 
+// Parts: a job submitted with "after" (docs/protocol.md, "Parts that need
+// other parts") starts once the jobs it names are done, with their results
+// added to its input under this member: {"after_results": {KEY: result}}.
+inline constexpr const char* kAfterResults = "after_results";
+
+// A part reference: an object {"part": KEY, ...} that a kind takes in place
+// of a value it reads from that part's result once it is there.
+bool IsPartRef(const nlohmann::json& v);
+// The keys the part references of `input` name: its members' values and the
+// elements of its array members (two levels), in order, without repeats.
+std::vector<std::string> PartRefs(const nlohmann::json& input);
+
 class JobKind {
  public:
   virtual ~JobKind() = default;

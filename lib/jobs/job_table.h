@@ -127,6 +127,9 @@ class JobTable {
   void NoteDuplicate() { ++counters_.duplicates; }
   // A job queued elsewhere (PostgreSQL's table) was cancelled by this node.
   void NoteCancelled() { ++counters_.cancelled; }
+  // A job queued elsewhere (PostgreSQL's table) failed there without
+  // running (a job it needs failed).
+  void NoteFailed() { ++counters_.failed; }
   void NoteSubmitted() { ++counters_.submitted; }
   // A new job of `kind` on `lane` was stored elsewhere (PostgreSQL): counted
   // in counters() and in its tally.

@@ -17,7 +17,8 @@ constexpr const char* kColumns =
     "(extract(epoch FROM created_at) * 1000)::bigint, "
     "coalesce((extract(epoch FROM started_at) * 1000)::bigint, 0), "
     "coalesce((extract(epoch FROM finished_at) * 1000)::bigint, 0), "
-    "(extract(epoch FROM run_after) * 1000)::bigint AS run_after_ms, lost_unstarted, "
+    "coalesce((extract(epoch FROM nullif(run_after, 'infinity')) * 1000)::bigint, 0) "
+    "AS run_after_ms, lost_unstarted, "
     "busy_retries, preempted, coalesce(last_error, '')";
 
 const std::string kReplacement = "\xEF\xBF\xBD";  // U+FFFD
@@ -209,7 +210,7 @@ RETURNING j.id)";
 const char* kInsertSql =
     R"(INSERT INTO digestd.jobs (key, group_key, kind, lane, input, max_attempts, status,
                           attempts, lease_owner, lease_until, lease_token, started_at,
-                          input_hash)
+                          input_hash, ttl_s, after_keys, run_after)
 SELECT t.key, t.group_key, t.kind, t.lane, coalesce(t.input, '{}'::jsonb), t.max_attempts,
        CASE WHEN t.owner IS NULL THEN 'queued' ELSE 'running' END,
        0,
@@ -217,18 +218,77 @@ SELECT t.key, t.group_key, t.kind, t.lane, coalesce(t.input, '{}'::jsonb), t.max
        CASE WHEN t.owner IS NULL THEN NULL
             ELSE now() + t.lease_s * interval '1 second' END,
        CASE WHEN t.owner IS NULL THEN 0 ELSE nextval('digestd.lease_token_seq') END,
-       NULL, t.input_hash
+       NULL, t.input_hash, t.ttl_s,
+       CASE WHEN t.after IS NULL THEN NULL
+            ELSE ARRAY(SELECT jsonb_array_elements_text(t.after)) END,
+       CASE WHEN t.after IS NULL THEN now() ELSE 'infinity' END
   FROM jsonb_to_recordset($1::jsonb)
     AS t(ord integer, key text, group_key text, kind text, lane smallint, input jsonb,
-         max_attempts integer, owner text, lease_s integer, input_hash bigint)
+         max_attempts integer, owner text, lease_s integer, input_hash bigint, ttl_s integer,
+         after jsonb)
  ORDER BY t.ord
 ON CONFLICT (key) DO NOTHING
 RETURNING key, lease_token)";
 
 // A separate statement, so it takes a fresh snapshot: it also sees a row that
 // a concurrent transaction committed while our INSERT waited on its key.
-const char* kFindKeysSql = R"(SELECT id, key, status, input_hash FROM digestd.jobs
+// `expired`: a done result whose ttl has passed.
+const char* kFindKeysSql = R"(SELECT id, key, status, input_hash,
+       status = 'done' AND ttl_s > 0 AND finished_at + ttl_s * interval '1 second' <= now()
+  FROM digestd.jobs
  WHERE key = ANY (ARRAY(SELECT jsonb_array_elements_text($1::jsonb))))";
+
+// Jobs waiting for the jobs their "after" names (of the given groups, or
+// all): due, with the results added to their input, once every one is
+// done; failed with the reason once one failed, was cancelled or is gone
+// (its own dependents follow in the next release). Idempotent, and correct
+// under concurrency as long as it runs after each commit that ends a
+// dependency or inserts a waiting job (the later of two commits' releases
+// sees both); a finished row lock makes two releases of one job serialise,
+// and the second finds it no longer waiting.
+const char* kReleaseAfterSql = R"(WITH w AS (
+  SELECT d.id,
+         count(p.id) AS found,
+         count(p.id) FILTER (WHERE p.status = 'done') AS done,
+         min(p.key) FILTER (WHERE p.status IN ('failed', 'cancelled')) AS bad,
+         jsonb_object_agg(p.key, coalesce(p.result, 'null'::jsonb))
+           FILTER (WHERE p.status = 'done') AS results
+    FROM digestd.jobs d
+    LEFT JOIN digestd.jobs p ON p.key = ANY (d.after_keys)
+   WHERE d.after_keys IS NOT NULL AND d.status = 'queued' AND d.run_after = 'infinity'
+     AND ($1::text[] IS NULL OR d.group_key = ANY ($1::text[]))
+   GROUP BY d.id
+), v AS (
+  SELECT w.*, w.done = cardinality(j.after_keys) AS ready, j.id AS jid
+    FROM w JOIN digestd.jobs j ON j.id = w.id
+), u AS (
+  UPDATE digestd.jobs j
+     SET status = CASE WHEN v.ready THEN 'queued' ELSE 'failed' END,
+         run_after = CASE WHEN v.ready THEN now() ELSE j.run_after END,
+         input = CASE WHEN v.ready
+                      THEN j.input || jsonb_build_object('after_results',
+                                                         coalesce(v.results, '{}'::jsonb))
+                      ELSE j.input END,
+         error = CASE WHEN v.ready THEN j.error
+                      WHEN v.bad IS NOT NULL THEN
+                        'needs job ' || v.bad || ', which ' ||
+                        (SELECT CASE p.status WHEN 'failed' THEN 'failed' ELSE 'was cancelled' END ||
+                                coalesce(': ' || p.error, '')
+                           FROM digestd.jobs p WHERE p.key = v.bad) ||
+                        '; retry it, then retry this one'
+                      ELSE 'needs a job that no longer exists (deleted); submit the batch again'
+                 END,
+         finished_at = CASE WHEN v.ready THEN NULL ELSE now() END,
+         updated_at = now()
+    FROM v
+   WHERE j.id = v.id AND j.status = 'queued' AND j.run_after = 'infinity'
+     AND (v.ready OR v.bad IS NOT NULL OR v.found < cardinality(j.after_keys))
+  RETURNING j.key, coalesce(j.group_key, '') AS g, j.kind, j.lane, j.status,
+            coalesce(j.error, '') AS error
+), n AS (
+  SELECT pg_notify('digestd_done', json_build_array(key)::text) FROM u WHERE status = 'failed'
+)
+SELECT key, g, kind, lane, status, error FROM u, (SELECT count(*) FROM n) AS notified)";
 
 }  // namespace
 
@@ -268,6 +328,8 @@ std::vector<PgStatement> JobStore::InsertStatements(const std::vector<NewJob>& j
                           {"max_attempts", j.max_attempts},
                           {"input_hash", static_cast<int64_t>(j.input_hash)}};
     if (!j.group.empty()) row["group_key"] = j.group;
+    if (j.ttl_s > 0) row["ttl_s"] = j.ttl_s;
+    if (!j.after.empty()) row["after"] = j.after;
     if (j.input) row["input"] = *j.input;
     if (!j.claim_owner.empty()) {
       row["owner"] = j.claim_owner;
@@ -293,14 +355,16 @@ Result<std::vector<InsertedJob>> JobStore::ParseInsert(const std::vector<NewJob>
     uint64_t id;
     JobState state;
     std::optional<int64_t> hash;  // none: a row from before input hashes
+    bool expired = false;
   };
   std::unordered_map<std::string, Found> rows;
   for (int i = 0; i < found.rows(); ++i) {
     std::optional<int64_t> hash;
     if (found.cols() > 3 && !found.IsNull(i, 3)) hash = found.Int(i, 3);
+    const bool expired = found.cols() > 4 && !found.IsNull(i, 4) && found.Text(i, 4) == "t";
     rows.emplace(std::string(found.Text(i, 1)),
                  Found{static_cast<uint64_t>(found.Int(i, 0)),
-                       ParseJobState(found.Text(i, 2)).value_or(JobState::kQueued), hash});
+                       ParseJobState(found.Text(i, 2)).value_or(JobState::kQueued), hash, expired});
   }
   std::vector<InsertedJob> out;
   out.reserve(jobs.size());
@@ -319,6 +383,7 @@ Result<std::vector<InsertedJob>> JobStore::ParseInsert(const std::vector<NewJob>
       r.status = it->second.state;
       r.conflict =
           !r.created && it->second.hash && *it->second.hash != static_cast<int64_t>(j.input_hash);
+      r.expired = !r.created && it->second.expired;
     }
     out.push_back(r);
   }
@@ -671,11 +736,14 @@ constexpr const char* kTouchedColumns =
 
 // What a job queued again by request starts from: no attempts, busy
 // retries or lost claims, no result; its error kept as last_error.
+// A job with "after" waits for its dependencies again (the release that
+// follows lets it go at once when they are still done).
 constexpr const char* kQueuedAgain =
     "status = 'queued', attempts = 0, busy_retries = 0, lost_unstarted = 0, "
     "last_error = coalesce(j.error, j.last_error), error = NULL, result = NULL, "
-    "started_at = NULL, finished_at = NULL, run_after = now(), lease_owner = NULL, "
-    "lease_until = NULL, updated_at = now()";
+    "started_at = NULL, finished_at = NULL, "
+    "run_after = CASE WHEN j.after_keys IS NULL THEN now() ELSE 'infinity' END, "
+    "lease_owner = NULL, lease_until = NULL, updated_at = now()";
 
 std::vector<TouchedJob> ParseTouched(const PgResult& r) {
   std::vector<TouchedJob> out;
@@ -762,7 +830,10 @@ Status JobStore::Retry(std::string key, std::string group, Lane lane,
                        Callback<std::vector<TouchedJob>> done) {
   bool by_key = !key.empty();
   std::string sql = "WITH t AS (" + TargetRows(by_key) +
-                    "), r AS (\n  UPDATE digestd.jobs j SET lane = $2, " + kQueuedAgain +
+                    "), r AS (\n  UPDATE digestd.jobs j SET lane = $2, "
+                    "input = CASE WHEN j.after_keys IS NULL THEN j.input "
+                    "ELSE j.input - 'after_results' END, " +
+                    kQueuedAgain +
                     "\n    FROM t WHERE j.id = t.id AND j.status IN ('failed', 'cancelled')"
                     "\n  RETURNING j.id\n)\nSELECT " +
                     kTouchedColumns +
@@ -780,7 +851,8 @@ Status JobStore::Retry(std::string key, std::string group, Lane lane,
 Status JobStore::Replace(Replacement rep, Callback<std::vector<TouchedJob>> done) {
   std::string sql = "WITH t AS (" + TargetRows(true) +
                     "), r AS (\n  UPDATE digestd.jobs j SET kind = $2, lane = $3, "
-                    "input = coalesce($4::jsonb, '{}'::jsonb), input_hash = $5, " +
+                    "input = coalesce($4::jsonb, '{}'::jsonb), input_hash = $5, "
+                    "ttl_s = nullif($6::integer, 0), " +
                     kQueuedAgain +
                     "\n    FROM t WHERE j.id = t.id"
                     // A claimed row is some node's to run: not replaced.
@@ -790,13 +862,49 @@ Status JobStore::Replace(Replacement rep, Callback<std::vector<TouchedJob>> done
                     " FROM digestd.jobs j JOIN t ON t.id = j.id LEFT JOIN r ON r.id = j.id";
   std::optional<std::string> input;
   if (rep.input) input = Dump(*rep.input);
-  return conn_.Query(Stmt("digestd_replace", std::move(sql),
-                          {Text(std::move(rep.key)), Text(std::move(rep.kind)),
-                           std::to_string(static_cast<int>(rep.lane)), std::move(input),
-                           std::to_string(static_cast<int64_t>(rep.input_hash))}),
+  return conn_.Query(
+      Stmt("digestd_replace", std::move(sql),
+           {Text(std::move(rep.key)), Text(std::move(rep.kind)),
+            std::to_string(static_cast<int>(rep.lane)), std::move(input),
+            std::to_string(static_cast<int64_t>(rep.input_hash)), std::to_string(rep.ttl_s)}),
+      [done = std::move(done)](Result<PgResult> r) {
+        if (!r.ok()) return done(r.status());
+        done(ParseTouched(*r));
+      });
+}
+
+Status JobStore::ReleaseAfter(std::vector<std::string> groups,
+                              Callback<std::vector<StoredJob>> done) {
+  std::optional<std::string> arg;
+  if (!groups.empty()) {
+    std::string a = "{";
+    for (size_t i = 0; i < groups.size(); ++i) {
+      if (i > 0) a += ',';
+      a += '"';
+      for (char c : groups[i]) {
+        if (c == '"' || c == '\\') a += '\\';
+        a += c;
+      }
+      a += '"';
+    }
+    a += '}';
+    arg = Text(std::move(a));
+  }
+  return conn_.Query(Stmt("digestd_release_after", kReleaseAfterSql, {std::move(arg)}),
                      [done = std::move(done)](Result<PgResult> r) {
                        if (!r.ok()) return done(r.status());
-                       done(ParseTouched(*r));
+                       std::vector<StoredJob> out;
+                       for (int i = 0; i < r->rows(); ++i) {
+                         StoredJob j;
+                         j.key = std::string(r->Text(i, 0));
+                         j.group = std::string(r->Text(i, 1));
+                         j.kind = std::string(r->Text(i, 2));
+                         j.lane = r->Int(i, 3) == 0 ? Lane::kInteractive : Lane::kBackground;
+                         j.state = ParseJobState(r->Text(i, 4)).value_or(JobState::kQueued);
+                         j.error = std::string(r->Text(i, 5));
+                         out.push_back(std::move(j));
+                       }
+                       done(std::move(out));
                      });
 }
 

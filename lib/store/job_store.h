@@ -111,6 +111,8 @@ struct NewJob {
   // left as it is.
   std::string claim_owner;
   int lease_s = 0;
+  int64_t ttl_s = 0;               // seconds the result stays fresh once done; 0: for ever
+  std::vector<std::string> after;  // keys it needs: it waits (run_after = infinity) till done
 };
 
 // What inserting one NewJob found.
@@ -122,6 +124,8 @@ struct InsertedJob {
   // !created: the existing row has another input hash (rows from before
   // schema version 4 have none and never conflict).
   bool conflict = false;
+  // !created: the existing row is done and its ttl has passed.
+  bool expired = false;
 };
 
 // A job row as read back (Claim, Lookup, LookupGroup).
@@ -163,6 +167,7 @@ struct Replacement {
   Lane lane = Lane::kBackground;
   std::shared_ptr<const nlohmann::json> input;
   uint64_t input_hash = 0;
+  int64_t ttl_s = 0;
 };
 
 // What a group cancel in the table found.
@@ -275,6 +280,14 @@ class JobStore {
 
   // The job with `key`; nullopt when there is none.
   [[nodiscard]] Status Lookup(std::string key, Callback<std::optional<StoredJob>> done);
+  // Jobs of `groups` (empty: of every group) waiting for the jobs their
+  // "after" names: made due, with those jobs' results in their input as
+  // "after_results", once all are done; failed with the reason once one
+  // failed, was cancelled or is gone (failed keys are NOTIFYed). `done` gets
+  // the rows it changed (key, group, kind, lane, state, error). Run it after
+  // every commit that ends a job of a group, or that stores waiting jobs.
+  [[nodiscard]] Status ReleaseAfter(std::vector<std::string> groups,
+                                    Callback<std::vector<StoredJob>> done);
   // Every job of `group` in submit order (at most 10,000); empty when none.
   [[nodiscard]] Status LookupGroup(std::string group, Callback<std::vector<StoredJob>> done);
   // Queued (due, delayed) and running jobs per lane. Reads two partial

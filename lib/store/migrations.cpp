@@ -149,6 +149,25 @@ const std::vector<Migration>& Migrations() {
            "COMMENT ON COLUMN digestd.jobs.last_error IS 'the error a job had when it was "
            "retried or replaced; cleared when it ends again'",
        }},
+      {5,
+       "result ttl (precompute cache) and parts that need other parts (after)",
+       {
+           // A done job whose ttl has passed is run again by the next
+           // submit of its key. NULL: never expires.
+           "ALTER TABLE digestd.jobs ADD COLUMN ttl_s integer",
+           // A job submitted with "after" waits queued with run_after =
+           // 'infinity' (no claim takes it) until the jobs it names are
+           // done; then their results are added to its input and it is due.
+           "ALTER TABLE digestd.jobs ADD COLUMN after_keys text[]",
+           // The waiting ones, by group: the release after a finish of a
+           // group reads only these, and no other row is ever in it.
+           "CREATE INDEX IF NOT EXISTS jobs_waiting_after ON digestd.jobs (group_key) "
+           "WHERE after_keys IS NOT NULL AND status = 'queued' AND run_after = 'infinity'",
+           "COMMENT ON COLUMN digestd.jobs.ttl_s IS 'seconds a done result stays fresh: a "
+           "submit of the key after finished_at + ttl_s runs the job again; NULL: never'",
+           "COMMENT ON COLUMN digestd.jobs.after_keys IS 'keys of jobs (of the same group) "
+           "this one needs; it waits with run_after = infinity until they are done'",
+       }},
   };
   return migrations;
 }

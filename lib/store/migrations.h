@@ -37,7 +37,7 @@
 namespace digestd {
 
 // The schema version this build creates and understands.
-inline constexpr int kSchemaVersion = 4;
+inline constexpr int kSchemaVersion = 5;
 
 struct Migration {
   int version;

@@ -126,8 +126,8 @@ TEST_P(ProtocolE2E, HelloNamesTheProtocolVersionOpsKindsAndStore) {
     EXPECT_TRUE(has("ops", op)) << op << " in " << answer.dump();
   for (const char* kind : {"noop", "similarity", "summarize", "embed", "generate"})
     EXPECT_TRUE(has("kinds", kind)) << kind << " in " << answer.dump();
-  for (const char* feature :
-       {"sync_submit", "jobs_list", "retry", "delete", "cancel_group", "submit_conflict"}) {
+  for (const char* feature : {"sync_submit", "jobs_list", "retry", "delete", "cancel_group",
+                              "submit_conflict", "ttl", "after"}) {
     EXPECT_TRUE(has("features", feature)) << feature << " in " << answer.dump();
   }
 }

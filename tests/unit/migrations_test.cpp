@@ -49,7 +49,8 @@ TEST_F(MigrationsTest, FreshDatabaseGetsTheSchemaAndItsIndexes) {
   EXPECT_EQ(Q(db,
               "SELECT string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes "
               "WHERE schemaname = 'digestd' AND tablename = 'jobs'"),
-            "jobs_claim,jobs_failed,jobs_finished,jobs_group,jobs_key_unique,jobs_lease,jobs_pkey");
+            "jobs_claim,jobs_failed,jobs_finished,jobs_group,jobs_key_unique,jobs_lease,jobs_pkey,"
+            "jobs_waiting_after");
   EXPECT_EQ(Q(db,
               "SELECT indexdef LIKE '%(lane, run_after, id) WHERE (status = ''queued''::text)'"
               " FROM pg_indexes WHERE indexname = 'jobs_claim'"),

@@ -143,5 +143,47 @@ TEST(SimilarityKind, StopsWhenCancelled) {
   EXPECT_EQ(o.kind, WorkOutcome::Kind::kCancelled);
 }
 
+TEST(SimilarityKind, TakesVectorsFromThePartsItNeeds) {
+  // Part references pass the submit check; their sizes are checked at run.
+  json refs = {{"a", {{"part", "e:a"}}},
+               {"b", {{"part", "e:s"}, {"index", 1}}},
+               {"sample", {{"part", "e:s"}}}};
+  EXPECT_EQ(Check(refs), "");
+  EXPECT_NE(Check({{"a", {{"part", "e:a"}, {"index", -1}}}, {"b", {1.0}}}), "");
+  EXPECT_NE(Check({{"a", {{"part", "e:a"}, {"row", 0}}}, {"b", {1.0}}}), "");
+  EXPECT_EQ(PartRefs(refs), (std::vector<std::string>{"e:a", "e:s"}));
+
+  const std::vector<std::vector<double>> sample = {{1, 0, 0}, {0.6, 0.8, 0}, {0, 0, 1}};
+  json in = refs;
+  in[kAfterResults] = {{"e:a", {{"embeddings", {{0.9, 0.1, 0.2}}}}},
+                       {"e:s", {{"embeddings", sample}}}};
+  WorkOutcome out = RunKind(in);
+  ASSERT_EQ(out.kind, WorkOutcome::Kind::kDone) << out.error;
+  // The same job with the vectors given.
+  json given = {{"a", {0.9, 0.1, 0.2}}, {"b", sample[1]}, {"sample", sample}};
+  WorkOutcome ref = RunKind(given);
+  ASSERT_EQ(ref.kind, WorkOutcome::Kind::kDone) << ref.error;
+  EXPECT_EQ(out.result.dump(), ref.result.dump());
+  EXPECT_NEAR(out.result["similarity"].get<double>(), Cos({0.9, 0.1, 0.2}, sample[1]), 1e-12);
+
+  // A part whose result is not there, an index past its vectors, a result
+  // without embeddings: failed with a message naming the part.
+  json missing = refs;
+  missing[kAfterResults] = {{"e:s", {{"embeddings", sample}}}};
+  WorkOutcome m = RunKind(missing);
+  EXPECT_EQ(m.kind, WorkOutcome::Kind::kFailed);
+  EXPECT_NE(m.error.find("e:a"), std::string::npos) << m.error;
+  json past = in;
+  past["b"]["index"] = 3;
+  WorkOutcome p = RunKind(past);
+  EXPECT_EQ(p.kind, WorkOutcome::Kind::kFailed);
+  EXPECT_NE(p.error.find("past the 3 vectors"), std::string::npos) << p.error;
+  json text = in;
+  text[kAfterResults]["e:a"] = {{"summary", "no vectors"}};
+  WorkOutcome t = RunKind(text);
+  EXPECT_EQ(t.kind, WorkOutcome::Kind::kFailed);
+  EXPECT_NE(t.error.find("no \"embeddings\""), std::string::npos) << t.error;
+}
+
 }  // namespace
 }  // namespace digestd
