@@ -82,6 +82,8 @@ export interface SubmitAnswer extends Answer {
   existing: boolean;
   /** True when a submit with replace ran the job again. */
   replaced?: boolean;
+  /** True when the job's result had expired (ttl) and it runs again. */
+  expired?: boolean;
 }
 
 export interface BatchEntry {
@@ -213,6 +215,10 @@ export interface Job {
   lane?: Lane;
   input?: { [key: string]: Json };
   replace?: boolean;
+  /** Seconds the result stays fresh once done; a submit after that runs it again (0: never expires). */
+  ttl_s?: number;
+  /** Keys of earlier jobs of the same batch and group this one needs; it gets their results. */
+  after?: string[];
 }
 
 export interface SubmitOptions {
@@ -223,6 +229,8 @@ export interface SubmitOptions {
   waitMs?: number;
   /** Replace an existing job with this key (digestd versions that offer it). */
   replace?: boolean;
+  /** Seconds the result stays fresh once done (feature "ttl"); 0: never expires. */
+  ttlS?: number;
 }
 
 export interface BatchOptions {

@@ -102,6 +102,12 @@ function jobFields(kind, input, opts = {}) {
   if (input !== undefined && input !== null) fields.input = input;
   Object.assign(fields, dropUndefined({ key: opts.key, group: opts.group, lane: opts.lane }));
   if (opts.replace) fields.replace = true;
+  if (opts.ttlS !== undefined && opts.ttlS !== null) {
+    if (!Number.isInteger(opts.ttlS) || opts.ttlS < 0) {
+      throw new RangeError(`ttlS must be a whole number of seconds, 0 or more, not ${opts.ttlS}`);
+    }
+    fields.ttl_s = opts.ttlS;
+  }
   return fields;
 }
 

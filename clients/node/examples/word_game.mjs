@@ -3,10 +3,14 @@
 //
 // A game shows two words; the player guesses the word that links them. When
 // the game is created, the app submits, as one group in one round trip, the
-// embeddings of the two words and the model's own answer, on the background
-// lane. Nobody waits for them then. When the player guesses, the app waits
-// for the group (which moves anything still queued to the interactive lane),
-// embeds the guess in a synchronous submit, and scores it.
+// embeddings of the two words and of a sample of other words, the model's
+// own answer, and a similarity part that needs the embeddings ("after"):
+// once they are done, digestd's pool works out how related the two words
+// are compared with the sample, so the vectors never pass through the app.
+// All of it on the background lane; nobody waits for it then. When the
+// player guesses, the app waits for the group (which moves anything still
+// queued to the interactive lane), embeds the guess in a synchronous
+// submit, and scores it.
 //
 //   node word_game.mjs [WORD1 WORD2 GUESS]   (default: lighthouse ledger keeper)
 //
@@ -28,10 +32,25 @@ function cosine(a, b) {
   return na && nb ? dot / Math.sqrt(na * nb) : 0;
 }
 
+// Words the pair is compared with: how related would two words picked at
+// random be?
+const SAMPLE = ['river', 'stone', 'lantern', 'orchard', 'violin', 'cloud', 'ticket', 'garden'];
+
 async function createGame(client, words) {
   const game = `game:${randomBytes(4).toString('hex')}`;
   const answer = await client.group(game).submitMany([
     { kind: 'embed', key: `${game}/embed`, input: { texts: words } },
+    { kind: 'embed', key: `${game}/sample`, input: { texts: SAMPLE } },
+    {
+      kind: 'similarity',
+      key: `${game}/pair`,
+      after: [`${game}/embed`, `${game}/sample`],
+      input: {
+        a: { part: `${game}/embed`, index: 0 },
+        b: { part: `${game}/embed`, index: 1 },
+        sample: { part: `${game}/sample` },
+      },
+    },
     {
       kind: 'generate',
       key: `${game}/answer`,
@@ -82,7 +101,8 @@ async function main() {
       return 1;
     }
     const score = (cosine(gv, vectors[0]) + cosine(gv, vectors[1])) / 2;
-    console.log(`similarity of '${w1}' and '${w2}': ${cosine(vectors[0], vectors[1]).toFixed(3)}`);
+    const pair = parts[`${game}/pair`];
+    console.log(`similarity of '${w1}' and '${w2}': ${pair.similarity.toFixed(3)}, closer than ${pair.percentile.toFixed(0)}% of ${pair.null.n} sample words are to '${w1}' (computed in digestd once the embeddings were done)`);
     console.log(`the guess scores ${score.toFixed(3)} (${g.result.dims} dimensions)`);
     console.log(`the model's own answer: ${JSON.stringify(modelAnswer.slice(0, 80))}`);
   } finally {

@@ -284,6 +284,33 @@ live('conflict and replace', async (c, t) => {
   assert.equal((await c.result(k, { waitMs: 10000 })).result.slept_ms, 20);
 });
 
+live('ttl: an expired result runs again', async (c, t) => {
+  if (!await requireFeature(t, 'ttl')) return;
+  const k = key('ttl');
+  await c.submit('noop', { sleep_ms: 10 }, { key: k, ttlS: 1, waitMs: 10000 });
+  const fresh = await c.submit('noop', { sleep_ms: 10 }, { key: k, ttlS: 1 });
+  assert.equal(fresh.existing, true);
+  assert.equal(fresh.expired, undefined);
+  await new Promise((r) => setTimeout(r, 1200));
+  const again = await c.submit('noop', { sleep_ms: 10 }, { key: k, ttlS: 1 });
+  assert.equal(again.expired, true);
+  assert.equal((await c.result(k, { waitMs: 10000 })).status, 'done');
+});
+
+live('after: a part gets the results of the parts it needs', async (c, t) => {
+  if (!await requireFeature(t, 'after')) return;
+  const g = c.group(key('after'));
+  await g.submitMany([
+    { kind: 'similarity', key: `${g.name}:x`, input: { a: [1, 0], b: [0.6, 0.8] } },
+    { kind: 'similarity', key: `${g.name}:y`, input: { a: [1, 0], b: [1, 0] } },
+    { kind: 'noop', key: `${g.name}:z`, after: [`${g.name}:x`, `${g.name}:y`] },
+  ]);
+  const view = await g.result({ waitMs: 20000 });
+  assert.equal(view.status, 'completed', JSON.stringify(view));
+  await assert.rejects(c.submitMany([{ kind: 'noop', key: key('lone'), group: 'q', after: ['nothing'] }]),
+    (e) => e instanceof dc.BadRequest && e.detail.includes('earlier job'));
+});
+
 live('delete', async (c, t) => {
   if (!await requireOp(t, 'delete')) return;
   const k = key('delete');

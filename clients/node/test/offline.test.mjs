@@ -51,6 +51,8 @@ test('submit requests', () => {
     dc.submitRequest('summarize', { text: 't' }, { key: 'k', group: 'g', lane: 'interactive', waitMs: 1500, replace: true }),
     { op: 'submit', kind: 'summarize', input: { text: 't' }, key: 'k', group: 'g', lane: 'interactive', replace: true, wait_ms: 1500 });
   assert.deepEqual(dc.submitRequest('noop'), { op: 'submit', kind: 'noop' });
+  assert.deepEqual(dc.submitRequest('noop', {}, { ttlS: 60 }), { op: 'submit', kind: 'noop', input: {}, ttl_s: 60 });
+  assert.throws(() => dc.submitRequest('noop', {}, { ttlS: -1 }), RangeError);
   assert.throws(() => dc.submitRequest('noop', {}, { waitMs: 300001 }), /at most 300000/);
   assert.throws(() => dc.submitRequest('noop', {}, { waitMs: -1 }), RangeError);
   assert.throws(() => dc.submitRequest(''), /kind/);

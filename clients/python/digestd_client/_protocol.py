@@ -65,7 +65,7 @@ def seconds_to_ms(seconds: Optional[float], name: str) -> Optional[int]:
 
 def job_fields(kind: str, input: Optional[Mapping[str, Any]], key: Optional[str],
                group: Optional[str], lane: Optional[str],
-               replace: Optional[bool]) -> Json:
+               replace: Optional[bool], ttl: Optional[int] = None) -> Json:
     if not isinstance(kind, str) or not kind:
         raise ValueError("kind must be a non-empty string such as \"summarize\"; "
                          "hello() lists the kinds this digestd runs")
@@ -74,14 +74,18 @@ def job_fields(kind: str, input: Optional[Mapping[str, Any]], key: Optional[str]
         fields["input"] = dict(input)
     fields.update(drop_none({"key": key, "group": group, "lane": lane,
                              "replace": True if replace else None}))
+    if ttl is not None:
+        if isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < 0:
+            raise ValueError(f"ttl must be a whole number of seconds, 0 or more, not {ttl!r}")
+        fields["ttl_s"] = ttl
     return fields
 
 
 def submit_request(kind: str, input: Optional[Mapping[str, Any]], key: Optional[str],
                    group: Optional[str], lane: Optional[str], wait: Optional[float],
-                   replace: Optional[bool]) -> Json:
+                   replace: Optional[bool], ttl: Optional[int] = None) -> Json:
     req: Json = {"op": "submit"}
-    req.update(job_fields(kind, input, key, group, lane, replace))
+    req.update(job_fields(kind, input, key, group, lane, replace, ttl))
     wait_ms = seconds_to_ms(wait, "wait")
     if wait_ms is not None:
         if wait_ms > MAX_WAIT_MS:

@@ -256,8 +256,9 @@ class AsyncClient:
     async def submit(self, kind: str, input: Optional[Mapping[str, Any]] = None, *,
                      key: Optional[str] = None, group: Optional[str] = None,
                      lane: Optional[str] = None, wait: Optional[float] = None,
-                     replace: Optional[bool] = None) -> Json:
-        return await self.send(p.submit_request(kind, input, key, group, lane, wait, replace))
+                     replace: Optional[bool] = None, ttl: Optional[int] = None) -> Json:
+        return await self.send(p.submit_request(kind, input, key, group, lane, wait, replace,
+                                          ttl))
 
     async def submit_many(self, jobs: Iterable[Mapping[str, Any]], *,
                           group: Optional[str] = None, lane: Optional[str] = None) -> Json:

@@ -237,13 +237,14 @@ class Client:
     def submit(self, kind: str, input: Optional[Mapping[str, Any]] = None, *,
                key: Optional[str] = None, group: Optional[str] = None,
                lane: Optional[str] = None, wait: Optional[float] = None,
-               replace: Optional[bool] = None) -> Json:
+               replace: Optional[bool] = None, ttl: Optional[int] = None) -> Json:
         """Submits one job; answers ``key``, ``status``, ``existing``.
 
         With ``wait`` (seconds, at most 300) the job runs interactive and
         the answer is its job view once it ended or the wait ran out.
         """
-        return self.send(p.submit_request(kind, input, key, group, lane, wait, replace))
+        return self.send(p.submit_request(kind, input, key, group, lane, wait, replace,
+                                          ttl))
 
     def submit_many(self, jobs: Iterable[Mapping[str, Any]], *, group: Optional[str] = None,
                     lane: Optional[str] = None) -> Json:

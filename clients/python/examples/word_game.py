@@ -3,10 +3,13 @@
 
 A game shows two words; the player guesses the word that links them. When
 the game is created, the app submits, as one group in one round trip, the
-embeddings of the two words and the model's own answer, on the background
-lane. Nobody waits for them then. When the player guesses, the app waits
-for the group (which moves anything still queued to the interactive lane),
-embeds the guess in a synchronous submit, and scores it.
+embeddings of the two words and of a sample of other words, the model's own
+answer, and a similarity part that needs the embeddings ("after"): once they
+are done, digestd's pool works out how related the two words are compared
+with the sample, so the vectors never pass through the app. All of it on
+the background lane; nobody waits for it then. When the player guesses, the
+app waits for the group (which moves anything still queued to the
+interactive lane), embeds the guess in a synchronous submit, and scores it.
 
     python3 word_game.py [WORD1 WORD2 GUESS]   (default: lighthouse ledger keeper)
 
@@ -36,10 +39,20 @@ def cosine(a: Sequence[float], b: Sequence[float]) -> float:
     return dot / (na * nb) if na and nb else 0.0
 
 
+# Words the pair is compared with: how related would two words picked at
+# random be?
+SAMPLE = ["river", "stone", "lantern", "orchard", "violin", "cloud", "ticket", "garden"]
+
+
 def create_game(client: Client, words: List[str]) -> str:
     game = f"game:{uuid.uuid4().hex[:8]}"
     answer = client.group(game).submit_many([
         {"kind": "embed", "key": f"{game}/embed", "input": {"texts": words}},
+        {"kind": "embed", "key": f"{game}/sample", "input": {"texts": SAMPLE}},
+        {"kind": "similarity", "key": f"{game}/pair", "after": [f"{game}/embed", f"{game}/sample"],
+         "input": {"a": {"part": f"{game}/embed", "index": 0},
+                   "b": {"part": f"{game}/embed", "index": 1},
+                   "sample": {"part": f"{game}/sample"}}},
         {"kind": "generate", "key": f"{game}/answer",
          "input": {"prompt": f"Which one word links '{words[0]}' and '{words[1]}'? "
                              "Answer with the word alone."}},
@@ -89,7 +102,10 @@ def main() -> int:
                   file=sys.stderr)
             return 1
         score = (cosine(gv, vectors[0]) + cosine(gv, vectors[1])) / 2
-        print(f"similarity of '{w1}' and '{w2}': {cosine(vectors[0], vectors[1]):+.3f}")
+        pair = parts[f"{game}/pair"]
+        print(f"similarity of '{w1}' and '{w2}': {pair['similarity']:+.3f}, closer than "
+              f"{pair['percentile']:.0f}% of {pair['null']['n']} sample words are to '{w1}' "
+              f"(computed in digestd once the embeddings were done)")
         print(f"the guess scores {score:+.3f} ({g['result']['dims']} dimensions)")
         print(f"the model's own answer: {model_answer[:80]!r}")
     print("word_game: game created, precomputed and scored")

@@ -299,6 +299,35 @@ class NewOpsTest(unittest.TestCase):
         self.assertTrue(answer.get("replaced"), answer)
         self.assertEqual(self.c.result(k, wait=10)["result"]["slept_ms"], 20)
 
+    def test_ttl_reruns_an_expired_result(self) -> None:
+        require_feature(self, "ttl")
+        k = key("ttl")
+        self.c.submit("noop", {"sleep_ms": 10}, key=k, ttl=1, wait=10)
+        fresh = self.c.submit("noop", {"sleep_ms": 10}, key=k, ttl=1)
+        self.assertTrue(fresh["existing"], fresh)
+        self.assertNotIn("expired", fresh)
+        time.sleep(1.2)
+        again = self.c.submit("noop", {"sleep_ms": 10}, key=k, ttl=1)
+        self.assertTrue(again.get("expired"), again)
+        self.assertEqual(self.c.result(k, wait=10)["status"], "done")
+        with self.assertRaises(ValueError):
+            self.c.submit("noop", key=key("ttl-bad"), ttl=-1)
+
+    def test_after_gives_a_part_the_results_it_needs(self) -> None:
+        require_feature(self, "after")
+        grp = self.c.group(key("after"))
+        grp.submit_many([
+            {"kind": "similarity", "key": f"{grp.name}:x", "input": {"a": [1, 0], "b": [0.6, 0.8]}},
+            {"kind": "similarity", "key": f"{grp.name}:y", "input": {"a": [1, 0], "b": [1, 0]}},
+            {"kind": "noop", "key": f"{grp.name}:z", "after": [f"{grp.name}:x", f"{grp.name}:y"]},
+        ])
+        view = grp.result(wait=20)
+        self.assertEqual(view["status"], "completed", view)
+        with self.assertRaises(dc.BadRequest) as ctx:
+            self.c.submit_many([{"kind": "noop", "key": key("lone"), "group": "q",
+                                 "after": ["nothing"]}])
+        self.assertIn("earlier job", ctx.exception.message)
+
     def test_delete(self) -> None:
         require_op(self, "delete")
         k = key("delete")
