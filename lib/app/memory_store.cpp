@@ -428,6 +428,15 @@ void MemoryStore::BeginShutdown() {
       Release(job, "released at shutdown while it waited for a retry");
     }
   }
+  // So would jobs waiting for the jobs they need.
+  std::vector<JobPtr> waiting;
+  env_.jobs->ForEach([&waiting](const JobPtr& job) {
+    if (job->state == JobState::kQueued && job->waiting_after) waiting.push_back(job);
+  });
+  for (const auto& job : waiting) {
+    job->waiting_after = false;
+    Release(job, "released at shutdown while it waited for the jobs it needs");
+  }
   env_.dispatcher->PutPills();  // may finish the shutdown at once when idle
 }
 
