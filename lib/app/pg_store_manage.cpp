@@ -313,11 +313,11 @@ void PgStore::QueueRelease(const std::string& group) {
   } else {
     release_groups_.insert(group);
   }
-  if (!releasing_) SendRelease();
+  SendRelease();
 }
 
 void PgStore::SendRelease() {
-  if (closed_ || !migrated_ || (release_groups_.empty() && !release_all_)) return;
+  if (releasing_ || closed_ || !migrated_ || (release_groups_.empty() && !release_all_)) return;
   std::vector<std::string> groups;
   if (!release_all_) groups.assign(release_groups_.begin(), release_groups_.end());
   release_groups_.clear();
