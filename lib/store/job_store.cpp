@@ -873,6 +873,10 @@ Status JobStore::Replace(Replacement rep, Callback<std::vector<TouchedJob>> done
       });
 }
 
+const char* JobStore::ReleaseAfterSql() {
+  return kReleaseAfterSql;
+}
+
 Status JobStore::ReleaseAfter(std::vector<std::string> groups,
                               Callback<std::vector<StoredJob>> done) {
   std::optional<std::string> arg;

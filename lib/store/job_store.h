@@ -288,6 +288,9 @@ class JobStore {
   // every commit that ends a job of a group, or that stores waiting jobs.
   [[nodiscard]] Status ReleaseAfter(std::vector<std::string> groups,
                                     Callback<std::vector<StoredJob>> done);
+  // Its statement (a test checks its plan reads the waiting rows through
+  // jobs_waiting_after, not the table).
+  static const char* ReleaseAfterSql();
   // Every job of `group` in submit order (at most 10,000); empty when none.
   [[nodiscard]] Status LookupGroup(std::string group, Callback<std::vector<StoredJob>> done);
   // Queued (due, delayed) and running jobs per lane. Reads two partial

@@ -516,6 +516,54 @@ TEST_F(JobStoreTest, BacklogCountsReadOnlyThePartialIndexes) {
   EXPECT_EQ(backlog->value().running[0], 1);
 }
 
+// Jobs with "after" wait with run_after = infinity; a release after their
+// dependency is done makes them due with its result, and reads only the
+// waiting rows (the partial index), however many finished rows the groups
+// have.
+TEST_F(JobStoreTest, ReleaseAfterReadsOnlyTheWaitingRowsAndGivesTheirResults) {
+  NewJob dep = Job("g7:dep");
+  dep.group = "g7";
+  NewJob waits = Job("g7:waits");
+  waits.group = "g7";
+  waits.after = {"g7:dep"};
+  Insert({dep, waits});
+  Scalar(
+      "INSERT INTO digestd.jobs (key, group_key, kind, status, finished_at) "
+      "SELECT 'old:' || i, 'g' || (i % 100), 'noop', 'done', now() "
+      "FROM generate_series(1, 20000) i");
+  Scalar("ANALYZE digestd.jobs");
+  auto plan = server()->Exec(db(), std::string("PREPARE r(text[]) AS ") +
+                                       JobStore::ReleaseAfterSql() + "; EXPLAIN EXECUTE r('{g7}')");
+  ASSERT_TRUE(plan.ok()) << plan.status().ToString();
+  std::string text;
+  for (const auto& row : *plan) text += row.at(0) + "\n";
+  EXPECT_NE(text.find("jobs_waiting_after"), std::string::npos) << text;
+  EXPECT_EQ(text.find("Seq Scan on jobs d"), std::string::npos) << text;
+
+  auto release = [&] {
+    auto r = Await<Result<std::vector<StoredJob>>>(
+        loop_, [&](auto cb) { return store_->ReleaseAfter({"g7"}, cb); });
+    EXPECT_TRUE(r && r->ok());
+    return r && r->ok() ? r->value() : std::vector<StoredJob>{};
+  };
+  // Waiting: no claim takes it, and a release changes nothing yet.
+  EXPECT_TRUE(release().empty());
+  auto got = Claim(*store_, Lane::kBackground, 10);
+  ASSERT_EQ(got.size(), 1u);
+  EXPECT_EQ(got[0].key, "g7:dep");
+  FinishRow row = Done(got[0], {{"v", 1}});
+  row.state = JobState::kDone;
+  EXPECT_EQ(Finish(*store_, {row}), std::vector<bool>{true});
+  auto released = release();
+  ASSERT_EQ(released.size(), 1u);
+  EXPECT_EQ(released[0].key, "g7:waits");
+  EXPECT_EQ(released[0].state, JobState::kQueued);
+  EXPECT_TRUE(release().empty());  // once
+  auto next = Claim(*store_, Lane::kBackground, 10);
+  ASSERT_EQ(next.size(), 1u);
+  EXPECT_EQ(next[0].input["after_results"]["g7:dep"]["v"], 1) << next[0].input.dump();
+}
+
 TEST_F(JobStoreTest, ResultsWithNulCharactersAreStored) {
   Insert({Job("nul")});
   auto got = Claim(*store_, Lane::kBackground, 1);
