@@ -37,7 +37,7 @@ void Usage(FILE* out) {
       "                              (0 done, 1 failed or cancelled)\n"
       "  ping                        check that digestd answers\n"
       "  submit KIND [--key K] [--group G] [--lane interactive|background]\n"
-      "              [--input JSON | --input-file FILE] [--wait 5s]\n"
+      "              [--input JSON | --input-file FILE] [--wait 5s] [--ttl 1h]\n"
       "  submit --batch FILE         one job object per line (or a JSON array)\n"
       "  result KEY [--wait 2s]      a job's state and result\n"
       "  result --group G [--wait 2s]\n"
@@ -53,7 +53,8 @@ void Usage(FILE* out) {
       "  drain                       finish running work and stop\n"
       "\n"
       "submit --wait runs the job as interactive and prints the finished job, or its\n"
-      "state when the time is up.\n"
+      "state when the time is up. --ttl: how long its result stays fresh; a submit of\n"
+      "the key after that runs it again.\n"
       "The socket is --socket, else $DIGESTD_SOCKET, else /run/digestd/control.sock.\n"
       "Exit status: 0 ok, 1 digestd answered an error, 2 usage, 3 digestd unreachable.\n",
       out);
@@ -263,7 +264,7 @@ int ListJobs(const std::string& path, json req, bool raw_json, bool all) {
   return 0;
 }
 
-// "2s", "500ms", "1m", "1.5s", or plain milliseconds.
+// "2s", "500ms", "1m", "1.5s", "2h", or plain milliseconds.
 bool ParseDurationMs(const std::string& s, int64_t* out) {
   char* end = nullptr;
   double v = std::strtod(s.c_str(), &end);
@@ -275,6 +276,8 @@ bool ParseDurationMs(const std::string& s, int64_t* out) {
     *out = static_cast<int64_t>(v * 1000);
   } else if (unit == "m") {
     *out = static_cast<int64_t>(v * 60000);
+  } else if (unit == "h") {
+    *out = static_cast<int64_t>(v * 3600000);
   } else {
     return false;
   }
@@ -414,6 +417,12 @@ int main(int argc, char** argv) {
       } else if (a == "--wait") {
         if (!ParseDurationMs(v, &wait_ms)) return Fail("--wait needs a duration such as 5s%s", "");
         req["wait_ms"] = wait_ms;
+      } else if (a == "--ttl") {
+        int64_t ttl_ms = 0;
+        if (!ParseDurationMs(v, &ttl_ms) || (ttl_ms % 1000) != 0) {
+          return Fail("--ttl needs whole seconds such as 90s, 30m or 2h%s", "");
+        }
+        req["ttl_s"] = ttl_ms / 1000;
       } else if (a == "--input" || a == "--input-file") {
         std::string text = v;
         if (a == "--input-file" && !ReadFile(v, &text)) return Fail("cannot read %s", v);

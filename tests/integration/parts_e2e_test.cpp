@@ -132,6 +132,25 @@ TEST_P(PartsE2E, AnExpiredResultIsRunAgainAndAFreshOneIsReturned) {
   }
 }
 
+TEST_P(PartsE2E, DigestctlSubmitsWithATtl) {
+  auto ctl = [&](std::vector<std::string> args) {
+    std::vector<std::string> argv = {DIGESTCTL_BIN, "--socket", daemon_.SocketPath(), "--json"};
+    argv.insert(argv.end(), args.begin(), args.end());
+    return testing::RunProcess(argv);
+  };
+  auto bad = ctl({"submit", "noop", "--key", "cli-ttl", "--ttl", "1.5s"});
+  ASSERT_TRUE(bad.status && bad.status->exited());
+  EXPECT_EQ(bad.status->code(), 2) << bad.out << bad.err;
+  EXPECT_NE(bad.err.find("whole seconds"), std::string::npos) << bad.err;
+  auto first = ctl({"submit", "noop", "--key", "cli-ttl", "--ttl", "1s", "--wait", "5s"});
+  ASSERT_TRUE(first.status && first.status->exited() && first.status->code() == 0) << first.err;
+  std::this_thread::sleep_for(std::chrono::milliseconds(1200));
+  auto again = ctl({"submit", "noop", "--key", "cli-ttl", "--ttl", "1s"});
+  ASSERT_TRUE(again.status && again.status->exited() && again.status->code() == 0) << again.err;
+  json answer = json::parse(again.out, nullptr, false);
+  EXPECT_EQ(answer.value("expired", false), true) << again.out;
+}
+
 TEST_P(PartsE2E, APartStartsOnlyOnceTheJobsItNeedsAreDone) {
   Batch({Noop("g1:slow", 600, "g1"),
          Noop("g1:quick", 0, "g1"),
