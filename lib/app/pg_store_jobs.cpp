@@ -150,19 +150,24 @@ void PgStore::Submit(const Request& req, std::vector<const nlohmann::json*> spec
               // Answered once the row holds the new input (or, expired,
               // is queued again).
               const bool expired = !o.inserted.conflict;
-              ReplaceJob(rerun, [this, batch, i, finish, expired, group](Result<nlohmann::json> r) {
-                if (r.ok()) {
-                  batch->answers[i] = std::move(r).value();
-                  if (expired) {
-                    batch->answers[i].erase("replaced");
-                    batch->answers[i]["expired"] = true;
-                  }
-                } else {
-                  batch->errors[i] = r.status();
-                }
-                if (!group.empty()) QueueRelease(group);
-                if (--batch->waiting == 0) finish(batch);
-              });
+              ReplaceJob(rerun,
+                         [this, batch, i, finish, expired, group, key](Result<nlohmann::json> r) {
+                           if (r.ok()) {
+                             batch->answers[i] = std::move(r).value();
+                             if (expired) {
+                               batch->answers[i].erase("replaced");
+                               batch->answers[i]["expired"] = true;
+                             }
+                           } else if (expired && r.status().code() == Status::Code::kBadState) {
+                             // Another submit of the expired key ran it again first,
+                             // and it runs now: that run is the fresh result.
+                             batch->answers[i] = SubmitAnswerJson(key, JobState::kRunning, true);
+                           } else {
+                             batch->errors[i] = r.status();
+                           }
+                           if (!group.empty()) QueueRelease(group);
+                           if (--batch->waiting == 0) finish(batch);
+                         });
               return;
             }
           } else if (o.status.ok() && o.inserted.id == 0) {
