@@ -18,7 +18,9 @@
 //   - an accepted submit hands back one spec per job (the request itself for
 //     a one-job submit), each of a registered kind, with a key and group of
 //     at most kMaxKeyBytes; the Spec* accessors answer without throwing, and
-//     the input serialises (it becomes a jsonb row);
+//     the input serialises (it becomes a jsonb row); ttl_s is within its
+//     bounds, "after" only in a batch with a group, and every part the input
+//     names is listed in it;
 //   - under the extractive backend only kinds that need no LLM are accepted,
 //     and a summarize job's extractive result serialises;
 //   - FinalFailureResult never throws and serialises, for any input of a
@@ -159,7 +161,18 @@ void CheckSubmitUnder(const digestd::Request& req, const digestd::Config& config
     std::string kind = digestd::SpecKind(*spec);
     (void)digestd::SpecLane(*spec);
     (void)digestd::SpecReplace(*spec);
+    const int64_t ttl = digestd::SpecTtlS(*spec, config);
+    Check(ttl >= 0 && ttl <= digestd::kMaxTtlS, "ttl_s is within its bounds");
+    const std::vector<std::string> after = digestd::SpecAfter(*spec);
+    Check(after.size() <= digestd::kMaxAfter, "after names at most kMaxAfter jobs");
+    Check(after.empty() || (!single && !digestd::SpecGroup(*spec).empty()),
+          "after is only accepted in a batch, with a group");
     json input = digestd::SpecInput(*spec);
+    // Every part the input names is listed in "after".
+    for (const std::string& part : digestd::PartRefs(input)) {
+      Check(std::find(after.begin(), after.end(), part) != after.end(),
+            "an accepted input names only parts its after lists");
+    }
     // The conflict check hashes every accepted input.
     (void)digestd::InputHash(kind, input);
     Check(key.size() <= digestd::kMaxKeyBytes && group.size() <= digestd::kMaxKeyBytes,
