@@ -39,6 +39,9 @@ void PgStore::Refill(bool poll) {
     size_t room = env_.dispatcher->ClaimRoom(lane);
     if (room == 0) continue;
     int n = static_cast<int>(std::min({cap - depth, size.batch, room}));
+    LOG_DEBUG("claiming up to %d %s jobs (ring %zu of %zu, pace %zu, room %s)", n,
+              LaneName(lane).data(), depth, cap, size.batch,
+              room == SIZE_MAX ? "any" : std::to_string(room).c_str());
     Status st =
         store_->Claim(lane, n, pc.lease_s,
                       [this, lane, n, sent_ns = uv_hrtime()](Result<std::vector<StoredJob>> r) {

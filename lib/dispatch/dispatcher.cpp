@@ -579,11 +579,14 @@ void Dispatcher::Start(JobPtr job) {
       hooks_.on_finish(job, WorkOutcome::Failed("unknown job kind " + job->kind));
     return;
   }
+  // Whether the lane's jobs go to a backend model (ClaimRoom): told by
+  // every start, a job run on the loop (a noop) too, or a lane of such jobs
+  // would claim one job at a time for ever.
+  backend_lane_[static_cast<int>(job->lane)] = !job->model.empty();
   if (job->input && kind->RunsOnLoop(*job->input, *config_)) {
     RunOnLoop(*kind, std::move(job));
     return;
   }
-  backend_lane_[static_cast<int>(job->lane)] = !job->model.empty();
   auto item = std::make_unique<WorkItem>();
   item->owner = this;
   item->kind = kind;

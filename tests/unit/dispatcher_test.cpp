@@ -755,6 +755,20 @@ TEST_F(ModelDispatchTest, ClaimRoomFollowsTheModelsRoom) {
   EXPECT_EQ(dispatcher_->ClaimRoom(Lane::kBackground), SIZE_MAX);
 }
 
+// A lane of jobs that run on the loop (a noop without a sleep) calls no
+// model either: once one has started, claims follow the pace, not one job
+// at a time.
+TEST_F(ModelDispatchTest, ALaneOfJobsRunOnTheLoopClaimsWhatItsPaceSays) {
+  MakeModels(/*max=*/4, /*parallel=*/2);
+  EXPECT_EQ(dispatcher_->ClaimRoom(Lane::kBackground), 1u) << "nothing known: one job to learn";
+  auto inline_job = NewJob("inline", Lane::kBackground, "instant");
+  inline_job->input = std::make_shared<const nlohmann::json>(nlohmann::json{{"inline", true}});
+  ASSERT_TRUE(dispatcher_->Enqueue(inline_job).ok());
+  ASSERT_TRUE(Started("inline"));
+  EXPECT_EQ(dispatcher_->ran_on_loop(), 1u);
+  EXPECT_EQ(dispatcher_->ClaimRoom(Lane::kBackground), SIZE_MAX);
+}
+
 TEST_F(ModelDispatchTest, JobsDroppedWhileQueuedLeaveDepthAndClaimRoomAtOnce) {
   MakeModels(/*max=*/4, /*parallel=*/1, /*preempt=*/false);
   for (const char* k : {"a1", "a2", "a3", "a4"}) EnqueueOk(Llm(k, "A", Lane::kBackground));
