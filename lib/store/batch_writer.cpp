@@ -407,9 +407,7 @@ void BatchWriter::OnFlushed(Flight& flight, Result<std::vector<PgResult>> result
   };
   std::vector<InsertedJob> inserted;
   if (!flight.submits.empty()) {
-    const PgResult& ins = next();
-    const PgResult& found = next();
-    auto parsed = JobStore::ParseInsert(flight.submits, ins, found);
+    auto parsed = JobStore::ParseInsert(flight.submits, next());
     if (parsed.ok()) inserted = std::move(parsed).value();
   }
   std::vector<bool> finish_ok, requeue_ok;

@@ -207,10 +207,19 @@ RETURNING j.id)";
 
 // A row with an owner is created claimed, as Claim would leave it (not
 // started: no attempt spent yet).
+// One statement answers for every key: a key that exists takes the
+// ON CONFLICT path, a no-op update (the same key, so the new row version is
+// a HOT one) that locks the row and returns it as it is committed -- also a
+// row a concurrent transaction committed while this one waited on its key.
+// `created`: xmax is 0 only on a row this statement inserted (the update
+// path leaves the lock's xid there). The statement may name a key once
+// (InsertStatements sends each key once): the update path may not touch a
+// row the same statement inserted. `expired`: a done result whose ttl has
+// passed.
 const char* kInsertSql =
-    R"(INSERT INTO digestd.jobs (key, group_key, kind, lane, input, max_attempts, status,
-                          attempts, lease_owner, lease_until, lease_token, started_at,
-                          input_hash, ttl_s, after_keys, run_after)
+    R"(INSERT INTO digestd.jobs AS j (key, group_key, kind, lane, input, max_attempts, status,
+                               attempts, lease_owner, lease_until, lease_token, started_at,
+                               input_hash, ttl_s, after_keys, run_after)
 SELECT t.key, t.group_key, t.kind, t.lane, coalesce(t.input, '{}'::jsonb), t.max_attempts,
        CASE WHEN t.owner IS NULL THEN 'queued' ELSE 'running' END,
        0,
@@ -227,16 +236,10 @@ SELECT t.key, t.group_key, t.kind, t.lane, coalesce(t.input, '{}'::jsonb), t.max
          max_attempts integer, owner text, lease_s integer, input_hash bigint, ttl_s integer,
          after jsonb)
  ORDER BY t.ord
-ON CONFLICT (key) DO NOTHING
-RETURNING key, lease_token)";
-
-// A separate statement, so it takes a fresh snapshot: it also sees a row that
-// a concurrent transaction committed while our INSERT waited on its key.
-// `expired`: a done result whose ttl has passed.
-const char* kFindKeysSql = R"(SELECT id, key, status, input_hash,
-       status = 'done' AND ttl_s > 0 AND finished_at + ttl_s * interval '1 second' <= now()
-  FROM digestd.jobs
- WHERE key = ANY (ARRAY(SELECT jsonb_array_elements_text($1::jsonb))))";
+ON CONFLICT (key) DO UPDATE SET key = j.key
+RETURNING j.id, j.key, j.lease_token, j.xmax = 0, j.status, j.input_hash,
+          j.status = 'done' AND j.ttl_s > 0
+            AND j.finished_at + j.ttl_s * interval '1 second' <= now())";
 
 // Jobs waiting for the jobs their "after" names (of the given groups, or
 // all): due, with the results added to their input, once every one is
@@ -318,9 +321,12 @@ JobStore::JobStore(PgConn& conn, std::string node_id) : conn_(conn), node_id_(st
 
 std::vector<PgStatement> JobStore::InsertStatements(const std::vector<NewJob>& jobs) {
   nlohmann::json rows = nlohmann::json::array();
-  nlohmann::json keys = nlohmann::json::array();
+  std::unordered_set<std::string_view> seen;
   for (size_t i = 0; i < jobs.size(); ++i) {
     const NewJob& j = jobs[i];
+    // A key twice in one batch: the first creates the job, the later ones
+    // find it (ParseInsert), as they would in a later batch.
+    if (!seen.insert(j.key).second) continue;
     nlohmann::json row = {{"ord", i},
                           {"key", j.key},
                           {"kind", j.kind},
@@ -336,56 +342,48 @@ std::vector<PgStatement> JobStore::InsertStatements(const std::vector<NewJob>& j
       row["lease_s"] = j.lease_s;
     }
     rows.push_back(std::move(row));
-    keys.push_back(j.key);
   }
   std::vector<PgStatement> out;
   out.push_back(Stmt("digestd_insert", kInsertSql, {Dump(rows)}));
-  out.push_back(Stmt("digestd_find_keys", kFindKeysSql, {Dump(keys)}));
   return out;
 }
 
 Result<std::vector<InsertedJob>> JobStore::ParseInsert(const std::vector<NewJob>& jobs,
-                                                       const PgResult& inserted,
-                                                       const PgResult& found) {
-  std::unordered_map<std::string, int64_t> created;  // key -> lease token (0: queued)
-  for (int i = 0; i < inserted.rows(); ++i) {
-    created.emplace(std::string(inserted.Text(i, 0)), inserted.Int(i, 1));
-  }
-  struct Found {
+                                                       const PgResult& r) {
+  struct Row {
     uint64_t id;
+    int64_t lease_token;
+    bool created;
     JobState state;
     std::optional<int64_t> hash;  // none: a row from before input hashes
-    bool expired = false;
+    bool expired;
   };
-  std::unordered_map<std::string, Found> rows;
-  for (int i = 0; i < found.rows(); ++i) {
+  std::unordered_map<std::string, Row> rows;
+  for (int i = 0; i < r.rows(); ++i) {
     std::optional<int64_t> hash;
-    if (found.cols() > 3 && !found.IsNull(i, 3)) hash = found.Int(i, 3);
-    const bool expired = found.cols() > 4 && !found.IsNull(i, 4) && found.Text(i, 4) == "t";
-    rows.emplace(std::string(found.Text(i, 1)),
-                 Found{static_cast<uint64_t>(found.Int(i, 0)),
-                       ParseJobState(found.Text(i, 2)).value_or(JobState::kQueued), hash, expired});
+    if (!r.IsNull(i, 5)) hash = r.Int(i, 5);
+    rows.emplace(std::string(r.Text(i, 1)),
+                 Row{static_cast<uint64_t>(r.Int(i, 0)), r.Int(i, 2), r.Text(i, 3) == "t",
+                     ParseJobState(r.Text(i, 4)).value_or(JobState::kQueued), hash,
+                     !r.IsNull(i, 6) && r.Text(i, 6) == "t"});
   }
   std::vector<InsertedJob> out;
   out.reserve(jobs.size());
+  std::unordered_set<std::string_view> seen;
   for (const auto& j : jobs) {
-    InsertedJob r;
-    // The first occurrence of a created key made it; later ones found it.
-    auto made = created.find(j.key);
-    r.created = made != created.end();
-    if (r.created) {
-      r.lease_token = made->second;
-      created.erase(made);
-    }
+    InsertedJob ins;
     auto it = rows.find(j.key);
     if (it != rows.end()) {
-      r.id = it->second.id;
-      r.status = it->second.state;
-      r.conflict =
-          !r.created && it->second.hash && *it->second.hash != static_cast<int64_t>(j.input_hash);
-      r.expired = !r.created && it->second.expired;
+      const Row& row = it->second;
+      const bool first = seen.insert(j.key).second;
+      ins.id = row.id;
+      ins.created = row.created && first;
+      ins.lease_token = ins.created ? row.lease_token : 0;
+      ins.status = row.state;
+      ins.conflict = !ins.created && row.hash && *row.hash != static_cast<int64_t>(j.input_hash);
+      ins.expired = !ins.created && row.expired;
     }
-    out.push_back(r);
+    out.push_back(ins);
   }
   return out;
 }
@@ -463,8 +461,8 @@ Status JobStore::InsertJobs(std::vector<NewJob> jobs, Callback<std::vector<Inser
   return conn_.Send(std::move(stmts), [jobs = std::move(jobs),
                                        done = std::move(done)](Result<std::vector<PgResult>> r) {
     if (!r.ok()) return done(r.status());
-    if (r->size() != 2) return done(Status::Internal("InsertJobs: unexpected result count"));
-    done(ParseInsert(jobs, (*r)[0], (*r)[1]));
+    if (r->size() != 1) return done(Status::Internal("InsertJobs: unexpected result count"));
+    done(ParseInsert(jobs, (*r)[0]));
   });
 }
 

@@ -345,10 +345,9 @@ class JobStore {
   // The statements and their parsers, for BatchWriter, which puts several
   // into one transaction. Parsers take the statement's own result.
   static std::vector<PgStatement> InsertStatements(const std::vector<NewJob>& jobs);
-  // `inserted` and `found` are the results of InsertStatements' two statements.
+  // `result` is the result of InsertStatements' one statement.
   static Result<std::vector<InsertedJob>> ParseInsert(const std::vector<NewJob>& jobs,
-                                                      const PgResult& inserted,
-                                                      const PgResult& found);
+                                                      const PgResult& result);
   PgStatement FinishStatement(const std::vector<FinishRow>& rows) const;
   PgStatement RequeueStatement(const std::vector<RequeueRow>& rows) const;
   // For Finish and Requeue results: per input row (matched by id), accepted.

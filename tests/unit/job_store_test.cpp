@@ -9,9 +9,11 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "../support/pg_fixture.h"
+#include "../support/pg_session.h"
 
 namespace digestd {
 namespace {
@@ -128,6 +130,33 @@ TEST_F(JobStoreTest, InsertCreatesAndADuplicateKeyReturnsTheExistingJob) {
   EXPECT_EQ(again[0].status, JobState::kRunning);
   EXPECT_TRUE(again[1].created);
   EXPECT_EQ(Scalar("SELECT count(*) FROM digestd.jobs"), "3");
+}
+
+// The insert answers for every key in one statement: a key that another
+// transaction inserted and committed while this insert waited on it is
+// found as it was committed (not lost between the insert and a lookup).
+TEST_F(JobStoreTest, AKeyCommittedByAnotherSubmitWhileTheInsertWaitedIsFound) {
+  testing::PgSession other(conninfo());
+  ASSERT_TRUE(other.status().ok()) << other.status().ToString();
+  ASSERT_TRUE(other
+                  .Exec("BEGIN; INSERT INTO digestd.jobs (key, kind, input_hash) "
+                        "VALUES ('raced', 'noop', 7)")
+                  .ok());
+  std::thread commit([&other] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    (void)other.Exec("COMMIT");
+  });
+  NewJob mine = Job("raced");
+  mine.input_hash = 7;
+  auto r = Insert({mine, Job("fresh")});
+  commit.join();
+  ASSERT_EQ(r.size(), 2u);
+  EXPECT_FALSE(r[0].created);
+  EXPECT_NE(r[0].id, 0u) << "the row the other submit committed is found";
+  EXPECT_FALSE(r[0].conflict);
+  EXPECT_EQ(r[0].status, JobState::kQueued);
+  EXPECT_TRUE(r[1].created);
+  EXPECT_EQ(Scalar("SELECT count(*) FROM digestd.jobs WHERE key = 'raced'"), "1");
 }
 
 TEST_F(JobStoreTest, SameKeyTwiceInOneInsertCreatesItOnce) {
