@@ -119,13 +119,15 @@ void PgStore::Submit(const Request& req, std::vector<const nlohmann::json*> spec
     std::string kind = job.kind;  // copied before `job` is moved below
     std::string group = job.group;
     Lane lane = job.lane;
-    // What a replacing submit puts in place of the row's input.
+    // What a replacing (or expired) submit puts in place of the row's input.
     const bool replace = SpecReplace(spec);
-    Replacement rerun{key, kind, lane, job.input, job.input_hash, job.ttl_s};
+    std::shared_ptr<const nlohmann::json> input = job.input;
+    const uint64_t input_hash = job.input_hash;
+    const int64_t ttl_s = job.ttl_s;
     batch->answers[i] = {{"key", key}};
     Status enq = WriteSubmit(WriteRow::Submit(
         std::move(job), [this, batch, i, key, kind, group, lane, finish, own, queued_ns, replace,
-                         rerun = std::move(rerun), waits](const RowOutcome& o) {
+                         input, input_hash, ttl_s, waits](const RowOutcome& o) {
           // Told before a job claimed at its insert can start here.
           if (o.status.ok() && o.inserted.created && o.inserted.id != 0 && env_.events != nullptr) {
             env_.events->Publish("queued",
@@ -150,7 +152,7 @@ void PgStore::Submit(const Request& req, std::vector<const nlohmann::json*> spec
               // Answered once the row holds the new input (or, expired,
               // is queued again).
               const bool expired = !o.inserted.conflict;
-              ReplaceJob(rerun,
+              ReplaceJob(Replacement{key, kind, lane, input, input_hash, ttl_s},
                          [this, batch, i, finish, expired, group, key](Result<nlohmann::json> r) {
                            if (r.ok()) {
                              batch->answers[i] = std::move(r).value();

@@ -252,40 +252,37 @@ RETURNING j.id, j.key, j.lease_token, j.xmax = 0, j.status, j.input_hash,
 const char* kReleaseAfterSql = R"(WITH w AS (
   SELECT d.id,
          count(p.id) AS found,
-         count(p.id) FILTER (WHERE p.status = 'done') AS done,
          min(p.key) FILTER (WHERE p.status IN ('failed', 'cancelled')) AS bad,
          jsonb_object_agg(p.key, coalesce(p.result, 'null'::jsonb))
-           FILTER (WHERE p.status = 'done') AS results
+           FILTER (WHERE p.status = 'done') AS results,
+         count(p.id) FILTER (WHERE p.status = 'done') = cardinality(d.after_keys) AS ready
     FROM digestd.jobs d
     LEFT JOIN digestd.jobs p ON p.key = ANY (d.after_keys)
    WHERE d.after_keys IS NOT NULL AND d.status = 'queued' AND d.run_after = 'infinity'
      AND ($1::text[] IS NULL OR d.group_key = ANY ($1::text[]))
    GROUP BY d.id
-), v AS (
-  SELECT w.*, w.done = cardinality(j.after_keys) AS ready, j.id AS jid
-    FROM w JOIN digestd.jobs j ON j.id = w.id
 ), u AS (
   UPDATE digestd.jobs j
-     SET status = CASE WHEN v.ready THEN 'queued' ELSE 'failed' END,
-         run_after = CASE WHEN v.ready THEN now() ELSE j.run_after END,
-         input = CASE WHEN v.ready
+     SET status = CASE WHEN w.ready THEN 'queued' ELSE 'failed' END,
+         run_after = CASE WHEN w.ready THEN now() ELSE j.run_after END,
+         input = CASE WHEN w.ready
                       THEN j.input || jsonb_build_object('after_results',
-                                                         coalesce(v.results, '{}'::jsonb))
+                                                         coalesce(w.results, '{}'::jsonb))
                       ELSE j.input END,
-         error = CASE WHEN v.ready THEN j.error
-                      WHEN v.bad IS NOT NULL THEN
-                        'needs job ' || v.bad || ', which ' ||
+         error = CASE WHEN w.ready THEN j.error
+                      WHEN w.bad IS NOT NULL THEN
+                        'needs job ' || w.bad || ', which ' ||
                         (SELECT CASE p.status WHEN 'failed' THEN 'failed' ELSE 'was cancelled' END ||
                                 coalesce(': ' || p.error, '')
-                           FROM digestd.jobs p WHERE p.key = v.bad) ||
+                           FROM digestd.jobs p WHERE p.key = w.bad) ||
                         '; retry it, then retry this one'
                       ELSE 'needs a job that no longer exists (deleted); submit the batch again'
                  END,
-         finished_at = CASE WHEN v.ready THEN NULL ELSE now() END,
+         finished_at = CASE WHEN w.ready THEN NULL ELSE now() END,
          updated_at = now()
-    FROM v
-   WHERE j.id = v.id AND j.status = 'queued' AND j.run_after = 'infinity'
-     AND (v.ready OR v.bad IS NOT NULL OR v.found < cardinality(j.after_keys))
+    FROM w
+   WHERE j.id = w.id AND j.status = 'queued' AND j.run_after = 'infinity'
+     AND (w.ready OR w.bad IS NOT NULL OR w.found < cardinality(j.after_keys))
   RETURNING j.key, coalesce(j.group_key, '') AS g, j.kind, j.lane, j.status,
             coalesce(j.error, '') AS error
 ), n AS (
@@ -877,7 +874,9 @@ const char* JobStore::ReleaseAfterSql() {
 
 Status JobStore::ReleaseAfter(std::vector<std::string> groups,
                               Callback<std::vector<StoredJob>> done) {
-  std::optional<std::string> arg;
+  // A text[] literal, not a JSON array unpacked in SQL: the planner sees
+  // the groups and reads jobs_waiting_after by them.
+  std::optional<std::string> arg;  // none: every group
   if (!groups.empty()) {
     std::string a = "{";
     for (size_t i = 0; i < groups.size(); ++i) {

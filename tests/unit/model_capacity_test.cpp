@@ -191,6 +191,16 @@ CapacitySample Ended(CapacityOutcome outcome) {
   return s;
 }
 
+// An answer Ollama would give: total_duration with the prompt and eval
+// durations in it (ms); total - prompt - eval is the wait at the server.
+CapacitySample Timed(int64_t total_ms, int64_t prompt_ms, int64_t eval_ms) {
+  CapacitySample s;
+  s.total_ns = total_ms * kNsPerMs;
+  s.prompt_eval_ns = prompt_ms * kNsPerMs;
+  s.eval_ns = eval_ms * kNsPerMs;
+  return s;
+}
+
 // The limit seen after each finished request of a run.
 struct LimitTrace {
   std::vector<int> limits;
@@ -340,14 +350,8 @@ TEST(ModelCapacity, ACutBelowTheProvenLevelNeedsASecondQueuedSample) {
   ModelCapacity cap(16, 5);
   std::vector<CapacityTicket> t;
   for (int i = 0; i < 5; ++i) t.push_back(cap.OnStart());
-  CapacitySample queued;
-  queued.total_ns = 300 * kNsPerMs;  // 150 ms wait on 150 ms of work: over 0.05 x
-  queued.prompt_eval_ns = 50 * kNsPerMs;
-  queued.eval_ns = 100 * kNsPerMs;
-  CapacitySample good;
-  good.total_ns = 151 * kNsPerMs;
-  good.prompt_eval_ns = 50 * kNsPerMs;
-  good.eval_ns = 100 * kNsPerMs;
+  const CapacitySample queued = Timed(300, 50, 100);  // 150 ms wait on 150 ms of work: over 0.05 x
+  const CapacitySample good = Timed(151, 50, 100);
   cap.OnFinish(t[4], queued, 1);  // level 5 queued, alone: not yet a cut
   EXPECT_EQ(cap.limit(), 5);
   cap.OnFinish(t[3], queued, 2);  // level 4 queued too: the higher of 4 and 3
@@ -375,10 +379,7 @@ TEST(ModelCapacity, AProbeThatQueuesIsCutAtOnce) {
   ModelCapacity cap(16, 3);
   std::vector<CapacityTicket> t;
   for (int i = 0; i < 3; ++i) t.push_back(cap.OnStart());
-  CapacitySample good;
-  good.total_ns = 101 * kNsPerMs;
-  good.prompt_eval_ns = 10 * kNsPerMs;
-  good.eval_ns = 90 * kNsPerMs;
+  const CapacitySample good = Timed(101, 10, 90);
   // Two rounds of good filled samples raise 3 to 4.
   for (int i = 0; i < 20 && cap.limit() == 3; ++i) {
     cap.OnFinish(t[static_cast<size_t>(i % 3)], good, i);
@@ -386,9 +387,8 @@ TEST(ModelCapacity, AProbeThatQueuesIsCutAtOnce) {
   }
   ASSERT_EQ(cap.limit(), 4) << cap.reason();
   EXPECT_EQ(cap.proven(), 3);
-  CapacityTicket probe = cap.OnStart();  // level 4
-  CapacitySample queued = good;
-  queued.total_ns = 200 * kNsPerMs;  // waited 100 ms: a severe wait, Little says 2
+  CapacityTicket probe = cap.OnStart();              // level 4
+  const CapacitySample queued = Timed(200, 10, 90);  // waited 100 ms: severe, Little says 2
   cap.OnFinish(probe, queued, 10);
   EXPECT_EQ(cap.limit(), 3) << cap.reason();  // the probe's step at once, 2 not yet
 }
@@ -467,20 +467,14 @@ TEST(ModelCapacity, RequestsStartedBeforeACutDoNotRaiseItAgain) {
   std::vector<CapacityTicket> tickets;
   for (int i = 0; i < 8; ++i) tickets.push_back(cap.OnStart());
   // The last two waited three service times: the server now serves 2.
-  CapacitySample waited;
-  waited.total_ns = 400 * kNsPerMs;
-  waited.prompt_eval_ns = 10 * kNsPerMs;
-  waited.eval_ns = 90 * kNsPerMs;
+  const CapacitySample waited = Timed(400, 10, 90);
   cap.OnFinish(tickets[7], waited, 1);
   cap.OnFinish(tickets[6], waited, 1);
   const int cut = cap.limit();
   ASSERT_LT(cut, 8) << cap.reason();
   // The other six were running already: they did not wait, yet they say
   // nothing about the new limit.
-  CapacitySample served;
-  served.total_ns = 101 * kNsPerMs;
-  served.prompt_eval_ns = 10 * kNsPerMs;
-  served.eval_ns = 90 * kNsPerMs;
+  const CapacitySample served = Timed(101, 10, 90);
   for (int i = 0; i < 6; ++i) cap.OnFinish(tickets[static_cast<size_t>(i)], served, 2);
   EXPECT_EQ(cap.limit(), cut) << cap.reason();
 }
