@@ -161,8 +161,10 @@ TEST_P(PartsE2E, APartStartsOnlyOnceTheJobsItNeedsAreDone) {
           {"input", {{"sleep_ms", 0}}}}});
   bool early = false;
   ASSERT_TRUE(WaitFor([&] {
-    json slow = Peek("g1:slow");
+    // The part first: a dependency that ends between the two looks must
+    // not make a part that started after it look early.
     json after = Peek("g1:after");
+    json slow = Peek("g1:slow");
     if (!IsTerminal(slow) && after.value("status", "") != "queued") early = true;
     return IsTerminal(slow);
   }));
